@@ -1,0 +1,71 @@
+//! presence-bench: shared inputs for the criterion benchmarks in `benches/`.
+//!
+//! Inputs are deterministic (a fixed xorshift seed) so runs compare.
+
+use presence_codec::{Answer, Message, Msisdn, Outcome, Query, Reachability, MSISDN_MAX};
+
+/// A deterministic xorshift64 stream; good enough to spread benchmark inputs.
+#[derive(Debug, Clone)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    /// A stream from a non-zero seed.
+    pub fn new(seed: u64) -> XorShift {
+        XorShift(seed.max(1))
+    }
+    /// The next value.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// A random valid MSISDN of 8 to 15 digits.
+    pub fn msisdn(&mut self) -> Msisdn {
+        let value = 10_000_000 + self.next_u64() % (MSISDN_MAX - 10_000_000);
+        Msisdn::from_u64(value).unwrap_or(Msisdn::MAX)
+    }
+}
+
+/// `n` queries with random MSISDNs and ids.
+pub fn sample_queries(n: usize) -> Vec<Message<'static>> {
+    let mut rng = XorShift::new(0x5eed);
+    (0..n)
+        .map(|i| {
+            Message::Query(Query {
+                txid: rng.next_u64(),
+                watcher: rng.msisdn(),
+                target: rng.msisdn(),
+                hop_limit: 8,
+                budget_ms: 1500,
+                reply_node: (i % 4) as u16,
+                route_version: 1,
+            })
+        })
+        .collect()
+}
+
+/// `n` answers with random MSISDNs and ids, most attached.
+pub fn sample_answers(n: usize) -> Vec<Message<'static>> {
+    let mut rng = XorShift::new(0xa115);
+    (0..n)
+        .map(|i| {
+            let outcome = match i % 4 {
+                0 => Outcome::NotAvailable,
+                1 => Outcome::Detached {
+                    confirmed_age_s: 30,
+                },
+                _ => Outcome::Attached {
+                    reach: Reachability::PACKET_DATA_AND_SMS,
+                    confirmed_age_s: 5,
+                },
+            };
+            Message::Answer(Answer {
+                txid: rng.next_u64(),
+                reply_node: (i % 4) as u16,
+                target: rng.msisdn(),
+                outcome,
+            })
+        })
+        .collect()
+}

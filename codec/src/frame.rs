@@ -1,0 +1,217 @@
+//! Frames: many messages in one datagram (`docs/wire-format.md` §3, §4).
+//!
+//! [`FrameReader`] checks the header and then yields the messages one by one,
+//! borrowing the input. A message whose envelope is intact but whose body is bad
+//! yields its error and reading goes on with the next message; a broken envelope
+//! yields its error and ends the frame (§4). [`FrameWriter`] packs messages into a
+//! caller-owned buffer up to the frame's maximum size.
+
+use bytes::BufMut;
+
+use crate::error::{DecodeError, EncodeError};
+use crate::message::{Message, ENVELOPE_LEN};
+use crate::reader::Reader;
+
+/// First byte of every frame (§3).
+pub const FRAME_MAGIC: u8 = 0x50;
+/// The version this crate speaks (§3, §10).
+pub const FRAME_VERSION: u8 = 0x01;
+/// Bytes of the frame header (§3).
+pub const FRAME_HEADER_LEN: usize = 2;
+/// Default maximum frame size: a 1500-byte MTU less IPv4 and UDP headers (§3).
+pub const FRAME_LEN_DEFAULT_MAX: usize = 1472;
+/// No frame is ever larger: the stream framing's `u16` length (§3, §6).
+pub const FRAME_LEN_ABSOLUTE_MAX: usize = u16::MAX as usize;
+
+/// Reads the messages of one frame, borrowing it.
+///
+/// Iteration yields `Ok(message)` or `Err(error)` per message and stops at the
+/// end of the frame or after an error of scope
+/// [`ErrorScope::RestOfFrame`](crate::ErrorScope::RestOfFrame). It never panics
+/// and never allocates.
+#[derive(Debug, Clone)]
+pub struct FrameReader<'a> {
+    rest: Reader<'a>,
+    frame_len: usize,
+    broken: bool,
+}
+
+impl<'a> FrameReader<'a> {
+    /// Checks the header of `frame` (§3) against a maximum frame size.
+    #[inline]
+    pub fn new(frame: &'a [u8], max_len: usize) -> Result<FrameReader<'a>, DecodeError> {
+        let max = max_len.min(FRAME_LEN_ABSOLUTE_MAX);
+        if frame.len() > max {
+            return Err(DecodeError::FrameTooLarge {
+                len: frame.len(),
+                max,
+            });
+        }
+        let mut r = Reader::new(frame);
+        let [magic, version] = r.array().ok_or(DecodeError::FrameTooShort)?;
+        if magic != FRAME_MAGIC {
+            return Err(DecodeError::BadMagic(magic));
+        }
+        if version != FRAME_VERSION {
+            return Err(DecodeError::UnsupportedVersion(version));
+        }
+        if r.remaining() == 0 {
+            return Err(DecodeError::EmptyFrame);
+        }
+        Ok(FrameReader {
+            rest: r,
+            frame_len: frame.len(),
+            broken: false,
+        })
+    }
+
+    /// Bytes of the frame read so far, header included: after `next` returned
+    /// a message, the message's end offset.
+    pub fn position(&self) -> usize {
+        self.frame_len.saturating_sub(self.rest.remaining())
+    }
+
+    /// Decodes the whole frame, calling `each` for every message, and fails on
+    /// the first error: what "accepted" means in §4.
+    pub fn for_each_accepted(
+        frame: &'a [u8],
+        max_len: usize,
+        mut each: impl FnMut(Message<'a>),
+    ) -> Result<usize, DecodeError> {
+        let mut count = 0usize;
+        for message in FrameReader::new(frame, max_len)? {
+            each(message?);
+            count = count.saturating_add(1);
+        }
+        Ok(count)
+    }
+}
+
+impl<'a> Iterator for FrameReader<'a> {
+    type Item = Result<Message<'a>, DecodeError>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.broken || self.rest.remaining() == 0 {
+            return None;
+        }
+        let Some([message_type, body_len]) = self.rest.array::<ENVELOPE_LEN>() else {
+            self.broken = true;
+            return Some(Err(DecodeError::TruncatedMessageHeader));
+        };
+        let remaining = self.rest.remaining();
+        let Some(body) = self.rest.bytes(usize::from(body_len)) else {
+            self.broken = true;
+            return Some(Err(DecodeError::MessageOverrunsFrame {
+                body_len,
+                remaining,
+            }));
+        };
+        Some(Message::decode_body(message_type, body))
+    }
+}
+
+/// Packs messages into one frame in a caller-owned buffer.
+///
+/// Invariant: the bytes written so far are a frame header followed by whole
+/// messages, never more than `max_len` in all.
+#[derive(Debug)]
+pub struct FrameWriter<'b, B: BufMut> {
+    buf: &'b mut B,
+    len: usize,
+    max_len: usize,
+    messages: usize,
+}
+
+impl<'b, B: BufMut> FrameWriter<'b, B> {
+    /// Starts a frame of at most `max_len` bytes (capped at 65535) by writing
+    /// its header into `buf`.
+    pub fn new(buf: &'b mut B, max_len: usize) -> Result<FrameWriter<'b, B>, EncodeError> {
+        let max_len = max_len.min(FRAME_LEN_ABSOLUTE_MAX);
+        if max_len < FRAME_HEADER_LEN {
+            return Err(EncodeError::FrameFull {
+                needed: FRAME_HEADER_LEN,
+                max: max_len,
+            });
+        }
+        let available = buf.remaining_mut();
+        if available < FRAME_HEADER_LEN {
+            return Err(EncodeError::BufferTooSmall {
+                needed: FRAME_HEADER_LEN,
+                available,
+            });
+        }
+        buf.put_slice(&[FRAME_MAGIC, FRAME_VERSION]);
+        Ok(FrameWriter {
+            buf,
+            len: FRAME_HEADER_LEN,
+            max_len,
+            messages: 0,
+        })
+    }
+
+    /// Appends a message, or fails without writing anything when it would not
+    /// fit in the frame or the buffer.
+    #[inline]
+    pub fn push(&mut self, message: &Message<'_>) -> Result<(), EncodeError> {
+        let needed = message.encoded_len();
+        let after = self.len.saturating_add(needed);
+        if after > self.max_len {
+            return Err(EncodeError::FrameFull {
+                needed,
+                max: self.max_len,
+            });
+        }
+        message.encode(self.buf)?;
+        self.len = after;
+        self.messages = self.messages.saturating_add(1);
+        Ok(())
+    }
+
+    /// Whether a message of `encoded_len` bytes still fits.
+    pub fn fits(&self, encoded_len: usize) -> bool {
+        self.len.saturating_add(encoded_len) <= self.max_len
+    }
+
+    /// Frame bytes written so far, header included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Messages written so far.
+    pub fn message_count(&self) -> usize {
+        self.messages
+    }
+
+    /// Whether no message has been written (such a frame is not valid to send).
+    pub fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+}
+
+/// Encodes `messages` as one frame into `buf`; fails if they do not fit in
+/// `max_len` or `buf`, or if there are none.
+pub fn encode_frame<B: BufMut>(
+    messages: &[Message<'_>],
+    max_len: usize,
+    buf: &mut B,
+) -> Result<usize, EncodeError> {
+    let needed = messages.iter().fold(FRAME_HEADER_LEN, |sum, m| {
+        sum.saturating_add(m.encoded_len())
+    });
+    if messages.is_empty() || needed > max_len.min(FRAME_LEN_ABSOLUTE_MAX) {
+        return Err(EncodeError::FrameFull {
+            needed,
+            max: max_len,
+        });
+    }
+    let available = buf.remaining_mut();
+    if available < needed {
+        return Err(EncodeError::BufferTooSmall { needed, available });
+    }
+    let mut writer = FrameWriter::new(buf, max_len)?;
+    for message in messages {
+        writer.push(message)?;
+    }
+    Ok(writer.len())
+}

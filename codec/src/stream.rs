@@ -1,0 +1,153 @@
+//! Length-prefixed framing for stream transports (`docs/wire-format.md` §6).
+//!
+//! A border gateway reads only this layer: [`StreamReassembler`] turns the bytes
+//! of a stream, arriving in arbitrary pieces, into whole frames, without looking
+//! inside them. Its buffer is allocated once, at creation, from the maximum frame
+//! size; it never grows. An error poisons it: the stream cannot be
+//! resynchronised, so the connection must be closed (§6).
+
+use bytes::BufMut;
+
+use crate::error::{DecodeError, EncodeError};
+use crate::frame::FRAME_LEN_ABSOLUTE_MAX;
+
+/// Bytes of the length prefix (§6).
+pub const STREAM_PREFIX_LEN: usize = 2;
+/// Smallest frame a stream may carry: a frame header and one envelope (§6).
+pub const STREAM_FRAME_LEN_MIN: usize = 4;
+
+/// Writes `frame` with its length prefix into `buf` (§6).
+pub fn encode_stream_frame<B: BufMut>(frame: &[u8], buf: &mut B) -> Result<(), EncodeError> {
+    let len = u16::try_from(frame.len()).map_err(|_| EncodeError::FrameFull {
+        needed: frame.len(),
+        max: FRAME_LEN_ABSOLUTE_MAX,
+    })?;
+    if frame.len() < STREAM_FRAME_LEN_MIN {
+        return Err(EncodeError::FrameFull {
+            needed: STREAM_FRAME_LEN_MIN,
+            max: frame.len(),
+        });
+    }
+    let needed = frame.len().saturating_add(STREAM_PREFIX_LEN);
+    let available = buf.remaining_mut();
+    if available < needed {
+        return Err(EncodeError::BufferTooSmall { needed, available });
+    }
+    buf.put_u16(len);
+    buf.put_slice(frame);
+    Ok(())
+}
+
+/// Splits the first frame off `input` (§6).
+///
+/// `Ok(Some((frame, consumed)))` when a whole frame is there, `Ok(None)` when more
+/// bytes are needed, and an error when the length prefix breaks §6.
+#[inline]
+pub fn split_stream_frame(
+    input: &[u8],
+    max_frame_len: usize,
+) -> Result<Option<(&[u8], usize)>, DecodeError> {
+    let Some((prefix, rest)) = input.split_first_chunk::<STREAM_PREFIX_LEN>() else {
+        return Ok(None);
+    };
+    let len = u16::from_be_bytes(*prefix);
+    if usize::from(len) < STREAM_FRAME_LEN_MIN {
+        return Err(DecodeError::StreamFrameTooShort { len });
+    }
+    let max = max_frame_len.min(FRAME_LEN_ABSOLUTE_MAX);
+    if usize::from(len) > max {
+        return Err(DecodeError::StreamFrameTooLarge { len, max });
+    }
+    Ok(rest
+        .get(..usize::from(len))
+        .map(|frame| (frame, usize::from(len).saturating_add(STREAM_PREFIX_LEN))))
+}
+
+/// Reassembles frames from a stream read in arbitrary pieces.
+///
+/// Invariants: `start <= end <= buf.len()`; `buf[start..end]` holds the bytes
+/// received and not yet returned; `buf.len()` is the prefix plus the maximum
+/// frame, so one whole frame always fits once earlier ones are consumed.
+#[derive(Debug)]
+pub struct StreamReassembler {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    max_frame_len: usize,
+    error: Option<DecodeError>,
+}
+
+impl StreamReassembler {
+    /// A reassembler for frames of at most `max_frame_len` bytes (capped at
+    /// 65535). Allocates its buffer once, here.
+    pub fn new(max_frame_len: usize) -> StreamReassembler {
+        let max_frame_len = max_frame_len.clamp(STREAM_FRAME_LEN_MIN, FRAME_LEN_ABSOLUTE_MAX);
+        StreamReassembler {
+            buf: vec![0u8; max_frame_len.saturating_add(STREAM_PREFIX_LEN)].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            max_frame_len,
+            error: None,
+        }
+    }
+
+    /// Free space to read into (for example straight from a socket), after
+    /// moving pending bytes to the front. Call [`commit`](Self::commit) with the
+    /// number of bytes written. Empty when the buffer is full: take frames first.
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end = self.end.saturating_sub(self.start);
+            self.start = 0;
+        }
+        self.buf.get_mut(self.end..).unwrap_or_default()
+    }
+
+    /// Marks `written` bytes of [`spare`](Self::spare) as received (capped at
+    /// the free space).
+    pub fn commit(&mut self, written: usize) {
+        self.end = self.end.saturating_add(written).min(self.buf.len());
+    }
+
+    /// Copies as much of `data` as fits and returns how many bytes it took.
+    pub fn feed(&mut self, data: &[u8]) -> usize {
+        let spare = self.spare();
+        let taken = spare.len().min(data.len());
+        if let (Some(dst), Some(src)) = (spare.get_mut(..taken), data.get(..taken)) {
+            dst.copy_from_slice(src);
+        }
+        self.commit(taken);
+        taken
+    }
+
+    /// The next whole frame, if one has arrived. After an error every call
+    /// returns that error.
+    pub fn next_frame(&mut self) -> Result<Option<&[u8]>, DecodeError> {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let pending = self.buf.get(self.start..self.end).unwrap_or_default();
+        match split_stream_frame(pending, self.max_frame_len) {
+            Ok(Some((_, consumed))) => {
+                let frame_start = self.start.saturating_add(STREAM_PREFIX_LEN);
+                self.start = self.start.saturating_add(consumed);
+                Ok(self.buf.get(frame_start..self.start))
+            }
+            Ok(None) => Ok(None),
+            Err(error) => {
+                self.error = Some(error);
+                Err(error)
+            }
+        }
+    }
+
+    /// Bytes received and not yet returned as frames.
+    pub fn pending_len(&self) -> usize {
+        self.end.saturating_sub(self.start)
+    }
+
+    /// The maximum frame size this reassembler accepts.
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+}

@@ -1,0 +1,78 @@
+//! `presence-gw`: the presence gateway appliance's one binary.
+
+use std::io::{self, BufWriter, Write};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use presence_engine::wire;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "presence-gw",
+    version,
+    about = "Presence gateway between mobile networks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Wire-format tools (docs/wire-format.md).
+    Wire {
+        #[command(subcommand)]
+        command: WireCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WireCommand {
+    /// Print one sample frame of every message type, as `name hex`.
+    Sample {
+        /// Also show each frame decoded (as `#` comment lines `decode` skips).
+        #[arg(long)]
+        decoded: bool,
+    },
+    /// Decode hex frames from stdin, one per line; exit 1 if any is rejected.
+    Decode {
+        /// Largest frame accepted, in bytes (default: one 1500-byte MTU).
+        #[arg(long, default_value_t = presence_engine::codec::FRAME_LEN_DEFAULT_MAX)]
+        max_frame_len: usize,
+    },
+}
+
+fn run(cli: Cli) -> io::Result<ExitCode> {
+    let stdout = io::stdout();
+    let mut out = BufWriter::new(stdout.lock());
+    let code = match cli.command {
+        Command::Wire {
+            command: WireCommand::Sample { decoded },
+        } => {
+            wire::write_samples(&mut out, decoded)?;
+            ExitCode::SUCCESS
+        }
+        Command::Wire {
+            command: WireCommand::Decode { max_frame_len },
+        } => {
+            let bad = wire::decode_lines(io::stdin().lock(), &mut out, max_frame_len)?;
+            if bad == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    };
+    out.flush()?;
+    Ok(code)
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("presence-gw: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
