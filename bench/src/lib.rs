@@ -69,3 +69,64 @@ pub fn sample_answers(n: usize) -> Vec<Message<'static>> {
         })
         .collect()
 }
+
+/// One row of the shared numbering table.
+#[derive(Debug, Clone)]
+pub struct TableRow {
+    /// Prefix digits.
+    pub prefix: String,
+    /// Network name.
+    pub network: String,
+    /// Country calling code.
+    pub country_code: String,
+}
+
+/// The shared numbering table shipped in `data/`.
+pub fn shared_table_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv")
+}
+
+/// Rows of the shared numbering table.
+pub fn shared_rows() -> Vec<TableRow> {
+    let text = std::fs::read_to_string(shared_table_path()).expect("data/msisdn-prefixes.csv");
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut f = line.split(',');
+            Some(TableRow {
+                prefix: f.next()?.to_owned(),
+                network: f.next()?.to_owned(),
+                country_code: f.next()?.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// `n` MSISDNs spread uniformly over the table's countries: a random country,
+/// then a random prefix of that country, extended with random digits to 11
+/// to 13 digits in all.
+pub fn random_msisdns(rows: &[TableRow], n: usize, seed: u64) -> Vec<Msisdn> {
+    let mut by_country: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for row in rows {
+        by_country
+            .entry(row.country_code.as_str())
+            .or_default()
+            .push(row.prefix.as_str());
+    }
+    let countries: Vec<&Vec<&str>> = by_country.values().collect();
+    let mut rng = XorShift::new(seed);
+    (0..n)
+        .map(|_| {
+            let prefixes = countries[(rng.next_u64() % countries.len() as u64) as usize];
+            let prefix = prefixes[(rng.next_u64() % prefixes.len() as u64) as usize];
+            let len = (11 + (rng.next_u64() % 3) as usize)
+                .max(prefix.len() + 1)
+                .min(15);
+            let mut digits = prefix.to_owned();
+            while digits.len() < len {
+                digits.push(char::from(b'0' + (rng.next_u64() % 10) as u8));
+            }
+            digits.parse().expect("valid digits")
+        })
+        .collect()
+}

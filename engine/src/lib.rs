@@ -3,10 +3,15 @@
 //! The roles, tables and runtime of the presence gateway appliance, built on
 //! the wire format of [`presence_codec`] (re-exported as [`codec`]).
 //!
+//! - [`table`]: the OGPS numbering table (longest-prefix match plus ported
+//!   numbers, lock-free reads, atomic versioned updates);
+//! - [`route`]: `presence-gw route`, the routing decision for a stream of MSISDNs;
 //! - [`wire`]: the operator's wire-format tools.
 //!
-//! The routing table, the sans-IO roles and the runtime follow the open issues.
+//! The sans-IO roles and the runtime follow the open issues.
 
 pub use presence_codec as codec;
 
+pub mod route;
+pub mod table;
 pub mod wire;

@@ -1,10 +1,12 @@
 //! `presence-gw`: the presence gateway appliance's one binary.
 
 use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use presence_engine::wire;
+use presence_engine::table::NumberingTable;
+use presence_engine::{route, wire};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,6 +21,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Route MSISDNs (one per line on stdin) to their networks, as the OGPS
+    /// does: `msisdn,network` per line on stdout, in order.
+    Route {
+        /// Prefix table CSV (`prefix,network[,...]`), e.g. data/msisdn-prefixes.csv.
+        #[arg(long)]
+        table: PathBuf,
+        /// Ported numbers CSV (`msisdn,network`), overriding the prefixes.
+        #[arg(long)]
+        ported: Option<PathBuf>,
+    },
     /// Wire-format tools (docs/wire-format.md).
     Wire {
         #[command(subcommand)]
@@ -46,6 +58,24 @@ fn run(cli: Cli) -> io::Result<ExitCode> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let code = match cli.command {
+        Command::Route { table, ported } => {
+            let table = match NumberingTable::load(&table, ported.as_deref()) {
+                Ok(table) => table,
+                Err(e) => {
+                    eprintln!("presence-gw route: {e}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let stderr = io::stderr();
+            let mut err = BufWriter::new(stderr.lock());
+            let summary = route::route(&table.snapshot(), io::stdin().lock(), &mut out, &mut err)?;
+            err.flush()?;
+            if summary.invalid == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
         Command::Wire {
             command: WireCommand::Sample { decoded },
         } => {
