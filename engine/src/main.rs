@@ -48,7 +48,7 @@ enum WireCommand {
     },
     /// Decode hex frames from stdin, one per line; exit 1 if any is rejected.
     Decode {
-        /// Largest frame accepted, in bytes (default: one 1500-byte MTU).
+        /// Largest frame accepted, in bytes (default 1472: a 1500-byte MTU less IPv4 and UDP headers).
         #[arg(long, default_value_t = presence_engine::codec::FRAME_LEN_DEFAULT_MAX)]
         max_frame_len: usize,
     },

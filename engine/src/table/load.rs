@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use presence_codec::{Msisdn, MsisdnError};
@@ -71,7 +71,14 @@ pub enum RowError {
     /// Not UTF-8 text.
     #[error("not UTF-8")]
     NotUtf8,
+    /// Longer than any valid row.
+    #[error("row longer than {ROW_LEN_MAX} bytes")]
+    TooLong,
 }
+
+/// Longest row accepted: far above any valid one, so a file that is not a
+/// table (or has no newlines) fails fast instead of filling memory.
+pub const ROW_LEN_MAX: usize = 1024;
 
 /// Why a table could not be loaded. The table in use, if any, is unchanged.
 #[derive(Debug, thiserror::Error)]
@@ -100,9 +107,6 @@ pub enum LoadError {
         /// The file.
         path: PathBuf,
     },
-    /// Publishing the loaded table failed.
-    #[error("update refused: {0}")]
-    Update(String),
 }
 
 /// A whole table read from files, not yet published.
@@ -126,12 +130,24 @@ fn for_each_row(
     let mut reader = BufReader::with_capacity(1 << 16, File::open(path).map_err(io)?);
     let mut buf = Vec::with_capacity(256);
     let mut line = 0usize;
+    let mut header_possible = true;
     loop {
         buf.clear();
-        if reader.read_until(b'\n', &mut buf).map_err(io)? == 0 {
+        let read = (&mut reader)
+            .take(ROW_LEN_MAX as u64 + 1)
+            .read_until(b'\n', &mut buf)
+            .map_err(io)?;
+        if read == 0 {
             return Ok(());
         }
         line += 1;
+        if buf.len() > ROW_LEN_MAX {
+            return Err(LoadError::Row {
+                path: path.to_owned(),
+                line,
+                reason: RowError::TooLong,
+            });
+        }
         let fail = |reason| LoadError::Row {
             path: path.to_owned(),
             line,
@@ -142,7 +158,11 @@ fn for_each_row(
             text = text.strip_prefix('\u{feff}').unwrap_or(text);
         }
         let text = text.trim_end_matches(['\n', '\r']).trim();
-        if text.is_empty() || text.starts_with('#') || (line == 1 && text.starts_with(header)) {
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        // A header may stand on the first line that is not blank or a comment.
+        if std::mem::take(&mut header_possible) && text.starts_with(header) {
             continue;
         }
         if text.contains('"') {

@@ -12,10 +12,19 @@
 //!   readers never touch it. A ported-number change copies only the touched
 //!   shards of the override map (see [`ported`]), so it costs microseconds
 //!   even with ten million overrides.
-//! - Every published version has a number, strictly increasing, which the
-//!   OGPS stamps on the queries it forwards (`route_version`, wire §5.1).
+//! - Every published version has a number, strictly increasing, whose low 32
+//!   bits the OGPS stamps on the queries it forwards (`route_version`, wire
+//!   §5.1).
+//! - Memory of a replaced version is freed on a writer's thread: the writer
+//!   keeps replaced versions until no reader holds them ([`NumberingTable::reclaim`]),
+//!   so a reader letting go of one only decrements a count.
 //! - [`TableReader`] caches the current version per thread: its per-lookup
 //!   cost is one atomic load of the version pointer (arc-swap's `Cache`).
+//! - Known limit: the ported numbers of a bulk load share one slot block; a
+//!   shard rebuilt by an update moves to a block of its own, and the bulk
+//!   block is freed only when no version uses any of its shards. After
+//!   updates have touched most shards, override memory approaches twice the
+//!   bulk figure until the next bulk load ([`NumberingTable::reload`]).
 
 mod load;
 pub mod ported;
@@ -28,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::{ArcSwap, Cache};
 use presence_codec::Msisdn;
 
-pub use load::{LoadError, RowError};
+pub use load::{LoadError, RowError, ROW_LEN_MAX};
 pub use ported::{PortedChange, PortedMap, PORTED_NETWORKS_MAX};
 pub use prefix::{Prefix, PrefixIndex};
 
@@ -222,9 +231,11 @@ impl TableVersion {
 /// The live table: the current version, replaced atomically by updates.
 #[derive(Debug)]
 pub struct NumberingTable {
-    current: ArcSwap<TableVersion>,
-    /// Serialises writers; readers never take it.
-    write: Mutex<()>,
+    current: Arc<ArcSwap<TableVersion>>,
+    /// Serialises writers (readers never take it), and holds the versions
+    /// replaced so far until no reader holds them, so that the memory is
+    /// freed on a writer's thread, never on a reader's.
+    retired: Mutex<Vec<Arc<TableVersion>>>,
 }
 
 /// Why an update was refused; the table is unchanged.
@@ -238,6 +249,9 @@ pub enum UpdateError {
         /// Why.
         reason: NameError,
     },
+    /// A whole new table would give an existing network id to another network.
+    #[error("the new table renames existing network ids")]
+    NamesChanged,
 }
 
 impl NumberingTable {
@@ -245,13 +259,13 @@ impl NumberingTable {
     /// ported numbers.
     pub fn new(prefixes: PrefixIndex, ported: PortedMap, names: NetworkNames) -> NumberingTable {
         NumberingTable {
-            current: ArcSwap::from_pointee(TableVersion {
+            current: Arc::new(ArcSwap::from_pointee(TableVersion {
                 version: 1,
                 prefixes: Arc::new(prefixes),
                 ported,
                 names: Arc::new(names),
-            }),
-            write: Mutex::new(()),
+            })),
+            retired: Mutex::new(Vec::new()),
         }
     }
 
@@ -273,26 +287,41 @@ impl NumberingTable {
         self.current.load_full()
     }
 
-    /// A per-thread reader that caches the current version.
-    pub fn reader(&self) -> TableReader<'_> {
+    /// A per-thread reader that caches the current version. It shares the
+    /// table's publication point, so it may outlive this handle.
+    pub fn reader(&self) -> TableReader {
         TableReader {
-            cache: Cache::new(&self.current),
+            cache: Cache::new(self.current.clone()),
         }
     }
 
-    fn publish(
+    /// Builds the next version from the current one and publishes it, all
+    /// under the writers' lock.
+    fn publish<E>(
         &self,
-        build: impl FnOnce(&TableVersion) -> Result<TableVersion, UpdateError>,
-    ) -> Result<u64, UpdateError> {
+        build: impl FnOnce(&TableVersion) -> Result<TableVersion, E>,
+    ) -> Result<u64, E> {
         // A poisoned lock only means another writer panicked; the table
         // itself is always a whole version, so carry on.
-        let _writer = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
         let mut next = build(&old)?;
         next.version = old.version + 1;
         let version = next.version;
         self.current.store(Arc::new(next));
+        // arc-swap has turned every reader's borrow of `old` into a count
+        // before `store` returned: a count of one means only we hold it.
+        retired.push(old);
+        retired.retain(|v| Arc::strong_count(v) > 1);
         Ok(version)
+    }
+
+    /// Frees replaced versions that no reader holds any more. Publishing does
+    /// this too; call it now and then when updates are rare, so a version a
+    /// reader has just let go of does not wait for the next update.
+    pub fn reclaim(&self) {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|v| Arc::strong_count(v) > 1);
     }
 
     /// Applies ported-number changes by network name, all in one new version.
@@ -340,20 +369,38 @@ impl NumberingTable {
     /// on any error the current table stays in place. Network ids already
     /// given keep their meaning.
     pub fn reload(&self, prefixes_csv: &Path, ported_csv: Option<&Path>) -> Result<u64, LoadError> {
-        let base = self.snapshot();
-        let loaded = load::load_files(prefixes_csv, ported_csv, Some(base.names()))?;
-        self.replace(loaded.prefixes, loaded.ported, loaded.names)
-            .map_err(|e| LoadError::Update(e.to_string()))
+        // Loaded under the writers' lock, on top of the current names, so no
+        // concurrent update can hand an id to another network meanwhile.
+        self.publish(|old| {
+            let loaded = load::load_files(prefixes_csv, ported_csv, Some(old.names()))?;
+            Ok(TableVersion {
+                version: 0,
+                prefixes: Arc::new(loaded.prefixes),
+                ported: loaded.ported,
+                names: Arc::new(loaded.names),
+            })
+        })
     }
 
-    /// Publishes a whole new table as the next version.
+    /// Publishes a whole new table as the next version. `names` must extend
+    /// the current version's names (every id keeps its network), else
+    /// nothing changes.
     pub fn replace(
         &self,
         prefixes: PrefixIndex,
         ported: PortedMap,
         names: NetworkNames,
     ) -> Result<u64, UpdateError> {
-        self.publish(|_| {
+        self.publish(|old| {
+            let current = old.names();
+            let keeps_ids = names.len() >= current.len()
+                && (0..current.len()).all(|i| {
+                    let id = NetworkId(i as u16);
+                    names.name(id) == current.name(id)
+                });
+            if !keeps_ids {
+                return Err(UpdateError::NamesChanged);
+            }
             Ok(TableVersion {
                 version: 0,
                 prefixes: Arc::new(prefixes),
@@ -367,11 +414,11 @@ impl NumberingTable {
 /// A reader for one thread: caches the current version and refreshes it
 /// only when a new one was published.
 #[derive(Debug)]
-pub struct TableReader<'t> {
-    cache: Cache<&'t ArcSwap<TableVersion>, Arc<TableVersion>>,
+pub struct TableReader {
+    cache: Cache<Arc<ArcSwap<TableVersion>>, Arc<TableVersion>>,
 }
 
-impl TableReader<'_> {
+impl TableReader {
     /// The current version (cheap: one atomic load when nothing changed).
     #[inline]
     pub fn current(&mut self) -> &TableVersion {

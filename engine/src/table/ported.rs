@@ -164,8 +164,16 @@ fn home_bucket(h: u64, len: usize) -> usize {
     (((h & 0xFFFF_FFFF) * len as u64) >> 32) as usize
 }
 
+/// Packs an entry. Network ids come from [`NetworkNames`](super::NetworkNames),
+/// which never gives one at or above [`PORTED_NETWORKS_MAX`]; a larger one
+/// would corrupt the MSISDN bits, so it is a programming error.
 #[inline]
 fn pack(msisdn: Msisdn, network: NetworkId) -> u64 {
+    assert!(
+        usize::from(network.0) < PORTED_NETWORKS_MAX,
+        "network id {} does not fit a ported entry",
+        network.0
+    );
     msisdn.as_u64() << NETWORK_BITS | u64::from(network.0)
 }
 
