@@ -8,10 +8,15 @@
 //! - [`route`]: `presence-gw route`, the routing decision for a stream of MSISDNs;
 //! - [`wire`]: the operator's wire-format tools.
 //!
-//! The sans-IO roles and the runtime follow the open issues.
+//! - [`roles`]: the roles of the flow (WA, OGPS, IGPS, HSS, PS) as sans-IO
+//!   state machines;
+//!
+//! The runtime follows the open issues.
 
 pub use presence_codec as codec;
 
+pub mod roles;
 pub mod route;
+pub mod sim;
 pub mod table;
 pub mod wire;

@@ -85,7 +85,11 @@ fn read_line_capped(input: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<O
 /// characters replaced, so the output stays two fields per line.
 fn echo_invalid(text: &[u8], out: &mut impl Write) -> io::Result<()> {
     for &b in text.iter().take(ECHO_LEN_MAX) {
-        let shown = if b == b',' || !(0x20..0x7f).contains(&b) { b'?' } else { b };
+        let shown = if b == b',' || !(0x20..0x7f).contains(&b) {
+            b'?'
+        } else {
+            b
+        };
         out.write_all(&[shown])?;
     }
     Ok(())

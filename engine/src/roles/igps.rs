@@ -1,0 +1,106 @@
+//! Incoming Gateway Presence Server (steps 7–9).
+//!
+//! Stateless per query. It takes the origin network from the link the query
+//! came in on (the border gateway's authenticated peer, or this network for
+//! internal queries), never from the message; asks the HSS which presence
+//! server holds B (steps 7–8); and forwards the query there (step 9) with the
+//! origin carried beside it. It forwards only to a presence server the HSS
+//! returned. A subscriber this network does not know is answered
+//! `NotAvailable` here, byte for byte the answer a presence server gives for a
+//! watcher it does not permit, so another network cannot tell the two apart.
+
+use std::sync::Arc;
+
+use presence_codec::{ErrorReason, Message, Outcome};
+
+use super::hss::HssReader;
+use super::{answer_to, one_hop_on, Addr, DropCounters, Hss, Millis, Outbox};
+use crate::table::NetworkId;
+
+/// Counters of the IGPS's decisions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IgpsCounters {
+    /// Queries forwarded to a presence server.
+    pub forwarded: u64,
+    /// Answered `NotAvailable`: no such subscriber here.
+    pub unknown_subscriber: u64,
+    /// Answered `HopLimitExceeded`.
+    pub hop_limit_exceeded: u64,
+    /// Dropped.
+    pub drops: DropCounters,
+}
+
+/// One IGPS ingress point of a network.
+#[derive(Debug)]
+pub struct Igps {
+    network: NetworkId,
+    hss: HssReader,
+    counters: IgpsCounters,
+}
+
+/// Where the answer to a query from `origin` goes: back through the border to
+/// the origin network's WA, or to this network's own WA.
+pub(crate) fn reply_addr(own: NetworkId, origin: NetworkId, reply_node: u16) -> Addr {
+    if origin == own {
+        Addr::Wa(reply_node)
+    } else {
+        Addr::BorderReply {
+            network: origin,
+            reply_node,
+        }
+    }
+}
+
+impl Igps {
+    /// An ingress point of `network` reading `hss`.
+    pub fn new(network: NetworkId, hss: &Arc<Hss>) -> Igps {
+        Igps {
+            network,
+            hss: hss.reader(),
+            counters: IgpsCounters::default(),
+        }
+    }
+
+    /// What the IGPS has decided so far.
+    pub fn counters(&self) -> IgpsCounters {
+        self.counters
+    }
+
+    /// Handles a query arriving from the border (`origin`: the authenticated
+    /// peer network) or from this network's WA (`origin`: this network).
+    pub fn handle(
+        &mut self,
+        _now: Millis,
+        from: Addr,
+        origin: NetworkId,
+        message: &Message<'_>,
+        out: &mut Outbox,
+    ) {
+        let Message::Query(query) = message else {
+            self.counters.drops.unexpected += 1;
+            return;
+        };
+        // A query from this network's own WA must say so; anything else came
+        // through a border link, whose authenticated peer is `origin`.
+        let from_border = !matches!(from, Addr::Wa(_));
+        if from_border == (origin == self.network) {
+            self.counters.drops.unexpected += 1;
+            return;
+        }
+        let reply_to = reply_addr(self.network, origin, query.reply_node);
+        let reply =
+            |out: &mut Outbox, outcome| out.send(reply_to, origin, answer_to(query, outcome));
+        if query.hop_limit == 0 {
+            self.counters.hop_limit_exceeded += 1;
+            return reply(out, Outcome::Error(ErrorReason::HopLimitExceeded));
+        }
+        // Steps 7–8.
+        let Some(ps) = self.hss.lookup(query.target) else {
+            self.counters.unknown_subscriber += 1;
+            return reply(out, Outcome::NotAvailable);
+        };
+        // Step 9.
+        self.counters.forwarded += 1;
+        out.send(Addr::Ps(ps), origin, Message::Query(one_hop_on(query)));
+    }
+}

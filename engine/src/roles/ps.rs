@@ -1,0 +1,599 @@
+//! Presence Server (steps 10–12), state sharded by MSISDN.
+//!
+//! Per subscriber B it holds B's status (attached with how B is reachable, or
+//! detached, and when a device of B last confirmed it), B's buddy list (who
+//! may watch) and B's consent (given to all, or withdrawn for all; withdrawn
+//! for single watchers). Devices of B publish status; provisioning changes
+//! buddies and consent.
+//!
+//! - Step 10: a query is answered with B's status only if the watcher is one
+//!   of B's buddies and B still consents. Unknown subscriber and not permitted
+//!   get the same `NotAvailable`.
+//! - Step 11: every decision on a query from another network is recorded in a
+//!   [`DecisionRecord`]; those that answered with B's status are the charge
+//!   records, charging A's network, which is the origin carried beside the
+//!   query (the border's authenticated peer), never a field of the message.
+//! - Step 12: the answer goes back to the origin network's WA.
+//!
+//! Exactly once: the first decision for a transaction (origin network, txid)
+//! is kept for a window longer than any deadline; a retransmitted or
+//! duplicated query gets the same answer again and raises nothing. The
+//! decision records are what the caller journals, so after a restart the
+//! window is rebuilt from them ([`PresenceServer::restart`]). When the window
+//! table is full the server sheds load with `Overloaded` rather than risk a
+//! second charge. A subscriber moved to another server takes its window
+//! entries along, and leaves a forwarding pointer for one window: a query
+//! already on its way to the old server follows it instead of being decided
+//! twice.
+
+use ahash::AHashMap as HashMap;
+use smallvec::SmallVec;
+
+use presence_codec::{
+    Ack, AckStatus, BuddyAction, BuddyUpdate, Consent, ConsentScope, ConsentUpdate, Message,
+    Msisdn, Outcome, PresenceState, Publish, Query,
+};
+use subtle::ConstantTimeEq;
+
+use super::igps::reply_addr;
+use super::{answer_to, one_hop_on, Addr, DropCounters, Millis, Outbox, PsId};
+use crate::table::NetworkId;
+
+/// Most watchers on one buddy list.
+pub const BUDDIES_MAX: usize = 1024;
+/// Retry-after given when the duplicate-suppression window is full.
+const WINDOW_FULL_RETRY_MS: u32 = 100;
+
+/// Everything a presence server holds about one subscriber.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubscriberRecord {
+    /// Credential B's devices publish with.
+    pub credential: Vec<u8>,
+    /// B's status.
+    pub state: PresenceState,
+    /// When a device of B last confirmed the status.
+    pub confirmed_at: Millis,
+    /// Who may watch B, ascending, no repeats; up to 24 are stored inline,
+    /// so the step-10 check reads no second block of memory.
+    pub buddies: SmallVec<[Msisdn; 24]>,
+    /// Whether B consents to being watched at all.
+    pub consent_all: bool,
+    /// Buddies B has withdrawn consent from, ascending.
+    pub withdrawn: Vec<Msisdn>,
+}
+
+impl SubscriberRecord {
+    /// A detached subscriber with these buddies, consenting.
+    pub fn new(credential: Vec<u8>, mut buddies: Vec<Msisdn>) -> SubscriberRecord {
+        buddies.sort_unstable();
+        buddies.dedup();
+        buddies.truncate(BUDDIES_MAX);
+        SubscriberRecord {
+            credential,
+            state: PresenceState::Detached,
+            confirmed_at: 0,
+            buddies: SmallVec::from_vec(buddies),
+            consent_all: true,
+            withdrawn: Vec::new(),
+        }
+    }
+
+    /// Step 10: whether `watcher` may see this subscriber's status.
+    pub fn permits(&self, watcher: Msisdn) -> bool {
+        self.consent_all
+            && self.buddies.binary_search(&watcher).is_ok()
+            && self.withdrawn.binary_search(&watcher).is_err()
+    }
+}
+
+/// A decision on a query from another network (step 11). The chargeable ones
+/// are the charge records; all are journaled so that duplicate suppression
+/// survives a restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecisionRecord {
+    /// A's network: the authenticated origin of the query.
+    pub origin: NetworkId,
+    /// The transaction, as the origin numbered it.
+    pub txid: u64,
+    /// A.
+    pub watcher: Msisdn,
+    /// B.
+    pub target: Msisdn,
+    /// The WA instance the answer went to.
+    pub reply_node: u16,
+    /// When the presence server decided.
+    pub at: Millis,
+    /// Which presence server.
+    pub ps: PsId,
+    /// What A's network was told.
+    pub outcome: Outcome,
+}
+
+impl DecisionRecord {
+    /// Whether this decision is charged to A's network: it showed B's status.
+    pub fn chargeable(&self) -> bool {
+        matches!(
+            self.outcome,
+            Outcome::Attached { .. } | Outcome::Detached { .. }
+        )
+    }
+}
+
+/// The charge records are the chargeable decisions.
+pub type ChargeRecord = DecisionRecord;
+
+/// The duplicate-suppression window: the decisions of the last window, per
+/// transaction stream.
+///
+/// A WA numbers its transactions consecutively (`instance << 48 | counter`),
+/// so each (origin network, WA instance) stream gets a ring indexed directly
+/// by the counter, like an anti-replay window: recording a decision is a
+/// write to the next slots in order, finding one is a single indexed read —
+/// no hashing, no random insert into a large table. A slot still holding a
+/// live decision of an older transaction means the ring is full for that
+/// stream (the server answers `Overloaded`); a query older than the slot's
+/// transaction is older than the window (dropped). At most
+/// [`WINDOW_STREAMS_MAX`] streams, each of `slots` entries, all allocated on
+/// first use.
+#[derive(Debug)]
+struct DecisionWindow {
+    slots: usize,
+    streams: HashMap<(NetworkId, u16), usize>,
+    rings: Vec<Box<[Option<DecisionWindowEntry>]>>,
+}
+
+/// Most transaction streams (origin network × WA instance) one presence
+/// server tracks.
+pub const WINDOW_STREAMS_MAX: usize = 256;
+
+enum WindowLookup {
+    Decided(DecisionWindowEntry),
+    New,
+    Stale,
+    Full,
+}
+
+impl DecisionWindow {
+    fn new(slots: usize) -> DecisionWindow {
+        DecisionWindow {
+            slots: slots.max(1).next_power_of_two(),
+            streams: HashMap::default(),
+            rings: Vec::new(),
+        }
+    }
+
+    fn slot(&self, txid: u64) -> usize {
+        (txid as usize) & (self.slots - 1)
+    }
+
+    fn ring(&mut self, origin: NetworkId, txid: u64) -> Option<&mut [Option<DecisionWindowEntry>]> {
+        let stream = (origin, (txid >> 48) as u16);
+        let index = match self.streams.get(&stream) {
+            Some(&i) => i,
+            None if self.rings.len() < WINDOW_STREAMS_MAX => {
+                self.rings.push(vec![None; self.slots].into_boxed_slice());
+                self.streams.insert(stream, self.rings.len() - 1);
+                self.rings.len() - 1
+            }
+            None => return None,
+        };
+        Some(&mut self.rings[index])
+    }
+
+    fn lookup(&mut self, now: Millis, origin: NetworkId, txid: u64) -> WindowLookup {
+        let slot = self.slot(txid);
+        let Some(ring) = self.ring(origin, txid) else {
+            return WindowLookup::Full;
+        };
+        match ring[slot] {
+            Some(e) if e.txid == txid && e.origin == origin => WindowLookup::Decided(e),
+            Some(e) if e.expires > now && e.txid > txid => WindowLookup::Stale,
+            Some(e) if e.expires > now => WindowLookup::Full,
+            _ => WindowLookup::New,
+        }
+    }
+
+    /// Records a decision, unless its slot holds a live decision of another
+    /// transaction (only possible when the ring is full; the live one stays).
+    fn insert(&mut self, now: Millis, entry: DecisionWindowEntry) {
+        let slot = self.slot(entry.txid);
+        if let Some(ring) = self.ring(entry.origin, entry.txid) {
+            let free = ring[slot].is_none_or(|e| e.expires <= now || e.txid == entry.txid);
+            if free {
+                ring[slot] = Some(entry);
+            }
+        }
+    }
+
+    /// Removes and returns the decisions about `target`.
+    fn take_target(&mut self, target: Msisdn) -> Vec<DecisionWindowEntry> {
+        let mut taken = Vec::new();
+        for ring in &mut self.rings {
+            for slot in ring.iter_mut() {
+                if slot.is_some_and(|e| e.target == target) {
+                    taken.extend(slot.take());
+                }
+            }
+        }
+        taken
+    }
+
+    fn clear(&mut self) {
+        for ring in &mut self.rings {
+            ring.fill(None);
+        }
+    }
+}
+
+/// Counters of the presence server's decisions.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PsCounters {
+    /// Queries answered with B's status.
+    pub answered_status: u64,
+    /// Queries answered `NotAvailable`.
+    pub not_available: u64,
+    /// Charge records raised.
+    pub charged: u64,
+    /// Duplicates answered again from the window, without a new decision.
+    pub duplicates: u64,
+    /// Publications accepted.
+    pub publications: u64,
+    /// Publications or provisioning refused.
+    pub refused: u64,
+    /// Dropped.
+    pub drops: DropCounters,
+}
+
+/// One presence server.
+#[derive(Debug)]
+pub struct PresenceServer {
+    id: PsId,
+    network: NetworkId,
+    shards: Vec<HashMap<Msisdn, SubscriberRecord>>,
+    window: DecisionWindow,
+    /// Subscribers moved away, with where to and until when queries still in
+    /// flight are forwarded after them.
+    moved: HashMap<Msisdn, (PsId, Millis)>,
+    window_ms: u64,
+    counters: PsCounters,
+}
+
+/// Bits of the MSISDN hash choosing a shard.
+fn shard_index(msisdn: Msisdn, shards: usize) -> usize {
+    let h = msisdn.as_u64().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((h >> 32) as usize) % shards.max(1)
+}
+
+impl PresenceServer {
+    /// A presence server of `network` with `shards` state shards (one per
+    /// core in the runtime), remembering decisions for `window_ms` (longer
+    /// than any deadline) in rings of `window_slots` (rounded up to a power
+    /// of two) per transaction stream: a WA may issue that many transactions
+    /// per window before this server sheds its queries with `Overloaded`.
+    pub fn new(
+        id: PsId,
+        network: NetworkId,
+        shards: usize,
+        window_ms: u64,
+        window_slots: usize,
+    ) -> PresenceServer {
+        PresenceServer {
+            id,
+            network,
+            shards: (0..shards.max(1)).map(|_| HashMap::default()).collect(),
+            window: DecisionWindow::new(window_slots),
+            moved: HashMap::default(),
+            window_ms,
+            counters: PsCounters::default(),
+        }
+    }
+
+    /// This server's id.
+    pub fn id(&self) -> PsId {
+        self.id
+    }
+
+    /// What the server has decided so far.
+    pub fn counters(&self) -> PsCounters {
+        self.counters
+    }
+
+    fn shard(&self, msisdn: Msisdn) -> &HashMap<Msisdn, SubscriberRecord> {
+        &self.shards[shard_index(msisdn, self.shards.len())]
+    }
+
+    fn shard_mut(&mut self, msisdn: Msisdn) -> &mut HashMap<Msisdn, SubscriberRecord> {
+        let n = self.shards.len();
+        &mut self.shards[shard_index(msisdn, n)]
+    }
+
+    /// Provisions (or replaces) a subscriber.
+    pub fn provision(&mut self, msisdn: Msisdn, record: SubscriberRecord) {
+        self.shard_mut(msisdn).insert(msisdn, record);
+    }
+
+    /// The subscriber's record, if held here.
+    pub fn subscriber(&self, msisdn: Msisdn) -> Option<&SubscriberRecord> {
+        self.shard(msisdn).get(&msisdn)
+    }
+
+    /// Number of subscribers held.
+    pub fn subscriber_count(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    /// Takes a subscriber out, with the decisions in the window about it, to
+    /// move it to server `to` ([`import`](Self::import) there). For one
+    /// window, queries about it that were already on their way here are
+    /// forwarded to `to`, so a retransmission cannot get a different answer
+    /// (or a second charge) there than the original got here.
+    pub fn export(
+        &mut self,
+        now: Millis,
+        msisdn: Msisdn,
+        to: PsId,
+    ) -> Option<(SubscriberRecord, Vec<DecisionWindowEntry>)> {
+        let record = self.shard_mut(msisdn).remove(&msisdn)?;
+        self.moved.retain(|_, (_, until)| *until > now);
+        self.moved.insert(msisdn, (to, now + self.window_ms));
+        let entries = self.window.take_target(msisdn);
+        Some((record, entries))
+    }
+
+    /// Takes over a subscriber exported by another server.
+    pub fn import(
+        &mut self,
+        msisdn: Msisdn,
+        record: SubscriberRecord,
+        entries: &[DecisionWindowEntry],
+    ) {
+        self.moved.remove(&msisdn);
+        self.provision(msisdn, record);
+        for e in entries {
+            self.window
+                .insert(e.expires.saturating_sub(self.window_ms), *e);
+        }
+    }
+
+    /// A restart: everything volatile is gone; the duplicate-suppression
+    /// window is rebuilt from the journaled decisions about subscribers held
+    /// here. Subscriber records are provisioned data and survive.
+    pub fn restart<'r>(
+        &mut self,
+        now: Millis,
+        journal: impl IntoIterator<Item = &'r DecisionRecord>,
+    ) {
+        self.window.clear();
+        for record in journal {
+            let expires = record.at + self.window_ms;
+            if expires > now && self.subscriber(record.target).is_some() {
+                self.window.insert(
+                    now,
+                    DecisionWindowEntry {
+                        origin: record.origin,
+                        txid: record.txid,
+                        target: record.target,
+                        outcome: record.outcome,
+                        expires,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Handles a query (from an IGPS, with its origin network), a status
+    /// publication (from a device of the subscriber) or a provisioning change.
+    pub fn handle(
+        &mut self,
+        now: Millis,
+        from: Addr,
+        origin: NetworkId,
+        message: &Message<'_>,
+        out: &mut Outbox,
+    ) {
+        match (from, message) {
+            (Addr::Igps(_) | Addr::Wa(_) | Addr::Ps(_), Message::Query(query)) => {
+                self.handle_query(now, origin, query, out)
+            }
+            (Addr::Device(device), Message::Publish(publish)) => {
+                self.handle_publish(now, device, publish, out)
+            }
+            (Addr::Provisioning, Message::BuddyUpdate(_) | Message::ConsentUpdate(_)) => {
+                let (txid, status) = match message {
+                    Message::BuddyUpdate(update) => (update.txid, self.apply_buddies(update)),
+                    Message::ConsentUpdate(update) => (update.txid, self.apply_consent(update)),
+                    _ => return,
+                };
+                out.send(from, self.network, Message::Ack(Ack { txid, status }));
+            }
+            _ => self.counters.drops.unexpected += 1,
+        }
+    }
+
+    fn handle_query(&mut self, now: Millis, origin: NetworkId, query: &Query, out: &mut Outbox) {
+        let reply_to = reply_addr(self.network, origin, query.reply_node);
+        let answer = |outcome| answer_to(query, outcome);
+        match self.window.lookup(now, origin, query.txid) {
+            WindowLookup::Decided(decided) if decided.target == query.target => {
+                self.counters.duplicates += 1;
+                out.send(reply_to, origin, answer(decided.outcome));
+                return;
+            }
+            WindowLookup::Decided(_) => {
+                // A second, different query under one transaction id.
+                self.counters.drops.unexpected += 1;
+                return;
+            }
+            WindowLookup::Stale => {
+                // Older than the window: its WA has long given up on it.
+                self.counters.drops.unmatched += 1;
+                return;
+            }
+            WindowLookup::Full => {
+                self.counters.drops.overloaded += 1;
+                out.send(
+                    reply_to,
+                    origin,
+                    answer(Outcome::Overloaded {
+                        retry_after_ms: WINDOW_FULL_RETRY_MS,
+                    }),
+                );
+                return;
+            }
+            WindowLookup::New => {}
+        }
+        if self.subscriber(query.target).is_none() {
+            if let Some(&(to, until)) = self.moved.get(&query.target) {
+                if until > now && query.hop_limit > 0 {
+                    // Moved away while this query was on its way: follow it.
+                    out.send(Addr::Ps(to), origin, Message::Query(one_hop_on(query)));
+                    return;
+                }
+            }
+        }
+        // Step 10.
+        let outcome = match self.subscriber(query.target) {
+            Some(b) if b.permits(query.watcher) => {
+                let confirmed_age_s =
+                    (now.saturating_sub(b.confirmed_at) / 1000).min(u64::from(u32::MAX)) as u32;
+                match b.state {
+                    PresenceState::Attached(reach) => Outcome::Attached {
+                        reach,
+                        confirmed_age_s,
+                    },
+                    PresenceState::Detached => Outcome::Detached { confirmed_age_s },
+                }
+            }
+            _ => Outcome::NotAvailable,
+        };
+        self.window.insert(
+            now,
+            DecisionWindowEntry {
+                origin,
+                txid: query.txid,
+                target: query.target,
+                outcome,
+                expires: now + self.window_ms,
+            },
+        );
+        if origin != self.network {
+            // Step 11: recorded before the answer is released.
+            let record = DecisionRecord {
+                origin,
+                txid: query.txid,
+                watcher: query.watcher,
+                target: query.target,
+                reply_node: query.reply_node,
+                at: now,
+                ps: self.id,
+                outcome,
+            };
+            self.counters.charged += u64::from(record.chargeable());
+            out.records.push(record);
+        }
+        if outcome == Outcome::NotAvailable {
+            self.counters.not_available += 1;
+        } else {
+            self.counters.answered_status += 1;
+        }
+        // Step 12.
+        out.send(reply_to, origin, answer(outcome));
+    }
+
+    fn handle_publish(
+        &mut self,
+        now: Millis,
+        device: Msisdn,
+        publish: &Publish<'_>,
+        out: &mut Outbox,
+    ) {
+        let status = match self
+            .shard_mut(publish.subscriber)
+            .get_mut(&publish.subscriber)
+        {
+            None => AckStatus::UnknownSubscriber,
+            Some(b)
+                if device != publish.subscriber
+                    || !bool::from(
+                        b.credential.as_slice().ct_eq(publish.credential.as_bytes()),
+                    ) =>
+            {
+                AckStatus::Unauthenticated
+            }
+            Some(b) => {
+                b.state = publish.state;
+                b.confirmed_at = now;
+                AckStatus::Ok
+            }
+        };
+        if status == AckStatus::Ok {
+            self.counters.publications += 1;
+        } else {
+            self.counters.refused += 1;
+        }
+        out.send(
+            Addr::Device(device),
+            self.network,
+            Message::Ack(Ack {
+                txid: publish.txid,
+                status,
+            }),
+        );
+    }
+
+    fn apply_buddies(&mut self, update: &BuddyUpdate<'_>) -> AckStatus {
+        let Some(b) = self.shard_mut(update.owner).get_mut(&update.owner) else {
+            return AckStatus::UnknownSubscriber;
+        };
+        let mut buddies: SmallVec<[Msisdn; 24]> = match update.action {
+            BuddyAction::Replace => SmallVec::new(),
+            BuddyAction::Add | BuddyAction::Remove => b.buddies.clone(),
+        };
+        match update.action {
+            BuddyAction::Add | BuddyAction::Replace => buddies.extend(update.buddies.iter()),
+            BuddyAction::Remove => buddies.retain(|w| !update.buddies.iter().any(|r| r == *w)),
+        }
+        buddies.sort_unstable();
+        buddies.dedup();
+        if buddies.len() > BUDDIES_MAX {
+            return AckStatus::TooManyBuddies;
+        }
+        b.buddies = buddies;
+        AckStatus::Ok
+    }
+
+    fn apply_consent(&mut self, update: &ConsentUpdate) -> AckStatus {
+        let Some(b) = self.shard_mut(update.owner).get_mut(&update.owner) else {
+            return AckStatus::UnknownSubscriber;
+        };
+        match (update.scope, update.consent) {
+            (ConsentScope::All, consent) => b.consent_all = consent == Consent::Grant,
+            (ConsentScope::Watcher(w), Consent::Withdraw) => {
+                if let Err(at) = b.withdrawn.binary_search(&w) {
+                    b.withdrawn.insert(at, w);
+                }
+            }
+            (ConsentScope::Watcher(w), Consent::Grant) => {
+                if let Ok(at) = b.withdrawn.binary_search(&w) {
+                    b.withdrawn.remove(at);
+                }
+            }
+        }
+        AckStatus::Ok
+    }
+}
+
+/// A decision in the duplicate-suppression window, moved with its subscriber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecisionWindowEntry {
+    /// Origin network of the transaction.
+    pub origin: NetworkId,
+    /// Its id.
+    pub txid: u64,
+    /// B.
+    pub target: Msisdn,
+    /// The answer given.
+    pub outcome: Outcome,
+    /// When it leaves the window.
+    pub expires: Millis,
+}

@@ -1,0 +1,692 @@
+//! Watcher Application (steps 1–4 and 13): the edge A's devices talk to.
+//!
+//! - Step 1: A asks "is B attached?" with a `ClientRequest` naming B's MSISDN.
+//! - Step 2: the WA authenticates A (the credential provisioned for A's
+//!   number, compared in constant time) and checks and debits A's prepay
+//!   credit. Credit is an unsigned balance debited only when it covers the
+//!   cost: it can never go negative. A failed query (timeout, error,
+//!   overload) is refunded; an answer, including NotAvailable, is not.
+//! - Step 3: internal or external: B's number is in this network's own
+//!   ranges or ported in (and not ported out).
+//! - Step 4: the query goes to the OGPS, or for an internal B straight to an
+//!   IGPS of this network.
+//! - Step 13: the WA answers A exactly once: the first final answer from the
+//!   network, or an explicit `Error(Timeout)` at the deadline.
+//!
+//! The WA holds the only per-query state of the flow: a bounded table of
+//! pending transactions with their deadlines. Until a deadline it
+//! retransmits with exponential backoff (the same transaction id, so the
+//! presence server answers and charges once), and honours an `Overloaded`
+//! answer's retry-after. Timers: [`WatcherApp::poll_timeout`] says when to
+//! call [`WatcherApp::handle_timeout`]; an early call is harmless.
+//!
+//! Subscriptions (`ClientOperation::Subscribe`/`Unsubscribe`) are refused with
+//! `Error(Refused)`: watching with an expiry is not built in the roles yet.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use ahash::AHashMap;
+
+use presence_codec::{
+    Answer, ClientOperation, ClientRequest, ErrorReason, Message, Msisdn, Outcome, Query,
+};
+use subtle::ConstantTimeEq;
+
+use super::{Addr, DropCounters, Millis, Outbox};
+use crate::table::{NetworkId, PortedMap, Prefix, PrefixIndex};
+
+/// What the WA knows of one of its subscribers (from provisioning).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subscriber {
+    /// The credential A's devices present (at most 32 bytes).
+    pub credential: Vec<u8>,
+    /// Prepay credit, in query units of [`WaConfig::query_cost`].
+    pub credit: u64,
+}
+
+/// A subscriber as the WA keeps it: the credential inline, so checking it
+/// costs no extra memory access.
+#[derive(Clone, Copy, Debug)]
+struct Account {
+    credential: [u8; presence_codec::CREDENTIAL_LEN_MAX],
+    credential_len: u8,
+    credit: u64,
+}
+
+impl Account {
+    /// The credential; `credential_len` is `u8::MAX` for one that was too
+    /// long to store, which no device can match.
+    fn credential(&self) -> Option<&[u8]> {
+        self.credential.get(..usize::from(self.credential_len))
+    }
+}
+
+/// Configuration of one WA instance.
+#[derive(Clone, Debug)]
+pub struct WaConfig {
+    /// This network.
+    pub network: NetworkId,
+    /// This WA instance: the `reply_node` answers come back to.
+    pub instance: u16,
+    /// How many IGPS ingress points this network has (internal queries are
+    /// spread over them).
+    pub igps_count: u16,
+    /// This network's own number ranges.
+    pub own_ranges: Vec<Prefix>,
+    /// Numbers of other ranges ported into this network.
+    pub ported_in: Vec<Msisdn>,
+    /// Numbers of the own ranges ported out to other networks.
+    pub ported_out: Vec<Msisdn>,
+    /// Time A waits for an answer, in milliseconds.
+    pub deadline_ms: u16,
+    /// First retransmission after this many milliseconds; doubled each time.
+    pub retransmit_initial_ms: u64,
+    /// Hop limit of new queries.
+    pub hop_limit: u8,
+    /// Transactions pending at once (rounded up to a power of two): a new
+    /// query whose slot is still held by one issued that many ids earlier is
+    /// refused with `Overloaded`.
+    pub pending_max: usize,
+    /// Credit units one query costs.
+    pub query_cost: u64,
+}
+
+impl WaConfig {
+    /// Defaults for a network: 1.5 s deadline, retransmit after 200 ms, hop
+    /// limit 8, 65,536 pending transactions, one unit per query.
+    pub fn new(network: NetworkId, own_ranges: Vec<Prefix>) -> WaConfig {
+        WaConfig {
+            network,
+            instance: 0,
+            igps_count: 1,
+            own_ranges,
+            ported_in: Vec::new(),
+            ported_out: Vec::new(),
+            deadline_ms: 1500,
+            retransmit_initial_ms: 200,
+            hop_limit: 8,
+            pending_max: 65_536,
+            query_cost: 1,
+        }
+    }
+}
+
+const HOME: NetworkId = NetworkId(0);
+const AWAY: NetworkId = NetworkId(1);
+/// Retry-after told to A when the pending table is full.
+const PENDING_FULL_RETRY_MS: u32 = 100;
+
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    device: Msisdn,
+    client_txid: u64,
+    target: Msisdn,
+    watcher: Msisdn,
+    deadline: Millis,
+    retransmit_ms: u64,
+    next_send: Millis,
+    /// Bumped whenever the timer is re-armed, so stale heap entries are skipped.
+    timer_generation: u32,
+    internal: bool,
+    cost: u64,
+}
+
+/// Pending transactions, indexed directly by transaction id. The WA numbers
+/// its transactions consecutively, so slot `txid % slots` is free unless a
+/// transaction issued `slots` ids ago is still pending: then the table counts
+/// as full. No hashing, no allocation after start-up.
+#[derive(Debug)]
+struct PendingTable {
+    slots: Vec<Option<(u64, Pending)>>,
+    mask: u64,
+    len: usize,
+}
+
+impl PendingTable {
+    fn new(capacity: usize) -> PendingTable {
+        let slots = capacity.max(1).next_power_of_two();
+        PendingTable {
+            slots: vec![None; slots],
+            mask: slots as u64 - 1,
+            len: 0,
+        }
+    }
+
+    fn slot(&self, txid: u64) -> usize {
+        (txid & self.mask) as usize
+    }
+
+    fn is_free(&self, txid: u64) -> bool {
+        self.slots[self.slot(txid)].is_none()
+    }
+
+    fn insert(&mut self, txid: u64, pending: Pending) {
+        let slot = self.slot(txid);
+        debug_assert!(self.slots[slot].is_none());
+        self.len += usize::from(self.slots[slot].is_none());
+        self.slots[slot] = Some((txid, pending));
+    }
+
+    fn get(&self, txid: u64) -> Option<&Pending> {
+        match &self.slots[self.slot(txid)] {
+            Some((id, p)) if *id == txid => Some(p),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, txid: u64) -> Option<&mut Pending> {
+        let slot = self.slot(txid);
+        match &mut self.slots[slot] {
+            Some((id, p)) if *id == txid => Some(p),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, txid: u64) -> Option<Pending> {
+        let slot = self.slot(txid);
+        match self.slots[slot] {
+            Some((id, p)) if id == txid => {
+                self.slots[slot] = None;
+                self.len -= 1;
+                Some(p)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Counters of what the WA decided, for metrics and the simulation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WaCounters {
+    /// Queries accepted and sent into the network.
+    pub accepted: u64,
+    /// Of those, internal.
+    pub internal: u64,
+    /// Refused: bad or missing credential.
+    pub unauthenticated: u64,
+    /// Refused: credit does not cover the query.
+    pub credit_exhausted: u64,
+    /// Retransmissions sent.
+    pub retransmissions: u64,
+    /// Final answers given to A (answers and timeouts).
+    pub final_answers: u64,
+    /// Of those, timeouts.
+    pub timeouts: u64,
+    /// Refused or dropped for other reasons.
+    pub drops: DropCounters,
+}
+
+/// The Watcher Application of one network (one instance).
+#[derive(Debug)]
+pub struct WatcherApp {
+    config: WaConfig,
+    own: PrefixIndex,
+    ported: PortedMap,
+    subscribers: AHashMap<Msisdn, Account>,
+    pending: PendingTable,
+    timers: BinaryHeap<Reverse<(Millis, u64, u32)>>,
+    next_txid: u64,
+    counters: WaCounters,
+}
+
+impl WatcherApp {
+    /// A WA with these subscribers (a credential longer than 32 bytes is cut
+    /// to 32, which no device can then match). Tables are sized for
+    /// `pending_max` now, so steady-state traffic allocates nothing.
+    pub fn new(config: WaConfig, subscribers: HashMap<Msisdn, Subscriber>) -> WatcherApp {
+        let subscribers: AHashMap<Msisdn, Account> = subscribers
+            .into_iter()
+            .map(|(m, s)| {
+                let mut credential = [0u8; presence_codec::CREDENTIAL_LEN_MAX];
+                let len = s.credential.len().min(credential.len());
+                credential[..len].copy_from_slice(&s.credential[..len]);
+                // A longer credential can never match: make the stored one
+                // unmatchable rather than a prefix of it.
+                let credential_len = if s.credential.len() > len {
+                    u8::MAX
+                } else {
+                    len as u8
+                };
+                (
+                    m,
+                    Account {
+                        credential,
+                        credential_len,
+                        credit: s.credit,
+                    },
+                )
+            })
+            .collect();
+        let own_ranges: Vec<(Prefix, NetworkId)> =
+            config.own_ranges.iter().map(|&p| (p, HOME)).collect();
+        let mut changes: Vec<(Msisdn, Option<NetworkId>)> = Vec::new();
+        changes.extend(config.ported_in.iter().map(|&m| (m, Some(HOME))));
+        changes.extend(config.ported_out.iter().map(|&m| (m, Some(AWAY))));
+        let pending_max = config.pending_max;
+        WatcherApp {
+            own: PrefixIndex::build(&own_ranges),
+            ported: PortedMap::empty(0x5741).apply(&changes),
+            subscribers,
+            pending: PendingTable::new(pending_max),
+            // Entries of finished transactions stay until compacted away
+            // (see `push_timer`): twice the live maximum leaves room.
+            timers: BinaryHeap::with_capacity(pending_max.saturating_mul(2).max(16)),
+            next_txid: u64::from(config.instance) << 48,
+            config,
+            counters: WaCounters::default(),
+        }
+    }
+
+    /// Step 3: whether `msisdn` belongs to this network.
+    pub fn is_home(&self, msisdn: Msisdn) -> bool {
+        match self.ported.get(msisdn) {
+            Some(network) => network == HOME,
+            None => self.own.lookup(msisdn).is_some(),
+        }
+    }
+
+    /// What the WA has decided so far.
+    pub fn counters(&self) -> WaCounters {
+        self.counters
+    }
+
+    /// A's remaining credit.
+    pub fn credit(&self, msisdn: Msisdn) -> Option<u64> {
+        self.subscribers.get(&msisdn).map(|s| s.credit)
+    }
+
+    /// Transactions waiting for an answer.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should next be called.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.timers.peek().map(|Reverse((at, _, _))| *at)
+    }
+
+    /// Handles one message from a device (steps 1–4) or from the network
+    /// (the answer of step 12).
+    pub fn handle(&mut self, now: Millis, from: Addr, message: &Message<'_>, out: &mut Outbox) {
+        match (from, message) {
+            (Addr::Device(device), Message::ClientRequest(request)) => {
+                self.handle_request(now, device, request, out)
+            }
+            (Addr::Device(_), _) => self.counters.drops.unexpected += 1,
+            (_, Message::Answer(answer)) => self.handle_answer(now, answer, out),
+            _ => self.counters.drops.unexpected += 1,
+        }
+    }
+
+    fn reply_to_device(
+        &mut self,
+        device: Msisdn,
+        txid: u64,
+        target: Msisdn,
+        outcome: Outcome,
+        out: &mut Outbox,
+    ) {
+        out.send(
+            Addr::Device(device),
+            self.config.network,
+            Message::Answer(Answer {
+                txid,
+                reply_node: self.config.instance,
+                target,
+                outcome,
+            }),
+        );
+    }
+
+    fn handle_request(
+        &mut self,
+        now: Millis,
+        device: Msisdn,
+        request: &ClientRequest<'_>,
+        out: &mut Outbox,
+    ) {
+        let refuse = |wa: &mut WatcherApp, outcome, out: &mut Outbox| {
+            wa.reply_to_device(device, request.txid, request.target, outcome, out);
+        };
+        // Step 2: a device speaks for its own number only, with its credential.
+        let authentic = request.watcher == device
+            && self.subscribers.get(&request.watcher).is_some_and(|s| {
+                s.credential()
+                    .is_some_and(|c| bool::from(c.ct_eq(request.credential.as_bytes())))
+            });
+        if !authentic {
+            self.counters.unauthenticated += 1;
+            return refuse(self, Outcome::Error(ErrorReason::Unauthenticated), out);
+        }
+        if request.operation != ClientOperation::Query {
+            self.counters.drops.unexpected += 1;
+            return refuse(self, Outcome::Error(ErrorReason::Refused), out);
+        }
+        if !self.pending.is_free(self.next_txid) {
+            self.counters.drops.overloaded += 1;
+            return refuse(
+                self,
+                Outcome::Overloaded {
+                    retry_after_ms: PENDING_FULL_RETRY_MS,
+                },
+                out,
+            );
+        }
+        let cost = self.config.query_cost;
+        let Some(subscriber) = self.subscribers.get_mut(&request.watcher) else {
+            return;
+        };
+        // Step 2: debit only what the balance covers; it never goes negative.
+        match subscriber.credit.checked_sub(cost) {
+            Some(left) => subscriber.credit = left,
+            None => {
+                self.counters.credit_exhausted += 1;
+                return refuse(self, Outcome::Error(ErrorReason::CreditExhausted), out);
+            }
+        }
+        // Step 3.
+        let internal = self.is_home(request.target);
+        let txid = self.next_txid;
+        self.next_txid = self.next_txid.wrapping_add(1);
+        let deadline = now + u64::from(self.config.deadline_ms);
+        let pending = Pending {
+            device,
+            client_txid: request.txid,
+            target: request.target,
+            watcher: request.watcher,
+            deadline,
+            retransmit_ms: self.config.retransmit_initial_ms,
+            next_send: now + self.config.retransmit_initial_ms,
+            timer_generation: 0,
+            internal,
+            cost,
+        };
+        self.counters.accepted += 1;
+        self.counters.internal += u64::from(internal);
+        self.pending.insert(txid, pending);
+        self.push_timer(pending.next_send.min(deadline), txid, 0);
+        // Step 4.
+        self.send_query(now, txid, &pending, out);
+    }
+
+    fn send_query(&self, now: Millis, txid: u64, pending: &Pending, out: &mut Outbox) {
+        let budget_ms = pending
+            .deadline
+            .saturating_sub(now)
+            .min(u64::from(u16::MAX)) as u16;
+        let to = if pending.internal {
+            Addr::Igps((txid % u64::from(self.config.igps_count.max(1))) as u16)
+        } else {
+            Addr::Ogps
+        };
+        out.send(
+            to,
+            self.config.network,
+            Message::Query(Query {
+                txid,
+                watcher: pending.watcher,
+                target: pending.target,
+                hop_limit: self.config.hop_limit,
+                budget_ms,
+                reply_node: self.config.instance,
+                route_version: 0,
+            }),
+        );
+    }
+
+    fn handle_answer(&mut self, now: Millis, answer: &Answer, out: &mut Outbox) {
+        let Some(pending) = self.pending.get_mut(answer.txid) else {
+            self.counters.drops.unmatched += 1;
+            return;
+        };
+        if pending.target != answer.target {
+            // Not the answer to this question: a forged or broken answer.
+            self.counters.drops.unmatched += 1;
+            return;
+        }
+        if let Outcome::Overloaded { retry_after_ms } = answer.outcome {
+            let retry_at = now + u64::from(retry_after_ms);
+            if retry_at < pending.deadline {
+                // Honour the retry-after: ask again then, not before.
+                pending.next_send = retry_at;
+                pending.timer_generation = pending.timer_generation.wrapping_add(1);
+                let generation = pending.timer_generation;
+                let at = retry_at.min(pending.deadline);
+                self.push_timer(at, answer.txid, generation);
+                return;
+            }
+        }
+        self.finish(answer.txid, answer.outcome, out);
+    }
+
+    /// Step 13: the one final answer to A.
+    fn finish(&mut self, txid: u64, outcome: Outcome, out: &mut Outbox) {
+        let Some(pending) = self.pending.remove(txid) else {
+            return;
+        };
+        if matches!(outcome, Outcome::Error(_) | Outcome::Overloaded { .. }) {
+            if let Some(subscriber) = self.subscribers.get_mut(&pending.watcher) {
+                subscriber.credit = subscriber.credit.saturating_add(pending.cost);
+            }
+        }
+        self.counters.final_answers += 1;
+        self.counters.timeouts += u64::from(outcome == Outcome::Error(ErrorReason::Timeout));
+        self.reply_to_device(
+            pending.device,
+            pending.client_txid,
+            pending.target,
+            outcome,
+            out,
+        );
+    }
+
+    /// Arms a timer. The heap never grows past its start-up capacity: when
+    /// it is full, the entries of finished or re-armed transactions are
+    /// dropped first (at most one live entry per pending transaction, so at
+    /// least half of it frees up). No allocation, amortised O(log n).
+    fn push_timer(&mut self, at: Millis, txid: u64, generation: u32) {
+        if self.timers.len() == self.timers.capacity() {
+            let pending = &self.pending;
+            self.timers.retain(|Reverse((_, t, g))| {
+                pending.get(*t).is_some_and(|p| p.timer_generation == *g)
+            });
+        }
+        self.timers.push(Reverse((at, txid, generation)));
+    }
+
+    /// Retransmits and times out what is due at `now`.
+    pub fn handle_timeout(&mut self, now: Millis, out: &mut Outbox) {
+        while let Some(&Reverse((at, txid, generation))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(pending) = self.pending.get_mut(txid) else {
+                continue;
+            };
+            if pending.timer_generation != generation {
+                continue;
+            }
+            if now >= pending.deadline {
+                self.finish(txid, Outcome::Error(ErrorReason::Timeout), out);
+                continue;
+            }
+            if now >= pending.next_send {
+                pending.retransmit_ms = pending.retransmit_ms.saturating_mul(2);
+                pending.next_send = now + pending.retransmit_ms;
+                pending.timer_generation = pending.timer_generation.wrapping_add(1);
+                let next = pending.next_send.min(pending.deadline);
+                let generation = pending.timer_generation;
+                let snapshot = *pending;
+                self.counters.retransmissions += 1;
+                self.push_timer(next, txid, generation);
+                self.send_query(now, txid, &snapshot, out);
+            } else {
+                let next = pending.next_send.min(pending.deadline);
+                self.push_timer(next, txid, generation);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use presence_codec::Credential;
+
+    use super::*;
+
+    fn m(t: &str) -> Msisdn {
+        t.parse().unwrap()
+    }
+
+    const A: &str = "447700900123";
+    const B: &str = "4915112345678";
+
+    fn wa(credit: u64) -> WatcherApp {
+        WatcherApp::new(
+            WaConfig::new(NetworkId(1), vec![Prefix::parse("4477").unwrap()]),
+            HashMap::from([(
+                m(A),
+                Subscriber {
+                    credential: b"pw".to_vec(),
+                    credit,
+                },
+            )]),
+        )
+    }
+
+    fn ask(wa: &mut WatcherApp, now: Millis, credential: &[u8], out: &mut Outbox) {
+        let request = ClientRequest {
+            txid: 9,
+            watcher: m(A),
+            target: m(B),
+            operation: ClientOperation::Query,
+            credential: Credential::new(credential).unwrap(),
+        };
+        wa.handle(
+            now,
+            Addr::Device(m(A)),
+            &Message::ClientRequest(request),
+            out,
+        );
+    }
+
+    fn outcome_to_device(out: &Outbox) -> Option<Outcome> {
+        out.transmits.iter().find_map(|t| match (t.to, t.message) {
+            (Addr::Device(_), Message::Answer(a)) => Some(a.outcome),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn wa_refuses_a_bad_credential_without_debiting() {
+        let mut wa = wa(5);
+        let mut out = Outbox::default();
+        ask(&mut wa, 0, b"wrong", &mut out);
+        assert_eq!(
+            outcome_to_device(&out),
+            Some(Outcome::Error(ErrorReason::Unauthenticated))
+        );
+        assert_eq!(wa.credit(m(A)), Some(5));
+        assert_eq!(wa.pending_len(), 0);
+    }
+
+    #[test]
+    fn wa_refuses_when_credit_is_exhausted_and_never_goes_negative() {
+        let mut wa = wa(1);
+        let mut out = Outbox::default();
+        ask(&mut wa, 0, b"pw", &mut out);
+        assert_eq!(wa.credit(m(A)), Some(0));
+        out.clear();
+        ask(&mut wa, 1, b"pw", &mut out);
+        assert_eq!(
+            outcome_to_device(&out),
+            Some(Outcome::Error(ErrorReason::CreditExhausted))
+        );
+        assert_eq!(wa.credit(m(A)), Some(0));
+    }
+
+    #[test]
+    fn wa_retransmits_with_backoff_then_times_out_once_and_refunds() {
+        let mut wa = wa(5);
+        let mut out = Outbox::default();
+        ask(&mut wa, 0, b"pw", &mut out);
+        assert_eq!(out.transmits[0].to, Addr::Ogps, "external: to the OGPS");
+        let mut sent_at = vec![0];
+        let mut now = 0;
+        while let Some(at) = wa.poll_timeout() {
+            now = at;
+            out.clear();
+            wa.handle_timeout(now, &mut out);
+            for t in &out.transmits {
+                if let Message::Query(q) = t.message {
+                    assert_eq!(u64::from(q.budget_ms), 1500 - now, "budget shrinks");
+                    sent_at.push(now);
+                }
+            }
+            if outcome_to_device(&out).is_some() {
+                break;
+            }
+        }
+        assert_eq!(sent_at, vec![0, 200, 600, 1400], "200 ms, doubling");
+        assert_eq!(now, 1500);
+        assert_eq!(
+            outcome_to_device(&out),
+            Some(Outcome::Error(ErrorReason::Timeout))
+        );
+        assert_eq!(wa.credit(m(A)), Some(5), "a timed-out query is refunded");
+        assert_eq!(wa.counters().timeouts, 1);
+        out.clear();
+        wa.handle_timeout(10_000, &mut out);
+        assert!(out.transmits.is_empty(), "answered exactly once");
+    }
+
+    #[test]
+    fn wa_honours_retry_after_of_an_overloaded_answer() {
+        let mut wa = wa(5);
+        let mut out = Outbox::default();
+        ask(&mut wa, 0, b"pw", &mut out);
+        let Message::Query(q) = out.transmits[0].message else {
+            panic!("a query")
+        };
+        out.clear();
+        let overloaded = Answer {
+            txid: q.txid,
+            reply_node: 0,
+            target: m(B),
+            outcome: Outcome::Overloaded {
+                retry_after_ms: 700,
+            },
+        };
+        wa.handle(50, Addr::Ogps, &Message::Answer(overloaded), &mut out);
+        assert!(out.transmits.is_empty(), "not final: retried later");
+        wa.handle_timeout(200, &mut out);
+        assert!(
+            out.transmits.is_empty(),
+            "no retransmission before the retry-after"
+        );
+        wa.handle_timeout(750, &mut out);
+        assert!(matches!(out.transmits[0].message, Message::Query(_)));
+    }
+
+    #[test]
+    fn wa_sends_home_numbers_to_its_own_igps() {
+        let mut wa = wa(5);
+        let mut out = Outbox::default();
+        let request = ClientRequest {
+            txid: 1,
+            watcher: m(A),
+            target: m("447712345678"),
+            operation: ClientOperation::Query,
+            credential: Credential::new(b"pw").unwrap(),
+        };
+        wa.handle(
+            0,
+            Addr::Device(m(A)),
+            &Message::ClientRequest(request),
+            &mut out,
+        );
+        assert!(matches!(out.transmits[0].to, Addr::Igps(_)));
+    }
+}

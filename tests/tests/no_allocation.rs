@@ -1,0 +1,71 @@
+//! The role pipeline allocates nothing per query in steady state: a counting
+//! global allocator watches 100,000 queries run through WA → OGPS → IGPS →
+//! HSS → PS → WA after a warm-up.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use presence_engine::sim::{Pipeline, SimNetwork};
+use presence_engine::table::{NumberingTable, Prefix};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn network(text: &str, name: &str) -> SimNetwork {
+    SimNetwork {
+        name: name.to_owned(),
+        prefixes: text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(',');
+                let prefix = f.next()?;
+                (f.next()? == name).then(|| Prefix::parse(prefix)).flatten()
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn steady_state_queries_allocate_nothing() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv");
+    let world = Arc::new(NumberingTable::load(&path, None).unwrap());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut pipeline = Pipeline::new(
+        &world,
+        &network(&text, "o2.gb"),
+        &network(&text, "t-mobile.de"),
+        1000,
+        1000,
+    );
+    assert!(pipeline.run(20_000) > 0, "warm-up answers queries");
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let answered = pipeline.run(100_000);
+    let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    assert_eq!(answered, 100_000, "every query answered with B's status");
+    assert_eq!(allocations, 0, "allocations during 100,000 queries");
+    assert_eq!(pipeline.charged, 120_000, "one charge record per query");
+}
