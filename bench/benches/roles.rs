@@ -7,26 +7,19 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use presence_bench::{shared_rows, shared_table_path};
+use presence_bench::shared_table_path;
 use presence_engine::sim::{Pipeline, SimNetwork};
-use presence_engine::table::{NumberingTable, Prefix};
+use presence_engine::table::NumberingTable;
 
 const BATCH: usize = 10_000;
 
-fn network(name: &str) -> SimNetwork {
-    SimNetwork {
-        name: name.to_owned(),
-        prefixes: shared_rows()
-            .iter()
-            .filter(|r| r.network == name)
-            .filter_map(|r| Prefix::parse(&r.prefix))
-            .collect(),
-    }
-}
-
 fn roles(c: &mut Criterion) {
     let world = Arc::new(NumberingTable::load(&shared_table_path(), None).expect("shared table"));
-    let (a, b) = (network("o2.gb"), network("t-mobile.de"));
+    let csv = std::fs::read_to_string(shared_table_path()).expect("shared table");
+    let (a, b) = (
+        SimNetwork::from_table_csv(&csv, "o2.gb"),
+        SimNetwork::from_table_csv(&csv, "t-mobile.de"),
+    );
     let mut group = c.benchmark_group("roles");
     group.throughput(Throughput::Elements(BATCH as u64));
     // 1,000 watchers and 1,000 targets: every role's state in the caches, so

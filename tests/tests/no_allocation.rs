@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use presence_engine::sim::{Pipeline, SimNetwork};
-use presence_engine::table::{NumberingTable, Prefix};
+use presence_engine::table::NumberingTable;
 
 struct Counting;
 
@@ -35,20 +35,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-fn network(text: &str, name: &str) -> SimNetwork {
-    SimNetwork {
-        name: name.to_owned(),
-        prefixes: text
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.split(',');
-                let prefix = f.next()?;
-                (f.next()? == name).then(|| Prefix::parse(prefix)).flatten()
-            })
-            .collect(),
-    }
-}
-
 #[test]
 fn steady_state_queries_allocate_nothing() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv");
@@ -56,8 +42,8 @@ fn steady_state_queries_allocate_nothing() {
     let text = std::fs::read_to_string(&path).unwrap();
     let mut pipeline = Pipeline::new(
         &world,
-        &network(&text, "o2.gb"),
-        &network(&text, "t-mobile.de"),
+        &SimNetwork::from_table_csv(&text, "o2.gb"),
+        &SimNetwork::from_table_csv(&text, "t-mobile.de"),
         1000,
         1000,
     );

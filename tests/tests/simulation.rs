@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use presence_engine::sim::{self, SimConfig, SimNetwork, SimReport};
-use presence_engine::table::{NumberingTable, Prefix};
+use presence_engine::table::NumberingTable;
 
 const NETWORKS: [&str; 3] = ["o2.gb", "t-mobile.de", "batelco.bs"];
 
@@ -18,19 +18,7 @@ fn world() -> (Arc<NumberingTable>, Vec<SimNetwork>) {
     let text = std::fs::read_to_string(&path).unwrap();
     let networks = NETWORKS
         .iter()
-        .map(|name| SimNetwork {
-            name: (*name).to_owned(),
-            prefixes: text
-                .lines()
-                .filter_map(|l| {
-                    let mut f = l.split(',');
-                    let prefix = f.next()?;
-                    (f.next()? == *name)
-                        .then(|| Prefix::parse(prefix))
-                        .flatten()
-                })
-                .collect(),
-        })
+        .map(|name| SimNetwork::from_table_csv(&text, name))
         .collect();
     (Arc::new(table), networks)
 }

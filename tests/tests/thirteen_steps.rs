@@ -14,25 +14,11 @@ use presence_engine::roles::{
     Addr, Hss, Igps, IngressPoint, Ogps, Outbox, PresenceServer, PsId, Subscriber,
     SubscriberRecord, WaConfig, WatcherApp,
 };
+use presence_engine::sim::SimNetwork;
 use presence_engine::table::{NumberingTable, Prefix};
 
 fn m(text: &str) -> Msisdn {
     text.parse().unwrap()
-}
-
-fn prefixes_of(network: &str) -> Vec<Prefix> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv");
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split(',');
-            let prefix = f.next()?;
-            (f.next()? == network)
-                .then(|| Prefix::parse(prefix))
-                .flatten()
-        })
-        .collect()
 }
 
 #[test]
@@ -45,8 +31,15 @@ fn a_query_walks_the_thirteen_steps() {
 
     // Network A: the WA (A provisioned with a credential and 10 units of
     // credit) and the OGPS (B's network has two ingress points, one down).
+    let o2 = SimNetwork::from_table_csv(&std::fs::read_to_string(&path).unwrap(), "o2.gb");
+    let mut config = WaConfig::new(net_a, o2.prefixes);
+    config.foreign_ranges = o2.foreign_inside;
+    // A number of a carve-out inside o2's 44770 block is external (step 3).
+    assert!(config
+        .foreign_ranges
+        .contains(&Prefix::parse("4477000").unwrap()));
     let mut wa = WatcherApp::new(
-        WaConfig::new(net_a, prefixes_of("o2.gb")),
+        config,
         HashMap::from([(
             a,
             Subscriber {
@@ -109,6 +102,7 @@ fn a_query_walks_the_thirteen_steps() {
     // Step 3: B's number is not in A's network.
     assert!(!wa.is_home(b));
     assert!(wa.is_home(a));
+    assert!(!wa.is_home(m("447700012345")), "carved out of o2's block");
     // Step 4: the query goes to A's OGPS.
     assert_eq!(out.transmits.len(), 1);
     let step4 = out.transmits.pop().unwrap();

@@ -99,6 +99,9 @@ impl Hss {
         if ps.0 >= PS_PER_NETWORK_MAX {
             return Err(HssError::NoSuchServer(ps.0));
         }
+        // Every HSS writer holds the ranges lock, so a range change built
+        // from a snapshot cannot undo a move published meanwhile.
+        let _writers = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
         Ok(self.table.set_ported(msisdn, &ps_name(ps))?)
     }
 

@@ -80,9 +80,10 @@ impl Igps {
             self.counters.drops.unexpected += 1;
             return;
         };
-        // A query from this network's own WA must say so; anything else came
+        // A query from this network's own WA or OGPS (a number the WA took
+        // for foreign that is ours after all) must say so; anything else came
         // through a border link, whose authenticated peer is `origin`.
-        let from_border = !matches!(from, Addr::Wa(_));
+        let from_border = !matches!(from, Addr::Wa(_) | Addr::Ogps);
         if from_border == (origin == self.network) {
             self.counters.drops.unexpected += 1;
             return;

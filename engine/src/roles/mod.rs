@@ -33,7 +33,7 @@ pub use igps::{Igps, IgpsCounters};
 pub use ogps::{IngressPoint, Ogps, OgpsCounters};
 pub use ps::{
     ChargeRecord, DecisionRecord, DecisionWindowEntry, PresenceServer, PsCounters,
-    SubscriberRecord, BUDDIES_MAX, WINDOW_STREAMS_MAX,
+    SubscriberRecord, BUDDIES_MAX, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX,
 };
 pub use wa::{Subscriber, WaConfig, WaCounters, WatcherApp};
 

@@ -125,26 +125,45 @@ pub type ChargeRecord = DecisionRecord;
 /// The duplicate-suppression window: the decisions of the last window, per
 /// transaction stream.
 ///
-/// A WA numbers its transactions consecutively (`instance << 48 | counter`),
-/// so each (origin network, WA instance) stream gets a ring indexed directly
-/// by the counter, like an anti-replay window: recording a decision is a
-/// write to the next slots in order, finding one is a single indexed read —
-/// no hashing, no random insert into a large table. A slot still holding a
-/// live decision of an older transaction means the ring is full for that
-/// stream (the server answers `Overloaded`); a query older than the slot's
-/// transaction is older than the window (dropped). At most
-/// [`WINDOW_STREAMS_MAX`] streams, each of `slots` entries, all allocated on
-/// first use.
+/// A WA numbers its transactions consecutively (`instance << 48 | counter`,
+/// the instance being its `reply_node`), so each (origin network, WA
+/// instance) stream gets a ring indexed directly by the counter, like an
+/// anti-replay window: recording a decision is a write to the next slots in
+/// order, finding one is a single indexed read, no hashing and no random
+/// insert into a large table. Rules:
+/// - a slot still holding a live decision of an *older* transaction means the
+///   ring is full for that stream: the server answers `Overloaded`;
+/// - a transaction older than the slot's occupant, or more than a ring behind
+///   the newest transaction seen on its stream (the high-water mark), is older
+///   than the window: dropped, never decided a second time;
+/// - decisions that cannot take their slot (moved in with a subscriber, or
+///   rebuilt after a restart, colliding with a live one) go to a small
+///   overflow map, checked first while it is not empty.
+///
+/// Bounded: at most [`WINDOW_STREAMS_PER_ORIGIN_MAX`] streams per origin
+/// network and [`WINDOW_STREAMS_MAX`] in all, each of `slots` entries,
+/// allocated on first use; a stream beyond the quota is answered
+/// `Overloaded`, so one network cannot take the window from the others.
 #[derive(Debug)]
 struct DecisionWindow {
     slots: usize,
     streams: HashMap<(NetworkId, u16), usize>,
-    rings: Vec<Box<[Option<DecisionWindowEntry>]>>,
+    streams_per_origin: HashMap<NetworkId, usize>,
+    rings: Vec<Ring>,
+    overflow: HashMap<(NetworkId, u64), DecisionWindowEntry>,
+}
+
+#[derive(Debug)]
+struct Ring {
+    entries: Box<[Option<DecisionWindowEntry>]>,
+    high_water: u64,
 }
 
 /// Most transaction streams (origin network × WA instance) one presence
 /// server tracks.
 pub const WINDOW_STREAMS_MAX: usize = 256;
+/// Most transaction streams (WA instances) of one origin network.
+pub const WINDOW_STREAMS_PER_ORIGIN_MAX: usize = 16;
 
 enum WindowLookup {
     Decided(DecisionWindowEntry),
@@ -158,7 +177,9 @@ impl DecisionWindow {
         DecisionWindow {
             slots: slots.max(1).next_power_of_two(),
             streams: HashMap::default(),
+            streams_per_origin: HashMap::default(),
             rings: Vec::new(),
+            overflow: HashMap::default(),
         }
     }
 
@@ -166,62 +187,99 @@ impl DecisionWindow {
         (txid as usize) & (self.slots - 1)
     }
 
-    fn ring(&mut self, origin: NetworkId, txid: u64) -> Option<&mut [Option<DecisionWindowEntry>]> {
+    fn ring(&mut self, origin: NetworkId, txid: u64) -> Option<&mut Ring> {
         let stream = (origin, (txid >> 48) as u16);
         let index = match self.streams.get(&stream) {
             Some(&i) => i,
-            None if self.rings.len() < WINDOW_STREAMS_MAX => {
-                self.rings.push(vec![None; self.slots].into_boxed_slice());
+            None => {
+                let of_origin = self.streams_per_origin.entry(origin).or_default();
+                if self.rings.len() >= WINDOW_STREAMS_MAX
+                    || *of_origin >= WINDOW_STREAMS_PER_ORIGIN_MAX
+                {
+                    return None;
+                }
+                *of_origin += 1;
+                self.rings.push(Ring {
+                    entries: vec![None; self.slots].into_boxed_slice(),
+                    high_water: 0,
+                });
                 self.streams.insert(stream, self.rings.len() - 1);
                 self.rings.len() - 1
             }
-            None => return None,
         };
         Some(&mut self.rings[index])
     }
 
     fn lookup(&mut self, now: Millis, origin: NetworkId, txid: u64) -> WindowLookup {
+        if !self.overflow.is_empty() {
+            if let Some(e) = self.overflow.get(&(origin, txid)) {
+                return WindowLookup::Decided(*e);
+            }
+        }
         let slot = self.slot(txid);
+        let span = self.slots as u64;
         let Some(ring) = self.ring(origin, txid) else {
             return WindowLookup::Full;
         };
-        match ring[slot] {
+        if txid.saturating_add(span) <= ring.high_water {
+            return WindowLookup::Stale;
+        }
+        match ring.entries[slot] {
             Some(e) if e.txid == txid && e.origin == origin => WindowLookup::Decided(e),
-            Some(e) if e.expires > now && e.txid > txid => WindowLookup::Stale,
+            Some(e) if e.txid > txid => WindowLookup::Stale,
             Some(e) if e.expires > now => WindowLookup::Full,
             _ => WindowLookup::New,
         }
     }
 
-    /// Records a decision, unless its slot holds a live decision of another
-    /// transaction (only possible when the ring is full; the live one stays).
+    /// Records a decision; if its slot holds a live decision of another
+    /// transaction, the new one goes to the overflow map instead.
     fn insert(&mut self, now: Millis, entry: DecisionWindowEntry) {
         let slot = self.slot(entry.txid);
-        if let Some(ring) = self.ring(entry.origin, entry.txid) {
-            let free = ring[slot].is_none_or(|e| e.expires <= now || e.txid == entry.txid);
-            if free {
-                ring[slot] = Some(entry);
-            }
+        let Some(ring) = self.ring(entry.origin, entry.txid) else {
+            self.overflow_insert(now, entry);
+            return;
+        };
+        ring.high_water = ring.high_water.max(entry.txid);
+        let free = ring.entries[slot].is_none_or(|e| e.expires <= now || e.txid == entry.txid);
+        if free {
+            ring.entries[slot] = Some(entry);
+        } else {
+            self.overflow_insert(now, entry);
         }
+    }
+
+    fn overflow_insert(&mut self, now: Millis, entry: DecisionWindowEntry) {
+        self.overflow.retain(|_, e| e.expires > now);
+        self.overflow.insert((entry.origin, entry.txid), entry);
     }
 
     /// Removes and returns the decisions about `target`.
     fn take_target(&mut self, target: Msisdn) -> Vec<DecisionWindowEntry> {
         let mut taken = Vec::new();
         for ring in &mut self.rings {
-            for slot in ring.iter_mut() {
+            for slot in ring.entries.iter_mut() {
                 if slot.is_some_and(|e| e.target == target) {
                     taken.extend(slot.take());
                 }
             }
         }
+        self.overflow.retain(|_, e| {
+            let moving = e.target == target;
+            if moving {
+                taken.push(*e);
+            }
+            !moving
+        });
         taken
     }
 
     fn clear(&mut self) {
         for ring in &mut self.rings {
-            ring.fill(None);
+            ring.entries.fill(None);
+            ring.high_water = 0;
         }
+        self.overflow.clear();
     }
 }
 
@@ -343,6 +401,7 @@ impl PresenceServer {
     /// Takes over a subscriber exported by another server.
     pub fn import(
         &mut self,
+        now: Millis,
         msisdn: Msisdn,
         record: SubscriberRecord,
         entries: &[DecisionWindowEntry],
@@ -350,8 +409,7 @@ impl PresenceServer {
         self.moved.remove(&msisdn);
         self.provision(msisdn, record);
         for e in entries {
-            self.window
-                .insert(e.expires.saturating_sub(self.window_ms), *e);
+            self.window.insert(now, *e);
         }
     }
 
@@ -372,6 +430,7 @@ impl PresenceServer {
                     DecisionWindowEntry {
                         origin: record.origin,
                         txid: record.txid,
+                        watcher: record.watcher,
                         target: record.target,
                         outcome: record.outcome,
                         expires,
@@ -411,10 +470,28 @@ impl PresenceServer {
     }
 
     fn handle_query(&mut self, now: Millis, origin: NetworkId, query: &Query, out: &mut Outbox) {
+        // A WA numbers its transactions under its own instance (wire §5):
+        // anything else is not a WA's query, and would open streams at will.
+        if (query.txid >> 48) as u16 != query.reply_node {
+            self.counters.drops.unexpected += 1;
+            return;
+        }
+        if self.subscriber(query.target).is_none() {
+            if let Some(&(to, until)) = self.moved.get(&query.target) {
+                if until > now && query.hop_limit > 0 {
+                    // Moved away while this query was on its way: follow it,
+                    // to the server that holds its window entries now.
+                    out.send(Addr::Ps(to), origin, Message::Query(one_hop_on(query)));
+                    return;
+                }
+            }
+        }
         let reply_to = reply_addr(self.network, origin, query.reply_node);
         let answer = |outcome| answer_to(query, outcome);
         match self.window.lookup(now, origin, query.txid) {
-            WindowLookup::Decided(decided) if decided.target == query.target => {
+            WindowLookup::Decided(decided)
+                if decided.target == query.target && decided.watcher == query.watcher =>
+            {
                 self.counters.duplicates += 1;
                 out.send(reply_to, origin, answer(decided.outcome));
                 return;
@@ -442,15 +519,6 @@ impl PresenceServer {
             }
             WindowLookup::New => {}
         }
-        if self.subscriber(query.target).is_none() {
-            if let Some(&(to, until)) = self.moved.get(&query.target) {
-                if until > now && query.hop_limit > 0 {
-                    // Moved away while this query was on its way: follow it.
-                    out.send(Addr::Ps(to), origin, Message::Query(one_hop_on(query)));
-                    return;
-                }
-            }
-        }
         // Step 10.
         let outcome = match self.subscriber(query.target) {
             Some(b) if b.permits(query.watcher) => {
@@ -471,6 +539,7 @@ impl PresenceServer {
             DecisionWindowEntry {
                 origin,
                 txid: query.txid,
+                watcher: query.watcher,
                 target: query.target,
                 outcome,
                 expires: now + self.window_ms,
@@ -590,10 +659,142 @@ pub struct DecisionWindowEntry {
     pub origin: NetworkId,
     /// Its id.
     pub txid: u64,
+    /// A: a transaction id reused for another watcher (a WA restarted within
+    /// a window) never gets this watcher's answer.
+    pub watcher: Msisdn,
     /// B.
     pub target: Msisdn,
     /// The answer given.
     pub outcome: Outcome,
     /// When it leaves the window.
     pub expires: Millis,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOME: NetworkId = NetworkId(2);
+    const PEER: NetworkId = NetworkId(7);
+
+    fn m(t: &str) -> Msisdn {
+        t.parse().unwrap()
+    }
+
+    fn server(slots: usize) -> PresenceServer {
+        let mut ps = PresenceServer::new(PsId(0), HOME, 2, 10_000, slots);
+        ps.provision(
+            m("4915100000001"),
+            SubscriberRecord::new(b"b".to_vec(), vec![m("447700900123")]),
+        );
+        ps
+    }
+
+    fn query(instance: u16, counter: u64, watcher: &str) -> Message<'static> {
+        Message::Query(Query {
+            txid: u64::from(instance) << 48 | counter,
+            watcher: m(watcher),
+            target: m("4915100000001"),
+            hop_limit: 5,
+            budget_ms: 1000,
+            reply_node: instance,
+            route_version: 1,
+        })
+    }
+
+    fn ask(ps: &mut PresenceServer, now: Millis, q: Message<'static>) -> (Option<Outcome>, usize) {
+        let mut out = Outbox::default();
+        ps.handle(now, Addr::Igps(0), PEER, &q, &mut out);
+        let outcome = out.transmits.iter().find_map(|t| match t.message {
+            Message::Answer(a) => Some(a.outcome),
+            _ => None,
+        });
+        (
+            outcome,
+            out.records.iter().filter(|r| r.chargeable()).count(),
+        )
+    }
+
+    #[test]
+    fn ps_answers_a_duplicate_again_without_a_second_charge() {
+        let mut ps = server(64);
+        let (first, charged) = ask(&mut ps, 10, query(0, 1, "447700900123"));
+        assert!(matches!(first, Some(Outcome::Detached { .. })));
+        assert_eq!(charged, 1);
+        assert_eq!(ask(&mut ps, 20, query(0, 1, "447700900123")), (first, 0));
+    }
+
+    #[test]
+    fn ps_gives_unknown_and_not_permitted_the_same_answer() {
+        let mut ps = server(64);
+        let not_buddy = ask(&mut ps, 10, query(0, 1, "447700900999"));
+        let mut unknown = query(0, 2, "447700900123");
+        if let Message::Query(q) = &mut unknown {
+            q.target = m("4915100000002");
+        }
+        assert_eq!(not_buddy, (Some(Outcome::NotAvailable), 0));
+        assert_eq!(ask(&mut ps, 11, unknown), (Some(Outcome::NotAvailable), 0));
+    }
+
+    #[test]
+    fn ps_never_gives_one_watchers_answer_to_another_under_a_reused_id() {
+        let mut ps = server(64);
+        ask(&mut ps, 10, query(0, 1, "447700900123"));
+        assert_eq!(ask(&mut ps, 20, query(0, 1, "447700900999")), (None, 0));
+    }
+
+    #[test]
+    fn ps_drops_queries_older_than_the_window_instead_of_deciding_again() {
+        let mut ps = server(4);
+        for counter in 1..=4 {
+            ask(&mut ps, 10, query(0, counter, "447700900123"));
+        }
+        // Counter 5 is full: counter 1 (same slot) is still live.
+        assert_eq!(
+            ask(&mut ps, 11, query(0, 5, "447700900123")).0,
+            Some(Outcome::Overloaded {
+                retry_after_ms: WINDOW_FULL_RETRY_MS
+            })
+        );
+        // After the window, counter 5 takes the slot; counter 1 is then stale.
+        assert_eq!(ask(&mut ps, 20_000, query(0, 5, "447700900123")).1, 1);
+        assert_eq!(ask(&mut ps, 20_001, query(0, 1, "447700900123")), (None, 0));
+    }
+
+    #[test]
+    fn ps_refuses_ids_not_of_the_replying_wa_and_caps_streams_per_network() {
+        let mut ps = server(4);
+        let mut forged = query(3, 1, "447700900123");
+        if let Message::Query(q) = &mut forged {
+            q.reply_node = 4;
+        }
+        assert_eq!(ask(&mut ps, 10, forged), (None, 0));
+        for instance in 0..WINDOW_STREAMS_PER_ORIGIN_MAX as u16 {
+            assert_eq!(ask(&mut ps, 10, query(instance, 1, "447700900123")).1, 1);
+        }
+        assert!(matches!(
+            ask(&mut ps, 10, query(99, 1, "447700900123")).0,
+            Some(Outcome::Overloaded { .. })
+        ));
+    }
+
+    #[test]
+    fn ps_window_survives_a_restart_through_the_journal() {
+        let mut ps = server(64);
+        let mut out = Outbox::default();
+        ps.handle(
+            10,
+            Addr::Igps(0),
+            PEER,
+            &query(0, 1, "447700900123"),
+            &mut out,
+        );
+        let journal = out.records.clone();
+        ps.restart(100, journal.iter());
+        assert_eq!(
+            ask(&mut ps, 200, query(0, 1, "447700900123")).1,
+            0,
+            "no second charge"
+        );
+    }
 }

@@ -74,6 +74,10 @@ pub struct WaConfig {
     pub igps_count: u16,
     /// This network's own number ranges.
     pub own_ranges: Vec<Prefix>,
+    /// Longer prefixes inside the own ranges that belong to other networks
+    /// (carved out of a block, e.g. to an MVNO): external, though they start
+    /// like an own range.
+    pub foreign_ranges: Vec<Prefix>,
     /// Numbers of other ranges ported into this network.
     pub ported_in: Vec<Msisdn>,
     /// Numbers of the own ranges ported out to other networks.
@@ -101,6 +105,7 @@ impl WaConfig {
             instance: 0,
             igps_count: 1,
             own_ranges,
+            foreign_ranges: Vec::new(),
             ported_in: Vec::new(),
             ported_out: Vec::new(),
             deadline_ms: 1500,
@@ -112,6 +117,8 @@ impl WaConfig {
     }
 }
 
+/// Low bits of a transaction id: this instance's counter.
+const COUNTER_MASK: u64 = (1 << 48) - 1;
 const HOME: NetworkId = NetworkId(0);
 const AWAY: NetworkId = NetworkId(1);
 /// Retry-after told to A when the pending table is full.
@@ -243,7 +250,8 @@ impl WatcherApp {
                 credential[..len].copy_from_slice(&s.credential[..len]);
                 // A longer credential can never match: make the stored one
                 // unmatchable rather than a prefix of it.
-                let credential_len = if s.credential.len() > len {
+                // Empty or too long: no device can present it.
+                let credential_len = if s.credential.is_empty() || s.credential.len() > len {
                     u8::MAX
                 } else {
                     len as u8
@@ -258,20 +266,25 @@ impl WatcherApp {
                 )
             })
             .collect();
-        let own_ranges: Vec<(Prefix, NetworkId)> =
-            config.own_ranges.iter().map(|&p| (p, HOME)).collect();
+        let own_ranges: Vec<(Prefix, NetworkId)> = config
+            .own_ranges
+            .iter()
+            .map(|&p| (p, HOME))
+            .chain(config.foreign_ranges.iter().map(|&p| (p, AWAY)))
+            .collect();
         let mut changes: Vec<(Msisdn, Option<NetworkId>)> = Vec::new();
         changes.extend(config.ported_in.iter().map(|&m| (m, Some(HOME))));
         changes.extend(config.ported_out.iter().map(|&m| (m, Some(AWAY))));
-        let pending_max = config.pending_max;
+        let pending = PendingTable::new(config.pending_max);
+        let slots = pending.slots.len();
         WatcherApp {
             own: PrefixIndex::build(&own_ranges),
             ported: PortedMap::empty(0x5741).apply(&changes),
             subscribers,
-            pending: PendingTable::new(pending_max),
+            pending,
             // Entries of finished transactions stay until compacted away
             // (see `push_timer`): twice the live maximum leaves room.
-            timers: BinaryHeap::with_capacity(pending_max.saturating_mul(2).max(16)),
+            timers: BinaryHeap::with_capacity(slots.saturating_mul(2).max(16)),
             next_txid: u64::from(config.instance) << 48,
             config,
             counters: WaCounters::default(),
@@ -280,10 +293,7 @@ impl WatcherApp {
 
     /// Step 3: whether `msisdn` belongs to this network.
     pub fn is_home(&self, msisdn: Msisdn) -> bool {
-        match self.ported.get(msisdn) {
-            Some(network) => network == HOME,
-            None => self.own.lookup(msisdn).is_some(),
-        }
+        self.ported.get(msisdn).or_else(|| self.own.lookup(msisdn)) == Some(HOME)
     }
 
     /// What the WA has decided so far.
@@ -388,7 +398,8 @@ impl WatcherApp {
         // Step 3.
         let internal = self.is_home(request.target);
         let txid = self.next_txid;
-        self.next_txid = self.next_txid.wrapping_add(1);
+        // The counter wraps within this instance's 48 bits.
+        self.next_txid = (txid & !COUNTER_MASK) | (txid.wrapping_add(1) & COUNTER_MASK);
         let deadline = now + u64::from(self.config.deadline_ms);
         let pending = Pending {
             device,
@@ -396,8 +407,8 @@ impl WatcherApp {
             target: request.target,
             watcher: request.watcher,
             deadline,
-            retransmit_ms: self.config.retransmit_initial_ms,
-            next_send: now + self.config.retransmit_initial_ms,
+            retransmit_ms: self.config.retransmit_initial_ms.max(1),
+            next_send: now + self.config.retransmit_initial_ms.max(1),
             timer_generation: 0,
             internal,
             cost,
@@ -446,16 +457,15 @@ impl WatcherApp {
             return;
         }
         if let Outcome::Overloaded { retry_after_ms } = answer.outcome {
+            // Honour the retry-after: ask again then, not before; if that is
+            // past the deadline, A gets the timeout at the deadline.
             let retry_at = now + u64::from(retry_after_ms);
-            if retry_at < pending.deadline {
-                // Honour the retry-after: ask again then, not before.
-                pending.next_send = retry_at;
-                pending.timer_generation = pending.timer_generation.wrapping_add(1);
-                let generation = pending.timer_generation;
-                let at = retry_at.min(pending.deadline);
-                self.push_timer(at, answer.txid, generation);
-                return;
-            }
+            pending.next_send = retry_at;
+            pending.timer_generation = pending.timer_generation.wrapping_add(1);
+            let generation = pending.timer_generation;
+            let at = retry_at.min(pending.deadline);
+            self.push_timer(at, answer.txid, generation);
+            return;
         }
         self.finish(answer.txid, answer.outcome, out);
     }
