@@ -248,9 +248,8 @@ impl WatcherApp {
                 let mut credential = [0u8; presence_codec::CREDENTIAL_LEN_MAX];
                 let len = s.credential.len().min(credential.len());
                 credential[..len].copy_from_slice(&s.credential[..len]);
-                // A longer credential can never match: make the stored one
-                // unmatchable rather than a prefix of it.
-                // Empty or too long: no device can present it.
+                // An empty or too long credential matches nothing (stored
+                // as unmatchable rather than as a prefix of itself).
                 let credential_len = if s.credential.is_empty() || s.credential.len() > len {
                     u8::MAX
                 } else {
