@@ -156,7 +156,8 @@ struct DecisionWindow {
 #[derive(Debug)]
 struct Ring {
     entries: Box<[Option<DecisionWindowEntry>]>,
-    high_water: u64,
+    /// The newest transaction recorded on the stream, once there is one.
+    high_water: Option<u64>,
 }
 
 /// Most transaction streams (origin network × WA instance) one presence
@@ -164,6 +165,19 @@ struct Ring {
 pub const WINDOW_STREAMS_MAX: usize = 256;
 /// Most transaction streams (WA instances) of one origin network.
 pub const WINDOW_STREAMS_PER_ORIGIN_MAX: usize = 16;
+
+/// How far transaction `txid` is behind `newer` on their stream: the
+/// 48-bit counters compared in serial-number arithmetic (RFC 1982), so a
+/// counter that wrapped is still ahead. 0 when `txid` is not behind.
+fn counter_behind(newer: u64, txid: u64) -> u64 {
+    const COUNTER_MASK: u64 = (1 << 48) - 1;
+    let behind = newer.wrapping_sub(txid) & COUNTER_MASK;
+    if behind < 1 << 47 {
+        behind
+    } else {
+        0
+    }
+}
 
 enum WindowLookup {
     Decided(DecisionWindowEntry),
@@ -201,7 +215,7 @@ impl DecisionWindow {
                 *of_origin += 1;
                 self.rings.push(Ring {
                     entries: vec![None; self.slots].into_boxed_slice(),
-                    high_water: 0,
+                    high_water: None,
                 });
                 self.streams.insert(stream, self.rings.len() - 1);
                 self.rings.len() - 1
@@ -221,12 +235,15 @@ impl DecisionWindow {
         let Some(ring) = self.ring(origin, txid) else {
             return WindowLookup::Full;
         };
-        if txid.saturating_add(span) <= ring.high_water {
+        if ring
+            .high_water
+            .is_some_and(|newest| counter_behind(newest, txid) >= span)
+        {
             return WindowLookup::Stale;
         }
         match ring.entries[slot] {
             Some(e) if e.txid == txid && e.origin == origin => WindowLookup::Decided(e),
-            Some(e) if e.txid > txid => WindowLookup::Stale,
+            Some(e) if counter_behind(e.txid, txid) > 0 => WindowLookup::Stale,
             Some(e) if e.expires > now => WindowLookup::Full,
             _ => WindowLookup::New,
         }
@@ -240,7 +257,12 @@ impl DecisionWindow {
             self.overflow_insert(now, entry);
             return;
         };
-        ring.high_water = ring.high_water.max(entry.txid);
+        if ring
+            .high_water
+            .is_none_or(|newest| counter_behind(entry.txid, newest) > 0)
+        {
+            ring.high_water = Some(entry.txid);
+        }
         let free = ring.entries[slot].is_none_or(|e| e.expires <= now || e.txid == entry.txid);
         if free {
             ring.entries[slot] = Some(entry);
@@ -277,7 +299,7 @@ impl DecisionWindow {
     fn clear(&mut self) {
         for ring in &mut self.rings {
             ring.entries.fill(None);
-            ring.high_water = 0;
+            ring.high_water = None;
         }
         self.overflow.clear();
     }
@@ -776,6 +798,30 @@ mod tests {
             ask(&mut ps, 10, query(99, 1, "447700900123")).0,
             Some(Outcome::Overloaded { .. })
         ));
+    }
+
+    #[test]
+    fn ps_takes_a_restarted_was_new_ids_and_counters_that_wrap() {
+        let mut ps = server(64);
+        // Counters near the top of the 48-bit space, then past the wrap.
+        let top = (1u64 << 48) - 2;
+        for counter in [top, top + 1] {
+            assert_eq!(ask(&mut ps, 10, query(0, counter, "447700900123")).1, 1);
+        }
+        for counter in [0, 1, 2] {
+            assert_eq!(
+                ask(&mut ps, 11, query(0, counter, "447700900123")).1,
+                1,
+                "wrapped, still new"
+            );
+        }
+        assert_eq!(
+            ask(&mut ps, 12, query(0, top, "447700900123")).1,
+            0,
+            "and the old ones are old"
+        );
+        assert_eq!(counter_behind(5, 3), 2);
+        assert_eq!(counter_behind(3, 5), 0);
     }
 
     #[test]

@@ -94,6 +94,12 @@ pub struct WaConfig {
     pub pending_max: usize,
     /// Credit units one query costs.
     pub query_cost: u64,
+    /// When this WA instance started, in seconds on a wall clock (the runtime
+    /// passes its start time). Transaction counters start at
+    /// `boot_time_s << 22`, so a restarted WA continues ahead of every id it
+    /// used before (at up to four million queries per second) and presence
+    /// servers do not take its new queries for stale ones.
+    pub boot_time_s: u64,
 }
 
 impl WaConfig {
@@ -113,12 +119,17 @@ impl WaConfig {
             hop_limit: 8,
             pending_max: 65_536,
             query_cost: 1,
+            boot_time_s: 0,
         }
     }
 }
 
-/// Low bits of a transaction id: this instance's counter.
+/// Low bits of a transaction id: this instance's counter. It wraps (about
+/// every two years at the start-time rate); presence servers compare
+/// counters in serial-number arithmetic, so the wrap is seamless.
 const COUNTER_MASK: u64 = (1 << 48) - 1;
+/// A restarted WA's counter starts this many bits of ids per second ahead.
+const TXIDS_PER_SECOND_BITS: u32 = 22;
 const HOME: NetworkId = NetworkId(0);
 const AWAY: NetworkId = NetworkId(1);
 /// Retry-after told to A when the pending table is full.
@@ -284,7 +295,8 @@ impl WatcherApp {
             // Entries of finished transactions stay until compacted away
             // (see `push_timer`): twice the live maximum leaves room.
             timers: BinaryHeap::with_capacity(slots.saturating_mul(2).max(16)),
-            next_txid: u64::from(config.instance) << 48,
+            next_txid: u64::from(config.instance) << 48
+                | (config.boot_time_s << TXIDS_PER_SECOND_BITS) & COUNTER_MASK,
             config,
             counters: WaCounters::default(),
         }
@@ -677,6 +689,22 @@ mod tests {
         );
         wa.handle_timeout(750, &mut out);
         assert!(matches!(out.transmits[0].message, Message::Query(_)));
+    }
+
+    #[test]
+    fn wa_numbers_transactions_ahead_of_its_previous_life() {
+        let mut config = WaConfig::new(NetworkId(1), vec![]);
+        config.instance = 3;
+        config.boot_time_s = 1_000;
+        let before = WatcherApp::new(config.clone(), HashMap::new()).next_txid;
+        config.boot_time_s = 1_060;
+        let after = WatcherApp::new(config, HashMap::new()).next_txid;
+        assert_eq!(before >> 48, 3, "the instance is in the top bits");
+        assert_eq!(
+            after - before,
+            60 << 22,
+            "a minute later: 60 × 4 Mi ids ahead"
+        );
     }
 
     #[test]
