@@ -24,7 +24,8 @@
 //!   shard rebuilt by an update moves to a block of its own, and the bulk
 //!   block is freed only when no version uses any of its shards. After
 //!   updates have touched most shards, override memory approaches twice the
-//!   bulk figure until the next bulk load ([`NumberingTable::reload`]).
+//!   bulk figure until compacted ([`NumberingTable::compact_ported`], a
+//!   writer-side rebuild readers do not wait for) or the next bulk load.
 
 mod load;
 pub mod ported;
@@ -355,6 +356,28 @@ impl NumberingTable {
         })
     }
 
+    /// Rebuilds the ported-number overrides into one compact block if more
+    /// than `dead_fraction` of their memory is room left behind by updates
+    /// (see the module's known limit), and publishes that as the next
+    /// version. Readers go on with the current version meanwhile; the cost is
+    /// a bulk build on the calling thread. Returns the new version, or `None`
+    /// when there was too little to gain.
+    pub fn compact_ported(&self, dead_fraction: f64) -> Option<u64> {
+        self.publish(|old| {
+            let dead = old.ported.dead_bytes() as f64;
+            if dead <= dead_fraction * old.ported.memory_bytes() as f64 {
+                return Err(());
+            }
+            Ok(TableVersion {
+                version: 0,
+                prefixes: old.prefixes.clone(),
+                ported: old.ported.compacted(),
+                names: old.names.clone(),
+            })
+        })
+        .ok()
+    }
+
     /// Ports one number to a network (by name).
     pub fn set_ported(&self, msisdn: Msisdn, network: &str) -> Result<u64, UpdateError> {
         self.update_ported(&[(msisdn, Some(network))])
@@ -473,6 +496,38 @@ mod tests {
         let v = reader.current();
         assert_eq!(v.version(), 4);
         assert_eq!(v.network_name(v.lookup(number).unwrap()), "uk-mobile.gb");
+    }
+
+    #[test]
+    fn compaction_publishes_the_same_answers_in_less_memory() {
+        let mut names = NetworkNames::default();
+        let a = names.intern("a.gb").unwrap();
+        names.intern("b.gb").unwrap();
+        let numbers: Vec<Msisdn> = (0..5000u64)
+            .map(|i| Msisdn::from_u64(447_000_000_000 + i * 13).unwrap())
+            .collect();
+        let entries: Vec<(Msisdn, NetworkId)> = numbers.iter().map(|&n| (n, a)).collect();
+        let table = NumberingTable::new(
+            PrefixIndex::build(&[]),
+            PortedMap::build(&entries, 3).unwrap(),
+            names,
+        );
+        assert_eq!(table.compact_ported(0.1), None, "nothing dead yet");
+        let changes: Vec<(Msisdn, Option<&str>)> = numbers
+            .iter()
+            .step_by(2)
+            .map(|&n| (n, Some("b.gb")))
+            .collect();
+        table.update_ported(&changes).unwrap();
+        let before = table.snapshot();
+        assert!(before.ported().dead_bytes() > 0);
+        assert_eq!(table.compact_ported(0.1), Some(3));
+        let after = table.snapshot();
+        assert_eq!(after.ported().dead_bytes(), 0);
+        assert!(after.ported().memory_bytes() < before.ported().memory_bytes());
+        for n in &numbers {
+            assert_eq!(after.lookup(*n), before.lookup(*n));
+        }
     }
 
     #[test]

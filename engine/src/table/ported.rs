@@ -441,6 +441,34 @@ impl PortedMap {
             })
     }
 
+    /// Bytes of slot blocks this map keeps alive but no shard of it uses:
+    /// the room of bulk-loaded shards that updates have since rebuilt.
+    pub fn dead_bytes(&self) -> usize {
+        let mut used: Vec<(*const Block, usize, usize)> = self
+            .root
+            .nodes
+            .iter()
+            .flat_map(|node| node.shards.iter())
+            .map(|s| (Arc::as_ptr(&s.block), s.block.buckets.len(), s.len as usize))
+            .collect();
+        used.sort_unstable();
+        let mut dead = 0;
+        for block in used.chunk_by(|a, b| a.0 == b.0) {
+            let live: usize = block.iter().map(|&(_, _, len)| len).sum();
+            dead += block[0].1.saturating_sub(live) * std::mem::size_of::<Bucket>();
+        }
+        dead
+    }
+
+    /// The same entries rebuilt into one fresh block, dropping the dead room
+    /// updates left behind ([`dead_bytes`](Self::dead_bytes)). A bulk build:
+    /// run by a writer, off the readers' path.
+    pub fn compacted(&self) -> PortedMap {
+        let entries: Vec<(Msisdn, NetworkId)> = self.iter().collect();
+        // Entries of one map are distinct, so the build cannot fail.
+        PortedMap::build(&entries, self.seed).unwrap_or_else(|_| self.clone())
+    }
+
     /// Bytes of memory this map holds: slot blocks (each counted once),
     /// the two pointer levels and their headers.
     pub fn memory_bytes(&self) -> usize {
@@ -527,6 +555,32 @@ mod tests {
             PortedMap::build(&dup, 42).unwrap_err(),
             DuplicateMsisdn(entries[10].0)
         );
+    }
+
+    #[test]
+    fn updates_leave_dead_room_that_compaction_gives_back() {
+        let entries: Vec<(Msisdn, NetworkId)> = (1..20_000u64)
+            .map(|i| (m(33_600_000_000 + i * 7919), NetworkId(1)))
+            .collect();
+        let built = PortedMap::build(&entries, 42).unwrap();
+        assert_eq!(built.dead_bytes(), 0);
+        let changes: Vec<PortedChange> = entries
+            .iter()
+            .step_by(2)
+            .map(|&(k, _)| (k, Some(NetworkId(2))))
+            .collect();
+        let updated = built.apply(&changes);
+        assert!(
+            updated.dead_bytes() > 0,
+            "rebuilt shards left their bulk room"
+        );
+        let compacted = updated.compacted();
+        assert_eq!(compacted.dead_bytes(), 0);
+        assert!(compacted.memory_bytes() < updated.memory_bytes());
+        for (i, &(k, _)) in entries.iter().enumerate() {
+            let expected = NetworkId(if i % 2 == 0 { 2 } else { 1 });
+            assert_eq!(compacted.get(k), Some(expected));
+        }
     }
 
     #[test]
