@@ -498,7 +498,9 @@ impl PresenceServer {
             self.counters.drops.unexpected += 1;
             return;
         }
-        if self.subscriber(query.target).is_none() {
+        // Only while some subscriber has moved away does a query pay a second
+        // subscriber lookup.
+        if !self.moved.is_empty() && self.subscriber(query.target).is_none() {
             if let Some(&(to, until)) = self.moved.get(&query.target) {
                 if until > now && query.hop_limit > 0 {
                     // Moved away while this query was on its way: follow it,
