@@ -56,6 +56,6 @@ pub use message::{
 };
 pub use msisdn::{Msisdn, MsisdnError, MSISDN_DIGITS_MAX, MSISDN_MAX, MSISDN_WIRE_LEN};
 pub use stream::{
-    encode_stream_frame, split_stream_frame, StreamReassembler, STREAM_FRAME_LEN_MIN,
-    STREAM_PREFIX_LEN,
+    encode_stream_frame, encode_stream_keepalive, split_stream_frame, StreamReassembler,
+    STREAM_FRAME_LEN_MIN, STREAM_KEEPALIVE, STREAM_PREFIX_LEN,
 };

@@ -15,6 +15,21 @@ use crate::frame::FRAME_LEN_ABSOLUTE_MAX;
 pub const STREAM_PREFIX_LEN: usize = 2;
 /// Smallest frame a stream may carry: a frame header and one envelope (§6).
 pub const STREAM_FRAME_LEN_MIN: usize = 4;
+/// A keepalive: a length prefix of zero with nothing after it (§6).
+pub const STREAM_KEEPALIVE: [u8; STREAM_PREFIX_LEN] = [0, 0];
+
+/// Writes a keepalive (§6) into `buf`. The receiver sees it as an empty frame.
+pub fn encode_stream_keepalive<B: BufMut>(buf: &mut B) -> Result<(), EncodeError> {
+    let available = buf.remaining_mut();
+    if available < STREAM_PREFIX_LEN {
+        return Err(EncodeError::BufferTooSmall {
+            needed: STREAM_PREFIX_LEN,
+            available,
+        });
+    }
+    buf.put_slice(&STREAM_KEEPALIVE);
+    Ok(())
+}
 
 /// Writes `frame` with its length prefix into `buf` (§6).
 pub fn encode_stream_frame<B: BufMut>(frame: &[u8], buf: &mut B) -> Result<(), EncodeError> {
@@ -40,8 +55,9 @@ pub fn encode_stream_frame<B: BufMut>(frame: &[u8], buf: &mut B) -> Result<(), E
 
 /// Splits the first frame off `input` (§6).
 ///
-/// `Ok(Some((frame, consumed)))` when a whole frame is there, `Ok(None)` when more
-/// bytes are needed, and an error when the length prefix breaks §6.
+/// `Ok(Some((frame, consumed)))` when a whole frame is there (an empty `frame`
+/// is a keepalive), `Ok(None)` when more bytes are needed, and an error when the
+/// length prefix breaks §6.
 #[inline]
 pub fn split_stream_frame(
     input: &[u8],
@@ -51,7 +67,7 @@ pub fn split_stream_frame(
         return Ok(None);
     };
     let len = u16::from_be_bytes(*prefix);
-    if usize::from(len) < STREAM_FRAME_LEN_MIN {
+    if len != 0 && usize::from(len) < STREAM_FRAME_LEN_MIN {
         return Err(DecodeError::StreamFrameTooShort { len });
     }
     let max = max_frame_len.min(FRAME_LEN_ABSOLUTE_MAX);
@@ -120,8 +136,8 @@ impl StreamReassembler {
         taken
     }
 
-    /// The next whole frame, if one has arrived. After an error every call
-    /// returns that error.
+    /// The next whole frame, if one has arrived; an empty frame is a
+    /// keepalive. After an error every call returns that error.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, DecodeError> {
         if let Some(error) = self.error {
             return Err(error);

@@ -321,3 +321,18 @@ fn reassembler_returns_frames_split_across_reads() {
     assert_eq!(frames, vec![frame.clone(), frame]);
     assert_eq!(reassembler.pending_len(), 0);
 }
+
+#[test]
+fn a_zero_length_record_is_a_keepalive_seen_as_an_empty_frame() {
+    let frame = hex("50 01 0a 09 00 00 00 00 00 00 00 0d 00");
+    let mut stream = Vec::new();
+    encode_stream_keepalive(&mut stream).unwrap();
+    encode_stream_frame(&frame, &mut stream).unwrap();
+    assert_eq!(&stream[..2], &STREAM_KEEPALIVE);
+    assert_eq!(split_stream_frame(&stream, 65535), Ok(Some((&[][..], 2))));
+    let mut reassembler = StreamReassembler::new(64);
+    reassembler.feed(&stream);
+    assert_eq!(reassembler.next_frame(), Ok(Some(&[][..])));
+    assert_eq!(reassembler.next_frame(), Ok(Some(&frame[..])));
+    assert_eq!(reassembler.next_frame(), Ok(None));
+}
