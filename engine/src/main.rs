@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 use presence_engine::table::NumberingTable;
 use presence_engine::{route, wire};
 
+mod border_cmd;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "presence-gw",
@@ -35,6 +37,106 @@ enum Command {
     Wire {
         #[command(subcommand)]
         command: WireCommand,
+    },
+    /// Border gateway certificates: a network's CA and its BG certificate
+    /// (docs/operations.md, "Connecting two networks").
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Border gateway tools: check a `[border]` configuration, probe the
+    /// peers it names, or accept peers for a while (docs/operations.md).
+    Border {
+        #[command(subcommand)]
+        command: BorderCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BorderCommand {
+    /// Load the configuration and every certificate it names; print them.
+    Check {
+        /// The configuration file (its `[border]` section).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Dial every peer with an address; exit 0 only if all authenticate.
+    Probe {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// How long to wait for the links, in milliseconds.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    /// Accept peers on the configured address for a while, logging each link
+    /// and refusal (for a peer's `probe`).
+    Listen {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+        /// How long to listen.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Worker threads (each with its own SO_REUSEPORT listener).
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Create a network's CA (`ca.pem`, `ca.key`) in DIR. The CA may only sign
+    /// certificates for the network's own name.
+    Ca {
+        /// The network's name on the border (lowercase DNS name, e.g. `alpha.example`).
+        #[arg(long)]
+        network: String,
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Days the CA is valid.
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a BG certificate and a new key (`bg.pem`, `bg.key`) from the CA
+    /// in --ca-dir. Run again with --force to rotate, then reload the gateway.
+    Bg {
+        /// The network's name; must be the CA's.
+        #[arg(long)]
+        network: String,
+        /// Directory holding `ca.pem` and `ca.key`.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Days the certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create both a CA and a BG certificate in DIR.
+    Init {
+        /// The network's name on the border.
+        #[arg(long)]
+        network: String,
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace existing files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a certificate's names and dates.
+    Show {
+        /// A PEM certificate file.
+        cert: PathBuf,
     },
 }
 
@@ -92,9 +194,116 @@ fn run(cli: Cli) -> io::Result<ExitCode> {
                 ExitCode::from(1)
             }
         }
+        Command::Border { command } => {
+            init_logs();
+            let result = match command {
+                BorderCommand::Check { config } => border_cmd::check(&config, &mut out),
+                BorderCommand::Probe { config, timeout_ms } => border_cmd::probe(
+                    &config,
+                    std::time::Duration::from_millis(timeout_ms),
+                    &mut out,
+                ),
+                BorderCommand::Listen {
+                    config,
+                    seconds,
+                    workers,
+                } => border_cmd::listen(&config, seconds, workers.max(1), &mut out),
+            };
+            match result {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    out.flush()?;
+                    eprintln!("presence-gw border: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Pki { command } => match pki(command, &mut out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                out.flush()?;
+                eprintln!("presence-gw pki: {e}");
+                ExitCode::from(2)
+            }
+        },
     };
     out.flush()?;
     Ok(code)
+}
+
+fn pki(command: PkiCommand, out: &mut impl Write) -> Result<(), Box<dyn std::error::Error>> {
+    use presence_border::pki::{
+        self, Validity, BG_CERT_FILE, BG_KEY_FILE, CA_CERT_FILE, CA_KEY_FILE,
+    };
+    use presence_border::NetworkName;
+    let network = |name: &str| -> Result<NetworkName, Box<dyn std::error::Error>> {
+        name.parse::<NetworkName>()
+            .map_err(|e| format!("--network {name:?}: {e}").into())
+    };
+    match command {
+        PkiCommand::Ca {
+            network: name,
+            out: dir,
+            days,
+            force,
+        } => {
+            let ca = pki::generate_network_ca(&network(&name)?, Validity::days_from_now(days))?;
+            pki::write_pair(&ca, &dir.join(CA_CERT_FILE), &dir.join(CA_KEY_FILE), force)?;
+            writeln!(
+                out,
+                "wrote {} and {}",
+                dir.join(CA_CERT_FILE).display(),
+                dir.join(CA_KEY_FILE).display()
+            )?;
+        }
+        PkiCommand::Bg {
+            network: name,
+            ca_dir,
+            out: dir,
+            days,
+            force,
+        } => {
+            let ca = pki::read_pair(&ca_dir.join(CA_CERT_FILE), &ca_dir.join(CA_KEY_FILE))?;
+            let bg =
+                pki::issue_bg_certificate(&ca, &network(&name)?, Validity::days_from_now(days))?;
+            pki::write_pair(&bg, &dir.join(BG_CERT_FILE), &dir.join(BG_KEY_FILE), force)?;
+            writeln!(
+                out,
+                "wrote {} and {}",
+                dir.join(BG_CERT_FILE).display(),
+                dir.join(BG_KEY_FILE).display()
+            )?;
+        }
+        PkiCommand::Init {
+            network: name,
+            out: dir,
+            force,
+        } => {
+            let material = pki::NetworkMaterial::generate(&network(&name)?)?;
+            material.write_to(&dir, force)?;
+            writeln!(
+                out,
+                "wrote {CA_CERT_FILE}, {CA_KEY_FILE}, {BG_CERT_FILE}, {BG_KEY_FILE} in {}",
+                dir.display()
+            )?;
+        }
+        PkiCommand::Show { cert } => {
+            let text = pki::describe_certificate(&cert)?;
+            out.write_all(text.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Structured logs on stderr; `RUST_LOG` filters (default `info`).
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .try_init();
 }
 
 fn main() -> ExitCode {

@@ -49,6 +49,12 @@ fn stream_reassembly_corpus_holds() {
     eprintln!("stream_reassembly: {n} inputs replayed");
 }
 
+#[test]
+fn bg_inbound_corpus_holds() {
+    let n = replay("bg_inbound", presence_border::fuzzing::bg_inbound);
+    eprintln!("bg_inbound: {n} inputs replayed");
+}
+
 /// Whether a corpus file is a named seed rather than an input the fuzzer kept
 /// (libFuzzer names those by the SHA-1 of their content: 40 hex digits).
 fn is_named_seed(path: &Path) -> bool {

@@ -1,0 +1,745 @@
+//! A border gateway's links on one worker thread: its share of inbound
+//! connections (the listener is bound with `SO_REUSEPORT`, so the kernel
+//! spreads peers' connections over the workers), one dialed connection per
+//! peer, reconnection with backoff and jitter, keepalives, dead-peer
+//! detection, and rotation to new TLS material.
+//!
+//! The endpoint registers its sockets on the worker's `mio` registry under
+//! tokens `token_base ..= token_base + 1 + max_links`, and is driven by the
+//! worker: [`BgEndpoint::handle_event`] for readiness, [`BgEndpoint::send`] to
+//! queue frames, [`BgEndpoint::flush`] once per loop turn to write them
+//! (one batch of syscalls per link per turn, not one per frame), and
+//! [`BgEndpoint::tick`] for timers. Nothing here blocks, and nothing on the
+//! per-frame path allocates or locks.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Registry, Token};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::counters::BgCounters;
+use crate::identity::{NetworkName, PeerIndex};
+use crate::link::{CloseReason, Deliver, Direction, Link, LinkError, LinkSettings, Millis};
+use crate::tls::BgTls;
+
+/// Endpoint limits beyond the per-link ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointSettings {
+    /// Per-link limits and timers.
+    pub link: LinkSettings,
+    /// Most links (inbound and outbound) this worker holds.
+    pub max_links: usize,
+    /// First reconnect delay; doubles per failure.
+    pub backoff_min_ms: Millis,
+    /// Reconnect delay cap.
+    pub backoff_max_ms: Millis,
+}
+
+impl Default for EndpointSettings {
+    fn default() -> EndpointSettings {
+        EndpointSettings {
+            link: LinkSettings::default(),
+            max_links: 256,
+            backoff_min_ms: 100,
+            backoff_max_ms: 10_000,
+        }
+    }
+}
+
+/// Why a frame was not queued. Upstream turns both into an overloaded (or
+/// not-available) outcome for the query; nothing is queued partly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    /// The peer is not in the trust list.
+    #[error("unknown peer")]
+    UnknownPeer,
+    /// No link to the peer is up (connecting, or the peer is down).
+    #[error("no link to the peer is up")]
+    NoLink,
+    /// The link's send queue is full.
+    #[error("send queue full")]
+    Overloaded,
+}
+
+/// Binds a TCP listener with `SO_REUSEADDR` and, when `reuse_port`,
+/// `SO_REUSEPORT`, so every worker can bind the same address.
+pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+struct Slot {
+    link: Link,
+    socket: TcpStream,
+    peer_addr: Option<SocketAddr>,
+}
+
+/// Dial state for one peer network, kept by name across reloads.
+#[derive(Debug)]
+struct Dialer {
+    network: NetworkName,
+    addr: Option<SocketAddr>,
+    /// The slot of our current dialed link, if one exists.
+    current: Option<usize>,
+    /// When to dial next, if no current link.
+    next_dial: Millis,
+    backoff: Millis,
+}
+
+/// What a worker's endpoint is made from.
+#[derive(Debug)]
+pub struct EndpointSetup {
+    /// The TLS generation to start with.
+    pub tls: Arc<BgTls>,
+    /// Limits and timers.
+    pub settings: EndpointSettings,
+    /// This worker's listener (bound with [`bind_listener`]), if it accepts.
+    pub listener: Option<std::net::TcpListener>,
+    /// Peers to dial, by name (peers without an address are only accepted from).
+    pub peers: Vec<(NetworkName, SocketAddr)>,
+    /// First of the tokens the endpoint registers ([`BgEndpoint::token_count`]).
+    pub token_base: usize,
+    /// Counters shared by the gateway's workers.
+    pub counters: Arc<BgCounters>,
+}
+
+/// One worker's share of a border gateway.
+pub struct BgEndpoint {
+    tls: Arc<BgTls>,
+    settings: EndpointSettings,
+    listener: Option<TcpListener>,
+    slots: Vec<Option<Slot>>,
+    /// Indexed by the current generation's [`PeerIndex`].
+    dialers: Vec<Dialer>,
+    /// Per peer: the slot `send` uses (an established, non-draining link).
+    routes: Vec<Option<usize>>,
+    /// Slots with frames queued since the last flush (each at most once).
+    dirty: Vec<usize>,
+    dirty_mark: Vec<bool>,
+    token_base: usize,
+    rng: u64,
+    counters: Arc<BgCounters>,
+}
+
+impl std::fmt::Debug for BgEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BgEndpoint")
+            .field("network", self.tls.own_network())
+            .field("generation", &self.tls.generation())
+            .field("links", &self.slots.iter().filter(|s| s.is_some()).count())
+            .finish()
+    }
+}
+
+impl BgEndpoint {
+    /// An endpoint as `setup` says, registered on `registry`.
+    pub fn new(setup: EndpointSetup, registry: &Registry, now: Millis) -> io::Result<BgEndpoint> {
+        let EndpointSetup {
+            tls,
+            settings,
+            listener,
+            peers,
+            token_base,
+            counters,
+        } = setup;
+        let peer_addrs = &peers[..];
+        let mut listener = match listener {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                Some(TcpListener::from_std(l))
+            }
+            None => None,
+        };
+        if let Some(l) = listener.as_mut() {
+            registry.register(l, Token(token_base), Interest::READABLE)?;
+        }
+        let seed = (now ^ (token_base as u64).rotate_left(32)) | 1;
+        let mut endpoint = BgEndpoint {
+            tls: tls.clone(),
+            settings,
+            listener,
+            slots: (0..settings.max_links).map(|_| None).collect(),
+            dialers: Vec::new(),
+            routes: Vec::new(),
+            dirty: Vec::with_capacity(settings.max_links),
+            dirty_mark: vec![false; settings.max_links],
+            token_base,
+            rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            counters,
+        };
+        endpoint.install(tls, peer_addrs, registry, now);
+        Ok(endpoint)
+    }
+
+    /// The tokens this endpoint uses: `token_base` and the next
+    /// `max_links + 1`.
+    pub fn token_count(settings: &EndpointSettings) -> usize {
+        settings.max_links.saturating_add(1)
+    }
+
+    /// Whether `token` is one of this endpoint's.
+    pub fn owns(&self, token: Token) -> bool {
+        token.0 >= self.token_base && token.0 <= self.token_base.saturating_add(self.slots.len())
+    }
+
+    /// The TLS generation new links use.
+    pub fn tls(&self) -> &Arc<BgTls> {
+        &self.tls
+    }
+
+    /// The counters this endpoint adds to.
+    pub fn counters(&self) -> &Arc<BgCounters> {
+        &self.counters
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The name of the peer at `peer` in the current generation.
+    pub fn peer_name(&self, peer: PeerIndex) -> Option<&NetworkName> {
+        self.tls.peers().name(peer)
+    }
+
+    /// Established links to or from `peer`, and how many of them take frames.
+    pub fn links_to(&self, peer: PeerIndex) -> (usize, usize) {
+        let mut up = 0;
+        let mut usable = 0;
+        for slot in self.slots.iter().flatten() {
+            if slot.link.peer() == Some(peer) {
+                up += 1;
+                if !slot.link.is_draining() {
+                    usable += 1;
+                }
+            }
+        }
+        (up, usable)
+    }
+
+    /// Installs TLS generation `tls` and the peers' dial addresses: new links
+    /// use it; our dialed links made with older material are replaced by new
+    /// ones and drained (closed once the new link is up and the old one has
+    /// sent everything); links with peers no longer trusted are closed.
+    pub fn reload(
+        &mut self,
+        tls: Arc<BgTls>,
+        peer_addrs: &[(NetworkName, SocketAddr)],
+        registry: &Registry,
+        now: Millis,
+    ) {
+        self.install(tls, peer_addrs, registry, now);
+        self.refresh_routes();
+    }
+
+    fn install(
+        &mut self,
+        tls: Arc<BgTls>,
+        peer_addrs: &[(NetworkName, SocketAddr)],
+        registry: &Registry,
+        now: Millis,
+    ) {
+        let old = std::mem::replace(&mut self.tls, tls);
+        let peers = self.tls.peers().clone();
+        let mut old_dialers = std::mem::take(&mut self.dialers);
+        let mut dialers = Vec::with_capacity(peers.len());
+        for i in 0..peers.len() {
+            let Some(network) = u16::try_from(i).ok().and_then(|i| peers.name(PeerIndex(i))) else {
+                continue;
+            };
+            let addr = peer_addrs
+                .iter()
+                .find(|(n, _)| n == network)
+                .map(|(_, a)| *a);
+            let kept = old_dialers
+                .iter()
+                .position(|d| &d.network == network)
+                .map(|pos| old_dialers.swap_remove(pos));
+            let mut dialer = kept.unwrap_or(Dialer {
+                network: network.clone(),
+                addr,
+                current: None,
+                next_dial: now,
+                backoff: self.settings.backoff_min_ms,
+            });
+            if dialer.addr != addr {
+                dialer.addr = addr;
+                dialer.next_dial = now;
+            }
+            dialers.push(dialer);
+        }
+        self.dialers = dialers;
+        let generation = self.tls.generation();
+        // Renumber or close every link against the new list.
+        for index in 0..self.slots.len() {
+            let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            let old_peer = match slot.link.direction() {
+                Direction::Dialed(p) => Some(p),
+                Direction::Accepted => slot.link.peer(),
+            };
+            let name = old_peer.and_then(|p| old.peers().name(p)).cloned();
+            let new_index = name.as_ref().and_then(|n| peers.index_of(n));
+            match (name, new_index) {
+                (_, Some(p)) => {
+                    slot.link.renumber(p);
+                    if let Direction::Dialed(_) = slot.link.direction() {
+                        let dialer = self.dialers.get_mut(p.get());
+                        if let Some(dialer) = dialer {
+                            let stale = slot.link.generation() != generation
+                                || dialer.addr != slot.peer_addr;
+                            if stale {
+                                // Replace: drain this one, dial anew now.
+                                slot.link.begin_drain();
+                                if dialer.current == Some(index) {
+                                    dialer.current = None;
+                                    dialer.next_dial = now;
+                                }
+                            } else if !slot.link.is_draining() {
+                                dialer.current = Some(index);
+                            }
+                        }
+                    }
+                }
+                // An inbound handshake in progress: when it finishes, the peer
+                // is authenticated against the new list (`service`).
+                (None, None) => {}
+                _ => {
+                    self.close_slot(
+                        index,
+                        registry,
+                        LinkError::closed(CloseReason::Untrusted),
+                        now,
+                    );
+                }
+            }
+        }
+        self.refresh_routes();
+    }
+
+    fn refresh_routes(&mut self) {
+        let peers = self.dialers.len();
+        self.routes.clear();
+        self.routes.resize(peers, None);
+        for (index, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            let Some(peer) = slot.link.peer() else {
+                continue;
+            };
+            if slot.link.is_draining() {
+                continue;
+            }
+            let Some(route) = self.routes.get_mut(peer.get()) else {
+                continue;
+            };
+            // Prefer our own dialed link of the newest generation.
+            let better = match *route {
+                None => true,
+                Some(current) => self
+                    .slots
+                    .get(current)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|c| {
+                        (
+                            slot.link.generation(),
+                            matches!(slot.link.direction(), Direction::Dialed(_)),
+                        ) > (
+                            c.link.generation(),
+                            matches!(c.link.direction(), Direction::Dialed(_)),
+                        )
+                    }),
+            };
+            if better {
+                *route = Some(index);
+            }
+        }
+        // A peer whose only links are draining keeps using them until the
+        // replacement is up: rotation drops nothing.
+        for (peer, route) in self.routes.iter_mut().enumerate() {
+            if route.is_none() {
+                *route = self.slots.iter().position(|s| {
+                    s.as_ref()
+                        .is_some_and(|s| s.link.peer().map(PeerIndex::get) == Some(peer))
+                });
+            }
+        }
+    }
+
+    /// Queues `frame` for `peer` on this worker's link to it.
+    pub fn send(&mut self, peer: PeerIndex, frame: &[u8]) -> Result<(), SendError> {
+        let Some(route) = self.routes.get(peer.get()) else {
+            return Err(SendError::UnknownPeer);
+        };
+        let Some(index) = *route else {
+            BgCounters::add(&self.counters.send_no_link, 1);
+            return Err(SendError::NoLink);
+        };
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return Err(SendError::NoLink);
+        };
+        // A route to a draining link (no replacement yet) still carries.
+        if !slot.link.queue_frame(frame) {
+            BgCounters::add(&self.counters.send_overloaded, 1);
+            return Err(SendError::Overloaded);
+        }
+        BgCounters::add(&self.counters.frames_out, 1);
+        BgCounters::add(
+            &self.counters.bytes_out,
+            frame
+                .len()
+                .saturating_add(presence_codec::STREAM_PREFIX_LEN) as u64,
+        );
+        if let Some(mark) = self.dirty_mark.get_mut(index) {
+            if !*mark {
+                *mark = true;
+                self.dirty.push(index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles readiness of one of this endpoint's tokens.
+    pub fn handle_event<D: Deliver>(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        now: Millis,
+        deliver: &mut D,
+    ) {
+        if token.0 == self.token_base {
+            self.accept_all(registry, now);
+            return;
+        }
+        let Some(index) = token.0.checked_sub(self.token_base.saturating_add(1)) else {
+            return;
+        };
+        self.service(index, registry, now, deliver);
+    }
+
+    fn service<D: Deliver>(
+        &mut self,
+        index: usize,
+        registry: &Registry,
+        now: Millis,
+        deliver: &mut D,
+    ) {
+        let peers = self.tls.peers().clone();
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        let result = slot
+            .link
+            .receive(&mut slot.socket, now, &peers, &self.counters, deliver)
+            .and_then(|received| slot.link.transmit(&mut slot.socket, now).map(|_| received));
+        match result {
+            Ok(received) => {
+                if received.established {
+                    self.on_established(index, now);
+                }
+            }
+            Err(error) => self.close_slot(index, registry, error, now),
+        }
+    }
+
+    fn on_established(&mut self, index: usize, now: Millis) {
+        let Some(slot) = self.slots.get(index).and_then(Option::as_ref) else {
+            return;
+        };
+        BgCounters::add(&self.counters.links_established, 1);
+        self.counters
+            .links_up
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let peer = slot.link.peer();
+        let name = peer.and_then(|p| self.tls.peers().name(p));
+        tracing::info!(
+            peer = name.map(NetworkName::as_str),
+            addr = ?slot.peer_addr,
+            direction = ?slot.link.direction(),
+            generation = slot.link.generation(),
+            "border link established"
+        );
+        let dialed = matches!(slot.link.direction(), Direction::Dialed(_));
+        if let (true, Some(dialer)) = (dialed, peer.and_then(|p| self.dialers.get_mut(p.get()))) {
+            dialer.backoff = self.settings.backoff_min_ms;
+            dialer.next_dial = now;
+        }
+        self.refresh_routes();
+    }
+
+    fn accept_all(&mut self, registry: &Registry, now: Millis) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            let (mut socket, addr) = match listener.accept() {
+                Ok(pair) => pair,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "border accept failed");
+                    return;
+                }
+            };
+            let Some(index) = self.slots.iter().position(Option::is_none) else {
+                BgCounters::add(&self.counters.accept_full, 1);
+                tracing::warn!(%addr, "border connection dropped: every link slot is taken");
+                continue;
+            };
+            let link = match Link::accept(
+                self.tls.server_config().clone(),
+                self.tls.generation(),
+                &self.settings.link,
+                now,
+            ) {
+                Ok(link) => link,
+                Err(error) => {
+                    log_end(None, Some(addr), &error, self.tls.peers());
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            let token = Token(self.token_base.saturating_add(1).saturating_add(index));
+            if let Err(e) =
+                registry.register(&mut socket, token, Interest::READABLE | Interest::WRITABLE)
+            {
+                tracing::warn!(error = %e, "border register failed");
+                continue;
+            }
+            if let Some(free) = self.slots.get_mut(index) {
+                *free = Some(Slot {
+                    link,
+                    socket,
+                    peer_addr: Some(addr),
+                });
+            }
+        }
+    }
+
+    fn dial(&mut self, peer: PeerIndex, registry: &Registry, now: Millis) {
+        let Some(dialer) = self.dialers.get(peer.get()) else {
+            return;
+        };
+        let Some(addr) = dialer.addr else { return };
+        let Some(index) = self.slots.iter().position(Option::is_none) else {
+            return;
+        };
+        BgCounters::add(&self.counters.dial_attempts, 1);
+        let Some(config) = self.tls.client_config(peer) else {
+            return;
+        };
+        let link = Link::dial(
+            config.clone(),
+            peer,
+            &dialer.network,
+            self.tls.generation(),
+            &self.settings.link,
+            now,
+        );
+        let socket = TcpStream::connect(addr);
+        let (link, mut socket) = match (link, socket) {
+            (Ok(link), Ok(socket)) => (link, socket),
+            (Err(error), _) => {
+                log_end(Some(peer), Some(addr), &error, self.tls.peers());
+                self.schedule_redial(peer, now);
+                return;
+            }
+            (_, Err(e)) => {
+                tracing::warn!(peer = %dialer.network, %addr, error = %e, "border dial failed");
+                self.schedule_redial(peer, now);
+                return;
+            }
+        };
+        let _ = socket.set_nodelay(true);
+        let token = Token(self.token_base.saturating_add(1).saturating_add(index));
+        if registry
+            .register(&mut socket, token, Interest::READABLE | Interest::WRITABLE)
+            .is_err()
+        {
+            self.schedule_redial(peer, now);
+            return;
+        }
+        if let Some(free) = self.slots.get_mut(index) {
+            *free = Some(Slot {
+                link,
+                socket,
+                peer_addr: Some(addr),
+            });
+        }
+        if let Some(dialer) = self.dialers.get_mut(peer.get()) {
+            dialer.current = Some(index);
+        }
+    }
+
+    /// Next delay: the backoff with full jitter in its upper half, then the
+    /// backoff doubles up to the cap.
+    fn schedule_redial(&mut self, peer: PeerIndex, now: Millis) {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let rng = self.rng;
+        let max = self.settings.backoff_max_ms.max(1);
+        let Some(dialer) = self.dialers.get_mut(peer.get()) else {
+            return;
+        };
+        let half = (dialer.backoff / 2).max(1);
+        let delay = half.saturating_add(rng % half.saturating_add(1));
+        dialer.next_dial = now.saturating_add(delay);
+        dialer.backoff = dialer.backoff.saturating_mul(2).min(max);
+        dialer.current = None;
+    }
+
+    fn close_slot(&mut self, index: usize, registry: &Registry, error: LinkError, now: Millis) {
+        let Some(mut slot) = self.slots.get_mut(index).and_then(Option::take) else {
+            return;
+        };
+        if let Some(mark) = self.dirty_mark.get_mut(index) {
+            *mark = false;
+        }
+        let was_up = slot.link.is_established();
+        let peer = slot.link.peer().or(match slot.link.direction() {
+            Direction::Dialed(p) => Some(p),
+            Direction::Accepted => None,
+        });
+        // Best effort: let the peer see our alert or close_notify.
+        if matches!(&error, LinkError::Closed { reason, .. } if *reason != CloseReason::Io) {
+            slot.link.close();
+        }
+        let _ = slot.link.transmit(&mut slot.socket, now);
+        let _ = registry.deregister(&mut slot.socket);
+        match &error {
+            LinkError::Refused { refusal, .. } => self.counters.refuse(*refusal),
+            LinkError::Closed { reason, .. } => self.counters.close(*reason),
+        }
+        if was_up {
+            self.counters
+                .links_up
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        log_end(peer, slot.peer_addr, &error, self.tls.peers());
+        if let Direction::Dialed(p) = slot.link.direction() {
+            let is_current = self
+                .dialers
+                .get(p.get())
+                .is_some_and(|d| d.current == Some(index));
+            let replaced = matches!(
+                &error,
+                LinkError::Closed {
+                    reason: CloseReason::Rotated | CloseReason::Shutdown | CloseReason::Untrusted,
+                    ..
+                }
+            );
+            if is_current && !replaced {
+                self.schedule_redial(p, now);
+            }
+        }
+        self.refresh_routes();
+    }
+
+    /// Writes what `send` queued, one batch per link.
+    pub fn flush(&mut self, registry: &Registry, now: Millis) {
+        while let Some(index) = self.dirty.pop() {
+            if let Some(mark) = self.dirty_mark.get_mut(index) {
+                *mark = false;
+            }
+            let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            if let Err(error) = slot.link.transmit(&mut slot.socket, now) {
+                self.close_slot(index, registry, error, now);
+            }
+        }
+    }
+
+    /// Runs timers: dials due peers, sends keepalives, closes dead peers and
+    /// slow handshakes, closes drained links. Call every few hundred ms.
+    pub fn tick(&mut self, registry: &Registry, now: Millis) {
+        for index in 0..self.slots.len() {
+            let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            let mut result = slot.link.on_tick(now, &self.settings.link, &self.counters);
+            if result.is_ok() && slot.link.is_draining() {
+                // Close a replaced link once its replacement carries.
+                let peer = slot.link.peer();
+                let replacement_up = peer.is_some_and(|p| {
+                    self.routes
+                        .get(p.get())
+                        .copied()
+                        .flatten()
+                        .is_some_and(|r| r != index)
+                });
+                if replacement_up && slot.link.is_drained() {
+                    result = Err(LinkError::closed(CloseReason::Rotated));
+                }
+            }
+            let result =
+                result.and_then(|()| slot.link.transmit(&mut slot.socket, now).map(|_| ()));
+            if let Err(error) = result {
+                self.close_slot(index, registry, error, now);
+            }
+        }
+        for p in 0..self.dialers.len() {
+            let Some(dialer) = self.dialers.get(p) else {
+                continue;
+            };
+            if dialer.current.is_none() && dialer.addr.is_some() && dialer.next_dial <= now {
+                if let Ok(p) = u16::try_from(p) {
+                    self.dial(PeerIndex(p), registry, now);
+                }
+            }
+        }
+    }
+
+    /// Closes every link with close_notify (for a clean stop).
+    pub fn shutdown(&mut self, registry: &Registry, now: Millis) {
+        for index in 0..self.slots.len() {
+            if self.slots.get(index).is_some_and(Option::is_some) {
+                self.close_slot(
+                    index,
+                    registry,
+                    LinkError::closed(CloseReason::Shutdown),
+                    now,
+                );
+            }
+        }
+        for dialer in &mut self.dialers {
+            dialer.addr = None;
+        }
+    }
+}
+
+fn log_end(
+    peer: Option<PeerIndex>,
+    addr: Option<SocketAddr>,
+    error: &LinkError,
+    peers: &crate::tls::PeerSet,
+) {
+    let name = peer.and_then(|p| peers.name(p)).map(NetworkName::as_str);
+    match error {
+        LinkError::Refused { refusal, detail } => tracing::warn!(
+            peer = name,
+            addr = ?addr,
+            reason = refusal.name(),
+            detail = detail.as_str(),
+            "border connection refused"
+        ),
+        LinkError::Closed { reason, stream } => tracing::info!(
+            peer = name,
+            addr = ?addr,
+            reason = reason.name(),
+            stream_error = stream.map(|e| e.name()),
+            "border link closed"
+        ),
+    }
+}

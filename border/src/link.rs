@@ -1,0 +1,631 @@
+//! One TLS connection between two border gateways, as a state machine over
+//! any `Read`/`Write` (a non-blocking socket in the endpoint, an in-memory
+//! pipe in the fuzz target).
+//!
+//! Invariants:
+//! - Nothing is read as presence data before the handshake has finished and
+//!   the peer is authenticated; the peer of an established link never changes.
+//! - The link reads only the stream framing (`docs/wire-format.md` §6): frames
+//!   are handed on whole and unparsed, keepalives are swallowed.
+//! - A stream error (a length out of bounds), a TLS error after the handshake,
+//!   or an end of stream inside a frame closes this link and only this link.
+//! - The send queue holds at most `send_queue_bytes` of framed plaintext; a
+//!   frame that does not fit is refused, never queued partly.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use presence_codec::{encode_stream_frame, DecodeError, StreamReassembler, STREAM_KEEPALIVE};
+use rustls::pki_types::UnixTime;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+
+use crate::counters::BgCounters;
+use crate::identity::{NetworkName, PeerIndex};
+use crate::tls::{PeerSet, Refusal, ALPN_BORDER_V1};
+
+/// Milliseconds on the caller's monotonic clock.
+pub type Millis = u64;
+
+/// Limits and timers of a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkSettings {
+    /// Largest frame accepted from the peer (§6; at most 65535).
+    pub max_frame_len: usize,
+    /// Bytes of framed plaintext a link queues before refusing frames.
+    pub send_queue_bytes: usize,
+    /// Send a keepalive after this long without sending anything.
+    pub keepalive_ms: Millis,
+    /// Declare the peer dead after this long without receiving anything.
+    pub dead_after_ms: Millis,
+    /// Refuse a connection whose handshake takes longer than this.
+    pub handshake_timeout_ms: Millis,
+}
+
+impl Default for LinkSettings {
+    fn default() -> LinkSettings {
+        LinkSettings {
+            max_frame_len: 65_535,
+            send_queue_bytes: 1 << 20,
+            keepalive_ms: 1_000,
+            dead_after_ms: 3_500,
+            handshake_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// Why an established link closed: the counter and log label for each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The peer closed it (TLS close_notify, or end of stream between frames).
+    PeerClosed,
+    /// Nothing received for `dead_after_ms`.
+    DeadPeer,
+    /// A length prefix out of bounds (§6): the stream cannot be resynchronised.
+    StreamError,
+    /// The stream ended inside a frame.
+    Truncated,
+    /// TLS failed after the handshake (bad record, decrypt error, alert).
+    TlsError,
+    /// The socket failed.
+    Io,
+    /// Replaced by a link made with newer TLS material, and drained.
+    Rotated,
+    /// The peer is no longer in the trust list.
+    Untrusted,
+    /// This gateway is stopping.
+    Shutdown,
+}
+
+impl CloseReason {
+    /// Every reason, in counter order.
+    pub const ALL: [CloseReason; 9] = [
+        CloseReason::PeerClosed,
+        CloseReason::DeadPeer,
+        CloseReason::StreamError,
+        CloseReason::Truncated,
+        CloseReason::TlsError,
+        CloseReason::Io,
+        CloseReason::Rotated,
+        CloseReason::Untrusted,
+        CloseReason::Shutdown,
+    ];
+
+    /// Stable counter and log label.
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseReason::PeerClosed => "peer_closed",
+            CloseReason::DeadPeer => "dead_peer",
+            CloseReason::StreamError => "stream_error",
+            CloseReason::Truncated => "truncated",
+            CloseReason::TlsError => "tls_error",
+            CloseReason::Io => "io",
+            CloseReason::Rotated => "rotated",
+            CloseReason::Untrusted => "untrusted",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+
+    /// Position in [`CloseReason::ALL`].
+    pub fn index(self) -> usize {
+        CloseReason::ALL
+            .iter()
+            .position(|r| *r == self)
+            .unwrap_or(0)
+    }
+}
+
+/// How a link ended.
+#[derive(Debug)]
+pub enum LinkError {
+    /// Refused during the handshake.
+    Refused {
+        /// The counter.
+        refusal: Refusal,
+        /// What rustls said, for the log line.
+        detail: String,
+    },
+    /// Closed after the handshake.
+    Closed {
+        /// The counter.
+        reason: CloseReason,
+        /// The stream error, when that was the reason.
+        stream: Option<DecodeError>,
+    },
+}
+
+impl LinkError {
+    pub(crate) fn closed(reason: CloseReason) -> LinkError {
+        LinkError::Closed {
+            reason,
+            stream: None,
+        }
+    }
+
+    fn refused(refusal: Refusal, detail: impl Into<String>) -> LinkError {
+        LinkError::Refused {
+            refusal,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Who opened the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// We dialed this peer.
+    Dialed(PeerIndex),
+    /// The peer dialed us; who it is is known after the handshake.
+    Accepted,
+}
+
+/// What one [`Link::receive`] call saw.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    /// The handshake finished during this call.
+    pub established: bool,
+    /// Frames handed on.
+    pub frames: u64,
+}
+
+/// Frame handed on from a link: the authenticated peer and the frame bytes.
+/// The consumer returns `false` when it cannot take the frame (counted).
+pub trait Deliver {
+    /// Takes one inbound frame from `peer`.
+    fn deliver(&mut self, peer: PeerIndex, frame: &[u8]) -> bool;
+}
+
+impl<F: FnMut(PeerIndex, &[u8]) -> bool> Deliver for F {
+    fn deliver(&mut self, peer: PeerIndex, frame: &[u8]) -> bool {
+        self(peer, frame)
+    }
+}
+
+/// One TLS connection to a peer network.
+#[derive(Debug)]
+pub struct Link {
+    tls: Connection,
+    direction: Direction,
+    /// Set once the peer is authenticated *and* has accepted us: on accepted
+    /// links when the handshake finishes, on dialed links when the first
+    /// record arrives after it (see [`Link::receive`]).
+    peer: Option<PeerIndex>,
+    /// The TLS handshake has finished on our side.
+    tls_done: bool,
+    generation: u64,
+    reassembler: StreamReassembler,
+    /// Framed plaintext waiting for rustls; `queue[handed..]` not yet handed.
+    queue: Vec<u8>,
+    handed: usize,
+    send_queue_bytes: usize,
+    created: Millis,
+    last_rx: Millis,
+    last_tx: Millis,
+    draining: bool,
+    close_sent: bool,
+}
+
+impl Link {
+    /// A link we dial to `peer`, named `name`, with generation `generation`'s
+    /// client configuration.
+    pub fn dial(
+        config: Arc<ClientConfig>,
+        peer: PeerIndex,
+        name: &NetworkName,
+        generation: u64,
+        settings: &LinkSettings,
+        now: Millis,
+    ) -> Result<Link, LinkError> {
+        let tls = ClientConnection::new(config, name.server_name())
+            .map_err(|e| LinkError::refused(Refusal::Protocol, e.to_string()))?;
+        Ok(Link::new(
+            tls.into(),
+            Direction::Dialed(peer),
+            generation,
+            settings,
+            now,
+        ))
+    }
+
+    /// A link a peer dialed to us.
+    pub fn accept(
+        config: Arc<ServerConfig>,
+        generation: u64,
+        settings: &LinkSettings,
+        now: Millis,
+    ) -> Result<Link, LinkError> {
+        let tls = ServerConnection::new(config)
+            .map_err(|e| LinkError::refused(Refusal::Protocol, e.to_string()))?;
+        Ok(Link::new(
+            tls.into(),
+            Direction::Accepted,
+            generation,
+            settings,
+            now,
+        ))
+    }
+
+    fn new(
+        mut tls: Connection,
+        direction: Direction,
+        generation: u64,
+        settings: &LinkSettings,
+        now: Millis,
+    ) -> Link {
+        // rustls's own plaintext/ciphertext buffering; our queue bounds the rest.
+        tls.set_buffer_limit(Some(256 * 1024));
+        Link {
+            tls,
+            direction,
+            peer: None,
+            tls_done: false,
+            generation,
+            reassembler: StreamReassembler::new(settings.max_frame_len),
+            queue: Vec::with_capacity(settings.send_queue_bytes),
+            handed: 0,
+            send_queue_bytes: settings.send_queue_bytes,
+            created: now,
+            last_rx: now,
+            last_tx: now,
+            draining: false,
+            close_sent: false,
+        }
+    }
+
+    /// The authenticated peer, once the handshake has finished.
+    pub fn peer(&self) -> Option<PeerIndex> {
+        self.peer
+    }
+
+    /// Which side dialed.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// The TLS generation this link was made with.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether the handshake has finished and the peer is known.
+    pub fn is_established(&self) -> bool {
+        self.peer.is_some()
+    }
+
+    /// Whether the link takes no new frames (replaced, being drained).
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// Renumbers the peer after a reload changed the trust list's order.
+    pub fn renumber(&mut self, peer: PeerIndex) {
+        if self.peer.is_some() {
+            self.peer = Some(peer);
+        }
+        if let Direction::Dialed(_) = self.direction {
+            self.direction = Direction::Dialed(peer);
+        }
+    }
+
+    /// Reads what `io` has, runs the handshake, and hands each whole frame to
+    /// `deliver`. Returns when `io` would block. An error means the link is
+    /// finished: send what [`transmit`](Self::transmit) still has (an alert or
+    /// close_notify) and drop it.
+    pub fn receive<R: Read, D: Deliver>(
+        &mut self,
+        io: &mut R,
+        now: Millis,
+        peers: &PeerSet,
+        counters: &BgCounters,
+        deliver: &mut D,
+    ) -> Result<Received, LinkError> {
+        let mut received = Received::default();
+        let mut tally = Tally::default();
+        let result = self.receive_inner(io, now, peers, deliver, &mut received, &mut tally);
+        tally.flush(counters);
+        result.map(|()| received)
+    }
+
+    fn receive_inner<R: Read, D: Deliver>(
+        &mut self,
+        io: &mut R,
+        now: Millis,
+        peers: &PeerSet,
+        deliver: &mut D,
+        received: &mut Received,
+        tally: &mut Tally,
+    ) -> Result<(), LinkError> {
+        loop {
+            let (eof, would_block) = match self.tls.read_tls(io) {
+                Ok(0) => (true, false),
+                Ok(_) => {
+                    self.last_rx = now;
+                    (false, false)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (false, true),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(self.socket_error(&e)),
+            };
+            if let Err(error) = self.tls.process_new_packets() {
+                return Err(if self.is_established() {
+                    LinkError::closed(CloseReason::TlsError)
+                } else {
+                    LinkError::refused(Refusal::classify(&error), error.to_string())
+                });
+            }
+            let was_established = self.is_established();
+            if !self.tls_done && !self.tls.is_handshaking() {
+                self.on_handshake_done(peers)?;
+            }
+            if self.tls_done {
+                let closed = self.read_plaintext(deliver, tally)?;
+                received.established |= !was_established && self.is_established();
+                received.frames = tally.frames;
+                if closed {
+                    // close_notify: the peer finished cleanly.
+                    return Err(if self.is_established() {
+                        self.end_of_stream()
+                    } else {
+                        LinkError::refused(Refusal::PeerRefused, "closed before accepting us")
+                    });
+                }
+            }
+            if eof {
+                return Err(if self.is_established() {
+                    self.end_of_stream()
+                } else {
+                    LinkError::refused(Refusal::ClosedDuringHandshake, "end of stream")
+                });
+            }
+            if would_block {
+                return Ok(());
+            }
+        }
+    }
+
+    fn socket_error(&self, error: &io::Error) -> LinkError {
+        if self.is_established() {
+            LinkError::closed(CloseReason::Io)
+        } else if let Direction::Dialed(_) = self.direction {
+            LinkError::refused(Refusal::ConnectFailed, error.to_string())
+        } else {
+            LinkError::refused(Refusal::ClosedDuringHandshake, error.to_string())
+        }
+    }
+
+    fn end_of_stream(&self) -> LinkError {
+        if self.reassembler.pending_len() > 0 {
+            LinkError::closed(CloseReason::Truncated)
+        } else {
+            LinkError::closed(CloseReason::PeerClosed)
+        }
+    }
+
+    /// In TLS 1.3 the client sends its certificate in its last flight and
+    /// considers the handshake done before the server has checked it. So a
+    /// dialed link is not established until the server has said something
+    /// (the acceptor sends a keepalive first thing): frames are never sent
+    /// into a connection the peer is about to refuse.
+    fn on_handshake_done(&mut self, peers: &PeerSet) -> Result<(), LinkError> {
+        if self.tls.alpn_protocol() != Some(ALPN_BORDER_V1) {
+            return Err(LinkError::refused(
+                Refusal::Protocol,
+                "no presence-bg/1 ALPN",
+            ));
+        }
+        self.tls_done = true;
+        let peer = match self.direction {
+            // The verifier checked the certificate against this peer's entry;
+            // wait for the peer's first record (`read_plaintext`).
+            Direction::Dialed(_) => return Ok(()),
+            Direction::Accepted => {
+                // The verifier accepted it for some entry; find which, the
+                // same way (deterministic: first entry that accepts).
+                let certs = self
+                    .tls
+                    .peer_certificates()
+                    .ok_or_else(|| LinkError::refused(Refusal::NoCertificate, "none presented"))?;
+                let (end_entity, intermediates) = certs
+                    .split_first()
+                    .ok_or_else(|| LinkError::refused(Refusal::NoCertificate, "empty chain"))?;
+                peers
+                    .authenticate_client(end_entity, intermediates, UnixTime::now())
+                    .map_err(|e| LinkError::refused(Refusal::classify(&e), e.to_string()))?
+            }
+        };
+        self.peer = Some(peer);
+        // Tell the dialer it has been accepted.
+        self.queue.extend_from_slice(&STREAM_KEEPALIVE);
+        Ok(())
+    }
+
+    /// Drains decrypted bytes into the reassembler and hands frames on.
+    /// Returns whether the peer sent close_notify.
+    fn read_plaintext<D: Deliver>(
+        &mut self,
+        deliver: &mut D,
+        tally: &mut Tally,
+    ) -> Result<bool, LinkError> {
+        loop {
+            let spare = self.reassembler.spare();
+            if spare.is_empty() {
+                // Cannot happen: the buffer holds a maximal frame and frames
+                // are taken as soon as they are whole. Refuse to spin.
+                return Err(LinkError::closed(CloseReason::StreamError));
+            }
+            match self.tls.reader().read(spare) {
+                Ok(0) => return Ok(true),
+                Ok(n) => {
+                    let peer = match (self.peer, self.direction) {
+                        (Some(peer), _) => peer,
+                        (None, Direction::Dialed(peer)) => {
+                            self.peer = Some(peer);
+                            peer
+                        }
+                        (None, Direction::Accepted) => {
+                            return Err(LinkError::refused(Refusal::Protocol, "data before auth"))
+                        }
+                    };
+                    self.reassembler.commit(n);
+                    tally.bytes = tally.bytes.saturating_add(n as u64);
+                    loop {
+                        match self.reassembler.next_frame() {
+                            Ok(Some([])) => tally.keepalives = tally.keepalives.saturating_add(1),
+                            Ok(Some(frame)) => {
+                                tally.frames = tally.frames.saturating_add(1);
+                                if !deliver.deliver(peer, frame) {
+                                    tally.dropped = tally.dropped.saturating_add(1);
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(error) => {
+                                return Err(LinkError::Closed {
+                                    reason: CloseReason::StreamError,
+                                    stream: Some(error),
+                                })
+                            }
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                // End of stream without close_notify: end_of_stream decides.
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+                Err(_) => return Err(LinkError::closed(CloseReason::TlsError)),
+            }
+        }
+    }
+
+    /// Queues one frame for the peer. Refused (`false`) when the link is not
+    /// established, is closing, or its queue has no room for the whole frame.
+    /// (A draining link still takes frames while it is its peer's only link;
+    /// the endpoint decides.)
+    pub fn queue_frame(&mut self, frame: &[u8]) -> bool {
+        if !self.is_established() || self.close_sent {
+            return false;
+        }
+        let needed = frame
+            .len()
+            .saturating_add(presence_codec::STREAM_PREFIX_LEN);
+        if self.queue.len().saturating_add(needed) > self.send_queue_bytes {
+            self.compact_queue();
+            if self.queue.len().saturating_add(needed) > self.send_queue_bytes {
+                return false;
+            }
+        }
+        encode_stream_frame(frame, &mut self.queue).is_ok()
+    }
+
+    fn compact_queue(&mut self) {
+        if self.handed > 0 {
+            self.queue.drain(..self.handed);
+            self.handed = 0;
+        }
+    }
+
+    /// Bytes queued and not yet handed to TLS.
+    pub fn queued_len(&self) -> usize {
+        self.queue.len().saturating_sub(self.handed)
+    }
+
+    /// Whether anything waits to be written to the socket.
+    pub fn wants_transmit(&self) -> bool {
+        self.queued_len() > 0 || self.tls.wants_write()
+    }
+
+    /// Encrypts queued frames and writes to `io` until it would block.
+    /// Returns `true` when everything has been written.
+    pub fn transmit<W: Write>(&mut self, io: &mut W, now: Millis) -> Result<bool, LinkError> {
+        loop {
+            if self.tls_done && self.handed < self.queue.len() {
+                let pending = self.queue.get(self.handed..).unwrap_or_default();
+                let n = self.tls.writer().write(pending).unwrap_or(0);
+                if n > 0 {
+                    self.last_tx = now;
+                }
+                self.handed = self.handed.saturating_add(n).min(self.queue.len());
+                if self.handed == self.queue.len() {
+                    self.queue.clear();
+                    self.handed = 0;
+                }
+            }
+            if !self.tls.wants_write() {
+                return Ok(self.queued_len() == 0);
+            }
+            match self.tls.write_tls(io) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.socket_error(&e)),
+            }
+        }
+    }
+
+    /// Runs the link's timers: the handshake deadline, dead-peer detection and
+    /// keepalives (queued; call [`transmit`](Self::transmit) after).
+    pub fn on_tick(
+        &mut self,
+        now: Millis,
+        settings: &LinkSettings,
+        counters: &BgCounters,
+    ) -> Result<(), LinkError> {
+        if !self.is_established() {
+            if now.saturating_sub(self.created) >= settings.handshake_timeout_ms {
+                return Err(LinkError::refused(
+                    Refusal::HandshakeTimeout,
+                    "handshake too slow",
+                ));
+            }
+            return Ok(());
+        }
+        if now.saturating_sub(self.last_rx) >= settings.dead_after_ms {
+            return Err(LinkError::closed(CloseReason::DeadPeer));
+        }
+        if now.saturating_sub(self.last_tx) >= settings.keepalive_ms
+            && self.queued_len() == 0
+            && !self.close_sent
+            && self.queue.len().saturating_add(STREAM_KEEPALIVE.len()) <= self.send_queue_bytes
+        {
+            self.queue.extend_from_slice(&STREAM_KEEPALIVE);
+            self.last_tx = now;
+            BgCounters::add(&counters.keepalives_sent, 1);
+        }
+        Ok(())
+    }
+
+    /// Stops taking frames; what is queued is still sent.
+    pub fn begin_drain(&mut self) {
+        self.draining = true;
+    }
+
+    /// Whether a draining link has sent everything it had.
+    pub fn is_drained(&self) -> bool {
+        self.draining && !self.wants_transmit()
+    }
+
+    /// Queues a TLS close_notify after what is already queued has been handed
+    /// to TLS. Call [`transmit`](Self::transmit) after.
+    pub fn close(&mut self) {
+        self.draining = true;
+        if !self.close_sent && self.queued_len() == 0 {
+            self.tls.send_close_notify();
+            self.close_sent = true;
+        }
+    }
+}
+
+/// Per-call tallies, added to the shared counters once per call.
+#[derive(Default)]
+struct Tally {
+    frames: u64,
+    bytes: u64,
+    keepalives: u64,
+    dropped: u64,
+}
+
+impl Tally {
+    fn flush(&self, counters: &BgCounters) {
+        BgCounters::add(&counters.frames_in, self.frames);
+        BgCounters::add(&counters.bytes_in, self.bytes);
+        BgCounters::add(&counters.keepalives_received, self.keepalives);
+        BgCounters::add(&counters.deliver_dropped, self.dropped);
+    }
+}

@@ -1,0 +1,551 @@
+//! The border link on loopback: who gets in, what gets through, and what
+//! happens when a peer breaks.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use presence_border::pki::{
+    issue_bg_certificate, sign_bg_certificate, NetworkMaterial, PemPair, Validity,
+};
+use presence_border::{BgCounters, BgTls, CloseReason, PeerIndex, Refusal};
+
+#[test]
+fn a_trusted_peer_exchanges_frames_both_ways_over_one_link_per_worker() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let node_b = start(tls(1, &b, &[&a]), vec![], 2, settings());
+    let node_a = start(
+        tls(1, &a, &[&b]),
+        vec![(b.network.clone(), node_b.local_addr())],
+        2,
+        settings(),
+    );
+    assert!(
+        node_a.wait_for_links(&b.network, 2, SECONDS_5),
+        "one dialed link per worker"
+    );
+    assert!(node_b.wait_for_links(&a.network, 2, SECONDS_5));
+
+    for seq in 0..100 {
+        assert!(node_a.send((seq % 2) as usize, &b.network, frame(seq)));
+    }
+    let got = recv(&node_b, 100, SECONDS_5);
+    assert_eq!(got.len(), 100);
+    assert!(
+        got.iter().all(|f| f.peer == a.network),
+        "origin is A's certificate name"
+    );
+    let mut seqs: Vec<u32> = got.iter().map(|f| seq_of(&f.frame)).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..100).collect::<Vec<_>>());
+    // (Which of B's workers takes each of A's connections is the kernel's
+    // SO_REUSEPORT hash: either may take both.)
+
+    // B dials A too (every worker dials every peer, so every worker has a
+    // link of its own whichever worker the kernel gave A's connections to).
+    node_b.reload(
+        tls(2, &b, &[&a]),
+        vec![(a.network.clone(), node_a.local_addr())],
+    );
+    assert!(node_b.wait_for_links(&a.network, 4, SECONDS_5));
+    for seq in 0..50 {
+        assert!(node_b.send((seq % 2) as usize, &a.network, frame(1000 + seq)));
+    }
+    let back = recv(&node_a, 50, SECONDS_5);
+    assert_eq!(back.len(), 50);
+    assert!(back.iter().all(|f| f.peer == b.network));
+    assert_eq!(BgCounters::get(&node_a.counters().send_no_link), 0);
+}
+
+#[test]
+fn a_pinned_peer_certificate_is_accepted_and_any_other_refused() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let pinned =
+        Arc::new(BgTls::new(1, b.identity().unwrap(), &[a.trust_by_pin().unwrap()]).unwrap());
+    let node_b = start(pinned, vec![], 1, settings());
+    let node_a = start(
+        tls(1, &a, &[&b]),
+        vec![(b.network.clone(), node_b.local_addr())],
+        1,
+        settings(),
+    );
+    assert!(node_a.wait_for_links(&b.network, 1, SECONDS_5));
+
+    // A's rotated certificate comes from the same CA, but it is not the pin.
+    let a2 = a.rotated().unwrap();
+    let node_a2 = start(
+        tls(1, &a2, &[&b]),
+        vec![(b.network.clone(), node_b.local_addr())],
+        1,
+        settings(),
+    );
+    assert!(wait_until(SECONDS_5, || node_b
+        .counters()
+        .refused(Refusal::UnknownCa)
+        >= 1));
+    assert_eq!(node_a2.links_to(&b.network).0, 0);
+}
+
+fn refused_by_b(
+    presenting: NetworkMaterial,
+    b: &NetworkMaterial,
+    trusted_by_b: &[&NetworkMaterial],
+) -> (Arc<BgCounters>, Arc<BgCounters>) {
+    let node_b = start(tls(1, b, trusted_by_b), vec![], 1, settings());
+    let node_x = start(
+        tls(1, &presenting, &[b]),
+        vec![(b.network.clone(), node_b.local_addr())],
+        1,
+        settings(),
+    );
+    assert!(wait_until(SECONDS_5, || {
+        Refusal::ALL
+            .iter()
+            .map(|r| node_b.counters().refused(*r))
+            .sum::<u64>()
+            >= 2
+    }));
+    assert_eq!(node_b.links_to(&presenting.network), (0, 0));
+    assert_eq!(node_x.links_to(&b.network), (0, 0));
+    assert_eq!(BgCounters::get(&node_b.counters().frames_in), 0);
+    (node_b.counters().clone(), node_x.counters().clone())
+}
+
+#[test]
+fn a_certificate_from_an_unknown_ca_is_refused_in_the_handshake() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let stranger = material("c.example");
+    let (b_counters, x_counters) = refused_by_b(stranger, &b, &[&a]);
+    assert!(b_counters.refused(Refusal::UnknownCa) >= 2);
+    assert!(
+        x_counters.refused(Refusal::PeerRefused) >= 1,
+        "the dialer hears B's alert"
+    );
+}
+
+#[test]
+fn a_certificate_for_another_network_name_is_refused() {
+    let a = material("a.example");
+    let b = material("b.example");
+    // A CA made without the name constraint `presence-gw pki` puts in, whose
+    // holder issues itself a certificate naming network C.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = params.self_signed(&key).unwrap();
+    let loose_ca = PemPair {
+        cert_pem: ca_cert.pem(),
+        key_pem: key.serialize_pem(),
+    };
+    let claims_c = NetworkMaterial {
+        network: name("c.example"),
+        bg: sign_bg_certificate(&loose_ca, &name("c.example"), Validity::days_from_now(1)).unwrap(),
+        ca: loose_ca.clone(),
+    };
+    // B trusts that CA, but for network A only.
+    let a_with_loose_ca = NetworkMaterial {
+        ca: loose_ca,
+        ..a.clone()
+    };
+    let (b_counters, _) = refused_by_b(claims_c, &b, &[&a_with_loose_ca]);
+    assert!(b_counters.refused(Refusal::WrongNetwork) >= 2);
+}
+
+#[test]
+fn a_network_ca_cannot_vouch_for_another_networks_name() {
+    let a = material("a.example");
+    let b = material("b.example");
+    assert!(
+        issue_bg_certificate(&a.ca, &name("c.example"), Validity::days_from_now(1)).is_err(),
+        "pki refuses to issue it"
+    );
+    // A's CA (name-constrained to a.example) signs a certificate naming c.
+    let claims_c = NetworkMaterial {
+        network: name("c.example"),
+        bg: sign_bg_certificate(&a.ca, &name("c.example"), Validity::days_from_now(1)).unwrap(),
+        ca: a.ca.clone(),
+    };
+    let (b_counters, _) = refused_by_b(claims_c, &b, &[&a]);
+    let refusals: u64 = [
+        Refusal::WrongNetwork,
+        Refusal::BadCertificate,
+        Refusal::UnknownCa,
+    ]
+    .iter()
+    .map(|r| b_counters.refused(*r))
+    .sum();
+    assert!(refusals >= 2, "name constraint violation refused");
+}
+
+#[test]
+fn an_expired_certificate_is_refused() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let long_ago = Validity {
+        not_before: time::OffsetDateTime::now_utc() - time::Duration::days(30),
+        not_after: time::OffsetDateTime::now_utc() - time::Duration::days(1),
+    };
+    let expired = NetworkMaterial {
+        bg: issue_bg_certificate(&a.ca, &a.network, long_ago).unwrap(),
+        ..a.clone()
+    };
+    let (b_counters, _) = refused_by_b(expired, &b, &[&a]);
+    assert!(b_counters.refused(Refusal::CertificateExpired) >= 2);
+}
+
+#[test]
+fn plain_tcp_garbage_and_silence_are_refused_without_reading_presence_data() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let node_b = start(tls(1, &b, &[&a]), vec![], 1, settings());
+    let addr = node_b.local_addr();
+
+    // A presence frame in the clear, stream-framed.
+    let mut clear = TcpStream::connect(addr).unwrap();
+    clear.write_all(&[0x00, 0x08]).unwrap();
+    clear.write_all(&frame(7)).unwrap();
+    let mut sink = Vec::new();
+    clear.set_read_timeout(Some(SECONDS_5)).unwrap();
+    let _ = clear.read_to_end(&mut sink);
+    assert!(wait_until(SECONDS_5, || node_b
+        .counters()
+        .refused(Refusal::NotTls)
+        >= 1));
+
+    // Noise that starts like a TLS handshake record.
+    let mut noise = TcpStream::connect(addr).unwrap();
+    let mut bytes = vec![0x16, 0x03, 0x01, 0x00, 0x40];
+    bytes.extend((0..64u8).map(|i| i.wrapping_mul(37)));
+    noise.write_all(&bytes).unwrap();
+    noise.set_read_timeout(Some(SECONDS_5)).unwrap();
+    let _ = noise.read_to_end(&mut sink);
+    assert!(wait_until(SECONDS_5, || node_b
+        .counters()
+        .refused(Refusal::Protocol)
+        >= 1));
+
+    // Connected, silent: refused when the handshake deadline passes.
+    let silent = TcpStream::connect(addr).unwrap();
+    assert!(wait_until(SECONDS_5, || {
+        node_b.counters().refused(Refusal::HandshakeTimeout) >= 1
+    }));
+    drop(silent);
+
+    assert_eq!(BgCounters::get(&node_b.counters().frames_in), 0);
+    assert!(node_b.inbound().is_empty());
+}
+
+/// A hand-driven TLS client holding A's identity, for sending what a real BG
+/// never would.
+fn raw_client(
+    a_tls: &BgTls,
+    b: &NetworkMaterial,
+    addr: std::net::SocketAddr,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let config = a_tls.client_config(PeerIndex(0)).unwrap().clone();
+    let conn = rustls::ClientConnection::new(config, b.network.server_name()).unwrap();
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(SECONDS_5)).unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).unwrap();
+    }
+    stream
+}
+
+#[test]
+fn an_oversized_or_truncated_frame_closes_only_its_own_connection() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let a_tls = tls(1, &a, &[&b]);
+    let node_b = start(tls(1, &b, &[&a]), vec![], 1, settings());
+    let node_a = start(
+        a_tls.clone(),
+        vec![(b.network.clone(), node_b.local_addr())],
+        1,
+        settings(),
+    );
+    assert!(node_a.wait_for_links(&b.network, 1, SECONDS_5));
+
+    // Oversized: a length prefix beyond B's 1472-byte maximum.
+    let mut oversized = raw_client(&a_tls, &b, node_b.local_addr());
+    oversized.write_all(&[0x00, 0x08]).unwrap();
+    oversized.write_all(&frame(1)).unwrap();
+    oversized.write_all(&[0xff, 0xff, 0x50, 0x01]).unwrap();
+    oversized.flush().unwrap();
+    assert!(wait_until(SECONDS_5, || node_b
+        .counters()
+        .closed(CloseReason::StreamError)
+        == 1));
+    let mut rest = Vec::new();
+    let _ = oversized.read_to_end(&mut rest);
+
+    // Truncated: half a frame, then close_notify.
+    let mut truncated = raw_client(&a_tls, &b, node_b.local_addr());
+    truncated
+        .write_all(&[0x00, 0x20, 0x50, 0x01, 0x0a])
+        .unwrap();
+    truncated.conn.send_close_notify();
+    truncated.flush().unwrap();
+    assert!(wait_until(SECONDS_5, || node_b
+        .counters()
+        .closed(CloseReason::Truncated)
+        == 1));
+
+    // The whole frame before the bad prefix was handed on, from A.
+    let first = recv(&node_b, 1, SECONDS_5);
+    assert_eq!(first.len(), 1);
+    assert_eq!(seq_of(&first[0].frame), 1);
+    assert_eq!(first[0].peer, a.network);
+
+    // A's own link was not touched.
+    assert_eq!(node_a.links_to(&b.network), (1, 1));
+    assert!(node_a.send(0, &b.network, frame(2)));
+    let after = recv(&node_b, 1, SECONDS_5);
+    assert_eq!(after.len(), 1);
+    assert_eq!(seq_of(&after[0].frame), 2);
+}
+
+#[test]
+fn a_killed_peer_is_detected_and_reconnected() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let b_tls = tls(1, &b, &[&a]);
+    let node_b = start(b_tls.clone(), vec![], 1, settings());
+    let b_addr = node_b.local_addr();
+    let node_a = start(
+        tls(1, &a, &[&b]),
+        vec![(b.network.clone(), b_addr)],
+        1,
+        settings(),
+    );
+    assert!(node_a.wait_for_links(&b.network, 1, SECONDS_5));
+    let dials_before = BgCounters::get(&node_a.counters().dial_attempts);
+
+    node_b.stop();
+    assert!(wait_until(SECONDS_5, || node_a.links_to(&b.network).0 == 0));
+    // While B is down, A keeps dialing with backoff, and sends are refused
+    // (upstream answers them overloaded), not queued without bound.
+    assert!(wait_until(SECONDS_5, || {
+        BgCounters::get(&node_a.counters().dial_attempts) >= dials_before + 3
+    }));
+    node_a.send(0, &b.network, frame(9));
+    assert!(wait_until(SECONDS_5, || {
+        BgCounters::get(&node_a.counters().send_no_link) >= 1
+    }));
+
+    let node_b = start_on(b_addr, b_tls, vec![], 1, settings());
+    assert!(
+        node_a.wait_for_links(&b.network, 1, SECONDS_5),
+        "reconnected"
+    );
+    assert!(node_a.send(0, &b.network, frame(10)));
+    let got = recv(&node_b, 1, SECONDS_5);
+    assert_eq!(got.len(), 1);
+    assert_eq!(seq_of(&got[0].frame), 10);
+}
+
+/// Forwards TCP between a client and a server until frozen; frozen, it holds
+/// every connection open and forwards nothing (a peer that vanished without a
+/// FIN: a cut link, a hung host).
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn blackhole(to: std::net::SocketAddr) -> Blackhole {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = frozen.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(to) else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        let Ok(n) = from.read(&mut buf) else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        while f.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        if into.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    Blackhole { addr, frozen }
+}
+
+#[test]
+fn a_peer_that_goes_silent_is_declared_dead_and_redialed() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let node_b = start(tls(1, &b, &[&a]), vec![], 1, settings());
+    let hole = blackhole(node_b.local_addr());
+    let node_a = start(
+        tls(1, &a, &[&b]),
+        vec![(b.network.clone(), hole.addr)],
+        1,
+        settings(),
+    );
+    assert!(node_a.wait_for_links(&b.network, 1, SECONDS_5));
+    // Keepalives keep an idle link alive.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(node_a.counters().closed(CloseReason::DeadPeer), 0);
+    assert!(BgCounters::get(&node_a.counters().keepalives_received) >= 5);
+
+    hole.frozen.store(true, Ordering::Relaxed);
+    assert!(wait_until(SECONDS_5, || node_a
+        .counters()
+        .closed(CloseReason::DeadPeer)
+        >= 1));
+    hole.frozen.store(false, Ordering::Relaxed);
+    assert!(
+        node_a.wait_for_links(&b.network, 1, SECONDS_5),
+        "redialed once the path is back"
+    );
+}
+
+#[test]
+fn a_full_send_queue_refuses_frames_instead_of_growing() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let b_tls = tls(1, &b, &[&a]);
+    // B completes the handshake and then never reads.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = b_tls.server_config().clone();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        let mut conn = rustls::ServerConnection::new(server).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap();
+        }
+        // Accept A (a keepalive), then read nothing more.
+        conn.writer().write_all(&[0, 0]).unwrap();
+        conn.complete_io(&mut sock).unwrap();
+        let _ = done_rx.recv();
+    });
+    let mut small = settings();
+    small.link.send_queue_bytes = 64 * 1024;
+    small.link.dead_after_ms = 60_000;
+    let node_a = start(tls(1, &a, &[&b]), vec![(b.network.clone(), addr)], 1, small);
+    assert!(node_a.wait_for_links(&b.network, 1, SECONDS_5));
+    let big = {
+        let mut f = vec![0x50, 0x01];
+        f.resize(1400, 0xab);
+        f
+    };
+    assert!(wait_until(Duration::from_secs(20), || {
+        for _ in 0..256 {
+            node_a.send(0, &b.network, big.clone());
+        }
+        BgCounters::get(&node_a.counters().send_overloaded) > 0
+    }));
+    assert_eq!(
+        node_a.links_to(&b.network).0,
+        1,
+        "overload does not drop the link"
+    );
+    done_tx.send(()).unwrap();
+}
+
+#[test]
+fn rotating_certificates_drops_no_frame_and_drains_the_old_links() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let node_b = start(tls(1, &b, &[&a]), vec![], 2, settings());
+    let peers = vec![(b.network.clone(), node_b.local_addr())];
+    let node_a = start(tls(1, &a, &[&b]), peers.clone(), 2, settings());
+    assert!(node_a.wait_for_links(&b.network, 2, SECONDS_5));
+
+    const FRAMES: u32 = 20_000;
+    let a2 = a.rotated().unwrap();
+    let b2 = b.rotated().unwrap();
+    let mut seq = 0;
+    while seq < FRAMES {
+        if seq == FRAMES / 3 {
+            node_a.reload(tls(2, &a2, &[&b]), peers.clone());
+        }
+        if seq == FRAMES / 2 {
+            node_b.reload(tls(2, &b2, &[&a]), vec![]);
+        }
+        if node_a.send((seq % 2) as usize, &b.network, frame(seq)) {
+            seq += 1;
+        } else {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        if seq % 500 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    let got = recv(&node_b, FRAMES as usize, Duration::from_secs(20));
+    let counters = node_a.counters();
+    assert_eq!(BgCounters::get(&counters.send_no_link), 0);
+    assert_eq!(BgCounters::get(&counters.send_overloaded), 0);
+    let mut seqs: Vec<u32> = got.iter().map(|f| seq_of(&f.frame)).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(
+        seqs.len(),
+        FRAMES as usize,
+        "every frame arrived exactly once"
+    );
+    assert!(wait_until(SECONDS_5, || counters
+        .closed(CloseReason::Rotated)
+        >= 2));
+    assert_eq!(node_a.links_to(&b.network), (2, 2));
+    assert!(
+        BgCounters::get(&counters.links_established) >= 4,
+        "new links made"
+    );
+}
+
+#[test]
+fn a_peer_removed_from_the_trust_list_is_cut_off_on_reload() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let c = material("c.example");
+    let node_b = start(tls(1, &b, &[&a, &c]), vec![], 1, settings());
+    let node_a = start(
+        tls(1, &a, &[&b]),
+        vec![(b.network.clone(), node_b.local_addr())],
+        1,
+        settings(),
+    );
+    assert!(node_b.wait_for_links(&a.network, 1, SECONDS_5));
+    node_b.reload(tls(2, &b, &[&c]), vec![]);
+    assert!(wait_until(SECONDS_5, || node_b
+        .counters()
+        .closed(CloseReason::Untrusted)
+        >= 1));
+    // A redials and is refused from now on.
+    assert!(wait_until(SECONDS_5, || node_b
+        .counters()
+        .refused(Refusal::UnknownCa)
+        >= 1));
+    assert_eq!(node_a.links_to(&b.network).0, 0);
+}

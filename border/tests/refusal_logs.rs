@@ -1,0 +1,71 @@
+//! Every refusal leaves a log line naming its reason and the address it came
+//! from (its own test binary: it installs the process-wide log subscriber).
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use presence_border::Refusal;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn refusals_are_logged_with_their_reason() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let a = material("a.example");
+    let b = material("b.example");
+    let stranger = material("c.example");
+    let node_b = start(tls(1, &b, &[&a]), vec![], 1, settings());
+    let _stranger = start(
+        tls(1, &stranger, &[&b]),
+        vec![(b.network.clone(), node_b.local_addr())],
+        1,
+        settings(),
+    );
+    let mut clear = TcpStream::connect(node_b.local_addr()).unwrap();
+    clear.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(wait_until(SECONDS_5, || {
+        node_b.counters().refused(Refusal::UnknownCa) >= 1
+            && node_b.counters().refused(Refusal::NotTls) >= 1
+    }));
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("border connection refused"))
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|l| l.contains("reason=\"unknown_ca\"") && l.contains("127.0.0.1")),
+        "{log}"
+    );
+    assert!(
+        refused.iter().any(|l| l.contains("reason=\"not_tls\"")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reason=\"peer_refused\"") && l.contains("b.example")),
+        "the stranger's side logs that B refused it: {log}"
+    );
+}
