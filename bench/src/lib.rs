@@ -2,6 +2,8 @@
 //!
 //! Inputs are deterministic (a fixed xorshift seed) so runs compare.
 
+pub mod bg_pair;
+
 use presence_codec::{Answer, Message, Msisdn, Outcome, Query, Reachability, MSISDN_MAX};
 
 /// A deterministic xorshift64 stream; good enough to spread benchmark inputs.

@@ -29,6 +29,9 @@ use crate::identity::NetworkName;
 use crate::link::LinkSettings;
 use crate::tls::{BgTls, TlsSetupError, TrustFile};
 
+/// Largest per-link send queue the configuration accepts.
+pub const SEND_QUEUE_BYTES_MAX: usize = 64 << 20;
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {field}: {reason}")]
@@ -202,7 +205,17 @@ impl BorderConfig {
             backoff_min_ms: raw.backoff_min_ms.unwrap_or(defaults.backoff_min_ms),
             backoff_max_ms: raw.backoff_max_ms.unwrap_or(defaults.backoff_max_ms),
         };
-        let checks: [(&str, bool, &str); 6] = [
+        let checks: [(&str, bool, &str); 8] = [
+            (
+                "border.send_queue_bytes",
+                link.send_queue_bytes <= SEND_QUEUE_BYTES_MAX,
+                "must be at most 64 MiB",
+            ),
+            (
+                "border.handshake_timeout_ms",
+                link.handshake_timeout_ms > 0,
+                "must be above 0",
+            ),
             (
                 "border.max_frame_len",
                 (4..=65_535).contains(&link.max_frame_len),

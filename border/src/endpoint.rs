@@ -30,7 +30,9 @@ use crate::tls::BgTls;
 pub struct EndpointSettings {
     /// Per-link limits and timers.
     pub link: LinkSettings,
-    /// Most links (inbound and outbound) this worker holds.
+    /// Most links (inbound and outbound) this worker holds. One slot per peer
+    /// is kept for our own dialing; unauthenticated inbound connections may
+    /// hold at most a quarter of the slots.
     pub max_links: usize,
     /// First reconnect delay; doubles per failure.
     pub backoff_min_ms: Millis,
@@ -62,6 +64,10 @@ pub enum SendError {
     /// The link's send queue is full.
     #[error("send queue full")]
     Overloaded,
+    /// The frame is shorter than 4 bytes or longer than the link's maximum
+    /// (§6): the peer would have to close the link over it.
+    #[error("frame length {0} outside the stream limits")]
+    InvalidFrame(usize),
 }
 
 /// Binds a TCP listener with `SO_REUSEADDR` and, when `reuse_port`,
@@ -82,6 +88,8 @@ struct Slot {
     link: Link,
     socket: TcpStream,
     peer_addr: Option<SocketAddr>,
+    /// Counted in `links_up` (so closing uncounts it exactly once).
+    counted_up: bool,
 }
 
 /// Dial state for one peer network, kept by name across reloads.
@@ -123,9 +131,17 @@ pub struct BgEndpoint {
     dialers: Vec<Dialer>,
     /// Per peer: the slot `send` uses (an established, non-draining link).
     routes: Vec<Option<usize>>,
-    /// Slots with frames queued since the last flush (each at most once).
+    /// Slots with frames queued since the last flush (each at most once:
+    /// `dirty_mark`; a mark outlives its link, so a reused slot is not
+    /// listed twice).
     dirty: Vec<usize>,
     dirty_mark: Vec<bool>,
+    /// Slots whose read budget ran out: edge-triggered readiness will not
+    /// report them again, so [`BgEndpoint::poll_ready`] does.
+    ready: Vec<usize>,
+    ready_mark: Vec<bool>,
+    /// Stopping: no dialing, links closing.
+    shutting_down: bool,
     token_base: usize,
     rng: u64,
     counters: Arc<BgCounters>,
@@ -173,6 +189,9 @@ impl BgEndpoint {
             routes: Vec::new(),
             dirty: Vec::with_capacity(settings.max_links),
             dirty_mark: vec![false; settings.max_links],
+            ready: Vec::with_capacity(settings.max_links),
+            ready_mark: vec![false; settings.max_links],
+            shutting_down: false,
             token_base,
             rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             counters,
@@ -230,7 +249,8 @@ impl BgEndpoint {
     /// Installs TLS generation `tls` and the peers' dial addresses: new links
     /// use it; our dialed links made with older material are replaced by new
     /// ones and drained (closed once the new link is up and the old one has
-    /// sent everything); links with peers no longer trusted are closed.
+    /// sent everything); links with peers no longer trusted, or whose
+    /// certificates the new trust list refuses, are cut at once.
     pub fn reload(
         &mut self,
         tls: Arc<BgTls>,
@@ -239,7 +259,6 @@ impl BgEndpoint {
         now: Millis,
     ) {
         self.install(tls, peer_addrs, registry, now);
-        self.refresh_routes();
     }
 
     fn install(
@@ -249,12 +268,68 @@ impl BgEndpoint {
         registry: &Registry,
         now: Millis,
     ) {
-        let old = std::mem::replace(&mut self.tls, tls);
-        let peers = self.tls.peers().clone();
+        let new_peers = tls.peers().clone();
+        // 1. With the old generation still current (so logs name peers
+        //    right): cut links the new trust list refuses.
+        let unix_now = rustls::pki_types::UnixTime::now();
+        let mut names: Vec<Option<NetworkName>> = vec![None; self.slots.len()];
+        for index in 0..self.slots.len() {
+            let Some(slot) = self.slots.get(index).and_then(Option::as_ref) else {
+                continue;
+            };
+            let old_peer = match slot.link.direction() {
+                Direction::Dialed(p) => Some(p),
+                Direction::Accepted => slot.link.peer(),
+            };
+            let Some(old_peer) = old_peer else {
+                // An inbound handshake in progress: when it finishes, the
+                // peer is authenticated against the new list.
+                continue;
+            };
+            let name = self.tls.peers().name(old_peer).cloned();
+            let new_index = name.as_ref().and_then(|name| new_peers.index_of(name));
+            let still_trusted = new_index.is_some_and(|new_index| {
+                if !slot.link.is_established() {
+                    return true;
+                }
+                slot.link
+                    .peer_certificates()
+                    .and_then(<[_]>::split_first)
+                    .is_some_and(|(end_entity, intermediates)| {
+                        new_peers
+                            .verify_established(
+                                new_index,
+                                matches!(slot.link.direction(), Direction::Dialed(_)),
+                                end_entity,
+                                intermediates,
+                                unix_now,
+                            )
+                            .is_ok()
+                    })
+            });
+            if still_trusted {
+                if let Some(slot_name) = names.get_mut(index) {
+                    *slot_name = name;
+                }
+            } else {
+                self.close_slot(
+                    index,
+                    registry,
+                    LinkError::closed(CloseReason::Untrusted),
+                    now,
+                );
+            }
+        }
+        // 2. Switch generations; dialers are kept by name.
+        self.tls = tls;
         let mut old_dialers = std::mem::take(&mut self.dialers);
-        let mut dialers = Vec::with_capacity(peers.len());
-        for i in 0..peers.len() {
-            let Some(network) = u16::try_from(i).ok().and_then(|i| peers.name(PeerIndex(i))) else {
+        // (Dialers of peers no longer listed are dropped with `old_dialers`.)
+        let mut dialers = Vec::with_capacity(new_peers.len());
+        for i in 0..new_peers.len() {
+            let Some(network) = u16::try_from(i)
+                .ok()
+                .and_then(|i| new_peers.name(PeerIndex(i)))
+            else {
                 continue;
             };
             let addr = peer_addrs
@@ -279,49 +354,33 @@ impl BgEndpoint {
             dialers.push(dialer);
         }
         self.dialers = dialers;
+        // 3. Renumber what stays; replace dialed links made with older
+        //    material or to an old address.
         let generation = self.tls.generation();
-        // Renumber or close every link against the new list.
         for index in 0..self.slots.len() {
             let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
                 continue;
             };
-            let old_peer = match slot.link.direction() {
-                Direction::Dialed(p) => Some(p),
-                Direction::Accepted => slot.link.peer(),
+            let Some(name) = names.get(index).and_then(Option::as_ref) else {
+                continue;
             };
-            let name = old_peer.and_then(|p| old.peers().name(p)).cloned();
-            let new_index = name.as_ref().and_then(|n| peers.index_of(n));
-            match (name, new_index) {
-                (_, Some(p)) => {
-                    slot.link.renumber(p);
-                    if let Direction::Dialed(_) = slot.link.direction() {
-                        let dialer = self.dialers.get_mut(p.get());
-                        if let Some(dialer) = dialer {
-                            let stale = slot.link.generation() != generation
-                                || dialer.addr != slot.peer_addr;
-                            if stale {
-                                // Replace: drain this one, dial anew now.
-                                slot.link.begin_drain();
-                                if dialer.current == Some(index) {
-                                    dialer.current = None;
-                                    dialer.next_dial = now;
-                                }
-                            } else if !slot.link.is_draining() {
-                                dialer.current = Some(index);
-                            }
-                        }
+            let Some(p) = new_peers.index_of(name) else {
+                continue;
+            };
+            slot.link.renumber(p);
+            if let (Direction::Dialed(_), Some(dialer)) =
+                (slot.link.direction(), self.dialers.get_mut(p.get()))
+            {
+                let stale = slot.link.generation() != generation || dialer.addr != slot.peer_addr;
+                if stale {
+                    // Replace: drain this one, dial anew now.
+                    slot.link.begin_drain();
+                    if dialer.current == Some(index) {
+                        dialer.current = None;
+                        dialer.next_dial = now;
                     }
-                }
-                // An inbound handshake in progress: when it finishes, the peer
-                // is authenticated against the new list (`service`).
-                (None, None) => {}
-                _ => {
-                    self.close_slot(
-                        index,
-                        registry,
-                        LinkError::closed(CloseReason::Untrusted),
-                        now,
-                    );
+                } else if !slot.link.is_draining() {
+                    dialer.current = Some(index);
                 }
             }
         }
@@ -344,33 +403,35 @@ impl BgEndpoint {
                 continue;
             };
             // Prefer our own dialed link of the newest generation.
+            let rank = |link: &Link| {
+                (
+                    link.generation(),
+                    matches!(link.direction(), Direction::Dialed(_)),
+                )
+            };
             let better = match *route {
                 None => true,
                 Some(current) => self
                     .slots
                     .get(current)
                     .and_then(Option::as_ref)
-                    .is_some_and(|c| {
-                        (
-                            slot.link.generation(),
-                            matches!(slot.link.direction(), Direction::Dialed(_)),
-                        ) > (
-                            c.link.generation(),
-                            matches!(c.link.direction(), Direction::Dialed(_)),
-                        )
-                    }),
+                    .is_some_and(|c| rank(&slot.link) > rank(&c.link)),
             };
             if better {
                 *route = Some(index);
             }
         }
-        // A peer whose only links are draining keeps using them until the
-        // replacement is up: rotation drops nothing.
+        // A peer whose only links are being replaced keeps using them until
+        // the replacement is up: rotation drops nothing. (Links closing or
+        // closed by the peer take no frames at all.)
         for (peer, route) in self.routes.iter_mut().enumerate() {
             if route.is_none() {
                 *route = self.slots.iter().position(|s| {
-                    s.as_ref()
-                        .is_some_and(|s| s.link.peer().map(PeerIndex::get) == Some(peer))
+                    s.as_ref().is_some_and(|s| {
+                        s.link.peer().map(PeerIndex::get) == Some(peer)
+                            && s.link.closing_reason().is_none()
+                            && !s.link.peer_closed()
+                    })
                 });
             }
         }
@@ -378,6 +439,11 @@ impl BgEndpoint {
 
     /// Queues `frame` for `peer` on this worker's link to it.
     pub fn send(&mut self, peer: PeerIndex, frame: &[u8]) -> Result<(), SendError> {
+        if !(presence_codec::STREAM_FRAME_LEN_MIN..=self.settings.link.max_frame_len)
+            .contains(&frame.len())
+        {
+            return Err(SendError::InvalidFrame(frame.len()));
+        }
         let Some(route) = self.routes.get(peer.get()) else {
             return Err(SendError::UnknownPeer);
         };
@@ -427,6 +493,30 @@ impl BgEndpoint {
         self.service(index, registry, now, deliver);
     }
 
+    /// Whether some link has unread input left over from its read budget:
+    /// the worker should poll without sleeping and call
+    /// [`poll_ready`](Self::poll_ready).
+    pub fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    /// Services the links whose read budget ran out last turn.
+    pub fn poll_ready<D: Deliver>(&mut self, registry: &Registry, now: Millis, deliver: &mut D) {
+        let mut turn = std::mem::take(&mut self.ready);
+        for &index in &turn {
+            if let Some(mark) = self.ready_mark.get_mut(index) {
+                *mark = false;
+            }
+        }
+        for &index in &turn {
+            self.service(index, registry, now, deliver);
+        }
+        // Keep the allocation: swap back whatever was re-listed meanwhile.
+        turn.clear();
+        turn.append(&mut self.ready);
+        self.ready = turn;
+    }
+
     fn service<D: Deliver>(
         &mut self,
         index: usize,
@@ -438,6 +528,7 @@ impl BgEndpoint {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
         };
+        let was_draining = slot.link.is_draining();
         let result = slot
             .link
             .receive(&mut slot.socket, now, &peers, &self.counters, deliver)
@@ -445,23 +536,49 @@ impl BgEndpoint {
         match result {
             Ok(received) => {
                 if received.established {
-                    self.on_established(index, now);
+                    self.on_established(index);
                 }
+                if received.more {
+                    if let Some(mark) = self.ready_mark.get_mut(index) {
+                        if !*mark {
+                            *mark = true;
+                            self.ready.push(index);
+                        }
+                    }
+                }
+                self.after_io(index, registry, was_draining);
             }
             Err(error) => self.close_slot(index, registry, error, now),
         }
     }
 
-    fn on_established(&mut self, index: usize, now: Millis) {
+    /// After a link did IO: finish it if its close completed, and re-route if
+    /// it stopped taking frames.
+    fn after_io(&mut self, index: usize, registry: &Registry, was_draining: bool) {
         let Some(slot) = self.slots.get(index).and_then(Option::as_ref) else {
             return;
         };
+        if slot.link.is_finished() {
+            let reason = slot
+                .link
+                .closing_reason()
+                .unwrap_or(CloseReason::PeerClosed);
+            self.finish_slot(index, registry, reason);
+        } else if slot.link.is_draining() != was_draining {
+            self.refresh_routes();
+        }
+    }
+
+    fn on_established(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+            return;
+        };
+        slot.counted_up = true;
         BgCounters::add(&self.counters.links_established, 1);
         self.counters
             .links_up
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let peer = slot.link.peer();
-        let name = peer.and_then(|p| self.tls.peers().name(p));
+        let name = slot.link.peer().and_then(|p| self.tls.peers().name(p));
         tracing::info!(
             peer = name.map(NetworkName::as_str),
             addr = ?slot.peer_addr,
@@ -469,11 +586,6 @@ impl BgEndpoint {
             generation = slot.link.generation(),
             "border link established"
         );
-        let dialed = matches!(slot.link.direction(), Direction::Dialed(_));
-        if let (true, Some(dialer)) = (dialed, peer.and_then(|p| self.dialers.get_mut(p.get()))) {
-            dialer.backoff = self.settings.backoff_min_ms;
-            dialer.next_dial = now;
-        }
         self.refresh_routes();
     }
 
@@ -491,9 +603,27 @@ impl BgEndpoint {
                     return;
                 }
             };
-            let Some(index) = self.slots.iter().position(Option::is_none) else {
+            if self.shutting_down {
+                continue;
+            }
+            // Unauthenticated connections may take a quarter of the slots,
+            // and never the ones our own dialers need.
+            let pending = self
+                .slots
+                .iter()
+                .flatten()
+                .filter(|s| !s.link.is_established() && s.link.direction() == Direction::Accepted)
+                .count();
+            let free = self.slots.iter().filter(|s| s.is_none()).count();
+            let reserved = self.dialers.iter().filter(|d| d.current.is_none()).count();
+            let index = self.slots.iter().position(Option::is_none);
+            let (Some(index), true, true) = (
+                index,
+                pending < (self.settings.max_links / 4).max(1),
+                free > reserved,
+            ) else {
                 BgCounters::add(&self.counters.accept_full, 1);
-                tracing::warn!(%addr, "border connection dropped: every link slot is taken");
+                tracing::warn!(%addr, "border connection dropped: no free link slot");
                 continue;
             };
             let link = match Link::accept(
@@ -521,6 +651,7 @@ impl BgEndpoint {
                     link,
                     socket,
                     peer_addr: Some(addr),
+                    counted_up: false,
                 });
             }
         }
@@ -532,6 +663,7 @@ impl BgEndpoint {
         };
         let Some(addr) = dialer.addr else { return };
         let Some(index) = self.slots.iter().position(Option::is_none) else {
+            self.schedule_redial(peer, now);
             return;
         };
         BgCounters::add(&self.counters.dial_attempts, 1);
@@ -574,6 +706,7 @@ impl BgEndpoint {
                 link,
                 socket,
                 peer_addr: Some(addr),
+                counted_up: false,
             });
         }
         if let Some(dialer) = self.dialers.get_mut(peer.get()) {
@@ -581,7 +714,7 @@ impl BgEndpoint {
         }
     }
 
-    /// Next delay: the backoff with full jitter in its upper half, then the
+    /// Next delay: the backoff with jitter in its upper half, then the
     /// backoff doubles up to the cap.
     fn schedule_redial(&mut self, peer: PeerIndex, now: Millis) {
         self.rng ^= self.rng << 13;
@@ -599,51 +732,84 @@ impl BgEndpoint {
         dialer.current = None;
     }
 
+    /// Ends a link for `error`: an alert or close_notify is attempted, the
+    /// socket dropped, the reason counted and logged, a redial scheduled.
     fn close_slot(&mut self, index: usize, registry: &Registry, error: LinkError, now: Millis) {
-        let Some(mut slot) = self.slots.get_mut(index).and_then(Option::take) else {
+        let Some(slot) = self.slots.get_mut(index) else {
             return;
         };
-        if let Some(mark) = self.dirty_mark.get_mut(index) {
-            *mark = false;
+        if let (Some(s), LinkError::Closed { reason, .. }) = (slot.as_mut(), &error) {
+            if *reason != CloseReason::Io {
+                s.link.abort(now, *reason);
+            }
         }
-        let was_up = slot.link.is_established();
-        let peer = slot.link.peer().or(match slot.link.direction() {
-            Direction::Dialed(p) => Some(p),
-            Direction::Accepted => None,
-        });
-        // Best effort: let the peer see our alert or close_notify.
-        if matches!(&error, LinkError::Closed { reason, .. } if *reason != CloseReason::Io) {
-            slot.link.close();
+        if let Some(s) = slot.as_mut() {
+            let _ = s.link.transmit(&mut s.socket, now);
         }
-        let _ = slot.link.transmit(&mut slot.socket, now);
-        let _ = registry.deregister(&mut slot.socket);
         match &error {
             LinkError::Refused { refusal, .. } => self.counters.refuse(*refusal),
             LinkError::Closed { reason, .. } => self.counters.close(*reason),
         }
-        if was_up {
+        let (peer, addr) = self.remove_slot(index, registry, now, &error);
+        log_end(peer, addr, &error, self.tls.peers());
+    }
+
+    /// Drops a link whose graceful close completed.
+    fn finish_slot(&mut self, index: usize, registry: &Registry, reason: CloseReason) {
+        self.counters.close(reason);
+        let error = LinkError::closed(reason);
+        let (peer, addr) = self.remove_slot(index, registry, 0, &error);
+        log_end(peer, addr, &error, self.tls.peers());
+    }
+
+    fn remove_slot(
+        &mut self,
+        index: usize,
+        registry: &Registry,
+        now: Millis,
+        error: &LinkError,
+    ) -> (Option<PeerIndex>, Option<SocketAddr>) {
+        let Some(mut slot) = self.slots.get_mut(index).and_then(Option::take) else {
+            return (None, None);
+        };
+        let _ = registry.deregister(&mut slot.socket);
+        if slot.counted_up {
             self.counters
                 .links_up
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
-        log_end(peer, slot.peer_addr, &error, self.tls.peers());
+        let peer = slot.link.peer().or(match slot.link.direction() {
+            Direction::Dialed(p) => Some(p),
+            Direction::Accepted => None,
+        });
         if let Direction::Dialed(p) = slot.link.direction() {
             let is_current = self
                 .dialers
                 .get(p.get())
                 .is_some_and(|d| d.current == Some(index));
             let replaced = matches!(
-                &error,
+                error,
                 LinkError::Closed {
                     reason: CloseReason::Rotated | CloseReason::Shutdown | CloseReason::Untrusted,
                     ..
                 }
             );
-            if is_current && !replaced {
+            if is_current && !replaced && !self.shutting_down {
+                // A link that stayed up a while starts the backoff afresh; a
+                // flapping peer keeps backing off.
+                let stable = slot.link.is_established()
+                    && now.saturating_sub(slot.link.established_at())
+                        >= self.settings.backoff_max_ms;
+                if let (true, Some(dialer)) = (stable, self.dialers.get_mut(p.get())) {
+                    dialer.backoff = self.settings.backoff_min_ms;
+                }
                 self.schedule_redial(p, now);
+            } else if let (true, Some(dialer)) = (is_current, self.dialers.get_mut(p.get())) {
+                dialer.current = None;
             }
         }
         self.refresh_routes();
+        (peer, slot.peer_addr)
     }
 
     /// Writes what `send` queued, one batch per link.
@@ -655,22 +821,26 @@ impl BgEndpoint {
             let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
                 continue;
             };
-            if let Err(error) = slot.link.transmit(&mut slot.socket, now) {
-                self.close_slot(index, registry, error, now);
+            let was_draining = slot.link.is_draining();
+            match slot.link.transmit(&mut slot.socket, now) {
+                Ok(_) => self.after_io(index, registry, was_draining),
+                Err(error) => self.close_slot(index, registry, error, now),
             }
         }
     }
 
     /// Runs timers: dials due peers, sends keepalives, closes dead peers and
-    /// slow handshakes, closes drained links. Call every few hundred ms.
+    /// slow handshakes, closes drained links. Call every few tens of ms.
     pub fn tick(&mut self, registry: &Registry, now: Millis) {
         for index in 0..self.slots.len() {
             let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
                 continue;
             };
-            let mut result = slot.link.on_tick(now, &self.settings.link, &self.counters);
-            if result.is_ok() && slot.link.is_draining() {
-                // Close a replaced link once its replacement carries.
+            let was_draining = slot.link.is_draining();
+            let result = slot.link.on_tick(now, &self.settings.link, &self.counters);
+            if result.is_ok() && slot.link.is_drained() && slot.link.closing_reason().is_none() {
+                // A replaced link closes once its replacement carries (or
+                // at once when stopping).
                 let peer = slot.link.peer();
                 let replacement_up = peer.is_some_and(|p| {
                     self.routes
@@ -679,15 +849,21 @@ impl BgEndpoint {
                         .flatten()
                         .is_some_and(|r| r != index)
                 });
-                if replacement_up && slot.link.is_drained() {
-                    result = Err(LinkError::closed(CloseReason::Rotated));
+                if self.shutting_down {
+                    slot.link.close(now, CloseReason::Shutdown);
+                } else if replacement_up {
+                    slot.link.close(now, CloseReason::Rotated);
                 }
             }
             let result =
                 result.and_then(|()| slot.link.transmit(&mut slot.socket, now).map(|_| ()));
-            if let Err(error) = result {
-                self.close_slot(index, registry, error, now);
+            match result {
+                Ok(()) => self.after_io(index, registry, was_draining),
+                Err(error) => self.close_slot(index, registry, error, now),
             }
+        }
+        if self.shutting_down {
+            return;
         }
         for p in 0..self.dialers.len() {
             let Some(dialer) = self.dialers.get(p) else {
@@ -701,8 +877,41 @@ impl BgEndpoint {
         }
     }
 
-    /// Closes every link with close_notify (for a clean stop).
+    /// Starts a clean stop: no more dialing or accepting; every link
+    /// writes what it has queued, sends close_notify and waits for the
+    /// peer's (at most `dead_after_ms`); handshakes in progress are dropped.
+    /// Keep calling [`tick`](Self::tick) and handling events until
+    /// [`is_idle`](Self::is_idle).
+    pub fn begin_shutdown(&mut self, registry: &Registry, now: Millis) {
+        self.shutting_down = true;
+        for index in 0..self.slots.len() {
+            let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            if slot.link.is_established() {
+                slot.link.begin_drain();
+                slot.link.close(now, CloseReason::Shutdown);
+            } else {
+                self.close_slot(
+                    index,
+                    registry,
+                    LinkError::closed(CloseReason::Shutdown),
+                    now,
+                );
+            }
+        }
+        self.refresh_routes();
+    }
+
+    /// Whether no link is left.
+    pub fn is_idle(&self) -> bool {
+        self.slots.iter().all(Option::is_none)
+    }
+
+    /// Drops every link left now (after [`begin_shutdown`](Self::begin_shutdown)
+    /// has had its time).
     pub fn shutdown(&mut self, registry: &Registry, now: Millis) {
+        self.shutting_down = true;
         for index in 0..self.slots.len() {
             if self.slots.get(index).is_some_and(Option::is_some) {
                 self.close_slot(
@@ -712,9 +921,6 @@ impl BgEndpoint {
                     now,
                 );
             }
-        }
-        for dialer in &mut self.dialers {
-            dialer.addr = None;
         }
     }
 }

@@ -143,6 +143,7 @@ pub fn bg_inbound(data: &[u8]) {
 
     let mut plaintext: Vec<u8> = Vec::new();
     let mut tampered = false;
+    let mut client_closed = false;
     let mut outcome: Option<LinkError> = None;
     while let Some((&op, rest)) = script.split_first() {
         let Some((&len, rest)) = rest.split_first() else {
@@ -152,17 +153,21 @@ pub fn bg_inbound(data: &[u8]) {
         let (chunk, rest) = rest.split_at(take);
         script = rest;
         match op % 4 {
-            0 => {
+            0 if !client_closed => {
                 let _ = client.writer().write_all(chunk);
                 plaintext.extend_from_slice(chunk);
             }
+            0 => {}
             1 => {
                 // Splice raw bytes into the ciphertext stream.
                 pump(&mut client, &mut to_server, &mut to_client);
                 to_server.0.extend(chunk);
                 tampered = true;
             }
-            2 => client.send_close_notify(),
+            2 => {
+                client.send_close_notify();
+                client_closed = true;
+            }
             _ => now = now.saturating_add(u64::from(len) * 10),
         }
         pump(&mut client, &mut to_server, &mut to_client);
@@ -179,6 +184,14 @@ pub fn bg_inbound(data: &[u8]) {
         if let Err(e) = result {
             outcome = Some(e);
             break;
+        }
+    }
+
+    if client_closed && outcome.is_none() {
+        // A clean close_notify is answered with ours once nothing is queued.
+        assert!(server.peer_closed() || tampered);
+        if !tampered {
+            assert!(server.is_finished(), "close_notify answered");
         }
     }
 

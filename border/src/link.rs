@@ -165,6 +165,8 @@ pub struct Received {
     pub established: bool,
     /// Frames handed on.
     pub frames: u64,
+    /// The read budget ran out before the socket was empty: call again.
+    pub more: bool,
 }
 
 /// Frame handed on from a link: the authenticated peer and the frame bytes.
@@ -180,7 +182,20 @@ impl<F: FnMut(PeerIndex, &[u8]) -> bool> Deliver for F {
     }
 }
 
+/// Most TLS bytes one [`Link::receive`] call reads before it returns, so that
+/// a peer sending faster than we process cannot hold a worker: the endpoint
+/// comes back to the link on its next loop turn.
+pub const RECEIVE_BUDGET_BYTES: usize = 256 * 1024;
+
 /// One TLS connection to a peer network.
+///
+/// Life: handshaking → established → (draining →) closing → finished.
+/// Closing is a graceful half-close in both directions: the side that ends a
+/// link stops queueing, writes what it has, sends close_notify and keeps
+/// reading until the peer's close_notify (or end of stream, or the linger
+/// deadline); the side that receives close_notify stops taking frames,
+/// writes what it has queued, then answers with its own close_notify. Frames
+/// in flight either way are delivered, not lost.
 #[derive(Debug)]
 pub struct Link {
     tls: Connection,
@@ -189,19 +204,35 @@ pub struct Link {
     /// links when the handshake finishes, on dialed links when the first
     /// record arrives after it (see [`Link::receive`]).
     peer: Option<PeerIndex>,
-    /// The TLS handshake has finished on our side.
+    /// The TLS handshake has finished on our side (and, accepting, the peer
+    /// is authenticated): buffers are allocated from here on.
     tls_done: bool,
     generation: u64,
-    reassembler: StreamReassembler,
+    max_frame_len: usize,
+    /// Allocated once authenticated: a peer that never authenticates costs
+    /// only the TLS state.
+    reassembler: Option<StreamReassembler>,
     /// Framed plaintext waiting for rustls; `queue[handed..]` not yet handed.
+    /// Capacity reserved once established, never grown past `send_queue_bytes`.
     queue: Vec<u8>,
     handed: usize,
     send_queue_bytes: usize,
     created: Millis,
+    established_at: Millis,
     last_rx: Millis,
     last_tx: Millis,
+    /// When the socket last accepted bytes, or had nothing to take.
+    last_write_progress: Millis,
     draining: bool,
     close_sent: bool,
+    /// When we sent close_notify (the linger deadline runs from here).
+    close_sent_at: Millis,
+    /// Why we are closing, reported when the close completes.
+    closing_reason: Option<CloseReason>,
+    /// The peer sent close_notify.
+    peer_closed: bool,
+    /// The stream ended (TCP FIN).
+    eof: bool,
 }
 
 impl Link {
@@ -259,15 +290,22 @@ impl Link {
             peer: None,
             tls_done: false,
             generation,
-            reassembler: StreamReassembler::new(settings.max_frame_len),
-            queue: Vec::with_capacity(settings.send_queue_bytes),
+            max_frame_len: settings.max_frame_len,
+            reassembler: None,
+            queue: Vec::new(),
             handed: 0,
             send_queue_bytes: settings.send_queue_bytes,
             created: now,
+            established_at: now,
             last_rx: now,
             last_tx: now,
+            last_write_progress: now,
             draining: false,
             close_sent: false,
+            close_sent_at: now,
+            closing_reason: None,
+            peer_closed: false,
+            eof: false,
         }
     }
 
@@ -291,9 +329,25 @@ impl Link {
         self.peer.is_some()
     }
 
-    /// Whether the link takes no new frames (replaced, being drained).
+    /// When the link was established.
+    pub fn established_at(&self) -> Millis {
+        self.established_at
+    }
+
+    /// Whether the link takes no new frames (replaced, closing, or closed by
+    /// the peer).
     pub fn is_draining(&self) -> bool {
-        self.draining
+        self.draining || self.close_sent || self.peer_closed
+    }
+
+    /// Whether the peer has sent close_notify.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// The certificates the peer presented.
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.tls.peer_certificates()
     }
 
     /// Renumbers the peer after a reload changed the trust list's order.
@@ -306,10 +360,11 @@ impl Link {
         }
     }
 
-    /// Reads what `io` has, runs the handshake, and hands each whole frame to
-    /// `deliver`. Returns when `io` would block. An error means the link is
-    /// finished: send what [`transmit`](Self::transmit) still has (an alert or
-    /// close_notify) and drop it.
+    /// Reads what `io` has (at most [`RECEIVE_BUDGET_BYTES`]), runs the
+    /// handshake, and hands each whole frame to `deliver`. An error means the
+    /// link is finished: send what [`transmit`](Self::transmit) still has (an
+    /// alert) and drop it. After `Ok`, [`Received::more`] says the budget ran
+    /// out before the socket was empty.
     pub fn receive<R: Read, D: Deliver>(
         &mut self,
         io: &mut R,
@@ -334,11 +389,16 @@ impl Link {
         received: &mut Received,
         tally: &mut Tally,
     ) -> Result<(), LinkError> {
+        let mut budget = RECEIVE_BUDGET_BYTES;
         loop {
+            if self.eof || self.peer_closed {
+                return Ok(());
+            }
             let (eof, would_block) = match self.tls.read_tls(io) {
                 Ok(0) => (true, false),
-                Ok(_) => {
+                Ok(n) => {
                     self.last_rx = now;
+                    budget = budget.saturating_sub(n);
                     (false, false)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => (false, true),
@@ -354,29 +414,50 @@ impl Link {
             }
             let was_established = self.is_established();
             if !self.tls_done && !self.tls.is_handshaking() {
-                self.on_handshake_done(peers)?;
+                self.on_handshake_done(peers, now)?;
             }
             if self.tls_done {
-                let closed = self.read_plaintext(deliver, tally)?;
+                let closed = self.read_plaintext(now, deliver, tally)?;
                 received.established |= !was_established && self.is_established();
                 received.frames = tally.frames;
                 if closed {
-                    // close_notify: the peer finished cleanly.
-                    return Err(if self.is_established() {
-                        self.end_of_stream()
-                    } else {
-                        LinkError::refused(Refusal::PeerRefused, "closed before accepting us")
-                    });
+                    if !self.is_established() {
+                        return Err(LinkError::refused(
+                            Refusal::PeerRefused,
+                            "closed before accepting us",
+                        ));
+                    }
+                    if self
+                        .reassembler
+                        .as_ref()
+                        .is_some_and(|r| r.pending_len() > 0)
+                    {
+                        return Err(LinkError::closed(CloseReason::Truncated));
+                    }
+                    // close_notify: stop taking frames, answer once drained.
+                    self.peer_closed = true;
+                    return Ok(());
                 }
             }
             if eof {
-                return Err(if self.is_established() {
-                    self.end_of_stream()
-                } else {
-                    LinkError::refused(Refusal::ClosedDuringHandshake, "end of stream")
-                });
+                self.eof = true;
+                if !self.is_established() {
+                    return Err(LinkError::refused(
+                        Refusal::ClosedDuringHandshake,
+                        "end of stream",
+                    ));
+                }
+                if self.close_sent {
+                    // We were closing; the peer hung up instead of answering.
+                    return Ok(());
+                }
+                return Err(self.end_of_stream());
             }
             if would_block {
+                return Ok(());
+            }
+            if budget == 0 {
+                received.more = true;
                 return Ok(());
             }
         }
@@ -393,7 +474,11 @@ impl Link {
     }
 
     fn end_of_stream(&self) -> LinkError {
-        if self.reassembler.pending_len() > 0 {
+        if self
+            .reassembler
+            .as_ref()
+            .is_some_and(|r| r.pending_len() > 0)
+        {
             LinkError::closed(CloseReason::Truncated)
         } else {
             LinkError::closed(CloseReason::PeerClosed)
@@ -405,18 +490,17 @@ impl Link {
     /// dialed link is not established until the server has said something
     /// (the acceptor sends a keepalive first thing): frames are never sent
     /// into a connection the peer is about to refuse.
-    fn on_handshake_done(&mut self, peers: &PeerSet) -> Result<(), LinkError> {
+    fn on_handshake_done(&mut self, peers: &PeerSet, now: Millis) -> Result<(), LinkError> {
         if self.tls.alpn_protocol() != Some(ALPN_BORDER_V1) {
             return Err(LinkError::refused(
                 Refusal::Protocol,
                 "no presence-bg/1 ALPN",
             ));
         }
-        self.tls_done = true;
         let peer = match self.direction {
             // The verifier checked the certificate against this peer's entry;
             // wait for the peer's first record (`read_plaintext`).
-            Direction::Dialed(_) => return Ok(()),
+            Direction::Dialed(_) => None,
             Direction::Accepted => {
                 // The verifier accepted it for some entry; find which, the
                 // same way (deterministic: first entry that accepts).
@@ -427,69 +511,89 @@ impl Link {
                 let (end_entity, intermediates) = certs
                     .split_first()
                     .ok_or_else(|| LinkError::refused(Refusal::NoCertificate, "empty chain"))?;
-                peers
-                    .authenticate_client(end_entity, intermediates, UnixTime::now())
-                    .map_err(|e| LinkError::refused(Refusal::classify(&e), e.to_string()))?
+                Some(
+                    peers
+                        .authenticate_client(end_entity, intermediates, UnixTime::now())
+                        .map_err(|e| LinkError::refused(Refusal::classify(&e), e.to_string()))?,
+                )
             }
         };
-        self.peer = Some(peer);
-        // Tell the dialer it has been accepted.
-        self.queue.extend_from_slice(&STREAM_KEEPALIVE);
+        // Authenticated: now the link may hold buffers.
+        self.tls_done = true;
+        self.reassembler = Some(StreamReassembler::new(self.max_frame_len));
+        self.queue.reserve_exact(self.send_queue_bytes);
+        if let Some(peer) = peer {
+            self.set_established(peer, now);
+            // Tell the dialer it has been accepted.
+            self.queue.extend_from_slice(&STREAM_KEEPALIVE);
+        }
         Ok(())
+    }
+
+    fn set_established(&mut self, peer: PeerIndex, now: Millis) {
+        self.peer = Some(peer);
+        self.established_at = now;
+        self.last_write_progress = now;
     }
 
     /// Drains decrypted bytes into the reassembler and hands frames on.
     /// Returns whether the peer sent close_notify.
     fn read_plaintext<D: Deliver>(
         &mut self,
+        now: Millis,
         deliver: &mut D,
         tally: &mut Tally,
     ) -> Result<bool, LinkError> {
         loop {
-            let spare = self.reassembler.spare();
+            let Some(reassembler) = self.reassembler.as_mut() else {
+                return Ok(false);
+            };
+            let spare = reassembler.spare();
             if spare.is_empty() {
                 // Cannot happen: the buffer holds a maximal frame and frames
                 // are taken as soon as they are whole. Refuse to spin.
                 return Err(LinkError::closed(CloseReason::StreamError));
             }
-            match self.tls.reader().read(spare) {
+            let n = match self.tls.reader().read(spare) {
                 Ok(0) => return Ok(true),
-                Ok(n) => {
-                    let peer = match (self.peer, self.direction) {
-                        (Some(peer), _) => peer,
-                        (None, Direction::Dialed(peer)) => {
-                            self.peer = Some(peer);
-                            peer
-                        }
-                        (None, Direction::Accepted) => {
-                            return Err(LinkError::refused(Refusal::Protocol, "data before auth"))
-                        }
-                    };
-                    self.reassembler.commit(n);
-                    tally.bytes = tally.bytes.saturating_add(n as u64);
-                    loop {
-                        match self.reassembler.next_frame() {
-                            Ok(Some([])) => tally.keepalives = tally.keepalives.saturating_add(1),
-                            Ok(Some(frame)) => {
-                                tally.frames = tally.frames.saturating_add(1);
-                                if !deliver.deliver(peer, frame) {
-                                    tally.dropped = tally.dropped.saturating_add(1);
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(error) => {
-                                return Err(LinkError::Closed {
-                                    reason: CloseReason::StreamError,
-                                    stream: Some(error),
-                                })
-                            }
-                        }
-                    }
-                }
+                Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                // End of stream without close_notify: end_of_stream decides.
+                // End of stream without close_notify: the caller decides.
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
                 Err(_) => return Err(LinkError::closed(CloseReason::TlsError)),
+            };
+            let peer = match (self.peer, self.direction) {
+                (Some(peer), _) => peer,
+                (None, Direction::Dialed(peer)) => {
+                    self.set_established(peer, now);
+                    peer
+                }
+                (None, Direction::Accepted) => {
+                    return Err(LinkError::refused(Refusal::Protocol, "data before auth"))
+                }
+            };
+            let Some(reassembler) = self.reassembler.as_mut() else {
+                return Ok(false);
+            };
+            reassembler.commit(n);
+            tally.bytes = tally.bytes.saturating_add(n as u64);
+            loop {
+                match reassembler.next_frame() {
+                    Ok(Some([])) => tally.keepalives = tally.keepalives.saturating_add(1),
+                    Ok(Some(frame)) => {
+                        tally.frames = tally.frames.saturating_add(1);
+                        if !deliver.deliver(peer, frame) {
+                            tally.dropped = tally.dropped.saturating_add(1);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        return Err(LinkError::Closed {
+                            reason: CloseReason::StreamError,
+                            stream: Some(error),
+                        })
+                    }
+                }
             }
         }
     }
@@ -499,7 +603,7 @@ impl Link {
     /// (A draining link still takes frames while it is its peer's only link;
     /// the endpoint decides.)
     pub fn queue_frame(&mut self, frame: &[u8]) -> bool {
-        if !self.is_established() || self.close_sent {
+        if !self.is_established() || self.close_sent || self.peer_closed {
             return false;
         }
         let needed = frame
@@ -532,7 +636,8 @@ impl Link {
     }
 
     /// Encrypts queued frames and writes to `io` until it would block.
-    /// Returns `true` when everything has been written.
+    /// Returns `true` when everything has been written. Once everything is
+    /// written on a link whose peer sent close_notify, answers it.
     pub fn transmit<W: Write>(&mut self, io: &mut W, now: Millis) -> Result<bool, LinkError> {
         loop {
             if self.tls_done && self.handed < self.queue.len() {
@@ -547,11 +652,19 @@ impl Link {
                     self.handed = 0;
                 }
             }
+            if self.peer_closed && !self.close_sent && self.queued_len() == 0 {
+                self.send_close_notify(now, CloseReason::PeerClosed);
+            }
             if !self.tls.wants_write() {
+                self.last_write_progress = now;
                 return Ok(self.queued_len() == 0);
             }
             match self.tls.write_tls(io) {
-                Ok(_) => {}
+                Ok(n) => {
+                    if n > 0 {
+                        self.last_write_progress = now;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.socket_error(&e)),
@@ -559,8 +672,29 @@ impl Link {
         }
     }
 
-    /// Runs the link's timers: the handshake deadline, dead-peer detection and
-    /// keepalives (queued; call [`transmit`](Self::transmit) after).
+    fn send_close_notify(&mut self, now: Millis, reason: CloseReason) {
+        self.tls.send_close_notify();
+        self.close_sent = true;
+        self.close_sent_at = now;
+        self.closing_reason.get_or_insert(reason);
+    }
+
+    /// Whether the link has finished: our close_notify is written and the
+    /// peer's has arrived (or the stream ended). Drop it, reporting
+    /// [`closing_reason`](Self::closing_reason).
+    pub fn is_finished(&self) -> bool {
+        self.close_sent && (self.peer_closed || self.eof) && !self.tls.wants_write()
+    }
+
+    /// Why the link is closing (once it is).
+    pub fn closing_reason(&self) -> Option<CloseReason> {
+        self.closing_reason
+    }
+
+    /// Runs the link's timers: the handshake deadline, dead-peer detection
+    /// (nothing received, or nothing the socket would take, for
+    /// `dead_after_ms`), the close linger, and keepalives (queued; call
+    /// [`transmit`](Self::transmit) after).
     pub fn on_tick(
         &mut self,
         now: Millis,
@@ -576,12 +710,27 @@ impl Link {
             }
             return Ok(());
         }
+        if self.close_sent {
+            if now.saturating_sub(self.close_sent_at) >= settings.dead_after_ms {
+                // The peer never answered our close_notify.
+                return Err(LinkError::closed(
+                    self.closing_reason.unwrap_or(CloseReason::Shutdown),
+                ));
+            }
+            return Ok(());
+        }
         if now.saturating_sub(self.last_rx) >= settings.dead_after_ms {
+            return Err(LinkError::closed(CloseReason::DeadPeer));
+        }
+        if self.wants_transmit()
+            && now.saturating_sub(self.last_write_progress) >= settings.dead_after_ms
+        {
+            // It sends (keepalives) but does not read.
             return Err(LinkError::closed(CloseReason::DeadPeer));
         }
         if now.saturating_sub(self.last_tx) >= settings.keepalive_ms
             && self.queued_len() == 0
-            && !self.close_sent
+            && !self.peer_closed
             && self.queue.len().saturating_add(STREAM_KEEPALIVE.len()) <= self.send_queue_bytes
         {
             self.queue.extend_from_slice(&STREAM_KEEPALIVE);
@@ -596,18 +745,30 @@ impl Link {
         self.draining = true;
     }
 
-    /// Whether a draining link has sent everything it had.
+    /// Whether a draining link has written everything it had.
     pub fn is_drained(&self) -> bool {
-        self.draining && !self.wants_transmit()
+        self.is_draining() && !self.wants_transmit()
     }
 
-    /// Queues a TLS close_notify after what is already queued has been handed
-    /// to TLS. Call [`transmit`](Self::transmit) after.
-    pub fn close(&mut self) {
+    /// Starts the graceful close for `reason`: once what is queued has been
+    /// handed to TLS, close_notify follows it; the link then lingers, still
+    /// delivering, until [`is_finished`](Self::is_finished). Call
+    /// [`transmit`](Self::transmit) after.
+    pub fn close(&mut self, now: Millis, reason: CloseReason) {
         self.draining = true;
+        self.closing_reason.get_or_insert(reason);
         if !self.close_sent && self.queued_len() == 0 {
-            self.tls.send_close_notify();
-            self.close_sent = true;
+            self.send_close_notify(now, reason);
+        }
+    }
+
+    /// Sends close_notify now, whatever is queued (an abrupt but clean-TLS
+    /// end: a peer cut off, or a link being dropped for an error).
+    pub fn abort(&mut self, now: Millis, reason: CloseReason) {
+        self.queue.clear();
+        self.handed = 0;
+        if !self.close_sent {
+            self.send_close_notify(now, reason);
         }
     }
 }

@@ -25,6 +25,8 @@ use crate::tls::BgTls;
 const WAKER: Token = Token(0);
 const ENDPOINT_TOKENS: usize = 1;
 const COMMANDS_MAX: usize = 4096;
+/// How long a clean stop waits for peers to answer close_notify.
+const STOP_LINGER_MS: Millis = 2_000;
 
 /// How to run a BG node.
 #[derive(Debug, Clone)]
@@ -65,6 +67,7 @@ enum Command {
         peers: Vec<(NetworkName, SocketAddr)>,
     },
     Stop,
+    Abort,
 }
 
 /// Per-peer link counts a worker last published: (peer, links up, usable).
@@ -239,9 +242,19 @@ impl BgNode {
         self.workers.len()
     }
 
-    /// Stops every worker: links are closed with close_notify after their
-    /// queues are written.
+    /// Stops every worker cleanly: each link writes what it has queued,
+    /// sends close_notify and waits (briefly) for the peer's.
     pub fn stop(mut self) {
+        self.stop_workers();
+    }
+
+    /// Stops every worker at once, as a killed process would: sockets are
+    /// dropped with whatever they held, no close_notify.
+    pub fn abort(mut self) {
+        for worker in &self.workers {
+            let _ = worker.commands.send(Command::Abort);
+            let _ = worker.waker.wake();
+        }
         self.stop_workers();
     }
 
@@ -277,35 +290,37 @@ fn run_worker(
     let mut events = Events::with_capacity(1024);
     let mut last_tick = 0;
     let mut last_status: LinkStatus = Vec::new();
+    let mut stopping_since: Option<Millis> = None;
     loop {
-        if poll
-            .poll(&mut events, Some(Duration::from_millis(10)))
-            .is_err()
-        {
+        let timeout = if endpoint.has_ready() {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(10)
+        };
+        if poll.poll(&mut events, Some(timeout)).is_err() {
             // EINTR and friends: go round again.
             continue;
         }
         let now = clock();
-        for event in events.iter() {
-            if event.token() == WAKER {
-                continue;
-            }
-            let peers = endpoint.tls().peers().clone();
-            let mut deliver = |peer: PeerIndex, frame: &[u8]| {
-                let Some(name) = peers.name(peer) else {
-                    return false;
-                };
-                inbound
-                    .try_send(InboundFrame {
-                        peer: name.clone(),
-                        worker: worker_index,
-                        frame: frame.to_vec(),
-                    })
-                    .is_ok()
+        let peers = endpoint.tls().peers().clone();
+        let mut deliver = |peer: PeerIndex, frame: &[u8]| {
+            let Some(name) = peers.name(peer) else {
+                return false;
             };
-            endpoint.handle_event(poll.registry(), event.token(), now, &mut deliver);
+            inbound
+                .try_send(InboundFrame {
+                    peer: name.clone(),
+                    worker: worker_index,
+                    frame: frame.to_vec(),
+                })
+                .is_ok()
+        };
+        for event in events.iter() {
+            if event.token() != WAKER {
+                endpoint.handle_event(poll.registry(), event.token(), now, &mut deliver);
+            }
         }
-        let mut stop = false;
+        endpoint.poll_ready(poll.registry(), now, &mut deliver);
         while let Ok(command) = commands.try_recv() {
             match command {
                 Command::Send { peer, frame } => {
@@ -316,16 +331,31 @@ fn run_worker(
                 Command::Reload { tls, peers } => {
                     endpoint.reload(tls, &peers, poll.registry(), now);
                 }
-                Command::Stop => stop = true,
+                Command::Stop if stopping_since.is_none() => {
+                    endpoint.flush(poll.registry(), now);
+                    endpoint.begin_shutdown(poll.registry(), now);
+                    stopping_since = Some(now);
+                }
+                Command::Stop => {}
+                Command::Abort => {
+                    if let Ok(mut s) = status.lock() {
+                        s.clear();
+                    }
+                    return;
+                }
             }
         }
-        if stop {
+        if let Some(since) = stopping_since {
             endpoint.flush(poll.registry(), now);
-            endpoint.shutdown(poll.registry(), now);
-            if let Ok(mut s) = status.lock() {
-                s.clear();
+            endpoint.tick(poll.registry(), now);
+            if endpoint.is_idle() || now.saturating_sub(since) >= STOP_LINGER_MS {
+                endpoint.shutdown(poll.registry(), now);
+                if let Ok(mut s) = status.lock() {
+                    s.clear();
+                }
+                return;
             }
-            return;
+            continue;
         }
         endpoint.flush(poll.registry(), now);
         if now.saturating_sub(last_tick) < 10 {

@@ -30,6 +30,9 @@ pub const BG_CERT_FILE: &str = "bg.pem";
 /// File name of a BG private key.
 pub const BG_KEY_FILE: &str = "bg.key";
 
+/// Longest validity `presence-gw pki` issues: 100 years.
+pub const VALIDITY_DAYS_MAX: u32 = 36_500;
+
 /// When a certificate is valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Validity {
@@ -40,12 +43,14 @@ pub struct Validity {
 }
 
 impl Validity {
-    /// From an hour ago (tolerating clock skew between operators) for `days`.
+    /// From an hour ago (tolerating clock skew between operators) for `days`
+    /// (at most [`VALIDITY_DAYS_MAX`]).
     pub fn days_from_now(days: u32) -> Validity {
         let now = OffsetDateTime::now_utc();
+        let days = i64::from(days.min(VALIDITY_DAYS_MAX));
         Validity {
-            not_before: now - Duration::hours(1),
-            not_after: now + Duration::days(i64::from(days)),
+            not_before: now.checked_sub(Duration::hours(1)).unwrap_or(now),
+            not_after: now.checked_add(Duration::days(days)).unwrap_or(now),
         }
     }
 }
@@ -306,7 +311,9 @@ impl NetworkMaterial {
     pub fn trust_by_ca(&self) -> Result<crate::tls::PeerTrust, crate::tls::TlsSetupError> {
         Ok(crate::tls::PeerTrust {
             network: self.network.clone(),
-            trust: crate::tls::Trust::Ca(crate::tls::certificate_from_pem(&self.ca.cert_pem)?),
+            trust: crate::tls::Trust::Ca(vec![crate::tls::certificate_from_pem(
+                &self.ca.cert_pem,
+            )?]),
         })
     }
 

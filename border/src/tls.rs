@@ -42,8 +42,9 @@ pub const ALPN_BORDER_V1: &[u8] = b"presence-bg/1";
 /// How a peer network is trusted.
 #[derive(Clone)]
 pub enum Trust {
-    /// Any certificate its CA issued for its name.
-    Ca(CertificateDer<'static>),
+    /// Any certificate one of its CAs issued for its name. Usually one CA;
+    /// two while the peer rotates its CA (a PEM bundle holding both).
+    Ca(Vec<CertificateDer<'static>>),
     /// Exactly this BG certificate (still checked for its dates and name).
     Pinned(CertificateDer<'static>),
 }
@@ -51,7 +52,7 @@ pub enum Trust {
 impl fmt::Debug for Trust {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Trust::Ca(der) => write!(f, "Ca({} bytes)", der.len()),
+            Trust::Ca(cas) => write!(f, "Ca({} certificates)", cas.len()),
             Trust::Pinned(der) => write!(f, "Pinned({} bytes)", der.len()),
         }
     }
@@ -234,11 +235,13 @@ impl PeerSet {
                 reason,
             };
             let checker = match &entry.trust {
-                Trust::Ca(ca) => {
+                Trust::Ca(cas) => {
                     let mut roots = RootCertStore::empty();
-                    roots
-                        .add(ca.clone())
-                        .map_err(|e| trust_error(e.to_string()))?;
+                    for ca in cas {
+                        roots
+                            .add(ca.clone())
+                            .map_err(|e| trust_error(e.to_string()))?;
+                    }
                     let roots = Arc::new(roots);
                     let client = WebPkiClientVerifier::builder_with_provider(
                         roots.clone(),
@@ -318,7 +321,8 @@ impl PeerSet {
                         )?;
                     }
                 }
-                verify_server_name(&ParsedCertificate::try_from(end_entity)?, &peer.server_name)
+                verify_server_name(&ParsedCertificate::try_from(end_entity)?, &peer.server_name)?;
+                check_exact_name(end_entity, &peer.network)
             }
             Checker::Pinned(pinned) => {
                 if pinned.as_ref() != end_entity.as_ref() {
@@ -327,7 +331,37 @@ impl PeerSet {
                     ));
                 }
                 check_dates(end_entity, now)?;
-                verify_server_name(&ParsedCertificate::try_from(end_entity)?, &peer.server_name)
+                verify_server_name(&ParsedCertificate::try_from(end_entity)?, &peer.server_name)?;
+                check_exact_name(end_entity, &peer.network)
+            }
+        }
+    }
+
+    /// Checks an established link's certificate again, against this list's
+    /// entry `index` (after a reload changed the trust list): `dialed` links
+    /// were checked as servers, accepted ones as clients.
+    pub fn verify_established(
+        &self,
+        index: PeerIndex,
+        dialed: bool,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), TlsError> {
+        if dialed {
+            let peer = self
+                .peers
+                .get(index.get())
+                .ok_or(TlsError::InvalidCertificate(
+                    CertificateError::UnknownIssuer,
+                ))?;
+            self.check(peer, Usage::Server, end_entity, intermediates, now)
+        } else {
+            match self.authenticate_client(end_entity, intermediates, now)? {
+                found if found == index => Ok(()),
+                _ => Err(TlsError::InvalidCertificate(
+                    CertificateError::NotValidForName,
+                )),
             }
         }
     }
@@ -358,6 +392,34 @@ impl PeerSet {
             }
         }
         Err(best)
+    }
+}
+
+/// A BG certificate names exactly one network: one DNS subject alternative
+/// name, equal byte for byte to the network's name (webpki's own check folds
+/// case and honours wildcards; a network identity must do neither).
+fn check_exact_name(
+    end_entity: &CertificateDer<'_>,
+    network: &NetworkName,
+) -> Result<(), TlsError> {
+    let wrong = || TlsError::InvalidCertificate(CertificateError::NotValidForName);
+    let (_, cert) = x509_parser::parse_x509_certificate(end_entity.as_ref())
+        .map_err(|_| TlsError::InvalidCertificate(CertificateError::BadEncoding))?;
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|_| TlsError::InvalidCertificate(CertificateError::BadEncoding))?
+        .ok_or_else(wrong)?;
+    let mut dns = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(*d),
+            _ => None,
+        });
+    match (dns.next(), dns.next()) {
+        (Some(only), None) if only == network.as_str() => Ok(()),
+        _ => Err(wrong()),
     }
 }
 
@@ -559,7 +621,7 @@ impl BgTls {
                 Ok(PeerTrust {
                     network: network.clone(),
                     trust: match file {
-                        TrustFile::Ca(path) => Trust::Ca(load_certificate(path)?),
+                        TrustFile::Ca(path) => Trust::Ca(load_certificates(path)?),
                         TrustFile::Pinned(path) => Trust::Pinned(load_certificate(path)?),
                     },
                 })
@@ -597,7 +659,8 @@ impl BgTls {
 /// Where a trust entry's certificate comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TrustFile {
-    /// A PEM file holding the peer network's CA certificate.
+    /// A PEM file holding the peer network's CA certificate (or several: a
+    /// bundle, while the peer rotates its CA).
     Ca(PathBuf),
     /// A PEM file holding the peer's BG certificate, pinned.
     Pinned(PathBuf),

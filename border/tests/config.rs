@@ -125,7 +125,7 @@ fn write_config(
         .map(|a| format!("address = \"{a}\"\n"))
         .unwrap_or_default();
     let text = format!(
-        "[border]\nnetwork = \"{}\"\nlisten = \"127.0.0.1:0\"\ncertificate = \"pki/bg.pem\"\nprivate_key = \"pki/bg.key\"\nkeepalive_ms = 100\ndead_after_ms = 500\nbackoff_min_ms = 20\nbackoff_max_ms = 200\n\n[[border.peers]]\nnetwork = \"{}\"\n{address}ca = \"peers/{}-ca.pem\"\n",
+        "[border]\nnetwork = \"{}\"\nlisten = \"127.0.0.1:0\"\ncertificate = \"pki/bg.pem\"\nprivate_key = \"pki/bg.key\"\nkeepalive_ms = 100\ndead_after_ms = 1500\nbackoff_min_ms = 20\nbackoff_max_ms = 200\n\n[[border.peers]]\nnetwork = \"{}\"\n{address}ca = \"peers/{}-ca.pem\"\n",
         me.network, peer.network, peer.network
     );
     let file = dir.join("gw.toml");

@@ -245,7 +245,7 @@ fn plain_tcp_garbage_and_silence_are_refused_without_reading_presence_data() {
 
 /// A hand-driven TLS client holding A's identity, for sending what a real BG
 /// never would.
-fn raw_client(
+pub(crate) fn raw_client(
     a_tls: &BgTls,
     b: &NetworkMaterial,
     addr: std::net::SocketAddr,
@@ -330,8 +330,10 @@ fn a_killed_peer_is_detected_and_reconnected() {
     assert!(node_a.wait_for_links(&b.network, 1, SECONDS_5));
     let dials_before = BgCounters::get(&node_a.counters().dial_attempts);
 
-    node_b.stop();
+    // Killed: sockets dropped with no close_notify, as a `kill -9` leaves them.
+    node_b.abort();
     assert!(wait_until(SECONDS_5, || node_a.links_to(&b.network).0 == 0));
+    assert!(node_a.counters().closed(CloseReason::PeerClosed) >= 1);
     // While B is down, A keeps dialing with backoff, and sends are refused
     // (upstream answers them overloaded), not queued without bound.
     assert!(wait_until(SECONDS_5, || {
@@ -477,7 +479,9 @@ fn a_full_send_queue_refuses_frames_instead_of_growing() {
 fn rotating_certificates_drops_no_frame_and_drains_the_old_links() {
     let a = material("a.example");
     let b = material("b.example");
-    let node_b = start(tls(1, &b, &[&a]), vec![], 2, settings());
+    // One worker at B, so that it holds both of A's links whichever way the
+    // kernel would spread them.
+    let node_b = start(tls(1, &b, &[&a]), vec![], 1, settings());
     let peers = vec![(b.network.clone(), node_b.local_addr())];
     let node_a = start(tls(1, &a, &[&b]), peers.clone(), 2, settings());
     assert!(node_a.wait_for_links(&b.network, 2, SECONDS_5));
@@ -485,23 +489,51 @@ fn rotating_certificates_drops_no_frame_and_drains_the_old_links() {
     const FRAMES: u32 = 20_000;
     let a2 = a.rotated().unwrap();
     let b2 = b.rotated().unwrap();
-    let mut seq = 0;
-    while seq < FRAMES {
-        if seq == FRAMES / 3 {
-            node_a.reload(tls(2, &a2, &[&b]), peers.clone());
+    // B answers over the links A dialed (B dials nobody here), all the while
+    // A replaces them: what B queued on a link A is closing still arrives.
+    let back = std::thread::scope(|scope| {
+        let answers = scope.spawn(|| {
+            let mut sent = 0u32;
+            while sent < FRAMES / 2 {
+                if node_b.send(0, &a.network, frame(1_000_000 + sent)) {
+                    sent += 1;
+                    if sent.is_multiple_of(500) {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                } else {
+                    std::thread::sleep(Duration::from_micros(100));
+                }
+            }
+        });
+        let mut seq = 0;
+        while seq < FRAMES {
+            if seq == FRAMES / 3 {
+                node_a.reload(tls(2, &a2, &[&b]), peers.clone());
+            }
+            if seq == FRAMES / 2 {
+                node_b.reload(tls(2, &b2, &[&a]), vec![]);
+            }
+            if node_a.send((seq % 2) as usize, &b.network, frame(seq)) {
+                seq += 1;
+            } else {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            if seq % 500 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
         }
-        if seq == FRAMES / 2 {
-            node_b.reload(tls(2, &b2, &[&a]), vec![]);
-        }
-        if node_a.send((seq % 2) as usize, &b.network, frame(seq)) {
-            seq += 1;
-        } else {
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        if seq % 500 == 0 {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
+        answers.join().unwrap();
+        recv(&node_a, (FRAMES / 2) as usize, Duration::from_secs(20))
+    });
+    let mut back: Vec<u32> = back.iter().map(|f| seq_of(&f.frame)).collect();
+    back.sort_unstable();
+    back.dedup();
+    assert_eq!(
+        back.len(),
+        (FRAMES / 2) as usize,
+        "every answer arrived exactly once"
+    );
+    assert_eq!(BgCounters::get(&node_b.counters().send_no_link), 0);
     let got = recv(&node_b, FRAMES as usize, Duration::from_secs(20));
     let counters = node_a.counters();
     assert_eq!(BgCounters::get(&counters.send_no_link), 0);
@@ -548,4 +580,128 @@ fn a_peer_removed_from_the_trust_list_is_cut_off_on_reload() {
         .refused(Refusal::UnknownCa)
         >= 1));
     assert_eq!(node_a.links_to(&b.network).0, 0);
+}
+
+#[test]
+fn a_ca_bundle_lets_a_peer_rotate_its_ca_without_a_gap() {
+    use presence_border::tls::{certificate_from_pem, Trust};
+    use presence_border::PeerTrust;
+    let (a_old, b) = (material("a.example"), material("b.example"));
+    let a_new = material("a.example");
+    let bundle = PeerTrust {
+        network: a_old.network.clone(),
+        trust: Trust::Ca(vec![
+            certificate_from_pem(&a_old.ca.cert_pem).unwrap(),
+            certificate_from_pem(&a_new.ca.cert_pem).unwrap(),
+        ]),
+    };
+    let b_tls = Arc::new(BgTls::new(1, b.identity().unwrap(), &[bundle]).unwrap());
+    let node_b = start(b_tls, vec![], 1, settings());
+    let dial = vec![(b.network.clone(), node_b.local_addr())];
+    let from_old = start(tls(1, &a_old, &[&b]), dial.clone(), 1, settings());
+    let from_new = start(tls(1, &a_new, &[&b]), dial, 1, settings());
+    assert!(from_old.wait_for_links(&b.network, 1, SECONDS_5));
+    assert!(from_new.wait_for_links(&b.network, 1, SECONDS_5));
+    assert!(node_b.wait_for_links(&a_old.network, 2, SECONDS_5));
+}
+
+#[test]
+fn replacing_a_peers_ca_on_reload_cuts_the_links_it_authenticated() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let node_b = start(tls(1, &b, &[&a]), vec![], 1, settings());
+    let node_a = start(
+        tls(1, &a, &[&b]),
+        vec![(b.network.clone(), node_b.local_addr())],
+        1,
+        settings(),
+    );
+    assert!(node_b.wait_for_links(&a.network, 1, SECONDS_5));
+    // B now trusts another CA for the name a.example (say A's old CA was
+    // compromised and replaced): A's existing link no longer verifies.
+    let a_elsewhere = material("a.example");
+    node_b.reload(tls(2, &b, &[&a_elsewhere]), vec![]);
+    assert!(wait_until(SECONDS_5, || {
+        node_b.counters().closed(CloseReason::Untrusted) >= 1
+    }));
+    assert!(wait_until(SECONDS_5, || node_b
+        .counters()
+        .refused(Refusal::UnknownCa)
+        >= 1));
+    assert_eq!(node_b.links_to(&a.network).0, 0);
+    drop(node_a);
+}
+
+#[test]
+fn a_flooding_peer_does_not_starve_the_others_on_its_worker() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let c = material("c.example");
+    let node_b = start(tls(1, &b, &[&a, &c]), vec![], 1, settings());
+    let node_a = start(
+        tls(1, &a, &[&b]),
+        vec![(b.network.clone(), node_b.local_addr())],
+        1,
+        settings(),
+    );
+    assert!(node_a.wait_for_links(&b.network, 1, SECONDS_5));
+    // C writes keepalives as fast as TLS lets it, for two seconds: endless
+    // input on one link of B's only worker.
+    let c_tls = tls(1, &c, &[&b]);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = stop.clone();
+        let addr = node_b.local_addr();
+        let b = b.clone();
+        std::thread::spawn(move || {
+            let mut stream = raw_client(&c_tls, &b, addr);
+            let burst = [0u8; 16 * 1024];
+            while !stop.load(Ordering::Relaxed) {
+                if stream.write_all(&burst).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    for seq in 0..200u32 {
+        assert!(node_a.send(0, &b.network, frame(seq)));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    let got: Vec<u32> = recv(&node_b, 400, Duration::from_secs(5))
+        .iter()
+        .filter(|f| f.peer == a.network)
+        .map(|f| seq_of(&f.frame))
+        .collect();
+    assert_eq!(got.len(), 200, "A's frames all got through");
+    assert_eq!(node_a.counters().closed(CloseReason::DeadPeer), 0);
+    assert!(BgCounters::get(&node_b.counters().keepalives_received) > 1000);
+}
+
+#[test]
+fn idle_connections_cannot_take_the_slots_our_own_dials_need() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let mut few = settings();
+    few.max_links = 16;
+    few.link.handshake_timeout_ms = 60_000;
+    let node_a = start(tls(1, &a, &[&b]), vec![], 1, few);
+    // Anyone can open TCP connections to A and say nothing.
+    let idle: Vec<TcpStream> = (0..32)
+        .map(|_| TcpStream::connect(node_a.local_addr()).unwrap())
+        .collect();
+    assert!(wait_until(SECONDS_5, || {
+        BgCounters::get(&node_a.counters().accept_full) >= 28
+    }));
+    // A's own dial to B still gets a slot, and the link works both ways.
+    let node_b = start(tls(1, &b, &[&a]), vec![], 1, settings());
+    node_a.reload(
+        tls(2, &a, &[&b]),
+        vec![(b.network.clone(), node_b.local_addr())],
+    );
+    assert!(node_a.wait_for_links(&b.network, 1, SECONDS_5));
+    assert!(node_a.send(0, &b.network, frame(1)));
+    assert_eq!(recv(&node_b, 1, SECONDS_5).len(), 1);
+    drop(idle);
 }

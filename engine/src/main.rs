@@ -96,7 +96,7 @@ enum PkiCommand {
         #[arg(long)]
         out: PathBuf,
         /// Days the CA is valid.
-        #[arg(long, default_value_t = 3650)]
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(u32).range(1..=36500))]
         days: u32,
         /// Replace existing files.
         #[arg(long)]
@@ -115,7 +115,7 @@ enum PkiCommand {
         #[arg(long)]
         out: PathBuf,
         /// Days the certificate is valid.
-        #[arg(long, default_value_t = 365)]
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36500))]
         days: u32,
         /// Replace existing files.
         #[arg(long)]

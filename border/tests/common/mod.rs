@@ -29,7 +29,7 @@ pub fn settings() -> EndpointSettings {
             max_frame_len: 1472,
             send_queue_bytes: 1 << 20,
             keepalive_ms: 100,
-            dead_after_ms: 500,
+            dead_after_ms: 1_500,
             handshake_timeout_ms: 600,
         },
         max_links: 64,
