@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::sync::{Arc, Mutex};
 
 use common::*;
+use presence_border::pki::{self, NetworkMaterial, Validity};
 use presence_border::Refusal;
 
 #[derive(Clone, Default)]
@@ -42,8 +43,26 @@ fn refusals_are_logged_with_their_reason() {
         1,
         settings(),
     );
+    let long_ago = Validity {
+        not_before: time::OffsetDateTime::now_utc() - time::Duration::days(30),
+        not_after: time::OffsetDateTime::now_utc() - time::Duration::days(1),
+    };
+    let expired = NetworkMaterial {
+        bg: pki::issue_bg_certificate(&a.ca, &a.network, long_ago).unwrap(),
+        ..a.clone()
+    };
+    let _expired = start(
+        tls(1, &expired, &[&b]),
+        vec![(b.network.clone(), node_b.local_addr())],
+        1,
+        settings(),
+    );
     let mut clear = TcpStream::connect(node_b.local_addr()).unwrap();
     clear.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    let mut noise = TcpStream::connect(node_b.local_addr()).unwrap();
+    let mut bytes = vec![0x16, 0x03, 0x01, 0x00, 0x40];
+    bytes.extend((0..64u8).map(|i| i.wrapping_mul(37)));
+    noise.write_all(&bytes).unwrap();
     let log = || String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     let refused_line = |log: &str, reason: &str| {
         log.lines().any(|l| {
@@ -58,6 +77,8 @@ fn refusals_are_logged_with_their_reason() {
             let log = log();
             refused_line(&log, "unknown_ca")
                 && refused_line(&log, "not_tls")
+                && refused_line(&log, "certificate_expired")
+                && refused_line(&log, "protocol")
                 && log
                     .lines()
                     .any(|l| l.contains("reason=\"peer_refused\"") && l.contains("b.example"))

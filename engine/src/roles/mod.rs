@@ -24,6 +24,7 @@ mod hss;
 mod igps;
 mod ogps;
 mod ps;
+mod shed;
 mod wa;
 
 use presence_codec::{Answer, Message, Outcome, Query};
@@ -35,6 +36,7 @@ pub use ps::{
     ChargeRecord, DecisionRecord, DecisionWindowEntry, PresenceServer, PsCounters,
     SubscriberRecord, BUDDIES_MAX, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX,
 };
+pub use shed::{shed_refused_frame, Shed};
 pub use wa::{Subscriber, WaConfig, WaCounters, WatcherApp};
 
 use crate::table::NetworkId;
