@@ -10,13 +10,16 @@
 //!
 //! - [`roles`]: the roles of the flow (WA, OGPS, IGPS, HSS, PS) as sans-IO
 //!   state machines;
-//!
-//! The runtime follows the open issues.
+//! - [`config`]: the appliance's configuration file and data files;
+//! - [`runtime`]: the appliance: thread-per-core event loops around the roles.
 
 pub use presence_codec as codec;
 
+pub mod config;
+pub mod demo;
 pub mod roles;
 pub mod route;
+pub mod runtime;
 pub mod sim;
 pub mod table;
 pub mod wire;

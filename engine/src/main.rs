@@ -9,6 +9,10 @@ use presence_engine::table::NumberingTable;
 use presence_engine::{route, wire};
 
 mod border_cmd;
+mod demo_cmd;
+
+/// Fewest subscribers per network the demo runs with (buddy lists need 20).
+const DEMO_MIN: usize = 40;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -23,6 +27,34 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the appliance: the roles the configuration enables, the border
+    /// gateway, metrics. SIGHUP reloads tables, provisioning and peers;
+    /// SIGTERM or SIGINT drains, flushes charge records and exits 0.
+    Run {
+        /// The configuration file (docs/operations.md).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Two networks in one process on loopback, with generated certificates
+    /// and the shared numbering table: one query traced through the thirteen
+    /// steps, then a short load and its summary.
+    Demo {
+        /// The numbering table.
+        #[arg(long, default_value = "data/msisdn-prefixes.csv")]
+        table: PathBuf,
+        /// Seconds of load after the traced query.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Subscribers in each network.
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        /// Workers per network.
+        #[arg(long, default_value_t = 1)]
+        workers: usize,
+        /// Folder for the generated files (default: a new temporary folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Route MSISDNs (one per line on stdin) to their networks, as the OGPS
     /// does: `msisdn,network` per line on stdout, in order.
     Route {
@@ -194,6 +226,35 @@ fn run(cli: Cli) -> io::Result<ExitCode> {
                 ExitCode::from(1)
             }
         }
+        Command::Run { config } => {
+            init_logs();
+            out.flush()?;
+            return run_appliance(&config);
+        }
+        Command::Demo {
+            table,
+            seconds,
+            subscribers,
+            workers,
+            dir,
+        } => {
+            init_logs_quiet();
+            match demo_cmd::run(
+                &table,
+                seconds,
+                subscribers.max(DEMO_MIN),
+                workers.max(1),
+                dir,
+                &mut out,
+            ) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    out.flush()?;
+                    eprintln!("presence-gw demo: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Border { command } => {
             init_logs();
             let result = match command {
@@ -294,6 +355,66 @@ fn pki(command: PkiCommand, out: &mut impl Write) -> Result<(), Box<dyn std::err
         }
     }
     Ok(())
+}
+
+/// `presence-gw run`: start, then serve signals until told to stop.
+fn run_appliance(file: &std::path::Path) -> io::Result<ExitCode> {
+    use presence_engine::config::ApplianceConfig;
+    use presence_engine::runtime::{Appliance, StartOptions};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let config = match ApplianceConfig::load(file) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("presence-gw run: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // Signals are taken before the workers start, so none is missed.
+    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    let mut appliance = match Appliance::start(config, StartOptions::default()) {
+        Ok(appliance) => appliance,
+        Err(e) => {
+            eprintln!("presence-gw run: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    {
+        let mut stdout = io::stdout().lock();
+        writeln!(
+            stdout,
+            "presence-gw running: client={} border={} metrics={}",
+            appliance.client_addr(),
+            appliance.border_addr(),
+            appliance
+                .metrics_addr()
+                .map_or_else(|| "-".to_string(), |a| a.to_string())
+        )?;
+        stdout.flush()?;
+    }
+    for signal in signals.forever() {
+        match signal {
+            SIGHUP => match appliance.reload() {
+                Ok(()) => tracing::info!("reloaded on SIGHUP"),
+                Err(e) => tracing::error!(error = %e, "reload refused; running on as before"),
+            },
+            _ => {
+                tracing::info!(signal, "stopping");
+                appliance.stop();
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Warnings only (the demo prints its own story).
+fn init_logs_quiet() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .try_init();
 }
 
 /// Structured logs on stderr; `RUST_LOG` filters (default `info`).

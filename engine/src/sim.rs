@@ -1047,7 +1047,8 @@ fn outcome_name(outcome: Outcome) -> &'static str {
 }
 
 /// `prefix` followed by random digits up to `digits` digits in all.
-fn extend(prefix: Prefix, digits: usize, rng: &mut SimRng) -> Msisdn {
+/// A number of `digits` digits starting with `prefix`, the rest drawn from `rng`.
+pub fn extend(prefix: Prefix, digits: usize, rng: &mut SimRng) -> Msisdn {
     let mut value = prefix.value();
     for _ in prefix.len()..digits.max(prefix.len()) {
         value = value * 10 + rng.below(10);

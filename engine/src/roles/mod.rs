@@ -30,6 +30,7 @@ mod wa;
 use presence_codec::{Answer, Message, Outcome, Query};
 
 pub use hss::{Hss, HssError, HssReader, PsId, PS_PER_NETWORK_MAX};
+pub(crate) use igps::reply_addr;
 pub use igps::{Igps, IgpsCounters};
 pub use ogps::{IngressPoint, Ogps, OgpsCounters};
 pub use ps::{

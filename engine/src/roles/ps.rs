@@ -420,6 +420,40 @@ impl PresenceServer {
         Some((record, entries))
     }
 
+    /// Provisions `msisdn` anew or updates it in place: credential, buddies
+    /// and consent are replaced; the status and the withdrawn list are kept.
+    pub fn reprovision(
+        &mut self,
+        msisdn: Msisdn,
+        credential: Vec<u8>,
+        buddies: Vec<Msisdn>,
+        consent_all: bool,
+    ) {
+        let fresh = SubscriberRecord::new(credential, buddies);
+        match self.shard_mut(msisdn).get_mut(&msisdn) {
+            Some(record) => {
+                record.credential = fresh.credential;
+                record.buddies = fresh.buddies;
+                record.consent_all = consent_all;
+            }
+            None => {
+                let mut record = fresh;
+                record.consent_all = consent_all;
+                self.provision(msisdn, record);
+            }
+        }
+    }
+
+    /// Removes a subscriber; returns whether it was here.
+    pub fn deprovision(&mut self, msisdn: Msisdn) -> bool {
+        self.shard_mut(msisdn).remove(&msisdn).is_some()
+    }
+
+    /// The subscribers held here.
+    pub fn subscriber_numbers(&self) -> impl Iterator<Item = Msisdn> + '_ {
+        self.shards.iter().flat_map(|shard| shard.keys().copied())
+    }
+
     /// Takes over a subscriber exported by another server.
     pub fn import(
         &mut self,

@@ -55,6 +55,26 @@ struct Account {
 }
 
 impl Account {
+    /// A credential longer than 32 bytes, or empty, is stored as
+    /// unmatchable rather than cut to a prefix of itself.
+    fn of(s: &Subscriber) -> Account {
+        let mut credential = [0u8; presence_codec::CREDENTIAL_LEN_MAX];
+        let len = s.credential.len().min(credential.len());
+        credential[..len].copy_from_slice(&s.credential[..len]);
+        let credential_len = if s.credential.is_empty() || s.credential.len() > len {
+            u8::MAX
+        } else {
+            len as u8
+        };
+        Account {
+            credential,
+            credential_len,
+            credit: s.credit,
+        }
+    }
+}
+
+impl Account {
     /// The credential; `credential_len` is `u8::MAX` for one that was too
     /// long to store, which no device can match.
     fn credential(&self) -> Option<&[u8]> {
@@ -255,26 +275,7 @@ impl WatcherApp {
     pub fn new(config: WaConfig, subscribers: HashMap<Msisdn, Subscriber>) -> WatcherApp {
         let subscribers: AHashMap<Msisdn, Account> = subscribers
             .into_iter()
-            .map(|(m, s)| {
-                let mut credential = [0u8; presence_codec::CREDENTIAL_LEN_MAX];
-                let len = s.credential.len().min(credential.len());
-                credential[..len].copy_from_slice(&s.credential[..len]);
-                // An empty or too long credential matches nothing (stored
-                // as unmatchable rather than as a prefix of itself).
-                let credential_len = if s.credential.is_empty() || s.credential.len() > len {
-                    u8::MAX
-                } else {
-                    len as u8
-                };
-                (
-                    m,
-                    Account {
-                        credential,
-                        credential_len,
-                        credit: s.credit,
-                    },
-                )
-            })
+            .map(|(m, s)| (m, Account::of(&s)))
             .collect();
         let own_ranges: Vec<(Prefix, NetworkId)> = config
             .own_ranges
@@ -300,6 +301,32 @@ impl WatcherApp {
             config,
             counters: WaCounters::default(),
         }
+    }
+
+    /// Adds a subscriber, or updates one: the credential is replaced; an
+    /// existing subscriber keeps the credit it has left (a reprovisioning is
+    /// not a top-up).
+    pub fn provision(&mut self, msisdn: Msisdn, subscriber: &Subscriber) {
+        let account = Account::of(subscriber);
+        match self.subscribers.get_mut(&msisdn) {
+            Some(existing) => {
+                existing.credential = account.credential;
+                existing.credential_len = account.credential_len;
+            }
+            None => {
+                self.subscribers.insert(msisdn, account);
+            }
+        }
+    }
+
+    /// Removes a subscriber: its requests are refused from now on.
+    pub fn deprovision(&mut self, msisdn: Msisdn) {
+        self.subscribers.remove(&msisdn);
+    }
+
+    /// Whether `msisdn` is a subscriber of this WA.
+    pub fn has_subscriber(&self, msisdn: Msisdn) -> bool {
+        self.subscribers.contains_key(&msisdn)
     }
 
     /// Step 3: whether `msisdn` belongs to this network.

@@ -1,0 +1,366 @@
+//! The appliance's configuration file (`presence-gw run --config FILE.toml`)
+//! and the data files it names: the HSS table and subscriber provisioning.
+//!
+//! Loading is all or nothing. Every error names the file, the field (or line)
+//! and the reason, and the process refuses to start (or, on reload, keeps
+//! running on what it had). Relative paths are taken from the config file's
+//! folder. An annotated example is in `docs/operations.md`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use presence_border::BorderConfig;
+use presence_codec::{Msisdn, CREDENTIAL_LEN_MAX};
+use serde::Deserialize;
+
+use crate::roles::{PsId, BUDDIES_MAX, PS_PER_NETWORK_MAX};
+use crate::table::Prefix;
+
+/// Why a configuration or one of its files was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {reason}")]
+pub struct ConfigError {
+    /// The file at fault.
+    pub file: PathBuf,
+    /// The field (`network.workers`), or `line N` in a data file, or `-`.
+    pub field: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl From<presence_border::ConfigError> for ConfigError {
+    fn from(e: presence_border::ConfigError) -> ConfigError {
+        ConfigError {
+            file: e.file,
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    network: RawNetwork,
+    listen: RawListen,
+    tables: RawTables,
+    hss: RawHss,
+    provisioning: RawProvisioning,
+    cdr: RawCdr,
+    #[serde(default)]
+    wa: RawWa,
+    // Validated by presence-border.
+    #[allow(dead_code)]
+    border: toml::Value,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    name: String,
+    workers: Option<usize>,
+    #[serde(default)]
+    poll_mode: bool,
+    #[serde(default)]
+    pin_workers: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    client: String,
+    metrics: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTables {
+    numbering: PathBuf,
+    ported: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHss {
+    ranges: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvisioning {
+    subscribers: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCdr {
+    directory: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWa {
+    deadline_ms: Option<u16>,
+    query_cost: Option<u64>,
+    pending_max: Option<usize>,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct ApplianceConfig {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// This network's name, in the numbering table and on the border.
+    pub network: String,
+    /// Worker threads (one event loop each).
+    pub workers: usize,
+    /// Workers spin on their sockets instead of sleeping in `epoll_wait`.
+    pub poll_mode: bool,
+    /// Pin worker `i` to CPU `i`.
+    pub pin_workers: bool,
+    /// UDP address devices send requests and publications to.
+    pub client_listen: SocketAddr,
+    /// HTTP address of the Prometheus metrics.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The numbering table (`prefix,network,…`).
+    pub numbering: PathBuf,
+    /// Ported numbers (`msisdn,network`).
+    pub ported: Option<PathBuf>,
+    /// The HSS table (`prefix,presence_server`).
+    pub hss_ranges: PathBuf,
+    /// Subscriber provisioning (`msisdn,credential,credit,consent,buddies`).
+    pub subscribers: PathBuf,
+    /// Where charge records are written.
+    pub cdr_directory: PathBuf,
+    /// WA deadline for a query, in ms.
+    pub deadline_ms: u16,
+    /// Credit one query costs.
+    pub query_cost: u64,
+    /// Pending transactions per WA instance (worker).
+    pub pending_max: usize,
+    /// The border gateway.
+    pub border: BorderConfig,
+}
+
+/// Most workers the appliance starts.
+pub const WORKERS_MAX: usize = 256;
+
+impl ApplianceConfig {
+    /// Reads and validates `file` (not yet the data files it names).
+    pub fn load(file: &Path) -> Result<ApplianceConfig, ConfigError> {
+        let error = |field: &str, reason: String| ConfigError {
+            file: file.to_path_buf(),
+            field: field.to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| error("-", e.to_string()))?;
+        let raw: RawFile = toml::from_str(&text).map_err(|e| {
+            let field = e
+                .span()
+                .and_then(|span| text.get(..span.start))
+                .map_or_else(
+                    || "-".to_string(),
+                    |before| format!("line {}", before.lines().count().max(1)),
+                );
+            error(&field, e.message().to_string())
+        })?;
+        let border = BorderConfig::parse(&text, file)?;
+        if border.network.as_str() != raw.network.name {
+            return Err(error(
+                "border.network",
+                format!(
+                    "must equal network.name ({:?}): a network has one name",
+                    raw.network.name
+                ),
+            ));
+        }
+        let base = file.parent().unwrap_or(Path::new("."));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = raw.network.workers.unwrap_or(cores);
+        if !(1..=WORKERS_MAX).contains(&workers) {
+            return Err(error(
+                "network.workers",
+                format!("must be 1 to {WORKERS_MAX}"),
+            ));
+        }
+        let addr = |field: &str, text: &str| {
+            text.parse::<SocketAddr>()
+                .map_err(|e| error(field, format!("{text:?}: {e}")))
+        };
+        let client_listen = addr("listen.client", &raw.listen.client)?;
+        let metrics_listen = match &raw.listen.metrics {
+            Some(m) => Some(addr("listen.metrics", m)?),
+            None => None,
+        };
+        let deadline_ms = raw.wa.deadline_ms.unwrap_or(1500);
+        if !(100..=60_000).contains(&deadline_ms) {
+            return Err(error("wa.deadline_ms", "must be 100 to 60000".into()));
+        }
+        let pending_max = raw.wa.pending_max.unwrap_or(65_536);
+        if !(16..=(1 << 22)).contains(&pending_max) {
+            return Err(error("wa.pending_max", "must be 16 to 4194304".into()));
+        }
+        Ok(ApplianceConfig {
+            file: file.to_path_buf(),
+            network: raw.network.name,
+            workers,
+            poll_mode: raw.network.poll_mode,
+            pin_workers: raw.network.pin_workers.unwrap_or(true),
+            client_listen,
+            metrics_listen,
+            numbering: resolve(&raw.tables.numbering),
+            ported: raw.tables.ported.as_deref().map(resolve),
+            hss_ranges: resolve(&raw.hss.ranges),
+            subscribers: resolve(&raw.provisioning.subscribers),
+            cdr_directory: resolve(&raw.cdr.directory),
+            deadline_ms,
+            query_cost: raw.wa.query_cost.unwrap_or(1),
+            pending_max,
+            border,
+        })
+    }
+}
+
+/// Reads the HSS table: `prefix,presence_server` per line (a header line
+/// starting `prefix` is skipped, `#` starts a comment).
+pub fn load_hss_ranges(path: &Path) -> Result<Vec<(Prefix, PsId)>, ConfigError> {
+    let text = read(path)?;
+    let mut ranges = Vec::new();
+    for (n, line) in data_lines(&text) {
+        let error = |reason: String| line_error(path, n, reason);
+        let mut fields = line.split(',').map(str::trim);
+        let (Some(prefix), Some(ps), None) = (fields.next(), fields.next(), fields.next()) else {
+            return Err(error("expected `prefix,presence_server`".into()));
+        };
+        let prefix =
+            Prefix::parse(prefix).ok_or_else(|| error(format!("bad prefix {prefix:?}")))?;
+        let ps: u16 = ps
+            .parse()
+            .ok()
+            .filter(|ps| *ps < PS_PER_NETWORK_MAX)
+            .ok_or_else(|| {
+                error(format!(
+                    "presence server must be 0 to {}",
+                    PS_PER_NETWORK_MAX - 1
+                ))
+            })?;
+        if ranges.iter().any(|(p, _)| *p == prefix) {
+            return Err(error(format!("prefix {prefix:?} listed twice")));
+        }
+        ranges.push((prefix, PsId(ps)));
+    }
+    Ok(ranges)
+}
+
+/// One subscriber as provisioned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Provisioned {
+    /// The secret the subscriber's devices present.
+    pub credential: Vec<u8>,
+    /// Prepaid credit for queries (new subscribers start with it; a reload
+    /// keeps the balance of existing ones).
+    pub credit: u64,
+    /// Whether the subscriber lets buddies watch at all.
+    pub consent: bool,
+    /// Who may watch the subscriber.
+    pub buddies: Vec<Msisdn>,
+}
+
+/// Provisioned subscribers by MSISDN.
+pub type Subscribers = HashMap<Msisdn, Provisioned>;
+
+/// Most subscribers one provisioning file holds.
+pub const SUBSCRIBERS_MAX: usize = 50_000_000;
+
+/// Reads subscriber provisioning: `msisdn,credential,credit,consent,buddies`
+/// per line, `consent` `1` or `0`, `buddies` MSISDNs separated by `;` (may be
+/// empty). A header line starting `msisdn` is skipped; `#` starts a comment.
+pub fn load_subscribers(path: &Path) -> Result<Subscribers, ConfigError> {
+    let text = read(path)?;
+    let mut subscribers = HashMap::new();
+    for (n, line) in data_lines(&text) {
+        let error = |reason: String| line_error(path, n, reason);
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let [msisdn, credential, credit, consent, buddies] = fields[..] else {
+            return Err(error(
+                "expected `msisdn,credential,credit,consent,buddies`".into(),
+            ));
+        };
+        let msisdn: Msisdn = msisdn
+            .parse()
+            .map_err(|e| error(format!("msisdn {msisdn:?}: {e}")))?;
+        if credential.is_empty() || credential.len() > CREDENTIAL_LEN_MAX {
+            return Err(error(format!(
+                "credential must be 1 to {CREDENTIAL_LEN_MAX} bytes"
+            )));
+        }
+        let credit: u64 = credit
+            .parse()
+            .map_err(|_| error(format!("credit {credit:?} is not a whole number")))?;
+        let consent = match consent {
+            "1" => true,
+            "0" => false,
+            other => return Err(error(format!("consent {other:?} must be 1 or 0"))),
+        };
+        let buddies = buddies
+            .split(';')
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+            .map(|b| {
+                b.parse::<Msisdn>()
+                    .map_err(|e| error(format!("buddy {b:?}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if buddies.len() > BUDDIES_MAX {
+            return Err(error(format!("more than {BUDDIES_MAX} buddies")));
+        }
+        if subscribers.len() >= SUBSCRIBERS_MAX {
+            return Err(error(format!("more than {SUBSCRIBERS_MAX} subscribers")));
+        }
+        let provisioned = Provisioned {
+            credential: credential.as_bytes().to_vec(),
+            credit,
+            consent,
+            buddies,
+        };
+        if subscribers.insert(msisdn, provisioned).is_some() {
+            return Err(error(format!("{msisdn} listed twice")));
+        }
+    }
+    Ok(subscribers)
+}
+
+fn read(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        field: "-".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Non-empty, non-comment, non-header lines with their 1-based numbers.
+fn data_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| (i + 1, line.split('#').next().unwrap_or("").trim()))
+        .filter(|(i, line)| {
+            !line.is_empty()
+                && !(*i == 1 && (line.starts_with("prefix") || line.starts_with("msisdn")))
+        })
+}
+
+fn line_error(path: &Path, line: usize, reason: String) -> ConfigError {
+    ConfigError {
+        file: path.to_path_buf(),
+        field: format!("line {line}"),
+        reason,
+    }
+}

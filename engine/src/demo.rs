@@ -1,0 +1,434 @@
+//! Two networks on loopback: the files an operator would write for each
+//! (certificates, configuration, HSS table, provisioning), generated, and a
+//! device-side client that speaks the wire format over UDP. Used by
+//! `presence-gw demo` and by the integration tests.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use presence_border::pki::NetworkMaterial;
+use presence_codec::{
+    ClientOperation, ClientRequest, Credential, FrameReader, FrameWriter, Message, Msisdn, Outcome,
+    PresenceState, Publish, Reachability, FRAME_LEN_DEFAULT_MAX,
+};
+
+use crate::sim::{extend, SimNetwork, SimRng};
+use crate::table::{NetworkId, NumberingTable};
+
+/// Buddies on each of network B's subscribers' lists.
+pub const DEMO_BUDDIES: usize = 20;
+
+/// One generated network: its folder, its subscribers and their secrets.
+#[derive(Debug, Clone)]
+pub struct DemoNetwork {
+    /// The network's name (numbering table and border).
+    pub name: String,
+    /// Its folder: `gw.toml`, `pki/`, `peers/`, `hss.csv`, `subscribers.csv`, `cdr/`.
+    pub dir: PathBuf,
+    /// Subscribers, with the credential their devices use.
+    pub subscribers: Vec<(Msisdn, String)>,
+    /// Its border material.
+    pub material: NetworkMaterial,
+}
+
+impl DemoNetwork {
+    /// The configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("gw.toml")
+    }
+}
+
+/// Why the demo files could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A file.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// Certificates.
+    #[error("{0}")]
+    Pki(#[from] presence_border::pki::PkiError),
+    /// The numbering table.
+    #[error("numbering table: {0}")]
+    Table(String),
+    /// Something else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Subscriber numbers of `network` drawn from its ranges in `table_csv`.
+pub fn draw_numbers(
+    table: &NumberingTable,
+    table_csv: &str,
+    network: &str,
+    count: usize,
+    seed: u64,
+) -> Result<Vec<Msisdn>, DemoError> {
+    let ranges = SimNetwork::from_table_csv(table_csv, network);
+    let version = table.snapshot();
+    let id: NetworkId = version
+        .names()
+        .id(network)
+        .ok_or_else(|| DemoError::Table(format!("{network} is not in the table")))?;
+    if ranges.prefixes.is_empty() {
+        return Err(DemoError::Table(format!("{network} has no prefixes")));
+    }
+    let mut rng = SimRng::new(seed);
+    let mut out = std::collections::BTreeSet::new();
+    let mut attempts = 0usize;
+    while out.len() < count {
+        attempts += 1;
+        if attempts > count.saturating_mul(1000).max(10_000) {
+            return Err(DemoError::Table(format!(
+                "cannot draw {count} numbers of {network}"
+            )));
+        }
+        let prefix = ranges.prefixes[rng.below(ranges.prefixes.len() as u64) as usize];
+        let m = extend(prefix, 12, &mut rng);
+        if version.lookup(m) == Some(id) {
+            out.insert(m);
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Writes both networks' folders under `root`: A's `watchers` subscribers
+/// watch B's `targets` subscribers (each of B's lists holds
+/// [`DEMO_BUDDIES`] of A's subscribers; B's subscribers on two presence
+/// servers). A dials B; B learns A's address later
+/// ([`write_config`] with `peer_addr`).
+pub fn write_two_networks(
+    root: &Path,
+    table_path: &Path,
+    a_name: &str,
+    b_name: &str,
+    watchers: usize,
+    targets: usize,
+) -> Result<(DemoNetwork, DemoNetwork), DemoError> {
+    let table =
+        NumberingTable::load(table_path, None).map_err(|e| DemoError::Table(e.to_string()))?;
+    let csv = std::fs::read_to_string(table_path)?;
+    let a_numbers = draw_numbers(&table, &csv, a_name, watchers, 0xA)?;
+    let b_numbers = draw_numbers(&table, &csv, b_name, targets, 0xB)?;
+    let secret = |m: Msisdn| format!("s{:x}", m.as_u64().wrapping_mul(0x9E37_79B9) & 0xffff_ffff);
+    let mut networks = Vec::new();
+    for (name, numbers) in [(a_name, &a_numbers), (b_name, &b_numbers)] {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("peers"))?;
+        let material = NetworkMaterial::generate(
+            &name.parse().map_err(|e| DemoError::Other(format!("{e}")))?,
+        )?;
+        material.write_to(&dir.join("pki"), true)?;
+        let mut subscribers_csv = String::from("msisdn,credential,credit,consent,buddies\n");
+        for (j, m) in numbers.iter().enumerate() {
+            let buddies = if name == b_name {
+                (0..DEMO_BUDDIES.min(a_numbers.len()))
+                    .map(|k| a_numbers[(j * 7 + k) % a_numbers.len()].to_string())
+                    .collect::<Vec<_>>()
+                    .join(";")
+            } else {
+                String::new()
+            };
+            let _ = writeln!(subscribers_csv, "{m},{},1000000000,1,{buddies}", secret(*m));
+        }
+        std::fs::write(dir.join("subscribers.csv"), subscribers_csv)?;
+        // B's ranges split over two presence servers; A's on one.
+        let ranges = SimNetwork::from_table_csv(&csv, name);
+        let mut hss = String::from("prefix,presence_server\n");
+        for (i, p) in ranges.prefixes.iter().enumerate() {
+            let ps = if name == b_name { i % 2 } else { 0 };
+            let _ = writeln!(hss, "{},{ps}", prefix_digits(p.value(), p.len()));
+        }
+        std::fs::write(dir.join("hss.csv"), hss)?;
+        networks.push(DemoNetwork {
+            name: name.to_string(),
+            dir,
+            subscribers: numbers.iter().map(|m| (*m, secret(*m))).collect(),
+            material,
+        });
+    }
+    let b = networks
+        .pop()
+        .ok_or_else(|| DemoError::Other("no B".into()))?;
+    let a = networks
+        .pop()
+        .ok_or_else(|| DemoError::Other("no A".into()))?;
+    std::fs::write(
+        a.dir.join("peers").join(format!("{}-ca.pem", b.name)),
+        &b.material.ca.cert_pem,
+    )?;
+    std::fs::write(
+        b.dir.join("peers").join(format!("{}-ca.pem", a.name)),
+        &a.material.ca.cert_pem,
+    )?;
+    Ok((a, b))
+}
+
+fn prefix_digits(value: u64, len: usize) -> String {
+    format!("{value:0len$}")
+}
+
+/// Writes `network`'s `gw.toml`: loopback addresses on OS-chosen ports,
+/// `workers` workers, the peer dialed at `peer_addr` if known.
+pub fn write_config(
+    network: &DemoNetwork,
+    peer: &DemoNetwork,
+    table_path: &Path,
+    workers: usize,
+    peer_addr: Option<SocketAddr>,
+    metrics: bool,
+) -> Result<PathBuf, DemoError> {
+    let table = std::fs::canonicalize(table_path)?;
+    let address = peer_addr
+        .map(|a| format!("address = \"{a}\"\n"))
+        .unwrap_or_default();
+    let metrics = if metrics {
+        "metrics = \"127.0.0.1:0\"\n"
+    } else {
+        ""
+    };
+    let text = format!(
+        r#"# presence-gw configuration for {name} (generated by the demo)
+[network]
+name = "{name}"
+workers = {workers}
+pin_workers = false
+
+[listen]
+client = "127.0.0.1:0"
+{metrics}
+[tables]
+numbering = "{table}"
+
+[hss]
+ranges = "hss.csv"
+
+[provisioning]
+subscribers = "subscribers.csv"
+
+[cdr]
+directory = "cdr"
+
+[border]
+network = "{name}"
+listen = "127.0.0.1:0"
+certificate = "pki/bg.pem"
+private_key = "pki/bg.key"
+
+[[border.peers]]
+network = "{peer}"
+{address}ca = "peers/{peer}-ca.pem"
+"#,
+        name = network.name,
+        peer = peer.name,
+        table = table.display(),
+    );
+    let path = network.config_path();
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// A device-side client: sends requests and publications over UDP in
+/// batched frames and collects the answers.
+#[derive(Debug)]
+pub struct DeviceClient {
+    socket: UdpSocket,
+    to: SocketAddr,
+    next_txid: u64,
+    buf: Vec<u8>,
+}
+
+/// A final answer a device received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceAnswer {
+    /// The device's request id.
+    pub txid: u64,
+    /// B.
+    pub target: Msisdn,
+    /// The outcome.
+    pub outcome: Outcome,
+}
+
+impl DeviceClient {
+    /// A client of the appliance whose devices' address is `to`.
+    pub fn new(to: SocketAddr) -> std::io::Result<DeviceClient> {
+        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        socket.set_read_timeout(Some(Duration::from_millis(20)))?;
+        Ok(DeviceClient {
+            socket,
+            to,
+            next_txid: 1,
+            buf: vec![0u8; 4096],
+        })
+    }
+
+    /// Sends one frame of queries `(watcher, credential, target)`; returns
+    /// their device request ids.
+    pub fn query(&mut self, asks: &[(Msisdn, &str, Msisdn)]) -> std::io::Result<Vec<u64>> {
+        let mut ids = Vec::with_capacity(asks.len());
+        let mut frame = Vec::with_capacity(FRAME_LEN_DEFAULT_MAX);
+        let mut writer = FrameWriter::new(&mut frame, FRAME_LEN_DEFAULT_MAX)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        for (watcher, credential, target) in asks {
+            let txid = self.next_txid;
+            self.next_txid += 1;
+            let message = Message::ClientRequest(ClientRequest {
+                txid,
+                watcher: *watcher,
+                target: *target,
+                operation: ClientOperation::Query,
+                credential: Credential::new(credential.as_bytes()).unwrap_or(Credential::EMPTY),
+            });
+            if writer.push(&message).is_err() {
+                break;
+            }
+            ids.push(txid);
+        }
+        self.socket.send_to(&frame, self.to)?;
+        Ok(ids)
+    }
+
+    /// Publishes each subscriber's status as attached (devices of B),
+    /// batched into frames.
+    pub fn publish_attached(&mut self, subscribers: &[(Msisdn, String)]) -> std::io::Result<()> {
+        for chunk in subscribers.chunks(24) {
+            let mut frame = Vec::with_capacity(FRAME_LEN_DEFAULT_MAX);
+            let mut writer = FrameWriter::new(&mut frame, FRAME_LEN_DEFAULT_MAX)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            for (subscriber, credential) in chunk {
+                let txid = self.next_txid;
+                self.next_txid += 1;
+                let message = Message::Publish(Publish {
+                    txid,
+                    subscriber: *subscriber,
+                    state: PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS),
+                    credential: Credential::new(credential.as_bytes()).unwrap_or(Credential::EMPTY),
+                });
+                writer
+                    .push(&message)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+            }
+            self.socket.send_to(&frame, self.to)?;
+            // Pace: the appliance's socket buffer is finite.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    /// Answers received within `wait` (stops early once `want` arrived).
+    pub fn answers(&mut self, want: usize, wait: Duration) -> Vec<DeviceAnswer> {
+        let deadline = Instant::now() + wait;
+        let mut got = Vec::new();
+        while got.len() < want && Instant::now() < deadline {
+            let Ok(n) = self.socket.recv(&mut self.buf) else {
+                continue;
+            };
+            let Some(frame) = self.buf.get(..n) else {
+                continue;
+            };
+            let Ok(reader) = FrameReader::new(frame, FRAME_LEN_DEFAULT_MAX) else {
+                continue;
+            };
+            for message in reader.flatten() {
+                if let Message::Answer(a) = message {
+                    got.push(DeviceAnswer {
+                        txid: a.txid,
+                        target: a.target,
+                        outcome: a.outcome,
+                    });
+                }
+            }
+        }
+        got
+    }
+}
+
+/// What a short load run measured.
+#[derive(Debug, Clone)]
+pub struct LoadSummary {
+    /// Requests sent.
+    pub sent: u64,
+    /// Final answers received.
+    pub answered: u64,
+    /// Answers by outcome name.
+    pub outcomes: HashMap<&'static str, u64>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Request-to-answer latency at the client, µs.
+    pub latency: hdrhistogram::Histogram<u64>,
+}
+
+/// Runs `duration` of queries from A's `watchers` about B's `targets` (each
+/// asked by one of its buddies, so permitted), keeping at most `window`
+/// outstanding.
+pub fn run_load(
+    client_addr: SocketAddr,
+    watchers: &[(Msisdn, String)],
+    targets: &[(Msisdn, String)],
+    duration: Duration,
+    window: usize,
+) -> Result<LoadSummary, DemoError> {
+    let mut client = DeviceClient::new(client_addr)?;
+    client
+        .socket
+        .set_read_timeout(Some(Duration::from_millis(1)))?;
+    let mut latency = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+        .map_err(|e| DemoError::Other(e.to_string()))?;
+    let mut sent_at: HashMap<u64, Instant> = HashMap::new();
+    let mut outcomes: HashMap<&'static str, u64> = HashMap::new();
+    let (mut sent, mut answered) = (0u64, 0u64);
+    let start = Instant::now();
+    let mut i = 0usize;
+    while start.elapsed() < duration
+        || (!sent_at.is_empty() && start.elapsed() < duration + Duration::from_secs(3))
+    {
+        if start.elapsed() < duration && sent_at.len() + 32 <= window {
+            let mut asks = Vec::with_capacity(32);
+            for _ in 0..32 {
+                let j = (i.wrapping_mul(0x9E37_79B9)) % targets.len().max(1);
+                let k = i % DEMO_BUDDIES.min(watchers.len()).max(1);
+                let (watcher, credential) = &watchers[(j * 7 + k) % watchers.len()];
+                let (target, _) = &targets[j];
+                asks.push((*watcher, credential.as_str(), *target));
+                i += 1;
+            }
+            let ids = client.query(&asks)?;
+            let now = Instant::now();
+            for id in ids {
+                sent_at.insert(id, now);
+                sent += 1;
+            }
+        }
+        for answer in client.answers(1, Duration::from_millis(1)) {
+            if let Some(at) = sent_at.remove(&answer.txid) {
+                answered += 1;
+                let _ = latency.record(
+                    u64::try_from(at.elapsed().as_micros())
+                        .unwrap_or(u64::MAX)
+                        .max(1),
+                );
+                *outcomes.entry(outcome_name(&answer.outcome)).or_default() += 1;
+            }
+        }
+    }
+    Ok(LoadSummary {
+        sent,
+        answered,
+        outcomes,
+        elapsed: start.elapsed(),
+        latency,
+    })
+}
+
+/// A short name for an outcome.
+pub fn outcome_name(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Attached { .. } => "attached",
+        Outcome::Detached { .. } => "detached",
+        Outcome::NotAvailable => "not_available",
+        Outcome::Overloaded { .. } => "overloaded",
+        Outcome::Error(_) => "error",
+    }
+}

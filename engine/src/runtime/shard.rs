@@ -1,0 +1,699 @@
+//! The roles one worker runs, and where their messages go.
+//!
+//! Every worker runs a complete set of roles over its share of the state:
+//! - WA instance `i` (the worker's index is its `reply_node`), owning the
+//!   watchers whose MSISDN hashes to `i`, with their credit and pending
+//!   transactions;
+//! - the OGPS and an IGPS, which hold no per-query state;
+//! - a slice of every presence server: the subscribers hashing to `i`.
+//!
+//! A message whose state lives on another worker goes to that worker's
+//! bounded inbox (a lock-free `ArrayQueue`); answers find their WA by
+//! `reply_node`, so they return to the worker that asked. A full inbox sheds:
+//! a request is answered `Overloaded` to its device, anything else is
+//! dropped and counted (its sender retransmits).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ahash::AHashMap;
+use presence_codec::{Answer, FrameReader, Message, Msisdn, Outcome, FRAME_LEN_DEFAULT_MAX};
+
+use super::cdr::CdrWriter;
+use super::{CrossMsg, Shared, WorkerStats};
+use crate::roles::{
+    shed_refused_frame, Addr, HssReader, Igps, IngressPoint, Ogps, Outbox, PresenceServer, PsId,
+    Subscriber, Transmit, WaConfig, WatcherApp,
+};
+use crate::table::NetworkId;
+
+/// Largest frame a worker sends to a peer network's BG (the stream framing
+/// allows 65535; 16 KB keeps latency low while batching hundreds of
+/// queries).
+pub(crate) const BORDER_FRAME_MAX: usize = 16 * 1024;
+/// Retry-after told to a device when the appliance sheds its request.
+pub(crate) const SHED_RETRY_MS: u32 = 200;
+/// Decision-window slots per WA instance at each presence-server slice:
+/// enough for about 300,000 queries/s from one WA instance under the
+/// 1.7 s window before the window sheds with `Overloaded` (about 29 MB a
+/// ring, allocated when the instance is first seen).
+pub(crate) const PS_WINDOW_SLOTS: usize = 1 << 19;
+/// Most role-to-role messages one input may cause (a guard against loops).
+const WORK_MAX: usize = 4096;
+
+/// Which worker owns the state of `msisdn`.
+pub(crate) fn owner(msisdn: Msisdn, workers: usize) -> usize {
+    let h = msisdn.as_u64().wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((h >> 32) as usize) % workers.max(1)
+}
+
+/// The subscriber a message is about, for routing to its state.
+fn subject(message: &Message<'_>) -> Option<Msisdn> {
+    match message {
+        Message::Query(q) => Some(q.target),
+        Message::Publish(p) => Some(p.subscriber),
+        Message::BuddyUpdate(u) => Some(u.owner),
+        Message::ConsentUpdate(u) => Some(u.owner),
+        Message::ClientRequest(r) => Some(r.watcher),
+        _ => None,
+    }
+}
+
+/// Frames being filled for one destination.
+#[derive(Debug, Default)]
+struct FrameBuf {
+    bytes: Vec<u8>,
+}
+
+/// One worker's roles and the routing between them.
+pub(crate) struct Shard {
+    pub(crate) index: usize,
+    shared: Arc<Shared>,
+    wa: WatcherApp,
+    ogps: Ogps,
+    igps: Igps,
+    hss: HssReader,
+    /// This worker's slice of each presence server, by id.
+    ps: AHashMap<PsId, PresenceServer>,
+    out: Outbox,
+    work: VecDeque<(Addr, Transmit)>,
+    /// Where each owned watcher's device was last heard from.
+    device_addrs: AHashMap<Msisdn, SocketAddr>,
+    /// Arrival time (µs) of device requests waiting for their answer, by
+    /// (watcher, device request id): the latency histogram's start.
+    arrivals: AHashMap<(Msisdn, u64), u64>,
+    device_frames: AHashMap<SocketAddr, FrameBuf>,
+    border_frames: AHashMap<NetworkId, FrameBuf>,
+    free_bufs: Vec<Vec<u8>>,
+    /// Frames ready for the socket / the border, filled during a turn.
+    pub(crate) ready_device: Vec<(SocketAddr, Vec<u8>)>,
+    pub(crate) ready_border: Vec<(NetworkId, Vec<u8>)>,
+    /// Workers whose inbox got messages this turn (woken once at its end).
+    pub(crate) wake: Vec<bool>,
+    pub(crate) stats: WorkerStats,
+    pub(crate) cdr: CdrWriter,
+}
+
+impl std::fmt::Debug for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shard").field("index", &self.index).finish()
+    }
+}
+
+impl Shard {
+    pub(crate) fn new(index: usize, shared: Arc<Shared>, cdr: CdrWriter) -> Shard {
+        let wa = WatcherApp::new(Self::wa_config(index, &shared), Default::default());
+        let ogps = Self::ogps(&shared);
+        let igps = Igps::new(shared.network, &shared.hss);
+        let workers = shared.workers;
+        Shard {
+            index,
+            hss: shared.hss.reader(),
+            wa,
+            ogps,
+            igps,
+            ps: AHashMap::new(),
+            out: Outbox::with_capacity(256, 256),
+            work: VecDeque::with_capacity(256),
+            device_addrs: AHashMap::new(),
+            arrivals: AHashMap::new(),
+            device_frames: AHashMap::new(),
+            border_frames: AHashMap::new(),
+            free_bufs: Vec::new(),
+            ready_device: Vec::new(),
+            ready_border: Vec::new(),
+            wake: vec![false; workers],
+            stats: WorkerStats::default(),
+            cdr,
+            shared,
+        }
+    }
+
+    fn wa_config(index: usize, shared: &Shared) -> WaConfig {
+        let mut config = WaConfig::new(shared.network, shared.own_ranges.clone());
+        config.foreign_ranges = shared.foreign_ranges.clone();
+        config.instance = u16::try_from(index).unwrap_or(u16::MAX);
+        config.igps_count = 1;
+        config.deadline_ms = shared.deadline_ms;
+        config.query_cost = shared.query_cost;
+        config.pending_max = shared.pending_max;
+        config.boot_time_s = shared.boot_time_s;
+        config
+    }
+
+    fn ogps(shared: &Shared) -> Ogps {
+        let peers = shared
+            .peer_networks
+            .load()
+            .iter()
+            .map(|(network, _)| (*network, vec![IngressPoint { id: 0, up: true }]))
+            .collect();
+        Ogps::new(shared.network, 1, &shared.table, peers)
+    }
+
+    /// After a reload changed the peer networks.
+    pub(crate) fn refresh_peers(&mut self) {
+        self.ogps = Self::ogps(&self.shared);
+    }
+
+    /// Applies provisioning: this worker's watchers and its slice of each
+    /// presence server. Existing subscribers keep their credit and status;
+    /// a subscriber the HSS now places on another presence server is moved
+    /// there with its state; subscribers no longer listed are removed.
+    pub(crate) fn provision(&mut self, now: u64, subscribers: &crate::config::Subscribers) {
+        let workers = self.shared.workers;
+        let mine = |m: &Msisdn| owner(*m, workers) == self.index;
+        // Removed ones.
+        let gone: Vec<Msisdn> = self
+            .ps
+            .values()
+            .flat_map(PresenceServer::subscriber_numbers)
+            .filter(|m| !subscribers.contains_key(m))
+            .collect();
+        for m in gone {
+            for ps in self.ps.values_mut() {
+                ps.deprovision(m);
+            }
+            self.wa.deprovision(m);
+        }
+        let network = self.shared.network;
+        // The duplicate window outlives the WA's deadline; its rings hold
+        // PS_WINDOW_SLOTS transactions of each WA instance.
+        let window_ms = u64::from(self.shared.deadline_ms) + 200;
+        for (m, p) in subscribers.iter().filter(|(m, _)| mine(m)) {
+            self.wa.provision(
+                *m,
+                &Subscriber {
+                    credential: p.credential.clone(),
+                    credit: p.credit,
+                },
+            );
+            let Some(home) = self.hss.lookup(*m) else {
+                continue;
+            };
+            // Moved by the HSS: carry the record (status, decisions) over.
+            let elsewhere = self
+                .ps
+                .iter()
+                .find(|(id, ps)| **id != home && ps.subscriber(*m).is_some())
+                .map(|(id, _)| *id);
+            let moved = elsewhere.and_then(|from| {
+                self.ps
+                    .get_mut(&from)
+                    .and_then(|ps| ps.export(now, *m, home))
+            });
+            let ps = self.ps.entry(home).or_insert_with(|| {
+                PresenceServer::new(home, network, 1, window_ms, PS_WINDOW_SLOTS)
+            });
+            if let Some((record, entries)) = moved {
+                ps.import(now, *m, record, &entries);
+            }
+            ps.reprovision(*m, p.credential.clone(), p.buddies.clone(), p.consent);
+        }
+    }
+
+    /// Subscribers held by this worker's presence-server slices.
+    pub(crate) fn subscriber_count(&self) -> usize {
+        self.ps.values().map(PresenceServer::subscriber_count).sum()
+    }
+
+    /// Pending WA transactions.
+    pub(crate) fn pending(&self) -> usize {
+        self.wa.pending_len()
+    }
+
+    /// When the WA next needs [`on_timer`](Self::on_timer).
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
+        self.wa.poll_timeout()
+    }
+
+    /// Runs the WA's deadlines and retransmissions due by `now`.
+    pub(crate) fn on_timer(&mut self, now: u64) {
+        self.wa.handle_timeout(now, &mut self.out);
+        self.drain_out(Addr::Wa(self.wa_instance()));
+        self.run(now);
+    }
+
+    fn wa_instance(&self) -> u16 {
+        u16::try_from(self.index).unwrap_or(u16::MAX)
+    }
+
+    /// One datagram from a device.
+    pub(crate) fn on_datagram(&mut self, now: u64, now_us: u64, from: SocketAddr, frame: &[u8]) {
+        let Ok(reader) = FrameReader::new(frame, FRAME_LEN_DEFAULT_MAX) else {
+            self.stats.bad_datagrams += 1;
+            return;
+        };
+        for message in reader {
+            match message {
+                Ok(message) => self.on_device_message(now, now_us, from, &message),
+                Err(_) => {
+                    self.stats.bad_messages += 1;
+                    break;
+                }
+            }
+        }
+        self.run(now);
+    }
+
+    fn on_device_message(
+        &mut self,
+        now: u64,
+        now_us: u64,
+        from: SocketAddr,
+        message: &Message<'_>,
+    ) {
+        let Some(subject) = subject(message) else {
+            self.stats.bad_messages += 1;
+            return;
+        };
+        let owner = owner(subject, self.shared.workers);
+        if owner != self.index {
+            let mut bytes = [0u8; super::CROSS_MESSAGE_MAX];
+            let len = message.encoded_len();
+            let Some(slot) = bytes.get_mut(..len) else {
+                self.stats.bad_messages += 1;
+                return;
+            };
+            let mut cursor: &mut [u8] = slot;
+            if message.encode(&mut cursor).is_err() {
+                self.stats.bad_messages += 1;
+                return;
+            }
+            let cross = CrossMsg::Device {
+                from,
+                arrived_us: now_us,
+                len: u16::try_from(len).unwrap_or(0),
+                bytes,
+            };
+            if !self.push_cross(owner, cross) {
+                self.shed_device(from, message);
+            }
+            return;
+        }
+        self.device_local(now, now_us, from, message);
+    }
+
+    /// A device's message on the worker that owns its subject.
+    pub(crate) fn device_local(
+        &mut self,
+        now: u64,
+        now_us: u64,
+        from: SocketAddr,
+        message: &Message<'_>,
+    ) {
+        match message {
+            Message::ClientRequest(request) => {
+                self.stats.requests += 1;
+                self.device_addrs.insert(request.watcher, from);
+                if self.arrivals.len() < self.shared.pending_max.saturating_mul(2) {
+                    self.arrivals
+                        .insert((request.watcher, request.txid), now_us);
+                }
+                if self.shared.trace == Some(request.watcher) {
+                    self.shared.trace_step(
+                        1,
+                        format!(
+                            "A ({}) asks its WA: is {} attached?",
+                            request.watcher, request.target
+                        ),
+                    );
+                }
+                self.wa
+                    .handle(now, Addr::Device(request.watcher), message, &mut self.out);
+                self.drain_out(Addr::Wa(self.wa_instance()));
+            }
+            Message::Publish(publish) => {
+                self.stats.publications += 1;
+                self.device_addrs.insert(publish.subscriber, from);
+                let Some(id) = self.hss.lookup(publish.subscriber) else {
+                    self.stats.unknown_subscriber += 1;
+                    return;
+                };
+                if let Some(ps) = self.ps.get_mut(&id) {
+                    ps.handle(
+                        now,
+                        Addr::Device(publish.subscriber),
+                        self.shared.network,
+                        message,
+                        &mut self.out,
+                    );
+                    self.drain_out(Addr::Ps(id));
+                }
+            }
+            _ => self.stats.bad_messages += 1,
+        }
+        self.run(now);
+    }
+
+    fn shed_device(&mut self, to: SocketAddr, message: &Message<'_>) {
+        self.stats.shed += 1;
+        if let Message::ClientRequest(request) = message {
+            let answer = Message::Answer(Answer {
+                txid: request.txid,
+                reply_node: 0,
+                target: request.target,
+                outcome: Outcome::Overloaded {
+                    retry_after_ms: SHED_RETRY_MS,
+                },
+            });
+            self.frame_to_device(to, &answer);
+        }
+    }
+
+    /// One frame from a peer network's BG, `origin` being that peer.
+    pub(crate) fn on_border_frame(&mut self, now: u64, origin: NetworkId, frame: &[u8]) {
+        let Ok(reader) = FrameReader::new(frame, BORDER_FRAME_MAX.max(u16::MAX as usize)) else {
+            self.stats.bad_border_frames += 1;
+            return;
+        };
+        for message in reader {
+            match message {
+                Ok(Message::Query(query)) => {
+                    self.stats.border_queries_in += 1;
+                    if self.shared.trace == Some(query.watcher) {
+                        self.shared.trace_step(7, format!("B's IGPS got the query from the border, origin {} (from the BG's certificate); asks the HSS", self.shared.network_name(origin)));
+                    }
+                    self.igps.handle(
+                        now,
+                        Addr::Border {
+                            network: origin,
+                            ingress: 0,
+                        },
+                        origin,
+                        &Message::Query(query),
+                        &mut self.out,
+                    );
+                    self.drain_out(Addr::Igps(0));
+                }
+                Ok(Message::Answer(answer)) => {
+                    self.stats.border_answers_in += 1;
+                    self.work.push_back((
+                        Addr::Ogps,
+                        Transmit {
+                            to: Addr::Wa(answer.reply_node),
+                            origin,
+                            message: Message::Answer(answer),
+                        },
+                    ));
+                }
+                Ok(_) => self.stats.bad_border_frames += 1,
+                Err(_) => {
+                    self.stats.bad_border_frames += 1;
+                    break;
+                }
+            }
+        }
+        self.run(now);
+    }
+
+    /// A message another worker handed over.
+    pub(crate) fn on_cross(&mut self, now: u64, message: CrossMsg) {
+        match message {
+            CrossMsg::Role { from, transmit } => {
+                self.route(now, from, transmit);
+            }
+            CrossMsg::Device {
+                from,
+                arrived_us,
+                len,
+                bytes,
+            } => {
+                let Some(body) = bytes.get(..usize::from(len)) else {
+                    return;
+                };
+                let mut frame = [0u8; super::CROSS_MESSAGE_MAX + 2];
+                frame[0] = presence_codec::FRAME_MAGIC;
+                frame[1] = presence_codec::FRAME_VERSION;
+                let Some(dst) = frame.get_mut(2..2 + body.len()) else {
+                    return;
+                };
+                dst.copy_from_slice(body);
+                let frame = &frame[..2 + body.len()];
+                if let Some(Ok(message)) = FrameReader::new(frame, frame.len())
+                    .ok()
+                    .and_then(|mut r| r.next())
+                {
+                    self.device_local(now, arrived_us, from, &message);
+                }
+            }
+        }
+        self.run(now);
+    }
+
+    /// Moves what a role produced onto the work list.
+    fn drain_out(&mut self, from: Addr) {
+        for record in self.out.records.drain(..) {
+            if record.chargeable() {
+                self.stats.charged += 1;
+                self.cdr.write(&record, &self.shared);
+                if self.shared.trace == Some(record.watcher) {
+                    self.shared.trace_step(
+                        11,
+                        format!(
+                            "B's presence server raised a charge record for {} against {}",
+                            record.watcher,
+                            self.shared.network_name(record.origin)
+                        ),
+                    );
+                }
+            }
+        }
+        for transmit in self.out.transmits.drain(..) {
+            self.work.push_back((from, transmit));
+        }
+    }
+
+    /// Delivers queued work until none is left.
+    fn run(&mut self, now: u64) {
+        let mut steps = 0usize;
+        while let Some((from, transmit)) = self.work.pop_front() {
+            steps += 1;
+            if steps > WORK_MAX {
+                self.stats.dropped_loops += 1;
+                self.work.clear();
+                return;
+            }
+            self.route(now, from, transmit);
+        }
+    }
+
+    fn route(&mut self, now: u64, from: Addr, transmit: Transmit) {
+        let workers = self.shared.workers;
+        match transmit.to {
+            Addr::Device(m) => {
+                if let Message::Answer(answer) = &transmit.message {
+                    if let Some(at) = self.arrivals.remove(&(m, answer.txid)) {
+                        self.stats
+                            .latency_sample(super::now_us().saturating_sub(at));
+                    }
+                    self.stats.count_outcome(&answer.outcome);
+                    if self.shared.trace == Some(m) {
+                        self.shared
+                            .trace_step(13, format!("A's WA answers A: {:?}", answer.outcome));
+                    }
+                }
+                match self.device_addrs.get(&m).copied() {
+                    Some(addr) => self.frame_to_device(addr, &transmit.message),
+                    None => self.stats.no_device_addr += 1,
+                }
+            }
+            Addr::Wa(instance) => {
+                let owner = usize::from(instance) % workers;
+                if owner != self.index {
+                    self.cross_or_drop(owner, from, transmit);
+                    return;
+                }
+                self.wa.handle(now, from, &transmit.message, &mut self.out);
+                self.drain_out(Addr::Wa(self.wa_instance()));
+            }
+            Addr::Ogps => {
+                if let (Message::Query(q), true) = (&transmit.message, self.shared.trace.is_some())
+                {
+                    if self.shared.trace == Some(q.watcher) {
+                        self.shared.trace_step(4, format!("A's WA authenticated A, debited the credit, found {} outside A's network (step 3), and sent the query to the OGPS", q.target));
+                    }
+                }
+                self.ogps
+                    .handle(now, from, &transmit.message, &mut self.out);
+                self.drain_out(Addr::Ogps);
+            }
+            Addr::Igps(_) => {
+                self.igps.handle(
+                    now,
+                    Addr::Ogps,
+                    transmit.origin,
+                    &transmit.message,
+                    &mut self.out,
+                );
+                self.drain_out(Addr::Igps(0));
+            }
+            Addr::Ps(id) => {
+                let Some(subject) = subject(&transmit.message) else {
+                    self.stats.bad_messages += 1;
+                    return;
+                };
+                let owner = owner(subject, workers);
+                if owner != self.index {
+                    self.cross_or_drop(owner, from, transmit);
+                    return;
+                }
+                if let (Message::Query(q), Some(_)) = (&transmit.message, self.shared.trace) {
+                    if self.shared.trace == Some(q.watcher) {
+                        self.shared.trace_step(9, format!("B's HSS names presence server {}; the IGPS forwards the query there; it checks A is a buddy and B consents (step 10)", id.0));
+                    }
+                }
+                match self.ps.get_mut(&id) {
+                    Some(ps) => {
+                        ps.handle(now, from, transmit.origin, &transmit.message, &mut self.out);
+                        self.drain_out(Addr::Ps(id));
+                    }
+                    None => {
+                        // The HSS names a server holding nobody here: the
+                        // subscriber is not provisioned.
+                        self.stats.unknown_subscriber += 1;
+                        if let Message::Query(q) = transmit.message {
+                            let reply = crate::roles::reply_addr(
+                                self.shared.network,
+                                transmit.origin,
+                                q.reply_node,
+                            );
+                            self.work.push_back((
+                                Addr::Ps(id),
+                                Transmit {
+                                    to: reply,
+                                    origin: transmit.origin,
+                                    message: Message::Answer(Answer {
+                                        txid: q.txid,
+                                        reply_node: q.reply_node,
+                                        target: q.target,
+                                        outcome: Outcome::NotAvailable,
+                                    }),
+                                },
+                            ));
+                        }
+                    }
+                }
+            }
+            Addr::Border { network, .. } => {
+                if let (Message::Query(q), Some(_)) = (&transmit.message, self.shared.trace) {
+                    if self.shared.trace == Some(q.watcher) {
+                        self.shared.trace_step(6, format!("A's OGPS derived {} from B's MSISDN (step 5) and sent the query through A's border gateway", self.shared.network_name(network)));
+                    }
+                }
+                self.frame_to_border(network, &transmit.message);
+            }
+            Addr::BorderReply { network, .. } => {
+                if let (Message::Answer(_), Some(_)) = (&transmit.message, self.shared.trace) {
+                    self.shared.trace_step(
+                        12,
+                        format!(
+                            "B's status goes back through the border gateways to {}",
+                            self.shared.network_name(network)
+                        ),
+                    );
+                }
+                self.frame_to_border(network, &transmit.message);
+            }
+            Addr::Provisioning => {}
+        }
+    }
+
+    fn cross_or_drop(&mut self, owner: usize, from: Addr, transmit: Transmit) {
+        if !self.push_cross(owner, CrossMsg::Role { from, transmit }) {
+            self.stats.shed += 1;
+        }
+    }
+
+    fn push_cross(&mut self, owner: usize, message: CrossMsg) -> bool {
+        let Some(inbox) = self.shared.inboxes.get(owner) else {
+            return false;
+        };
+        if inbox.push(message).is_err() {
+            return false;
+        }
+        self.stats.cross += 1;
+        if let Some(w) = self.wake.get_mut(owner) {
+            *w = true;
+        }
+        true
+    }
+
+    fn take_buf(&mut self) -> Vec<u8> {
+        self.free_bufs.pop().unwrap_or_default()
+    }
+
+    /// Returns a frame buffer for reuse.
+    pub(crate) fn give_back(&mut self, mut buf: Vec<u8>) {
+        if self.free_bufs.len() < 1024 {
+            buf.clear();
+            self.free_bufs.push(buf);
+        }
+    }
+
+    fn frame_to_device(&mut self, to: SocketAddr, message: &Message<'_>) {
+        let len = message.encoded_len();
+        let full = self
+            .device_frames
+            .get(&to)
+            .is_some_and(|f| f.bytes.len() + len > FRAME_LEN_DEFAULT_MAX);
+        if full {
+            if let Some(frame) = self.device_frames.remove(&to) {
+                self.ready_device.push((to, frame.bytes));
+            }
+        }
+        if !self.device_frames.contains_key(&to) {
+            let mut bytes = self.take_buf();
+            bytes.extend_from_slice(&[presence_codec::FRAME_MAGIC, presence_codec::FRAME_VERSION]);
+            self.device_frames.insert(to, FrameBuf { bytes });
+        }
+        if let Some(frame) = self.device_frames.get_mut(&to) {
+            if message.encode(&mut frame.bytes).is_err() {
+                self.stats.bad_messages += 1;
+            }
+        }
+    }
+
+    fn frame_to_border(&mut self, network: NetworkId, message: &Message<'_>) {
+        let len = message.encoded_len();
+        let full = self
+            .border_frames
+            .get(&network)
+            .is_some_and(|f| f.bytes.len() + len > BORDER_FRAME_MAX);
+        if full {
+            if let Some(frame) = self.border_frames.remove(&network) {
+                self.ready_border.push((network, frame.bytes));
+            }
+        }
+        if !self.border_frames.contains_key(&network) {
+            let mut bytes = self.take_buf();
+            bytes.extend_from_slice(&[presence_codec::FRAME_MAGIC, presence_codec::FRAME_VERSION]);
+            self.border_frames.insert(network, FrameBuf { bytes });
+        }
+        if let Some(frame) = self.border_frames.get_mut(&network) {
+            if message.encode(&mut frame.bytes).is_err() {
+                self.stats.bad_messages += 1;
+            }
+        }
+    }
+
+    /// Closes every frame being filled: they join the ready lists.
+    pub(crate) fn close_frames(&mut self) {
+        for (to, frame) in self.device_frames.drain() {
+            self.ready_device.push((to, frame.bytes));
+        }
+        for (network, frame) in self.border_frames.drain() {
+            self.ready_border.push((network, frame.bytes));
+        }
+    }
+
+    /// A frame the border refused: its queries are answered `Overloaded`.
+    pub(crate) fn shed_border_frame(&mut self, now: u64, frame: &[u8]) {
+        let shed = shed_refused_frame(frame, self.shared.network, SHED_RETRY_MS, &mut self.out);
+        self.stats.border_shed_queries += u64::from(shed.queries_answered);
+        self.stats.border_shed_other += u64::from(shed.dropped);
+        self.drain_out(Addr::Ogps);
+        self.run(now);
+    }
+}
