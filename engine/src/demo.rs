@@ -180,6 +180,21 @@ pub fn write_config(
     peer_addr: Option<SocketAddr>,
     metrics: bool,
 ) -> Result<PathBuf, DemoError> {
+    write_config_with(
+        network, peer, table_path, workers, peer_addr, metrics, false,
+    )
+}
+
+/// [`write_config`], choosing poll mode.
+pub fn write_config_with(
+    network: &DemoNetwork,
+    peer: &DemoNetwork,
+    table_path: &Path,
+    workers: usize,
+    peer_addr: Option<SocketAddr>,
+    metrics: bool,
+    poll_mode: bool,
+) -> Result<PathBuf, DemoError> {
     let table = std::fs::canonicalize(table_path)?;
     let address = peer_addr
         .map(|a| format!("address = \"{a}\"\n"))
@@ -195,6 +210,7 @@ pub fn write_config(
 name = "{name}"
 workers = {workers}
 pin_workers = false
+poll_mode = {poll_mode}
 
 [listen]
 client = "127.0.0.1:0"

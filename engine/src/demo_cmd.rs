@@ -20,6 +20,7 @@ pub(crate) fn run(
     subscribers: usize,
     workers: usize,
     dir: Option<PathBuf>,
+    poll_mode: bool,
     out: &mut impl Write,
 ) -> Result<(), Box<dyn std::error::Error>> {
     if !table.exists() {
@@ -62,12 +63,14 @@ pub(crate) fn run(
         trace: Some(watcher),
         trace_sink: Some(sink),
     };
-    let b_config = demo::write_config(&b, &a, table, workers, None, true)?;
+    let write =
+        |me, peer, addr| demo::write_config_with(me, peer, table, workers, addr, true, poll_mode);
+    let b_config = write(&b, &a, None)?;
     let mut b_app = Appliance::start(ApplianceConfig::load(&b_config)?, options.clone())?;
-    let a_config = demo::write_config(&a, &b, table, workers, Some(b_app.border_addr()), true)?;
+    let a_config = write(&a, &b, Some(b_app.border_addr()))?;
     let a_app = Appliance::start(ApplianceConfig::load(&a_config)?, options)?;
     // Now B knows where A listens: both sides dial (one link per worker each way).
-    demo::write_config(&b, &a, table, workers, Some(a_app.border_addr()), true)?;
+    write(&b, &a, Some(a_app.border_addr()))?;
     b_app.reload()?;
     let up = |app: &Appliance| app.border_counters().links_up.load(Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -112,6 +115,36 @@ pub(crate) fn run(
         )?,
         None => writeln!(out, "  no answer within 3 s")?,
     }
+
+    // Unloaded round trips, one query at a time, and idle CPU.
+    let mut single = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for i in 0..500 {
+        let j = i % b.subscribers.len();
+        let (w, secret) = &a.subscribers[(j * 7) % a.subscribers.len()];
+        let at = Instant::now();
+        a_device.query(&[(*w, secret.as_str(), b.subscribers[j].0)])?;
+        if !a_device.answers(1, Duration::from_secs(2)).is_empty() {
+            single.record(
+                u64::try_from(at.elapsed().as_micros())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )?;
+        }
+    }
+    let cpu_before = process_cpu_us();
+    let idle_from = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_cpu =
+        (process_cpu_us() - cpu_before) as f64 / idle_from.elapsed().as_micros().max(1) as f64;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Mode: {} — unloaded round trip through both appliances (500 queries one at a time): p50 {} µs, p99 {} µs; idle CPU {:.0}% of one core",
+        if poll_mode { "poll (workers spin)" } else { "sleep (workers wait in epoll)" },
+        single.value_at_quantile(0.5),
+        single.value_at_quantile(0.99),
+        idle_cpu * 100.0
+    )?;
 
     writeln!(out)?;
     writeln!(
@@ -164,4 +197,16 @@ pub(crate) fn run(
     b_app.stop();
     writeln!(out, "stopped cleanly")?;
     Ok(())
+}
+
+/// CPU time this process has used (user + system), µs.
+fn process_cpu_us() -> i64 {
+    // SAFETY: getrusage fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let us = |t: libc::timeval| t.tv_sec * 1_000_000 + t.tv_usec;
+    us(usage.ru_utime) + us(usage.ru_stime)
 }

@@ -54,6 +54,9 @@ enum Command {
         /// Folder for the generated files (default: a new temporary folder).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Workers spin instead of sleeping (see docs/operations.md).
+        #[arg(long)]
+        poll_mode: bool,
     },
     /// Route MSISDNs (one per line on stdin) to their networks, as the OGPS
     /// does: `msisdn,network` per line on stdout, in order.
@@ -237,6 +240,7 @@ fn run(cli: Cli) -> io::Result<ExitCode> {
             subscribers,
             workers,
             dir,
+            poll_mode,
         } => {
             init_logs_quiet();
             match demo_cmd::run(
@@ -245,6 +249,7 @@ fn run(cli: Cli) -> io::Result<ExitCode> {
                 subscribers.max(DEMO_MIN),
                 workers.max(1),
                 dir,
+                poll_mode,
                 &mut out,
             ) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,307 @@
+//! Two `presence-gw run` processes, networks A (o2.gb) and B (t-mobile.de),
+//! on loopback with generated configurations and certificates: devices of A
+//! ask about subscribers of B over UDP, through both appliances and their
+//! mutually authenticated border gateways.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use presence_codec::{Msisdn, Outcome};
+use presence_engine::demo::{self, DemoNetwork, DeviceAnswer, DeviceClient, DEMO_BUDDIES};
+
+fn table() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv")
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("appliance-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+struct Running {
+    child: Child,
+    client: SocketAddr,
+    border: SocketAddr,
+}
+
+impl Running {
+    fn start(config: &Path) -> Running {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_presence-gw"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
+                .parse()
+                .unwrap()
+        };
+        Running {
+            client: field("client"),
+            border: field("border"),
+            child,
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0);
+    }
+
+    /// SIGTERM, then the exit status (waits up to 10 s).
+    fn terminate(mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asks each `(watcher, target)` once and returns the answers by target.
+fn ask(client: &mut DeviceClient, a: &DemoNetwork, asks: &[(usize, Msisdn)]) -> Vec<DeviceAnswer> {
+    let queries: Vec<(Msisdn, &str, Msisdn)> = asks
+        .iter()
+        .map(|(w, t)| (a.subscribers[*w].0, a.subscribers[*w].1.as_str(), *t))
+        .collect();
+    let mut answers = Vec::new();
+    for chunk in queries.chunks(30) {
+        client.query(chunk).unwrap();
+        answers.extend(client.answers(chunk.len(), Duration::from_secs(5)));
+    }
+    answers
+}
+
+/// B's subscriber `j` is watched by A's subscribers `(j*7+k) % n`, k < 20.
+fn buddy_of(j: usize, n: usize) -> usize {
+    (j * 7) % n
+}
+
+fn not_buddy_of(j: usize, n: usize) -> usize {
+    let buddies: HashSet<usize> = (0..DEMO_BUDDIES).map(|k| (j * 7 + k) % n).collect();
+    (0..n).find(|w| !buddies.contains(w)).unwrap()
+}
+
+fn cdr_lines(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir.join("cdr")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        lines.extend(text.lines().skip(1).map(str::to_string));
+    }
+    lines
+}
+
+#[test]
+fn two_networks_answer_charge_reload_and_stop_cleanly() {
+    let root = scratch("two");
+    let (a, b) =
+        demo::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", 100, 100).unwrap();
+    let b_config = demo::write_config(&b, &a, &table(), 2, None, false).unwrap();
+    let node_b = Running::start(&b_config);
+    let a_config = demo::write_config(&a, &b, &table(), 2, Some(node_b.border), false).unwrap();
+    let a_text = std::fs::read_to_string(&a_config).unwrap();
+    let node_a = Running::start(&a_config);
+    // B learns A's address on a reload: both sides dial now.
+    demo::write_config(&b, &a, &table(), 2, Some(node_a.border), false).unwrap();
+    node_b.signal(libc::SIGHUP);
+
+    // B's devices: even subscribers are attached.
+    let mut b_devices = DeviceClient::new(node_b.client).unwrap();
+    let attached: Vec<_> = b.subscribers.iter().step_by(2).cloned().collect();
+    b_devices.publish_attached(&attached).unwrap();
+
+    let mut client = DeviceClient::new(node_a.client).unwrap();
+    let n = a.subscribers.len();
+    // The link may take a moment: retry the first question until answered.
+    let first = (buddy_of(0, n), b.subscribers[0].0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answers = ask(&mut client, &a, &[first]);
+        if answers
+            .iter()
+            .any(|x| matches!(x.outcome, Outcome::Attached { .. }))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no attached answer: {answers:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Permitted watchers see the status B's devices published.
+    let permitted: Vec<(usize, Msisdn)> = (0..40)
+        .map(|j| (buddy_of(j, n), b.subscribers[j].0))
+        .collect();
+    let answers = ask(&mut client, &a, &permitted);
+    assert_eq!(answers.len(), 40, "every query answered once: {answers:?}");
+    for answer in &answers {
+        let j = b
+            .subscribers
+            .iter()
+            .position(|(m, _)| *m == answer.target)
+            .unwrap();
+        if j % 2 == 0 {
+            assert!(
+                matches!(answer.outcome, Outcome::Attached { .. }),
+                "{answer:?}"
+            );
+        } else {
+            assert!(
+                matches!(answer.outcome, Outcome::Detached { .. }),
+                "{answer:?}"
+            );
+        }
+    }
+    let mut charged = 1 + answers.len();
+
+    // Watchers not on the list, and numbers B does not have, learn nothing.
+    let refused: Vec<(usize, Msisdn)> = (0..10)
+        .map(|j| (not_buddy_of(j, n), b.subscribers[j].0))
+        .collect();
+    let answers = ask(&mut client, &a, &refused);
+    assert_eq!(answers.len(), 10);
+    assert!(
+        answers.iter().all(|x| x.outcome == Outcome::NotAvailable),
+        "{answers:?}"
+    );
+    let stranger: Msisdn = format!("{}", b.subscribers[0].0.as_u64() + 1)
+        .parse()
+        .unwrap();
+    if !b.subscribers.iter().any(|(m, _)| *m == stranger) {
+        let answers = ask(&mut client, &a, &[(0, stranger)]);
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].outcome, Outcome::NotAvailable);
+    }
+
+    // Move B's subscriber 0 to the other presence server (a more specific
+    // HSS line) and reload B only: still answered, with its status.
+    let moved = b.subscribers[0].0;
+    let mut hss = std::fs::read_to_string(b.dir.join("hss.csv")).unwrap();
+    let current = hss
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(','))
+        .filter(|(p, _)| moved.to_string().starts_with(p))
+        .max_by_key(|(p, _)| p.len())
+        .map(|(_, ps)| ps.to_string())
+        .unwrap();
+    let other = if current == "0" { 1 } else { 0 };
+    hss.push_str(&format!("{moved},{other}\n"));
+    std::fs::write(b.dir.join("hss.csv"), hss).unwrap();
+    node_b.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    let answers = ask(&mut client, &a, &[(buddy_of(0, n), moved)]);
+    assert_eq!(answers.len(), 1);
+    assert!(
+        matches!(answers[0].outcome, Outcome::Attached { .. }),
+        "{answers:?}"
+    );
+    charged += 1;
+    assert_eq!(
+        std::fs::read_to_string(&a_config).unwrap(),
+        a_text,
+        "A untouched"
+    );
+
+    // SIGHUP during traffic drops nothing.
+    let stream: Vec<(usize, Msisdn)> = (0..300)
+        .map(|i| (buddy_of(i % 100, n), b.subscribers[i % 100].0))
+        .collect();
+    let mut answered = 0;
+    for (round, chunk) in stream.chunks(60).enumerate() {
+        if round % 2 == 1 {
+            node_b.signal(libc::SIGHUP);
+            node_a.signal(libc::SIGHUP);
+        }
+        let answers = ask(&mut client, &a, chunk);
+        assert!(
+            answers.iter().all(|x| matches!(
+                x.outcome,
+                Outcome::Attached { .. } | Outcome::Detached { .. }
+            )),
+            "{answers:?}"
+        );
+        answered += answers.len();
+    }
+    assert_eq!(answered, 300);
+    charged += answered;
+
+    // SIGTERM: both exit 0; B's charge records are on disk, all against A.
+    assert_eq!(node_a.terminate(), Some(0));
+    assert_eq!(node_b.terminate(), Some(0));
+    let lines = cdr_lines(&b.dir);
+    assert_eq!(lines.len(), charged, "one charge record per answered query");
+    assert!(
+        lines.iter().all(|l| l.split(',').nth(1) == Some("o2.gb")),
+        "{lines:?}"
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_file_field_and_reason() {
+    let root = scratch("bad");
+    let (a, b) = demo::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", 40, 40).unwrap();
+    let config = demo::write_config(&a, &b, &table(), 1, None, false).unwrap();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("workers = 1", "workers = 0");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_presence-gw"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains(&format!(
+            "{}: network.workers: must be 1 to",
+            config.display()
+        )),
+        "{err}"
+    );
+
+    // A subscriber line that does not parse names its line.
+    let config = demo::write_config(&a, &b, &table(), 1, None, false).unwrap();
+    let mut subscribers = std::fs::read_to_string(a.dir.join("subscribers.csv")).unwrap();
+    subscribers.push_str("12ab,x,1,1,\n");
+    std::fs::write(a.dir.join("subscribers.csv"), subscribers).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_presence-gw"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("subscribers.csv: line 42: msisdn \"12ab\""),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(root);
+}
