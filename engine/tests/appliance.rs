@@ -28,6 +28,7 @@ struct Running {
     child: Child,
     client: SocketAddr,
     border: SocketAddr,
+    metrics: Option<SocketAddr>,
 }
 
 impl Running {
@@ -50,9 +51,14 @@ impl Running {
                 .parse()
                 .unwrap()
         };
+        let metrics = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("metrics="))
+            .and_then(|m| m.parse().ok());
         Running {
             client: field("client"),
             border: field("border"),
+            metrics,
             child,
         }
     }
@@ -108,6 +114,15 @@ fn not_buddy_of(j: usize, n: usize) -> usize {
     (0..n).find(|w| !buddies.contains(w)).unwrap()
 }
 
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
 fn cdr_lines(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     for entry in std::fs::read_dir(dir.join("cdr")).unwrap() {
@@ -124,7 +139,7 @@ fn two_networks_answer_charge_reload_and_stop_cleanly() {
         demo::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", 100, 100).unwrap();
     let b_config = demo::write_config(&b, &a, &table(), 2, None, false).unwrap();
     let node_b = Running::start(&b_config);
-    let a_config = demo::write_config(&a, &b, &table(), 2, Some(node_b.border), false).unwrap();
+    let a_config = demo::write_config(&a, &b, &table(), 2, Some(node_b.border), true).unwrap();
     let a_text = std::fs::read_to_string(&a_config).unwrap();
     let node_a = Running::start(&a_config);
     // B learns A's address on a reload: both sides dial now.
@@ -250,6 +265,26 @@ fn two_networks_answer_charge_reload_and_stop_cleanly() {
     }
     assert_eq!(answered, 300);
     charged += answered;
+
+    // A's metrics tell the same story.
+    std::thread::sleep(Duration::from_millis(300));
+    let metrics = http_get(node_a.metrics.expect("A serves metrics"), "/metrics");
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from\n{metrics}"))
+    };
+    assert!(value("presence_wa_answers_total{outcome=\"attached\"}") >= 20);
+    assert!(value("presence_wa_answers_total{outcome=\"not_available\"}") >= 10);
+    assert!(value("presence_role_events_total{role=\"ogps\",event=\"forwarded\"}") >= 300);
+    assert!(value("presence_peer_events_total{peer=\"t-mobile.de\",event=\"frames_out\"}") >= 1);
+    assert!(value("presence_peer_events_total{peer=\"t-mobile.de\",event=\"answers_in\"}") >= 300);
+    assert!(value("presence_answer_latency_seconds_count") >= 300);
+    assert!(value("presence_bg_links_up") >= 1);
+    assert_eq!(value("presence_drops_total{reason=\"bad_datagram\"}"), 0);
 
     // SIGTERM: both exit 0; B's charge records are on disk, all against A.
     assert_eq!(node_a.terminate(), Some(0));

@@ -25,6 +25,7 @@ mod igps;
 mod ogps;
 mod ps;
 mod shed;
+mod timer;
 mod wa;
 
 use presence_codec::{Answer, Message, Outcome, Query};

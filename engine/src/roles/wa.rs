@@ -23,8 +23,7 @@
 //! Subscriptions (`ClientOperation::Subscribe`/`Unsubscribe`) are refused with
 //! `Error(Refused)`: watching with an expiry is not built in the roles yet.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 
 use ahash::AHashMap;
 
@@ -33,6 +32,7 @@ use presence_codec::{
 };
 use subtle::ConstantTimeEq;
 
+use super::timer::{Timer, TimerWheel};
 use super::{Addr, DropCounters, Millis, Outbox};
 use crate::table::{NetworkId, PortedMap, Prefix, PrefixIndex};
 
@@ -263,7 +263,9 @@ pub struct WatcherApp {
     ported: PortedMap,
     subscribers: AHashMap<Msisdn, Account>,
     pending: PendingTable,
-    timers: BinaryHeap<Reverse<(Millis, u64, u32)>>,
+    timers: TimerWheel,
+    /// Scratch for due timers (capacity kept).
+    due: Vec<Timer>,
     next_txid: u64,
     counters: WaCounters,
 }
@@ -295,7 +297,8 @@ impl WatcherApp {
             pending,
             // Entries of finished transactions stay until compacted away
             // (see `push_timer`): twice the live maximum leaves room.
-            timers: BinaryHeap::with_capacity(slots.saturating_mul(2).max(16)),
+            timers: TimerWheel::new(slots.saturating_mul(2).max(16)),
+            due: Vec::with_capacity(1024),
             next_txid: u64::from(config.instance) << 48
                 | (config.boot_time_s << TXIDS_PER_SECOND_BITS) & COUNTER_MASK,
             config,
@@ -351,7 +354,7 @@ impl WatcherApp {
 
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Option<Millis> {
-        self.timers.peek().map(|Reverse((at, _, _))| *at)
+        self.timers.next_at()
     }
 
     /// Handles one message from a device (steps 1–4) or from the network
@@ -534,22 +537,30 @@ impl WatcherApp {
     /// dropped first (at most one live entry per pending transaction, so at
     /// least half of it frees up). No allocation, amortised O(log n).
     fn push_timer(&mut self, at: Millis, txid: u64, generation: u32) {
-        if self.timers.len() == self.timers.capacity() {
+        if self.timers.is_full() {
             let pending = &self.pending;
-            self.timers.retain(|Reverse((_, t, g))| {
-                pending.get(*t).is_some_and(|p| p.timer_generation == *g)
+            self.timers.retain(|timer| {
+                pending
+                    .get(timer.txid)
+                    .is_some_and(|p| p.timer_generation == timer.generation)
             });
         }
-        self.timers.push(Reverse((at, txid, generation)));
+        self.timers.insert(Timer {
+            at,
+            txid,
+            generation,
+        });
     }
 
     /// Retransmits and times out what is due at `now`.
     pub fn handle_timeout(&mut self, now: Millis, out: &mut Outbox) {
-        while let Some(&Reverse((at, txid, generation))) = self.timers.peek() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        self.timers.pop_due(now, &mut due);
+        for &Timer {
+            txid, generation, ..
+        } in &due
+        {
             let Some(pending) = self.pending.get_mut(txid) else {
                 continue;
             };
@@ -575,6 +586,7 @@ impl WatcherApp {
                 self.push_timer(next, txid, generation);
             }
         }
+        self.due = due;
     }
 }
 

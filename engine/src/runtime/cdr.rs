@@ -59,10 +59,11 @@ impl CdrWriter {
     /// Appends a record to the turn's buffer.
     pub(crate) fn write(&mut self, record: &DecisionRecord, shared: &Shared) {
         let at = shared.unix_ms_at(record.at);
+        let names = shared.names.load();
         let _ = writeln!(
             self.buf,
             "{at},{},{},{},{},{},{},{:?}",
-            shared.network_name(record.origin),
+            names.name(record.origin),
             record.txid,
             record.watcher,
             record.target,

@@ -23,6 +23,36 @@ const LATENCY_BOUNDS_US: [u64; 14] = [
     1_500_000,
 ];
 
+/// The role events counted per worker, as `(role, event)` labels; a
+/// report's `roles` array follows this order.
+pub const ROLE_EVENTS: [(&str, &str); 22] = [
+    ("wa", "accepted"),
+    ("wa", "internal"),
+    ("wa", "unauthenticated"),
+    ("wa", "credit_exhausted"),
+    ("wa", "retransmissions"),
+    ("wa", "final_answers"),
+    ("wa", "timeouts"),
+    ("ogps", "forwarded"),
+    ("ogps", "looped_home"),
+    ("ogps", "unknown_network"),
+    ("ogps", "hop_limit_exceeded"),
+    ("ogps", "all_ingress_down"),
+    ("igps", "forwarded"),
+    ("igps", "unknown_subscriber"),
+    ("igps", "hop_limit_exceeded"),
+    ("ps", "answered_status"),
+    ("ps", "not_available"),
+    ("ps", "charged"),
+    ("ps", "duplicates"),
+    ("ps", "publications"),
+    ("ps", "refused"),
+    ("ps", "window_full"),
+];
+
+/// Per peer network: queries in, answers in, frames out, frames refused.
+pub const PEER_EVENTS: [&str; 4] = ["queries_in", "answers_in", "frames_out", "frames_refused"];
+
 /// What one worker last published (or all workers, summed).
 #[derive(Debug, Clone, Default)]
 pub struct WorkerReport {
@@ -65,6 +95,10 @@ pub struct WorkerReport {
     pub subscribers: usize,
     /// Request-to-answer latency, µs.
     pub latency: Option<hdrhistogram::Histogram<u64>>,
+    /// Role events, in [`ROLE_EVENTS`] order.
+    pub roles: [u64; ROLE_EVENTS.len()],
+    /// Per peer network, [`PEER_EVENTS`].
+    pub peers: Vec<(crate::table::NetworkId, [u64; PEER_EVENTS.len()])>,
 }
 
 impl WorkerReport {
@@ -89,6 +123,19 @@ impl WorkerReport {
         self.pending += other.pending;
         self.inbox += other.inbox;
         self.subscribers += other.subscribers;
+        for (a, b) in self.roles.iter_mut().zip(other.roles) {
+            *a += b;
+        }
+        for (network, events) in &other.peers {
+            match self.peers.iter_mut().find(|(n, _)| n == network) {
+                Some((_, mine)) => {
+                    for (a, b) in mine.iter_mut().zip(events) {
+                        *a += b;
+                    }
+                }
+                None => self.peers.push((*network, *events)),
+            }
+        }
         match (&mut self.latency, &other.latency) {
             (Some(mine), Some(theirs)) => {
                 let _ = mine.add(theirs);
@@ -122,6 +169,7 @@ impl Metrics {
     }
 
     /// Replaces worker `index`'s report; its local latency samples move in.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn publish(
         &self,
         index: usize,
@@ -130,6 +178,7 @@ impl Metrics {
         inbox: usize,
         subscribers: usize,
         cdr_written: u64,
+        roles: [u64; ROLE_EVENTS.len()],
     ) {
         let Some(slot) = self.workers.get(index) else {
             return;
@@ -155,6 +204,14 @@ impl Metrics {
         report.pending = pending;
         report.inbox = inbox;
         report.subscribers = subscribers;
+        report.roles = roles;
+        report.peers.clear();
+        report.peers.extend(
+            stats
+                .peers
+                .iter()
+                .map(|(network, events)| (*network, *events)),
+        );
         if let Some(local) = stats.latency.as_mut() {
             match report.latency.as_mut() {
                 Some(total) => {
@@ -276,6 +333,32 @@ impl Metrics {
             ("no_device_address", total.no_device_addr),
         ] {
             let _ = writeln!(out, "presence_drops_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP presence_role_events_total What each role decided, by role and event."
+        );
+        let _ = writeln!(out, "# TYPE presence_role_events_total counter");
+        for ((role, event), n) in ROLE_EVENTS.iter().zip(total.roles) {
+            let _ = writeln!(
+                out,
+                "presence_role_events_total{{role=\"{role}\",event=\"{event}\"}} {n}"
+            );
+        }
+        let names = self.table.snapshot();
+        let _ = writeln!(
+            out,
+            "# HELP presence_peer_events_total Traffic with each peer network."
+        );
+        let _ = writeln!(out, "# TYPE presence_peer_events_total counter");
+        for (network, events) in &total.peers {
+            for (event, n) in PEER_EVENTS.iter().zip(events) {
+                let _ = writeln!(
+                    out,
+                    "presence_peer_events_total{{peer=\"{}\",event=\"{event}\"}} {n}",
+                    names.names().name(*network)
+                );
+            }
         }
         let gauge = |out: &mut String, name: &str, help: &str, values: &[(usize, usize)]| {
             let _ = writeln!(out, "# HELP presence_{name} {help}");

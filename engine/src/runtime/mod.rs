@@ -156,6 +156,8 @@ pub(crate) struct WorkerStats {
     /// available, overloaded, error.
     pub(crate) outcomes: [u64; 5],
     pub(crate) latency: Option<hdrhistogram::Histogram<u64>>,
+    /// Per peer network: queries in, answers in, frames out, frames refused.
+    pub(crate) peers: Vec<(NetworkId, [u64; 4])>,
 }
 
 impl WorkerStats {
@@ -168,6 +170,23 @@ impl WorkerStats {
             Outcome::Error(_) => 4,
         };
         if let Some(n) = self.outcomes.get_mut(i) {
+            *n += 1;
+        }
+    }
+
+    pub(crate) fn peer_event(&mut self, network: NetworkId, event: usize) {
+        let index = match self.peers.iter().position(|(n, _)| *n == network) {
+            Some(i) => i,
+            None => {
+                self.peers.push((network, [0; 4]));
+                self.peers.len() - 1
+            }
+        };
+        if let Some(n) = self
+            .peers
+            .get_mut(index)
+            .and_then(|(_, e)| e.get_mut(event))
+        {
             *n += 1;
         }
     }
@@ -824,8 +843,14 @@ impl Worker {
                 None => Err(SendError::UnknownPeer),
             };
             match sent {
-                Ok(()) => self.shard.stats.border_frames_out += 1,
-                Err(_) => self.shard.shed_border_frame(now, &frame),
+                Ok(()) => {
+                    self.shard.stats.border_frames_out += 1;
+                    self.shard.stats.peer_event(network, 2);
+                }
+                Err(_) => {
+                    self.shard.stats.peer_event(network, 3);
+                    self.shard.shed_border_frame(now, &frame);
+                }
             }
             self.shard.give_back(frame);
         }
@@ -858,6 +883,7 @@ impl Worker {
         let pending = self.shard.pending();
         let subscribers = self.shard.subscriber_count();
         let written = self.shard.cdr.written;
+        let roles = self.shard.role_events();
         self.metrics.publish(
             self.index,
             &mut self.shard.stats,
@@ -865,6 +891,7 @@ impl Worker {
             inbox,
             subscribers,
             written,
+            roles,
         );
     }
 }

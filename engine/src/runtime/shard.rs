@@ -72,6 +72,8 @@ pub(crate) struct Shard {
     shared: Arc<Shared>,
     wa: WatcherApp,
     ogps: Ogps,
+    /// Counters of OGPS instances replaced on reload (metrics stay cumulative).
+    ogps_retired: crate::roles::OgpsCounters,
     igps: Igps,
     hss: HssReader,
     /// This worker's slice of each presence server, by id.
@@ -112,6 +114,7 @@ impl Shard {
             hss: shared.hss.reader(),
             wa,
             ogps,
+            ogps_retired: crate::roles::OgpsCounters::default(),
             igps,
             ps: AHashMap::new(),
             out: Outbox::with_capacity(256, 256),
@@ -154,7 +157,13 @@ impl Shard {
 
     /// After a reload changed the peer networks.
     pub(crate) fn refresh_peers(&mut self) {
-        self.ogps = Self::ogps(&self.shared);
+        let old = std::mem::replace(&mut self.ogps, Self::ogps(&self.shared)).counters();
+        let r = &mut self.ogps_retired;
+        r.forwarded += old.forwarded;
+        r.looped_home += old.looped_home;
+        r.unknown_network += old.unknown_network;
+        r.hop_limit_exceeded += old.hop_limit_exceeded;
+        r.all_ingress_down += old.all_ingress_down;
     }
 
     /// Applies provisioning: this worker's watchers and its slice of each
@@ -216,6 +225,53 @@ impl Shard {
     /// Subscribers held by this worker's presence-server slices.
     pub(crate) fn subscriber_count(&self) -> usize {
         self.ps.values().map(PresenceServer::subscriber_count).sum()
+    }
+
+    /// What the roles decided so far, in [`super::metrics::ROLE_EVENTS`] order.
+    pub(crate) fn role_events(&self) -> [u64; super::metrics::ROLE_EVENTS.len()] {
+        let wa = self.wa.counters();
+        let mut ogps = self.ogps.counters();
+        ogps.forwarded += self.ogps_retired.forwarded;
+        ogps.looped_home += self.ogps_retired.looped_home;
+        ogps.unknown_network += self.ogps_retired.unknown_network;
+        ogps.hop_limit_exceeded += self.ogps_retired.hop_limit_exceeded;
+        ogps.all_ingress_down += self.ogps_retired.all_ingress_down;
+        let igps = self.igps.counters();
+        let mut ps = crate::roles::PsCounters::default();
+        for server in self.ps.values() {
+            let c = server.counters();
+            ps.answered_status += c.answered_status;
+            ps.not_available += c.not_available;
+            ps.charged += c.charged;
+            ps.duplicates += c.duplicates;
+            ps.publications += c.publications;
+            ps.refused += c.refused;
+            ps.drops.overloaded += c.drops.overloaded;
+        }
+        [
+            wa.accepted,
+            wa.internal,
+            wa.unauthenticated,
+            wa.credit_exhausted,
+            wa.retransmissions,
+            wa.final_answers,
+            wa.timeouts,
+            ogps.forwarded,
+            ogps.looped_home,
+            ogps.unknown_network,
+            ogps.hop_limit_exceeded,
+            ogps.all_ingress_down,
+            igps.forwarded,
+            igps.unknown_subscriber,
+            igps.hop_limit_exceeded,
+            ps.answered_status,
+            ps.not_available,
+            ps.charged,
+            ps.duplicates,
+            ps.publications,
+            ps.refused,
+            ps.drops.overloaded,
+        ]
     }
 
     /// Pending WA transactions.
@@ -372,6 +428,7 @@ impl Shard {
             match message {
                 Ok(Message::Query(query)) => {
                     self.stats.border_queries_in += 1;
+                    self.stats.peer_event(origin, 0);
                     if self.shared.trace == Some(query.watcher) {
                         self.shared.trace_step(7, format!("B's IGPS got the query from the border, origin {} (from the BG's certificate); asks the HSS", self.shared.network_name(origin)));
                     }
@@ -389,6 +446,7 @@ impl Shard {
                 }
                 Ok(Message::Answer(answer)) => {
                     self.stats.border_answers_in += 1;
+                    self.stats.peer_event(origin, 1);
                     self.work.push_back((
                         Addr::Ogps,
                         Transmit {
