@@ -64,6 +64,8 @@ struct RawNetwork {
     poll_mode: bool,
     #[serde(default)]
     pin_workers: Option<bool>,
+    /// This network's number ranges, overriding what the numbering table says.
+    own_ranges: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +121,10 @@ pub struct ApplianceConfig {
     pub poll_mode: bool,
     /// Pin worker `i` to CPU `i`.
     pub pin_workers: bool,
+    /// This network's number ranges, if configured; otherwise the numbering
+    /// table's prefixes of `network` (with other networks' longer prefixes
+    /// inside them carved out).
+    pub own_ranges: Option<Vec<Prefix>>,
     /// UDP address devices send requests and publications to.
     pub client_listen: SocketAddr,
     /// HTTP address of the Prometheus metrics.
@@ -161,7 +167,7 @@ impl ApplianceConfig {
                 .and_then(|span| text.get(..span.start))
                 .map_or_else(
                     || "-".to_string(),
-                    |before| format!("line {}", before.lines().count().max(1)),
+                    |before| format!("line {}", before.matches('\n').count() + 1),
                 );
             error(&field, e.message().to_string())
         })?;
@@ -200,6 +206,24 @@ impl ApplianceConfig {
             Some(m) => Some(addr("listen.metrics", m)?),
             None => None,
         };
+        let own_ranges = match &raw.network.own_ranges {
+            None => None,
+            Some(list) => {
+                let mut ranges = Vec::with_capacity(list.len());
+                for (i, text) in list.iter().enumerate() {
+                    ranges.push(Prefix::parse(text).ok_or_else(|| {
+                        error(
+                            &format!("network.own_ranges[{i}]"),
+                            format!("{text:?} is not a prefix of 1 to 15 digits"),
+                        )
+                    })?);
+                }
+                if ranges.is_empty() {
+                    return Err(error("network.own_ranges", "must not be empty".into()));
+                }
+                Some(ranges)
+            }
+        };
         let deadline_ms = raw.wa.deadline_ms.unwrap_or(1500);
         if !(100..=60_000).contains(&deadline_ms) {
             return Err(error("wa.deadline_ms", "must be 100 to 60000".into()));
@@ -214,6 +238,7 @@ impl ApplianceConfig {
             workers,
             poll_mode: raw.network.poll_mode,
             pin_workers: raw.network.pin_workers.unwrap_or(true),
+            own_ranges,
             client_listen,
             metrics_listen,
             numbering: resolve(&raw.tables.numbering),
@@ -362,5 +387,107 @@ fn line_error(path: &Path, line: usize, reason: String) -> ConfigError {
         file: path.to_path_buf(),
         field: format!("line {line}"),
         reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[network]
+name = "o2.gb"
+workers = 1
+
+[listen]
+client = "127.0.0.1:0"
+
+[tables]
+numbering = "table.csv"
+
+[hss]
+ranges = "hss.csv"
+
+[provisioning]
+subscribers = "subscribers.csv"
+
+[cdr]
+directory = "cdr"
+
+[border]
+network = "o2.gb"
+listen = "127.0.0.1:0"
+certificate = "pki/bg.pem"
+private_key = "pki/bg.key"
+"#;
+
+    fn load(text: &str) -> Result<ApplianceConfig, ConfigError> {
+        let dir =
+            std::env::temp_dir().join(format!("config-test-{}-{}", std::process::id(), text.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gw.toml");
+        std::fs::write(&file, text).unwrap();
+        let result = ApplianceConfig::load(&file);
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    #[test]
+    fn a_minimal_file_loads_with_defaults_and_resolved_paths() {
+        let config = load(MINIMAL).unwrap();
+        assert_eq!(config.network, "o2.gb");
+        assert_eq!(config.workers, 1);
+        assert_eq!(config.deadline_ms, 1500);
+        assert!(config.own_ranges.is_none());
+        assert!(config.numbering.ends_with("table.csv") && config.numbering.is_absolute());
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                MINIMAL.replace("workers = 1", "workers = 1\nown_ranges = [\"44x\"]"),
+                "network.own_ranges[0]",
+            ),
+            (
+                MINIMAL.replace("127.0.0.1:0\"\n\n[tables]", "nowhere\"\n\n[tables]"),
+                "listen.client",
+            ),
+            (
+                MINIMAL.replace(
+                    "network = \"o2.gb\"\nlisten",
+                    "network = \"vodafone.de\"\nlisten",
+                ),
+                "border.network",
+            ),
+            (MINIMAL.replace("[cdr]", "[cdr]\nsize = 3"), "line 19"),
+        ];
+        for (text, field) in cases {
+            let error = load(&text).unwrap_err();
+            assert_eq!(error.field, field, "{error}");
+        }
+    }
+
+    #[test]
+    fn data_files_name_their_line() {
+        let dir = std::env::temp_dir().join(format!("config-data-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let hss = dir.join("hss.csv");
+        std::fs::write(&hss, "prefix,presence_server\n4915,0\n49151,300\n").unwrap();
+        let error = load_hss_ranges(&hss).unwrap_err();
+        assert_eq!(error.field, "line 3");
+        let subs = dir.join("subscribers.csv");
+        std::fs::write(
+            &subs,
+            "msisdn,credential,credit,consent,buddies\n491511,x,5,2,\n",
+        )
+        .unwrap();
+        let error = load_subscribers(&subs).unwrap_err();
+        assert_eq!(error.field, "line 2");
+        assert!(error.reason.contains("consent"), "{error}");
+        std::fs::write(&subs, "491511,x,5,1,447700900123;447700900124\n").unwrap();
+        let loaded = load_subscribers(&subs).unwrap();
+        assert_eq!(loaded.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

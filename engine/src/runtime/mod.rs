@@ -7,7 +7,7 @@
 //!   of up to 64 datagrams per `recvmmsg`/`sendmmsg`;
 //! - a border-gateway endpoint (its own TLS link to every peer network, its
 //!   share of the links peers dial, on the same `SO_REUSEPORT` port);
-//! - a [`shard::Shard`]: its WA instance, OGPS, IGPS and slices of the
+//! - a shard (`shard.rs`): its WA instance, OGPS, IGPS and slices of the
 //!   presence servers;
 //! - a bounded inbox (`crossbeam::queue::ArrayQueue`) other workers push
 //!   messages for its state into, with one wake-up per sending worker per
@@ -324,8 +324,12 @@ impl Appliance {
             table: table.clone(),
             names: ArcSwap::from_pointee(names),
             hss,
-            own_ranges: ranges.prefixes,
-            foreign_ranges: ranges.foreign_inside,
+            own_ranges: config.own_ranges.clone().unwrap_or(ranges.prefixes),
+            foreign_ranges: if config.own_ranges.is_some() {
+                Vec::new()
+            } else {
+                ranges.foreign_inside
+            },
             deadline_ms: config.deadline_ms,
             query_cost: config.query_cost,
             pending_max: config.pending_max,
@@ -402,6 +406,10 @@ impl Appliance {
                 .registry()
                 .register(&mut worker.udp, UDP, Interest::READABLE)
                 .map_err(io_error("registering the client socket"))?;
+            let gso = worker.send.enable_gso(&worker.udp);
+            if index == 0 {
+                tracing::info!(gso, "UDP segmentation offload");
+            }
             let thread = std::thread::Builder::new()
                 .name(format!("worker-{index}"))
                 .spawn(move || worker.run())
@@ -650,6 +658,10 @@ impl Worker {
         let mut events = Events::with_capacity(1024);
         let mut last_tick = 0;
         let mut last_report = 0;
+        // A clean stop has two phases: draining (no new device requests;
+        // the WA's transactions in flight get their answers or time out),
+        // then closing (border links closed gracefully, records synced).
+        let mut draining_since: Option<u64> = None;
         let mut stopping_since: Option<u64> = None;
         loop {
             let now = self.shared.now_ms();
@@ -724,7 +736,7 @@ impl Worker {
                 };
                 endpoint.poll_ready(poll.registry(), now, &mut deliver);
             }
-            if udp_ready {
+            if udp_ready && draining_since.is_none() {
                 self.read_datagrams(now);
             }
             self.read_inbox(now);
@@ -732,9 +744,16 @@ impl Worker {
                 self.shard.on_timer(now);
             }
             let stop = self.read_commands(now);
-            if stop && stopping_since.is_none() {
-                stopping_since = Some(now);
-                self.endpoint.begin_shutdown(self.poll.registry(), now);
+            if stop && draining_since.is_none() {
+                draining_since = Some(now);
+            }
+            if let (Some(since), None) = (draining_since, stopping_since) {
+                let drained = self.shard.pending() == 0;
+                let overdue = now.saturating_sub(since) > u64::from(self.shared.deadline_ms) + 100;
+                if drained || overdue {
+                    stopping_since = Some(now);
+                    self.endpoint.begin_shutdown(self.poll.registry(), now);
+                }
             }
             self.write_out(now);
             if now.saturating_sub(last_tick) >= TICK_MS {
@@ -814,8 +833,9 @@ impl Worker {
     /// charge records, and one wake-up per worker handed messages.
     fn write_out(&mut self, now: u64) {
         self.shard.close_frames();
-        let frames = std::mem::take(&mut self.shard.ready_device);
-        for (to, frame) in frames {
+        // The ready lists are taken and put back, keeping their capacity.
+        let mut frames = std::mem::take(&mut self.shard.ready_device);
+        for (to, frame) in frames.drain(..) {
             if self.send.is_full() && self.send.flush(&self.udp).is_err() {
                 self.shard.stats.udp_send_errors += 1;
             }
@@ -824,6 +844,7 @@ impl Worker {
             }
             self.shard.give_back(frame);
         }
+        self.shard.ready_device = frames;
         while !self.send.is_empty() {
             match self.send.flush(&self.udp) {
                 Ok(0) => break,
@@ -831,9 +852,9 @@ impl Worker {
                 Err(_) => self.shard.stats.udp_send_errors += 1,
             }
         }
-        let frames = std::mem::take(&mut self.shard.ready_border);
+        let mut frames = std::mem::take(&mut self.shard.ready_border);
         let networks = self.shared.peer_networks.load();
-        for (network, frame) in frames {
+        for (network, frame) in frames.drain(..) {
             let peer = networks
                 .iter()
                 .find(|(id, _)| *id == network)
@@ -854,13 +875,18 @@ impl Worker {
             }
             self.shard.give_back(frame);
         }
+        self.shard.ready_border = frames;
         // Shedding may have produced device answers.
         if !self.shard.ready_device.is_empty() {
-            let frames = std::mem::take(&mut self.shard.ready_device);
-            for (to, frame) in frames {
+            let mut frames = std::mem::take(&mut self.shard.ready_device);
+            for (to, frame) in frames.drain(..) {
+                if self.send.is_full() {
+                    let _ = self.send.flush(&self.udp);
+                }
                 let _ = self.send.push(to, &frame);
                 self.shard.give_back(frame);
             }
+            self.shard.ready_device = frames;
             let _ = self.send.flush(&self.udp);
         }
         self.endpoint.flush(self.poll.registry(), now);

@@ -163,20 +163,39 @@ fn socket_addr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option
     }
 }
 
+/// Most bytes one GSO send may carry (a UDP payload's limit, less headers).
+const GSO_MAX_BYTES: usize = 65_000;
+/// Most segments one GSO send may carry (the kernel's UDP_MAX_SEGMENTS).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Control-message room for one `UDP_SEGMENT` (a `u16`), 8-byte aligned.
+type Control = [u64; 4];
+
 /// Send side: up to [`BATCH`] datagrams queued, written by one `sendmmsg`.
+///
+/// With UDP generic segmentation offload (where the kernel has it, probed by
+/// [`SendBatch::enable_gso`]), a run of datagrams to one destination of
+/// equal length (the last may be shorter) goes as one message with a
+/// `UDP_SEGMENT` control message: the kernel cuts it into datagrams after the
+/// system call. Frames to a load harness or a device gateway (one address,
+/// uniform answers) form such runs.
 pub struct SendBatch {
     bufs: Box<[[u8; DATAGRAM_MAX]]>,
     lens: [usize; BATCH],
     addrs: Vec<SockAddr>,
     iovecs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
+    controls: Box<[Control]>,
+    /// Datagrams each header of the last flush carried.
+    groups: [usize; BATCH],
     count: usize,
+    gso: bool,
 }
 
 impl std::fmt::Debug for SendBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SendBatch")
             .field("count", &self.count)
+            .field("gso", &self.gso)
             .finish()
     }
 }
@@ -191,7 +210,7 @@ impl Default for SendBatch {
 }
 
 impl SendBatch {
-    /// Allocates the buffers.
+    /// Allocates the buffers. GSO is off until [`enable_gso`](Self::enable_gso).
     pub fn new() -> SendBatch {
         let unspecified = SockAddr::from(SocketAddr::from(([0, 0, 0, 0], 0)));
         SendBatch {
@@ -200,8 +219,35 @@ impl SendBatch {
             addrs: vec![unspecified; BATCH],
             iovecs: (0..BATCH).map(|_| zeroed_plain()).collect(),
             hdrs: (0..BATCH).map(|_| zeroed_plain()).collect(),
+            controls: vec![[0u64; 4]; BATCH].into_boxed_slice(),
+            groups: [0; BATCH],
             count: 0,
+            gso: false,
         }
+    }
+
+    /// Turns GSO on if `socket`'s kernel supports it; returns whether it did.
+    pub fn enable_gso(&mut self, socket: &impl AsRawFd) -> bool {
+        let zero: libc::c_int = 0;
+        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&zero`.
+        // Setting a segment size of 0 changes nothing; it only tells whether
+        // the option exists.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (&zero as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        self.gso = rc == 0;
+        self.gso
+    }
+
+    /// Whether GSO is in use.
+    pub fn gso(&self) -> bool {
+        self.gso
     }
 
     /// Datagrams queued.
@@ -238,6 +284,27 @@ impl SendBatch {
         true
     }
 
+    /// How many datagrams from `i` on go as one GSO message.
+    fn run_from(&self, i: usize) -> usize {
+        let Some(&len) = self.lens.get(i) else {
+            return 1;
+        };
+        if !self.gso || len == 0 {
+            return 1;
+        }
+        let mut j = i + 1;
+        while j < self.count
+            && j - i < GSO_MAX_SEGMENTS
+            && (j - i + 1) * len <= GSO_MAX_BYTES
+            && self.addrs.get(j) == self.addrs.get(i)
+            && self.lens.get(j - 1) == Some(&len)
+            && self.lens.get(j).is_some_and(|l| *l <= len && *l > 0)
+        {
+            j += 1;
+        }
+        j - i
+    }
+
     /// Sends what is queued. Returns how many datagrams went; what the socket
     /// would not take stays queued (in order) for the next call.
     pub fn flush(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
@@ -245,34 +312,71 @@ impl SendBatch {
             return Ok(0);
         }
         for i in 0..self.count {
-            let (Some(buf), Some(iov), Some(addr), Some(hdr), Some(len)) = (
+            let (Some(buf), Some(iov), Some(len)) = (
                 self.bufs.get_mut(i),
                 self.iovecs.get_mut(i),
-                self.addrs.get(i),
-                self.hdrs.get_mut(i),
                 self.lens.get(i),
             ) else {
                 break;
             };
             iov.iov_base = buf.as_mut_ptr().cast();
             iov.iov_len = *len;
+        }
+        let mut headers = 0usize;
+        let mut i = 0usize;
+        while i < self.count {
+            let run = self.run_from(i);
+            let segment = self.lens.get(i).copied().unwrap_or(0);
+            let (Some(hdr), Some(addr), Some(control)) = (
+                self.hdrs.get_mut(headers),
+                self.addrs.get(i),
+                self.controls.get_mut(headers),
+            ) else {
+                break;
+            };
             hdr.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
             hdr.msg_hdr.msg_namelen = addr.len();
-            hdr.msg_hdr.msg_iov = iov;
-            hdr.msg_hdr.msg_iovlen = 1;
-            hdr.msg_hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_hdr.msg_controllen = 0;
+            hdr.msg_hdr.msg_iov = self
+                .iovecs
+                .get_mut(i)
+                .map_or(std::ptr::null_mut(), |v| v as *mut libc::iovec);
+            hdr.msg_hdr.msg_iovlen = run;
             hdr.msg_hdr.msg_flags = 0;
             hdr.msg_len = 0;
+            if run > 1 {
+                let space = cmsg_space_u16();
+                // SAFETY: `control` is 32 bytes, 8-byte aligned, at least
+                // CMSG_SPACE(2); the header and its data are written inside it.
+                unsafe {
+                    let cmsg = control.as_mut_ptr().cast::<libc::cmsghdr>();
+                    (*cmsg).cmsg_level = libc::SOL_UDP;
+                    (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                    (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+                    libc::CMSG_DATA(cmsg)
+                        .cast::<u16>()
+                        .write_unaligned(u16::try_from(segment).unwrap_or(u16::MAX));
+                }
+                hdr.msg_hdr.msg_control = control.as_mut_ptr().cast();
+                hdr.msg_hdr.msg_controllen = space as _;
+            } else {
+                hdr.msg_hdr.msg_control = std::ptr::null_mut();
+                hdr.msg_hdr.msg_controllen = 0;
+            }
+            if let Some(g) = self.groups.get_mut(headers) {
+                *g = run;
+            }
+            headers += 1;
+            i += run;
         }
-        // SAFETY: the first `count` headers are initialised and point into
-        // `bufs`, `iovecs` and `addrs`, owned by `self` and untouched until
-        // the call returns.
+        // SAFETY: the first `headers` headers are initialised; their name,
+        // iov and control pointers point into `addrs`, `iovecs`, `bufs` and
+        // `controls`, owned by `self` and untouched until the call returns;
+        // each header's iovecs are consecutive entries of `iovecs`.
         let n = unsafe {
             libc::sendmmsg(
                 socket.as_raw_fd(),
                 self.hdrs.as_mut_ptr(),
-                self.count as libc::c_uint,
+                headers as libc::c_uint,
                 libc::MSG_DONTWAIT,
             )
         };
@@ -280,15 +384,22 @@ impl SendBatch {
             let error = io::Error::last_os_error();
             return match error.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+                _ if self.gso && error.raw_os_error() == Some(libc::EIO) => {
+                    // The device cannot segment after all: send plainly.
+                    self.gso = false;
+                    Ok(0)
+                }
                 _ => {
                     // A datagram the kernel refuses outright (an unreachable
-                    // destination): drop it, keep the rest.
-                    self.drop_front(1);
+                    // destination): drop its message, keep the rest.
+                    let first = self.groups.first().copied().unwrap_or(1).max(1);
+                    self.drop_front(first);
                     Err(error)
                 }
             };
         }
-        let sent = usize::try_from(n).unwrap_or(0).min(self.count);
+        let headers_sent = usize::try_from(n).unwrap_or(0).min(headers);
+        let sent: usize = self.groups.iter().take(headers_sent).sum();
         self.drop_front(sent);
         Ok(sent)
     }
@@ -318,6 +429,11 @@ impl SendBatch {
         }
         self.count -= n;
     }
+}
+
+fn cmsg_space_u16() -> usize {
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) as usize }
 }
 
 #[cfg(test)]
@@ -352,6 +468,59 @@ mod tests {
         }
         assert_eq!(got, (0..10).collect::<Vec<u8>>());
         assert_eq!(recv.recv(&b).unwrap(), 0, "nothing more: would block");
+    }
+
+    #[test]
+    fn runs_of_equal_datagrams_go_as_one_gso_message_and_arrive_separately() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for s in [&b, &c] {
+            s.set_nonblocking(true).unwrap();
+        }
+        let mut send = SendBatch::new();
+        if !send.enable_gso(&a) {
+            eprintln!("kernel without UDP GSO: plain sendmmsg only");
+        }
+        let (to_b, to_c) = (b.local_addr().unwrap(), c.local_addr().unwrap());
+        // A run of 20 x 1000 bytes and a shorter tail to B, then two to C.
+        for i in 0..20u8 {
+            assert!(send.push(to_b, &[i; 1000]));
+        }
+        assert!(send.push(to_b, &[99; 300]));
+        assert!(send.push(to_c, &[7; 500]));
+        assert!(send.push(to_c, &[8; 400]));
+        let mut sent = 0;
+        for _ in 0..100 {
+            sent += send.flush(&a).unwrap();
+            if send.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(sent, 23);
+        let mut recv = RecvBatch::new();
+        let mut got_b: Vec<(u8, usize)> = Vec::new();
+        let mut got_c: Vec<(u8, usize)> = Vec::new();
+        for _ in 0..200 {
+            for (socket, got) in [(&b, &mut got_b), (&c, &mut got_c)] {
+                let n = recv.recv(socket).unwrap();
+                for i in 0..n {
+                    let (bytes, _) = recv.get(i).unwrap();
+                    got.push((bytes[0], bytes.len()));
+                }
+            }
+            if got_b.len() == 21 && got_c.len() == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut expected_b: Vec<(u8, usize)> = (0..20u8).map(|i| (i, 1000)).collect();
+        expected_b.push((99, 300));
+        assert_eq!(
+            got_b, expected_b,
+            "each segment arrives as its own datagram, in order"
+        );
+        assert_eq!(got_c, vec![(7, 500), (8, 400)]);
     }
 
     #[test]
