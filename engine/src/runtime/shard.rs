@@ -351,6 +351,30 @@ impl Shard {
         self.device_local(now, now_us, from, message);
     }
 
+    /// Steps 2–4 for a traced request, from what the WA just produced.
+    fn trace_wa(&self, watcher: Msisdn, target: Msisdn) {
+        let to_ogps = self
+            .out
+            .transmits
+            .iter()
+            .any(|t| t.to == Addr::Ogps && matches!(t.message, Message::Query(_)));
+        if !to_ogps {
+            self.shared.trace_step(
+                2,
+                "A's WA answered A itself (refused, or B is in A's own network)".to_string(),
+            );
+            return;
+        }
+        let credit = self.wa.credit(watcher).unwrap_or(0);
+        self.shared.trace_step(2, format!("A's WA authenticated A by credential and debited A's prepay credit ({credit} left)"));
+        self.shared.trace_step(
+            3,
+            format!("A's WA: {target} is not a number of A's network"),
+        );
+        self.shared
+            .trace_step(4, "A's WA sent the query to A's OGPS".to_string());
+    }
+
     /// A device's message on the worker that owns its subject.
     pub(crate) fn device_local(
         &mut self,
@@ -378,6 +402,9 @@ impl Shard {
                 }
                 self.wa
                     .handle(now, Addr::Device(request.watcher), message, &mut self.out);
+                if self.shared.trace == Some(request.watcher) {
+                    self.trace_wa(request.watcher, request.target);
+                }
                 self.drain_out(Addr::Wa(self.wa_instance()));
             }
             Message::Publish(publish) => {
@@ -429,8 +456,9 @@ impl Shard {
                 Ok(Message::Query(query)) => {
                     self.stats.border_queries_in += 1;
                     self.stats.peer_event(origin, 0);
-                    if self.shared.trace == Some(query.watcher) {
-                        self.shared.trace_step(7, format!("B's IGPS got the query from the border, origin {} (from the BG's certificate); asks the HSS", self.shared.network_name(origin)));
+                    let traced = self.shared.trace == Some(query.watcher);
+                    if traced {
+                        self.shared.trace_step(7, format!("B's IGPS received the query from its border gateway; the origin network, {}, is the peer the BG authenticated by certificate (the message names no network)", self.shared.network_name(origin)));
                     }
                     self.igps.handle(
                         now,
@@ -442,6 +470,19 @@ impl Shard {
                         &Message::Query(query),
                         &mut self.out,
                     );
+                    if traced {
+                        for t in &self.out.transmits {
+                            if let Addr::Ps(id) = t.to {
+                                self.shared.trace_step(
+                                    8,
+                                    format!(
+                                        "B's HSS: {} is held by presence server {}",
+                                        query.target, id.0
+                                    ),
+                                );
+                            }
+                        }
+                    }
                     self.drain_out(Addr::Igps(0));
                 }
                 Ok(Message::Answer(answer)) => {
@@ -567,14 +608,19 @@ impl Shard {
                 self.drain_out(Addr::Wa(self.wa_instance()));
             }
             Addr::Ogps => {
-                if let (Message::Query(q), true) = (&transmit.message, self.shared.trace.is_some())
-                {
-                    if self.shared.trace == Some(q.watcher) {
-                        self.shared.trace_step(4, format!("A's WA authenticated A, debited the credit, found {} outside A's network (step 3), and sent the query to the OGPS", q.target));
-                    }
-                }
                 self.ogps
                     .handle(now, from, &transmit.message, &mut self.out);
+                if let Message::Query(q) = &transmit.message {
+                    if self.shared.trace == Some(q.watcher) {
+                        for t in &self.out.transmits {
+                            if let (Addr::Border { network, .. }, Message::Query(f)) =
+                                (t.to, &t.message)
+                            {
+                                self.shared.trace_step(5, format!("A's OGPS looked {} up in the numbering table (version {}): network {}", q.target, f.route_version, self.shared.network_name(network)));
+                            }
+                        }
+                    }
+                }
                 self.drain_out(Addr::Ogps);
             }
             Addr::Igps(_) => {
@@ -597,14 +643,33 @@ impl Shard {
                     self.cross_or_drop(owner, from, transmit);
                     return;
                 }
-                if let (Message::Query(q), Some(_)) = (&transmit.message, self.shared.trace) {
-                    if self.shared.trace == Some(q.watcher) {
-                        self.shared.trace_step(9, format!("B's HSS names presence server {}; the IGPS forwards the query there; it checks A is a buddy and B consents (step 10)", id.0));
-                    }
+                let traced = matches!(&transmit.message, Message::Query(q) if self.shared.trace == Some(q.watcher));
+                if traced {
+                    self.shared.trace_step(
+                        9,
+                        format!("B's IGPS forwarded the query to presence server {}", id.0),
+                    );
                 }
                 match self.ps.get_mut(&id) {
                     Some(ps) => {
                         ps.handle(now, from, transmit.origin, &transmit.message, &mut self.out);
+                        if traced {
+                            for t in &self.out.transmits {
+                                if let Message::Answer(a) = &t.message {
+                                    let verdict = match a.outcome {
+                                        Outcome::Attached { .. } | Outcome::Detached { .. } => "A is on B's buddy list and B consents, so B's status is shown",
+                                        _ => "not permitted (or unknown): the same answer either way",
+                                    };
+                                    self.shared.trace_step(
+                                        10,
+                                        format!(
+                                            "presence server {}: {verdict}: {:?}",
+                                            id.0, a.outcome
+                                        ),
+                                    );
+                                }
+                            }
+                        }
                         self.drain_out(Addr::Ps(id));
                     }
                     None => {
@@ -637,7 +702,7 @@ impl Shard {
             Addr::Border { network, .. } => {
                 if let (Message::Query(q), Some(_)) = (&transmit.message, self.shared.trace) {
                     if self.shared.trace == Some(q.watcher) {
-                        self.shared.trace_step(6, format!("A's OGPS derived {} from B's MSISDN (step 5) and sent the query through A's border gateway", self.shared.network_name(network)));
+                        self.shared.trace_step(6, format!("the query leaves through A's border gateway for {}'s (TLS 1.3, both sides authenticated by certificate)", self.shared.network_name(network)));
                     }
                 }
                 self.frame_to_border(network, &transmit.message);
