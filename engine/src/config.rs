@@ -50,6 +50,8 @@ struct RawFile {
     cdr: RawCdr,
     #[serde(default)]
     wa: RawWa,
+    #[serde(default)]
+    presence: RawPresence,
     // Validated by presence-border.
     #[allow(dead_code)]
     border: toml::Value,
@@ -102,6 +104,12 @@ struct RawCdr {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawPresence {
+    window_slots: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawWa {
     deadline_ms: Option<u16>,
     query_cost: Option<u64>,
@@ -145,12 +153,17 @@ pub struct ApplianceConfig {
     pub query_cost: u64,
     /// Pending transactions per WA instance (worker).
     pub pending_max: usize,
+    /// Duplicate-window slots per WA instance at each presence-server slice.
+    pub window_slots: usize,
     /// The border gateway.
     pub border: BorderConfig,
 }
 
-/// Most workers the appliance starts.
-pub const WORKERS_MAX: usize = 256;
+/// Most workers the appliance starts: a presence server's duplicate window
+/// keeps a ring per WA instance of each origin network, at most 16 of them
+/// (`roles::WINDOW_STREAMS_PER_ORIGIN_MAX`), so a network runs at most 16
+/// WA instances.
+pub const WORKERS_MAX: usize = crate::roles::WINDOW_STREAMS_PER_ORIGIN_MAX;
 
 impl ApplianceConfig {
     /// Reads and validates `file` (not yet the data files it names).
@@ -232,7 +245,15 @@ impl ApplianceConfig {
         if !(16..=(1 << 22)).contains(&pending_max) {
             return Err(error("wa.pending_max", "must be 16 to 4194304".into()));
         }
+        let window_slots = raw.presence.window_slots.unwrap_or(1 << 19);
+        if !(1024..=(1 << 22)).contains(&window_slots) {
+            return Err(error(
+                "presence.window_slots",
+                "must be 1024 to 4194304".into(),
+            ));
+        }
         Ok(ApplianceConfig {
+            window_slots,
             file: file.to_path_buf(),
             network: raw.network.name,
             workers,

@@ -194,6 +194,31 @@ fn two_networks_answer_charge_reload_and_stop_cleanly() {
     }
     let mut charged = 1 + answers.len();
 
+    // A stranger claiming one of A's subscribers without the credential is
+    // refused, and cannot redirect that subscriber's answers to itself.
+    let (victim, _) = a.subscribers[buddy_of(2, n)].clone();
+    let mut stranger = DeviceClient::new(node_a.client).unwrap();
+    stranger
+        .query(&[(victim, "not-the-secret", b.subscribers[2].0)])
+        .unwrap();
+    let refused = stranger.answers(1, Duration::from_secs(5));
+    assert_eq!(refused.len(), 1);
+    assert!(
+        matches!(
+            refused[0].outcome,
+            Outcome::Error(presence_codec::ErrorReason::Unauthenticated)
+        ),
+        "{refused:?}"
+    );
+    let answers = ask(&mut client, &a, &[(buddy_of(2, n), b.subscribers[2].0)]);
+    assert_eq!(
+        answers.len(),
+        1,
+        "the subscriber's own device gets its answer"
+    );
+    assert!(stranger.answers(1, Duration::from_millis(300)).is_empty());
+    charged += 1;
+
     // Watchers not on the list, and numbers B does not have, learn nothing.
     let refused: Vec<(usize, Msisdn)> = (0..10)
         .map(|j| (not_buddy_of(j, n), b.subscribers[j].0))

@@ -125,6 +125,24 @@ impl Hss {
     }
 }
 
+impl Hss {
+    /// Replaces every range at once (a reload): one index build, published
+    /// atomically. Single moves ([`Hss::move_subscriber`]) are kept.
+    pub fn replace_ranges(&self, ranges: &[(Prefix, PsId)]) -> Result<u64, HssError> {
+        if let Some((_, ps)) = ranges.iter().find(|(_, ps)| ps.0 >= PS_PER_NETWORK_MAX) {
+            return Err(HssError::NoSuchServer(ps.0));
+        }
+        let mut current_ranges = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
+        *current_ranges = ranges.to_vec();
+        let current = self.table.snapshot();
+        Ok(self.table.replace(
+            Hss::index(&current_ranges),
+            current.ported().clone(),
+            current.names().clone(),
+        )?)
+    }
+}
+
 fn to_ps(id: NetworkId) -> PsId {
     PsId(id.0)
 }

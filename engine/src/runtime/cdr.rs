@@ -26,10 +26,14 @@ pub struct CdrWriter {
     path: PathBuf,
     file: Option<File>,
     buf: Vec<u8>,
-    /// Records written since start.
+    /// Records in `buf`.
+    buffered: u64,
+    /// Records handed to the file system since start.
     pub written: u64,
-    /// Write failures (the records of that turn are lost and counted).
+    /// Write or sync failures.
     pub failures: u64,
+    /// Records lost to failed writes.
+    pub lost: u64,
 }
 
 impl CdrWriter {
@@ -46,8 +50,10 @@ impl CdrWriter {
             path,
             file: Some(file),
             buf: Vec::with_capacity(64 * 1024),
+            buffered: 0,
             written: 0,
             failures: 0,
+            lost: 0,
         })
     }
 
@@ -71,7 +77,7 @@ impl CdrWriter {
             record.ps.0,
             record.outcome
         );
-        self.written += 1;
+        self.buffered += 1;
     }
 
     /// Writes the turn's records.
@@ -83,9 +89,13 @@ impl CdrWriter {
             .file
             .as_mut()
             .is_some_and(|file| file.write_all(&self.buf).is_ok());
-        if !ok {
+        if ok {
+            self.written += self.buffered;
+        } else {
             self.failures += 1;
+            self.lost += self.buffered;
         }
+        self.buffered = 0;
         self.buf.clear();
     }
 

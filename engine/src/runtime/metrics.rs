@@ -75,6 +75,10 @@ pub struct WorkerReport {
     pub charged: u64,
     /// Charge records written to the CDR file.
     pub cdr_written: u64,
+    /// Charge records lost to failed CDR writes.
+    pub cdr_lost: u64,
+    /// Answers bound for another network dropped with a refused border frame.
+    pub border_shed_other: u64,
     /// Drops, by reason.
     pub bad_datagrams: u64,
     /// Messages that did not decode or had no business here.
@@ -114,6 +118,8 @@ impl WorkerReport {
         self.border_shed_queries += other.border_shed_queries;
         self.charged += other.charged;
         self.cdr_written += other.cdr_written;
+        self.cdr_lost += other.cdr_lost;
+        self.border_shed_other += other.border_shed_other;
         self.bad_datagrams += other.bad_datagrams;
         self.bad_messages += other.bad_messages;
         self.bad_border_frames += other.bad_border_frames;
@@ -177,7 +183,7 @@ impl Metrics {
         pending: usize,
         inbox: usize,
         subscribers: usize,
-        cdr_written: u64,
+        cdr: (u64, u64),
         roles: [u64; ROLE_EVENTS.len()],
     ) {
         let Some(slot) = self.workers.get(index) else {
@@ -194,7 +200,8 @@ impl Metrics {
         report.border_frames_out = stats.border_frames_out;
         report.border_shed_queries = stats.border_shed_queries;
         report.charged = stats.charged;
-        report.cdr_written = cdr_written;
+        (report.cdr_written, report.cdr_lost) = cdr;
+        report.border_shed_other = stats.border_shed_other;
         report.bad_datagrams = stats.bad_datagrams;
         report.bad_messages = stats.bad_messages;
         report.bad_border_frames = stats.bad_border_frames;
@@ -331,6 +338,8 @@ impl Metrics {
             ("inbox_full", total.shed),
             ("border_refused", total.border_shed_queries),
             ("no_device_address", total.no_device_addr),
+            ("border_refused_answer", total.border_shed_other),
+            ("cdr_write_failed", total.cdr_lost),
         ] {
             let _ = writeln!(out, "presence_drops_total{{reason=\"{reason}\"}} {n}");
         }

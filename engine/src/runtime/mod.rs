@@ -24,7 +24,7 @@ mod shard;
 pub mod udp;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -110,6 +110,14 @@ pub(crate) struct Shared {
     unix_ms_at_start: u64,
     started: Instant,
     pub(crate) poll_mode: bool,
+    pub(crate) window_slots: usize,
+    /// Largest frame sent to a peer's BG.
+    pub(crate) border_frame_max: usize,
+    /// Each worker's pending WA transactions, published every turn while
+    /// stopping (the drain ends when all are zero).
+    stop_pending: Vec<AtomicUsize>,
+    /// Workers whose border links have closed.
+    closed_workers: AtomicUsize,
 }
 
 impl Shared {
@@ -199,7 +207,11 @@ impl WorkerStats {
 }
 
 enum Command {
-    Provision(Arc<Subscribers>),
+    Provision {
+        subscribers: Arc<Subscribers>,
+        hss: Arc<Hss>,
+        done: Sender<()>,
+    },
     Border {
         tls: Arc<BgTls>,
         peers: Vec<(NetworkName, SocketAddr)>,
@@ -245,6 +257,8 @@ pub struct Appliance {
     border_addr: SocketAddr,
     metrics_server: Option<metrics::MetricsServer>,
     stopped: Arc<AtomicBool>,
+    /// Held while running: the CDR directory's lock.
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for Appliance {
@@ -344,6 +358,11 @@ impl Appliance {
             unix_ms_at_start,
             started,
             poll_mode: config.poll_mode,
+            window_slots: config.window_slots,
+            border_frame_max: shard::BORDER_FRAME_MAX
+                .min(config.border.settings.link.max_frame_len),
+            stop_pending: (0..workers).map(|_| AtomicUsize::new(usize::MAX)).collect(),
+            closed_workers: AtomicUsize::new(0),
         });
         let metrics = Arc::new(Metrics::new(workers, table.clone()));
         let border_counters = Arc::new(BgCounters::default());
@@ -365,8 +384,21 @@ impl Appliance {
             tcps.push(bind_listener(border_addr, true).map_err(io_error("border listener"))?);
         }
 
+        // One appliance per CDR directory: SO_REUSEPORT would otherwise let
+        // a second instance share the ports silently.
+        let lock = lock_directory(&config.cdr_directory)?;
+        // Started before the workers, so a failure leaves nothing running.
+        let metrics_server = match config.metrics_listen {
+            Some(addr) => Some(
+                metrics::MetricsServer::start(addr, metrics.clone(), border_counters.clone())
+                    .map_err(io_error(format!("metrics listener {addr}")))?,
+            ),
+            None => None,
+        };
         let stopped = Arc::new(AtomicBool::new(false));
-        let mut handles = Vec::with_capacity(workers);
+        // Build every worker first (fallible), then start them all: a
+        // failure leaves no thread behind.
+        let mut built = Vec::with_capacity(workers);
         for (index, ((poll, udp), tcp)) in polls.into_iter().zip(udps).zip(tcps).enumerate() {
             let (commands, command_rx) = channel::bounded(16);
             let cdr =
@@ -374,7 +406,7 @@ impl Appliance {
                     io_error(format!("CDR directory {}", config.cdr_directory.display())),
                 )?;
             let mut shard = Shard::new(index, shared.clone(), cdr);
-            shard.provision(0, &subscribers);
+            shard.provision(0, &subscribers, &shared.hss);
             let endpoint = BgEndpoint::new(
                 EndpointSetup {
                     tls: tls.clone(),
@@ -400,6 +432,7 @@ impl Appliance {
                 metrics: metrics.clone(),
                 commands: command_rx,
                 pin: config.pin_workers,
+                udp_more: false,
             };
             worker
                 .poll
@@ -410,22 +443,25 @@ impl Appliance {
             if index == 0 {
                 tracing::info!(gso, "UDP segmentation offload");
             }
-            let thread = std::thread::Builder::new()
-                .name(format!("worker-{index}"))
+            built.push((worker, commands));
+        }
+        let mut handles = Vec::with_capacity(workers);
+        for (worker, commands) in built {
+            let thread = match std::thread::Builder::new()
+                .name(format!("worker-{}", worker.index))
                 .spawn(move || worker.run())
-                .map_err(io_error("starting a worker"))?;
+            {
+                Ok(thread) => thread,
+                Err(e) => {
+                    stop_handles(&mut handles, &shared);
+                    return Err(io_error("starting a worker")(e));
+                }
+            };
             handles.push(WorkerHandle {
                 commands,
                 thread: Some(thread),
             });
         }
-        let metrics_server = match config.metrics_listen {
-            Some(addr) => Some(
-                metrics::MetricsServer::start(addr, metrics.clone(), border_counters.clone())
-                    .map_err(io_error(format!("metrics listener {addr}")))?,
-            ),
-            None => None,
-        };
         tracing::info!(
             network = %config.network,
             workers,
@@ -445,6 +481,7 @@ impl Appliance {
             border_addr,
             metrics_server,
             stopped,
+            _lock: lock,
         })
     }
 
@@ -482,21 +519,34 @@ impl Appliance {
 
     /// Re-reads the configuration file and what it names: the numbering
     /// table and ported numbers, the HSS table, provisioning, border TLS
-    /// material and peers. All or nothing: on error the appliance keeps
-    /// running as it was. Traffic is not interrupted.
+    /// material and peers. Everything is read and checked before anything
+    /// changes: on error the appliance keeps running as it was. Traffic is
+    /// not interrupted. A subscriber the new HSS table places on another
+    /// presence server is moved (with its state) before the HSS switches,
+    /// so no query meets a server that does not hold it yet.
     pub fn reload(&mut self) -> Result<(), StartError> {
         let config = ApplianceConfig::load(&self.config.file)?;
+        let old = &self.config;
         for (field, changed) in [
-            ("network.name", config.network != self.config.network),
-            ("network.workers", config.workers != self.config.workers),
+            ("network.name", config.network != old.network),
+            ("network.workers", config.workers != old.workers),
+            ("network.poll_mode", config.poll_mode != old.poll_mode),
+            ("network.pin_workers", config.pin_workers != old.pin_workers),
+            ("network.own_ranges", config.own_ranges != old.own_ranges),
+            ("listen.client", config.client_listen != old.client_listen),
             (
-                "listen.client",
-                config.client_listen != self.config.client_listen,
+                "listen.metrics",
+                config.metrics_listen != old.metrics_listen,
             ),
+            ("cdr.directory", config.cdr_directory != old.cdr_directory),
+            ("wa.deadline_ms", config.deadline_ms != old.deadline_ms),
+            ("wa.query_cost", config.query_cost != old.query_cost),
+            ("wa.pending_max", config.pending_max != old.pending_max),
             (
-                "border.listen",
-                config.border.listen != self.config.border.listen,
+                "presence.window_slots",
+                config.window_slots != old.window_slots,
             ),
+            ("border.listen", config.border.listen != old.border.listen),
         ] {
             if changed {
                 return Err(ConfigError {
@@ -507,34 +557,56 @@ impl Appliance {
                 .into());
             }
         }
+        // 1. Read and check everything.
         let hss_ranges = config::load_hss_ranges(&config.hss_ranges)?;
         let subscribers = Arc::new(config::load_subscribers(&config.subscribers)?);
         let generation = self.generation + 1;
         let tls = Arc::new(config.border.tls(generation).map_err(ConfigError::from)?);
+        let table_error = |e: crate::table::LoadError| ConfigError {
+            file: config.file.clone(),
+            field: "tables.numbering".into(),
+            reason: e.to_string(),
+        };
+        let candidate = NumberingTable::load(&config.numbering, config.ported.as_deref())
+            .map_err(table_error)?;
+        let peers = peer_networks(&tls, &candidate.snapshot().names().clone(), &config)?;
+        drop(candidate);
+        // 2. Move subscribers under the new HSS table, on every worker.
+        let new_hss = Arc::new(Hss::new(&hss_ranges));
+        let (done_tx, done_rx) = channel::bounded(self.workers.len());
+        for worker in &self.workers {
+            let _ = worker.commands.send(Command::Provision {
+                subscribers: subscribers.clone(),
+                hss: new_hss.clone(),
+                done: done_tx.clone(),
+            });
+        }
+        for waker in &self.shared.wakers {
+            let _ = waker.wake();
+        }
+        for _ in 0..self.workers.len() {
+            if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
+                tracing::warn!("a worker did not confirm provisioning in 10 s");
+                break;
+            }
+        }
+        // 3. Publish: HSS, table, names, peers.
+        if let Err(e) = self.shared.hss.replace_ranges(&hss_ranges) {
+            tracing::error!(error = %e, "HSS table not replaced");
+        }
         self.shared
             .table
             .reload(&config.numbering, config.ported.as_deref())
-            .map_err(|e| ConfigError {
-                file: config.file.clone(),
-                field: "tables.numbering".into(),
-                reason: e.to_string(),
-            })?;
-        let names = self.shared.table.snapshot().names().clone();
-        let peers = peer_networks(&tls, &names, &config)?;
-        // Commit: nothing below can fail.
-        for (prefix, ps) in &hss_ranges {
-            let _ = self.shared.hss.assign_range(*prefix, *ps);
-        }
-        self.shared.names.store(Arc::new(names));
+            .map_err(table_error)?;
+        self.shared
+            .names
+            .store(Arc::new(self.shared.table.snapshot().names().clone()));
         self.shared.peer_networks.store(Arc::new(peers));
         for worker in &self.workers {
             let _ = worker.commands.send(Command::Border {
                 tls: tls.clone(),
                 peers: config.border.dial_list(),
             });
-            let _ = worker
-                .commands
-                .send(Command::Provision(subscribers.clone()));
         }
         for waker in &self.shared.wakers {
             let _ = waker.wake();
@@ -559,17 +631,7 @@ impl Appliance {
         if self.stopped.swap(true, Ordering::SeqCst) {
             return;
         }
-        for worker in &self.workers {
-            let _ = worker.commands.send(Command::Stop);
-        }
-        for waker in &self.shared.wakers {
-            let _ = waker.wake();
-        }
-        for worker in &mut self.workers {
-            if let Some(thread) = worker.thread.take() {
-                let _ = thread.join();
-            }
-        }
+        stop_handles(&mut self.workers, &self.shared);
         if let Some(server) = self.metrics_server.take() {
             server.stop();
         }
@@ -581,6 +643,43 @@ impl Drop for Appliance {
     fn drop(&mut self) {
         self.stop_workers();
     }
+}
+
+/// Asks workers to stop and waits for them.
+fn stop_handles(handles: &mut [WorkerHandle], shared: &Shared) {
+    for worker in handles.iter() {
+        let _ = worker.commands.send(Command::Stop);
+    }
+    for waker in &shared.wakers {
+        let _ = waker.wake();
+    }
+    for worker in handles.iter_mut() {
+        if let Some(thread) = worker.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Takes an exclusive lock on `dir/.lock` (created if missing).
+fn lock_directory(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use std::os::fd::AsRawFd;
+    let what = format!("CDR directory {}", dir.display());
+    std::fs::create_dir_all(dir).map_err(io_error(what.clone()))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .map_err(io_error(what.clone()))?;
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(StartError::Io {
+            what: format!("{what}: another presence-gw holds it"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(file)
 }
 
 /// The numbering-table id of every border peer (peers are named as in the
@@ -640,6 +739,8 @@ struct Worker {
     metrics: Arc<Metrics>,
     commands: Receiver<Command>,
     pin: bool,
+    /// The last read stopped at its budget with datagrams left.
+    udp_more: bool,
 }
 
 /// How often a worker publishes its counters.
@@ -663,9 +764,11 @@ impl Worker {
         // then closing (border links closed gracefully, records synced).
         let mut draining_since: Option<u64> = None;
         let mut stopping_since: Option<u64> = None;
+        let mut closed = false;
         loop {
             let now = self.shared.now_ms();
             let timeout = if self.shared.poll_mode
+                || self.udp_more
                 || self.endpoint.has_ready()
                 || !self
                     .shared
@@ -685,7 +788,7 @@ impl Worker {
                 continue;
             }
             let now = self.shared.now_ms();
-            let mut udp_ready = self.shared.poll_mode;
+            let mut udp_ready = self.shared.poll_mode || self.udp_more;
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
@@ -747,10 +850,20 @@ impl Worker {
             if stop && draining_since.is_none() {
                 draining_since = Some(now);
             }
+            // Draining is collective: every worker keeps serving its inbox and
+            // its links until no worker has a transaction in flight (or the
+            // deadline passed), so no worker strands another's query.
             if let (Some(since), None) = (draining_since, stopping_since) {
-                let drained = self.shard.pending() == 0;
+                if let Some(mine) = self.shared.stop_pending.get(self.index) {
+                    mine.store(self.shard.pending(), Ordering::Relaxed);
+                }
+                let all_drained = self
+                    .shared
+                    .stop_pending
+                    .iter()
+                    .all(|p| p.load(Ordering::Relaxed) == 0);
                 let overdue = now.saturating_sub(since) > u64::from(self.shared.deadline_ms) + 100;
-                if drained || overdue {
+                if all_drained || overdue {
                     stopping_since = Some(now);
                     self.endpoint.begin_shutdown(self.poll.registry(), now);
                 }
@@ -765,7 +878,16 @@ impl Worker {
                 last_report = now;
             }
             if let Some(since) = stopping_since {
-                if self.endpoint.is_idle() || now.saturating_sub(since) >= STOP_LINGER_MS {
+                let lingered = now.saturating_sub(since) >= STOP_LINGER_MS;
+                if (self.endpoint.is_idle() || lingered) && !closed {
+                    closed = true;
+                    self.shared.closed_workers.fetch_add(1, Ordering::SeqCst);
+                }
+                // Leave together (or at the hard limit): until then a closed
+                // worker still takes what others hand it.
+                let everyone =
+                    self.shared.closed_workers.load(Ordering::SeqCst) >= self.shared.workers;
+                if (closed && everyone) || now.saturating_sub(since) >= 2 * STOP_LINGER_MS {
                     self.endpoint.shutdown(self.poll.registry(), now);
                     self.shard.cdr.sync();
                     self.report();
@@ -775,7 +897,11 @@ impl Worker {
         }
     }
 
+    /// Reads up to [`RECV_BATCHES_PER_TURN`] batches; if the budget runs
+    /// out with the socket still full, `udp_more` makes the next turn read
+    /// again (edge-triggered readiness will not say so).
     fn read_datagrams(&mut self, now: u64) {
+        self.udp_more = false;
         for _ in 0..RECV_BATCHES_PER_TURN {
             let n = match self.recv.recv(&self.udp) {
                 Ok(n) => n,
@@ -799,6 +925,7 @@ impl Worker {
                 return;
             }
         }
+        self.udp_more = true;
     }
 
     fn read_inbox(&mut self, now: u64) {
@@ -818,7 +945,14 @@ impl Worker {
         let mut stop = false;
         while let Ok(command) = self.commands.try_recv() {
             match command {
-                Command::Provision(subscribers) => self.shard.provision(now, &subscribers),
+                Command::Provision {
+                    subscribers,
+                    hss,
+                    done,
+                } => {
+                    self.shard.provision(now, &subscribers, &hss);
+                    let _ = done.send(());
+                }
                 Command::Border { tls, peers } => {
                     self.endpoint.reload(tls, &peers, self.poll.registry(), now);
                     self.shard.refresh_peers();
@@ -908,7 +1042,7 @@ impl Worker {
             .map_or(0, ArrayQueue::len);
         let pending = self.shard.pending();
         let subscribers = self.shard.subscriber_count();
-        let written = self.shard.cdr.written;
+        let cdr = (self.shard.cdr.written, self.shard.cdr.lost);
         let roles = self.shard.role_events();
         self.metrics.publish(
             self.index,
@@ -916,19 +1050,30 @@ impl Worker {
             pending,
             inbox,
             subscribers,
-            written,
+            cdr,
             roles,
         );
     }
 }
 
 fn pin_to_cpu(index: usize) {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // SAFETY: `set` is a plain bit set on the stack; sched_setaffinity reads
-    // `size_of::<cpu_set_t>()` bytes of it. A failure is harmless (not pinned).
+    // SAFETY: `set` is a plain bit set on the stack; sched_getaffinity and
+    // sched_setaffinity read and write `size_of::<cpu_set_t>()` bytes of it.
+    // A failure is harmless (the worker is not pinned).
     unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return;
+        }
+        // The index-th CPU this process may run on (cycling if fewer).
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &allowed))
+            .collect();
+        let Some(&cpu) = cpus.get(index % cpus.len().max(1)) else {
+            return;
+        };
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(index % cpus, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }

@@ -34,13 +34,8 @@ use crate::table::NetworkId;
 pub(crate) const BORDER_FRAME_MAX: usize = 16 * 1024;
 /// Retry-after told to a device when the appliance sheds its request.
 pub(crate) const SHED_RETRY_MS: u32 = 200;
-/// Decision-window slots per WA instance at each presence-server slice:
-/// enough for about 300,000 queries/s from one WA instance under the
-/// 1.7 s window before the window sheds with `Overloaded` (about 29 MB a
-/// ring, allocated when the instance is first seen).
-pub(crate) const PS_WINDOW_SLOTS: usize = 1 << 19;
 /// Most role-to-role messages one input may cause (a guard against loops).
-const WORK_MAX: usize = 4096;
+const WORK_MAX: usize = 1 << 16;
 
 /// Which worker owns the state of `msisdn`.
 pub(crate) fn owner(msisdn: Msisdn, workers: usize) -> usize {
@@ -95,6 +90,10 @@ pub(crate) struct Shard {
     pub(crate) wake: Vec<bool>,
     pub(crate) stats: WorkerStats,
     pub(crate) cdr: CdrWriter,
+    /// Subscribers provisioned on this worker (for removal on reload).
+    owned: ahash::AHashSet<Msisdn>,
+    /// The traced query's transaction at this presence server (demo).
+    traced_txid: Option<u64>,
 }
 
 impl std::fmt::Debug for Shard {
@@ -129,6 +128,8 @@ impl Shard {
             wake: vec![false; workers],
             stats: WorkerStats::default(),
             cdr,
+            owned: ahash::AHashSet::new(),
+            traced_txid: None,
             shared,
         }
     }
@@ -167,17 +168,24 @@ impl Shard {
     }
 
     /// Applies provisioning: this worker's watchers and its slice of each
-    /// presence server. Existing subscribers keep their credit and status;
-    /// a subscriber the HSS now places on another presence server is moved
-    /// there with its state; subscribers no longer listed are removed.
-    pub(crate) fn provision(&mut self, now: u64, subscribers: &crate::config::Subscribers) {
+    /// presence server, placed as `hss` (the new HSS table, not yet
+    /// published to the IGPS) says. Existing subscribers keep their credit
+    /// and status; a subscriber `hss` places on another presence server is
+    /// exported from the old slice (which keeps a forwarding pointer, so
+    /// queries still routed there by the old HSS reach the new one) and
+    /// imported with its state; subscribers no longer listed are removed.
+    pub(crate) fn provision(
+        &mut self,
+        now: u64,
+        subscribers: &crate::config::Subscribers,
+        hss: &crate::roles::Hss,
+    ) {
         let workers = self.shared.workers;
-        let mine = |m: &Msisdn| owner(*m, workers) == self.index;
-        // Removed ones.
+        let index = self.index;
         let gone: Vec<Msisdn> = self
-            .ps
-            .values()
-            .flat_map(PresenceServer::subscriber_numbers)
+            .owned
+            .iter()
+            .copied()
             .filter(|m| !subscribers.contains_key(m))
             .collect();
         for m in gone {
@@ -185,12 +193,19 @@ impl Shard {
                 ps.deprovision(m);
             }
             self.wa.deprovision(m);
+            self.device_addrs.remove(&m);
+            self.owned.remove(&m);
         }
         let network = self.shared.network;
         // The duplicate window outlives the WA's deadline; its rings hold
-        // PS_WINDOW_SLOTS transactions of each WA instance.
+        // `window_slots` transactions of each WA instance.
         let window_ms = u64::from(self.shared.deadline_ms) + 200;
-        for (m, p) in subscribers.iter().filter(|(m, _)| mine(m)) {
+        let window_slots = self.shared.window_slots;
+        for (m, p) in subscribers
+            .iter()
+            .filter(|(m, _)| owner(**m, workers) == index)
+        {
+            self.owned.insert(*m);
             self.wa.provision(
                 *m,
                 &Subscriber {
@@ -198,10 +213,9 @@ impl Shard {
                     credit: p.credit,
                 },
             );
-            let Some(home) = self.hss.lookup(*m) else {
+            let Some(home) = hss.lookup(*m) else {
                 continue;
             };
-            // Moved by the HSS: carry the record (status, decisions) over.
             let elsewhere = self
                 .ps
                 .iter()
@@ -212,9 +226,10 @@ impl Shard {
                     .get_mut(&from)
                     .and_then(|ps| ps.export(now, *m, home))
             });
-            let ps = self.ps.entry(home).or_insert_with(|| {
-                PresenceServer::new(home, network, 1, window_ms, PS_WINDOW_SLOTS)
-            });
+            let ps = self
+                .ps
+                .entry(home)
+                .or_insert_with(|| PresenceServer::new(home, network, 1, window_ms, window_slots));
             if let Some((record, entries)) = moved {
                 ps.import(now, *m, record, &entries);
             }
@@ -351,6 +366,28 @@ impl Shard {
         self.device_local(now, now_us, from, message);
     }
 
+    /// Sends what a role just addressed to `who`'s device straight back to
+    /// the datagram's source (a refusal, an ack), not via the address map.
+    fn answer_source(&mut self, who: Msisdn, from: SocketAddr) {
+        let mut i = 0;
+        while i < self.out.transmits.len() {
+            let to_source = self
+                .out
+                .transmits
+                .get(i)
+                .is_some_and(|t| t.to == Addr::Device(who));
+            if !to_source {
+                i += 1;
+                continue;
+            }
+            let transmit = self.out.transmits.remove(i);
+            if let Message::Answer(answer) = &transmit.message {
+                self.stats.count_outcome(&answer.outcome);
+            }
+            self.frame_to_device(from, &transmit.message);
+        }
+    }
+
     /// Steps 2–4 for a traced request, from what the WA just produced.
     fn trace_wa(&self, watcher: Msisdn, target: Msisdn) {
         let to_ogps = self
@@ -386,12 +423,8 @@ impl Shard {
         match message {
             Message::ClientRequest(request) => {
                 self.stats.requests += 1;
-                self.device_addrs.insert(request.watcher, from);
-                if self.arrivals.len() < self.shared.pending_max.saturating_mul(2) {
-                    self.arrivals
-                        .insert((request.watcher, request.txid), now_us);
-                }
-                if self.shared.trace == Some(request.watcher) {
+                let traced = self.shared.trace == Some(request.watcher);
+                if traced {
                     self.shared.trace_step(
                         1,
                         format!(
@@ -402,14 +435,29 @@ impl Shard {
                 }
                 self.wa
                     .handle(now, Addr::Device(request.watcher), message, &mut self.out);
-                if self.shared.trace == Some(request.watcher) {
+                if traced {
                     self.trace_wa(request.watcher, request.target);
+                }
+                // Only a request the WA accepted (it produced a query) records
+                // where the subscriber's device is: an unauthenticated sender
+                // can neither redirect a subscriber's answers nor grow the map.
+                let accepted = self
+                    .out
+                    .transmits
+                    .iter()
+                    .any(|t| matches!(t.message, Message::Query(_)));
+                self.answer_source(request.watcher, from);
+                if accepted {
+                    self.device_addrs.insert(request.watcher, from);
+                    if self.arrivals.len() < self.shared.pending_max.saturating_mul(2) {
+                        self.arrivals
+                            .insert((request.watcher, request.txid), now_us);
+                    }
                 }
                 self.drain_out(Addr::Wa(self.wa_instance()));
             }
             Message::Publish(publish) => {
                 self.stats.publications += 1;
-                self.device_addrs.insert(publish.subscriber, from);
                 let Some(id) = self.hss.lookup(publish.subscriber) else {
                     self.stats.unknown_subscriber += 1;
                     return;
@@ -422,6 +470,7 @@ impl Shard {
                         message,
                         &mut self.out,
                     );
+                    self.answer_source(publish.subscriber, from);
                     self.drain_out(Addr::Ps(id));
                 }
             }
@@ -433,13 +482,15 @@ impl Shard {
     fn shed_device(&mut self, to: SocketAddr, message: &Message<'_>) {
         self.stats.shed += 1;
         if let Message::ClientRequest(request) = message {
+            let outcome = Outcome::Overloaded {
+                retry_after_ms: SHED_RETRY_MS,
+            };
+            self.stats.count_outcome(&outcome);
             let answer = Message::Answer(Answer {
                 txid: request.txid,
                 reply_node: 0,
                 target: request.target,
-                outcome: Outcome::Overloaded {
-                    retry_after_ms: SHED_RETRY_MS,
-                },
+                outcome,
             });
             self.frame_to_device(to, &answer);
         }
@@ -654,6 +705,9 @@ impl Shard {
                     Some(ps) => {
                         ps.handle(now, from, transmit.origin, &transmit.message, &mut self.out);
                         if traced {
+                            if let Message::Query(q) = &transmit.message {
+                                self.traced_txid = Some(q.txid);
+                            }
                             for t in &self.out.transmits {
                                 if let Message::Answer(a) = &t.message {
                                     let verdict = match a.outcome {
@@ -708,14 +762,17 @@ impl Shard {
                 self.frame_to_border(network, &transmit.message);
             }
             Addr::BorderReply { network, .. } => {
-                if let (Message::Answer(_), Some(_)) = (&transmit.message, self.shared.trace) {
-                    self.shared.trace_step(
-                        12,
-                        format!(
-                            "B's status goes back through the border gateways to {}",
-                            self.shared.network_name(network)
-                        ),
-                    );
+                if let Message::Answer(a) = &transmit.message {
+                    if self.traced_txid.is_some() && self.traced_txid == Some(a.txid) {
+                        self.traced_txid = None;
+                        self.shared.trace_step(
+                            12,
+                            format!(
+                                "B's status goes back through the border gateways to {}",
+                                self.shared.network_name(network)
+                            ),
+                        );
+                    }
                 }
                 self.frame_to_border(network, &transmit.message);
             }
@@ -783,7 +840,7 @@ impl Shard {
         let full = self
             .border_frames
             .get(&network)
-            .is_some_and(|f| f.bytes.len() + len > BORDER_FRAME_MAX);
+            .is_some_and(|f| f.bytes.len() + len > self.shared.border_frame_max);
         if full {
             if let Some(frame) = self.border_frames.remove(&network) {
                 self.ready_border.push((network, frame.bytes));

@@ -384,8 +384,9 @@ impl SendBatch {
             let error = io::Error::last_os_error();
             return match error.kind() {
                 io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                _ if self.gso && error.raw_os_error() == Some(libc::EIO) => {
-                    // The device cannot segment after all: send plainly.
+                _ if self.gso && matches!(error.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                    // The device cannot segment after all (EIO), or a segment
+                    // does not fit the path's MTU (EINVAL, IPv6): send plainly.
                     self.gso = false;
                     Ok(0)
                 }
