@@ -180,12 +180,21 @@ pub fn write_config(
     peer_addr: Option<SocketAddr>,
     metrics: bool,
 ) -> Result<PathBuf, DemoError> {
+    // Tests send little: a small duplicate window keeps them light.
     write_config_with(
-        network, peer, table_path, workers, peer_addr, metrics, false,
+        network,
+        peer,
+        table_path,
+        workers,
+        peer_addr,
+        metrics,
+        false,
+        1 << 16,
     )
 }
 
-/// [`write_config`], choosing poll mode.
+/// [`write_config`], choosing poll mode and the duplicate-window size.
+#[allow(clippy::too_many_arguments)]
 pub fn write_config_with(
     network: &DemoNetwork,
     peer: &DemoNetwork,
@@ -194,6 +203,7 @@ pub fn write_config_with(
     peer_addr: Option<SocketAddr>,
     metrics: bool,
     poll_mode: bool,
+    window_slots: usize,
 ) -> Result<PathBuf, DemoError> {
     let table = std::fs::canonicalize(table_path)?;
     let address = peer_addr
@@ -227,6 +237,11 @@ subscribers = "subscribers.csv"
 [cdr]
 directory = "cdr"
 
+# The duplicate window's ring per peer WA instance (docs/operations.md,
+# "Memory"): the demo's single worker takes ~400,000 queries/s from one.
+[presence]
+window_slots = {window_slots}
+
 [border]
 network = "{name}"
 listen = "127.0.0.1:0"
@@ -239,6 +254,7 @@ network = "{peer}"
 "#,
         name = network.name,
         peer = peer.name,
+        window_slots = window_slots,
         table = table.display(),
     );
     let path = network.config_path();

@@ -63,8 +63,9 @@ pub(crate) fn run(
         trace: Some(watcher),
         trace_sink: Some(sink),
     };
-    let write =
-        |me, peer, addr| demo::write_config_with(me, peer, table, workers, addr, true, poll_mode);
+    let write = |me, peer, addr| {
+        demo::write_config_with(me, peer, table, workers, addr, true, poll_mode, 1 << 20)
+    };
     let b_config = write(&b, &a, None)?;
     let mut b_app = Appliance::start(ApplianceConfig::load(&b_config)?, options.clone())?;
     let a_config = write(&a, &b, Some(b_app.border_addr()))?;
