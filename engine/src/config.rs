@@ -203,7 +203,7 @@ impl ApplianceConfig {
             }
         };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let workers = raw.network.workers.unwrap_or(cores);
+        let workers = raw.network.workers.unwrap_or(cores.min(WORKERS_MAX));
         if !(1..=WORKERS_MAX).contains(&workers) {
             return Err(error(
                 "network.workers",
