@@ -17,27 +17,10 @@ use serde::Deserialize;
 use crate::roles::{PsId, BUDDIES_MAX, PS_PER_NETWORK_MAX};
 use crate::table::Prefix;
 
-/// Why a configuration or one of its files was refused.
-#[derive(Debug, thiserror::Error)]
-#[error("{file}: {field}: {reason}")]
-pub struct ConfigError {
-    /// The file at fault.
-    pub file: PathBuf,
-    /// The field (`network.workers`), or `line N` in a data file, or `-`.
-    pub field: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
-impl From<presence_border::ConfigError> for ConfigError {
-    fn from(e: presence_border::ConfigError) -> ConfigError {
-        ConfigError {
-            file: e.file,
-            field: e.field,
-            reason: e.reason,
-        }
-    }
-}
+/// Why a configuration or one of its files was refused: the file, the field
+/// (`network.workers`, or `line N` in a data file, or `-`) and the reason.
+/// The same type the `[border]` section reports with.
+pub use presence_border::ConfigError;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

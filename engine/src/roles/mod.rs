@@ -34,6 +34,7 @@ pub use hss::{Hss, HssError, HssReader, PsId, PS_PER_NETWORK_MAX};
 pub(crate) use igps::reply_addr;
 pub use igps::{Igps, IgpsCounters};
 pub use ogps::{IngressPoint, Ogps, OgpsCounters};
+pub(crate) use ps::shard_index;
 pub use ps::{
     ChargeRecord, DecisionRecord, DecisionWindowEntry, PresenceServer, PsCounters,
     SubscriberRecord, BUDDIES_MAX, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX,

@@ -338,8 +338,9 @@ pub struct PresenceServer {
     counters: PsCounters,
 }
 
-/// Bits of the MSISDN hash choosing a shard.
-fn shard_index(msisdn: Msisdn, shards: usize) -> usize {
+/// Bits of the MSISDN hash choosing a shard (of a presence server's
+/// state, and of the runtime's workers).
+pub(crate) fn shard_index(msisdn: Msisdn, shards: usize) -> usize {
     let h = msisdn.as_u64().wrapping_mul(0x9E37_79B9_7F4A_7C15);
     ((h >> 32) as usize) % shards.max(1)
 }

@@ -315,7 +315,7 @@ impl Appliance {
         let hss_ranges = config::load_hss_ranges(&config.hss_ranges)?;
         let hss = Arc::new(Hss::new(&hss_ranges));
         let subscribers = Arc::new(config::load_subscribers(&config.subscribers)?);
-        let tls = Arc::new(config.border.tls(1).map_err(ConfigError::from)?);
+        let tls = Arc::new(config.border.tls(1)?);
         let peer_networks = peer_networks(&tls, &names, &config)?;
         let workers = config.workers;
 
@@ -433,6 +433,7 @@ impl Appliance {
                 commands: command_rx,
                 pin: config.pin_workers,
                 udp_more: false,
+                peer_map: PeerMap::build(&tls, &shared.names.load()),
             };
             worker
                 .poll
@@ -561,7 +562,7 @@ impl Appliance {
         let hss_ranges = config::load_hss_ranges(&config.hss_ranges)?;
         let subscribers = Arc::new(config::load_subscribers(&config.subscribers)?);
         let generation = self.generation + 1;
-        let tls = Arc::new(config.border.tls(generation).map_err(ConfigError::from)?);
+        let tls = Arc::new(config.border.tls(generation)?);
         let table_error = |e: crate::table::LoadError| ConfigError {
             file: config.file.clone(),
             field: "tables.numbering".into(),
@@ -741,6 +742,54 @@ struct Worker {
     pin: bool,
     /// The last read stopped at its budget with datagrams left.
     udp_more: bool,
+    /// The endpoint's peers as numbering-table networks, and back.
+    peer_map: PeerMap,
+}
+
+/// The border endpoint's peer positions (of its current TLS generation)
+/// and the numbering table's networks, both ways: built when the
+/// generation changes, so no frame pays a name lookup.
+#[derive(Debug, Default)]
+struct PeerMap {
+    origins: Vec<Option<NetworkId>>,
+    peers: ahash::AHashMap<NetworkId, PeerIndex>,
+}
+
+impl PeerMap {
+    fn build(tls: &BgTls, names: &NetworkNames) -> PeerMap {
+        let set = tls.peers();
+        let mut map = PeerMap::default();
+        for i in 0..set.len() {
+            let Ok(index) = u16::try_from(i) else { break };
+            let network = set
+                .name(PeerIndex(index))
+                .and_then(|n| names.id(n.as_str()));
+            map.origins.push(network);
+            if let Some(network) = network {
+                map.peers.insert(network, PeerIndex(index));
+            }
+        }
+        map
+    }
+}
+
+/// Hands each inbound border frame to the shard with its origin network.
+struct BorderInbound<'a> {
+    shard: &'a mut Shard,
+    origins: &'a [Option<NetworkId>],
+    now: u64,
+}
+
+impl presence_border::Deliver for BorderInbound<'_> {
+    fn deliver(&mut self, peer: PeerIndex, frame: &[u8]) -> bool {
+        match self.origins.get(peer.get()).copied().flatten() {
+            Some(origin) => {
+                self.shard.on_border_frame(self.now, origin, frame);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// How often a worker publishes its counters.
@@ -794,51 +843,23 @@ impl Worker {
                     WAKER => {}
                     UDP => udp_ready = true,
                     token => {
-                        let Worker {
-                            endpoint,
-                            shard,
-                            shared,
-                            poll,
-                            ..
-                        } = &mut self;
-                        let peers = endpoint.tls().peers().clone();
-                        let networks = shared.peer_networks.load();
-                        let mut deliver = |peer: PeerIndex, frame: &[u8]| {
-                            let Some(name) = peers.name(peer) else {
-                                return false;
-                            };
-                            let Some((origin, _)) = networks.iter().find(|(_, n)| n == name) else {
-                                return false;
-                            };
-                            shard.on_border_frame(now, *origin, frame);
-                            true
+                        let mut inbound = BorderInbound {
+                            shard: &mut self.shard,
+                            origins: &self.peer_map.origins,
+                            now,
                         };
-                        endpoint.handle_event(poll.registry(), token, now, &mut deliver);
+                        self.endpoint
+                            .handle_event(self.poll.registry(), token, now, &mut inbound);
                     }
                 }
             }
-            {
-                let Worker {
-                    endpoint,
-                    shard,
-                    shared,
-                    poll,
-                    ..
-                } = &mut self;
-                let peers = endpoint.tls().peers().clone();
-                let networks = shared.peer_networks.load();
-                let mut deliver = |peer: PeerIndex, frame: &[u8]| {
-                    let Some(name) = peers.name(peer) else {
-                        return false;
-                    };
-                    let Some((origin, _)) = networks.iter().find(|(_, n)| n == name) else {
-                        return false;
-                    };
-                    shard.on_border_frame(now, *origin, frame);
-                    true
-                };
-                endpoint.poll_ready(poll.registry(), now, &mut deliver);
-            }
+            let mut inbound = BorderInbound {
+                shard: &mut self.shard,
+                origins: &self.peer_map.origins,
+                now,
+            };
+            self.endpoint
+                .poll_ready(self.poll.registry(), now, &mut inbound);
             if udp_ready && draining_since.is_none() {
                 self.read_datagrams(now);
             }
@@ -955,6 +976,7 @@ impl Worker {
                 }
                 Command::Border { tls, peers } => {
                     self.endpoint.reload(tls, &peers, self.poll.registry(), now);
+                    self.peer_map = PeerMap::build(self.endpoint.tls(), &self.shared.names.load());
                     self.shard.refresh_peers();
                 }
                 Command::Stop => stop = true,
@@ -987,14 +1009,9 @@ impl Worker {
             }
         }
         let mut frames = std::mem::take(&mut self.shard.ready_border);
-        let networks = self.shared.peer_networks.load();
         for (network, frame) in frames.drain(..) {
-            let peer = networks
-                .iter()
-                .find(|(id, _)| *id == network)
-                .and_then(|(_, name)| self.endpoint.tls().peers().index_of(name));
-            let sent = match peer {
-                Some(peer) => self.endpoint.send(peer, &frame),
+            let sent = match self.peer_map.peers.get(&network) {
+                Some(peer) => self.endpoint.send(*peer, &frame),
                 None => Err(SendError::UnknownPeer),
             };
             match sent {

@@ -37,10 +37,10 @@ pub(crate) const SHED_RETRY_MS: u32 = 200;
 /// Most role-to-role messages one input may cause (a guard against loops).
 const WORK_MAX: usize = 1 << 16;
 
-/// Which worker owns the state of `msisdn`.
+/// Which worker owns the state of `msisdn`: the presence server's own
+/// shard hash, over workers.
 pub(crate) fn owner(msisdn: Msisdn, workers: usize) -> usize {
-    let h = msisdn.as_u64().wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    ((h >> 32) as usize) % workers.max(1)
+    crate::roles::shard_index(msisdn, workers)
 }
 
 /// The subscriber a message is about, for routing to its state.
