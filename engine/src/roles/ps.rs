@@ -153,11 +153,62 @@ struct DecisionWindow {
     overflow: HashMap<(NetworkId, u64), DecisionWindowEntry>,
 }
 
+/// A stream's ring, in chunks of [`RING_CHUNK`] slots allocated when a
+/// transaction first lands in them: a new stream costs a few hundred bytes,
+/// not the whole ring at once (2^22 slots are about 200 MB, which would
+/// stall the first query of a new WA instance for a tenth of a second);
+/// after the first lap the ring is complete and nothing more is allocated.
 #[derive(Debug)]
 struct Ring {
-    entries: Box<[Option<DecisionWindowEntry>]>,
+    chunks: Box<[Option<RingChunk>]>,
+    chunk_len: usize,
     /// The newest transaction recorded on the stream, once there is one.
     high_water: Option<u64>,
+}
+
+/// A chunk of a ring's slots.
+type RingChunk = Box<[Option<DecisionWindowEntry>]>;
+
+/// Slots per ring chunk.
+const RING_CHUNK: usize = 4096;
+
+impl Ring {
+    fn new(slots: usize) -> Ring {
+        let chunk_len = RING_CHUNK.min(slots).max(1);
+        Ring {
+            chunks: (0..slots.div_ceil(chunk_len)).map(|_| None).collect(),
+            chunk_len,
+            high_water: None,
+        }
+    }
+
+    fn get(&self, slot: usize) -> Option<DecisionWindowEntry> {
+        self.chunks
+            .get(slot / self.chunk_len)?
+            .as_ref()?
+            .get(slot % self.chunk_len)
+            .copied()
+            .flatten()
+    }
+
+    fn set(&mut self, slot: usize, entry: DecisionWindowEntry) {
+        let len = self.chunk_len;
+        if let Some(chunk) = self.chunks.get_mut(slot / len) {
+            let chunk = chunk.get_or_insert_with(|| vec![None; len].into_boxed_slice());
+            if let Some(cell) = chunk.get_mut(slot % len) {
+                *cell = Some(entry);
+            }
+        }
+    }
+
+    fn slots_mut(&mut self) -> impl Iterator<Item = &mut Option<DecisionWindowEntry>> {
+        self.chunks.iter_mut().flatten().flat_map(|c| c.iter_mut())
+    }
+
+    fn clear(&mut self) {
+        self.chunks.iter_mut().for_each(|c| *c = None);
+        self.high_water = None;
+    }
 }
 
 /// Most transaction streams (origin network × WA instance) one presence
@@ -213,10 +264,7 @@ impl DecisionWindow {
                     return None;
                 }
                 *of_origin += 1;
-                self.rings.push(Ring {
-                    entries: vec![None; self.slots].into_boxed_slice(),
-                    high_water: None,
-                });
+                self.rings.push(Ring::new(self.slots));
                 self.streams.insert(stream, self.rings.len() - 1);
                 self.rings.len() - 1
             }
@@ -241,7 +289,7 @@ impl DecisionWindow {
         {
             return WindowLookup::Stale;
         }
-        match ring.entries[slot] {
+        match ring.get(slot) {
             Some(e) if e.txid == txid && e.origin == origin => WindowLookup::Decided(e),
             Some(e) if counter_behind(e.txid, txid) > 0 => WindowLookup::Stale,
             Some(e) if e.expires > now => WindowLookup::Full,
@@ -263,9 +311,11 @@ impl DecisionWindow {
         {
             ring.high_water = Some(entry.txid);
         }
-        let free = ring.entries[slot].is_none_or(|e| e.expires <= now || e.txid == entry.txid);
+        let free = ring
+            .get(slot)
+            .is_none_or(|e| e.expires <= now || e.txid == entry.txid);
         if free {
-            ring.entries[slot] = Some(entry);
+            ring.set(slot, entry);
         } else {
             self.overflow_insert(now, entry);
         }
@@ -280,7 +330,7 @@ impl DecisionWindow {
     fn take_target(&mut self, target: Msisdn) -> Vec<DecisionWindowEntry> {
         let mut taken = Vec::new();
         for ring in &mut self.rings {
-            for slot in ring.entries.iter_mut() {
+            for slot in ring.slots_mut() {
                 if slot.is_some_and(|e| e.target == target) {
                     taken.extend(slot.take());
                 }
@@ -298,8 +348,7 @@ impl DecisionWindow {
 
     fn clear(&mut self) {
         for ring in &mut self.rings {
-            ring.entries.fill(None);
-            ring.high_water = None;
+            ring.clear();
         }
         self.overflow.clear();
     }
