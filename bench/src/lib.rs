@@ -1,8 +1,10 @@
-//! presence-bench: shared inputs for the criterion benchmarks in `benches/`.
+//! presence-bench: the `presence-load` harness ([`load`]) and shared inputs
+//! for the criterion benchmarks in `benches/`.
 //!
 //! Inputs are deterministic (a fixed xorshift seed) so runs compare.
 
 pub mod bg_pair;
+pub mod load;
 
 use presence_codec::{Answer, Message, Msisdn, Outcome, Query, Reachability, MSISDN_MAX};
 

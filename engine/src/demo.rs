@@ -30,11 +30,27 @@ pub struct DemoNetwork {
     pub dir: PathBuf,
     /// Subscribers, with the credential their devices use.
     pub subscribers: Vec<(Msisdn, String)>,
-    /// Its border material.
-    pub material: NetworkMaterial,
 }
 
 impl DemoNetwork {
+    /// A network [`write_two_networks`] wrote earlier under `root`, its
+    /// subscribers read back from `subscribers.csv` (in MSISDN order).
+    pub fn reopen(root: &Path, name: &str) -> Result<DemoNetwork, DemoError> {
+        let dir = root.join(name);
+        let rows = crate::config::load_subscribers(&dir.join("subscribers.csv"))
+            .map_err(|e| DemoError::Other(e.to_string()))?;
+        let mut subscribers: Vec<(Msisdn, String)> = rows
+            .into_iter()
+            .map(|(m, p)| (m, String::from_utf8_lossy(&p.credential).into_owned()))
+            .collect();
+        subscribers.sort_unstable();
+        Ok(DemoNetwork {
+            name: name.to_string(),
+            dir,
+            subscribers,
+        })
+    }
+
     /// The configuration file.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("gw.toml")
@@ -96,8 +112,8 @@ pub fn draw_numbers(
 
 /// Writes both networks' folders under `root`: A's `watchers` subscribers
 /// watch B's `targets` subscribers (each of B's lists holds
-/// [`DEMO_BUDDIES`] of A's subscribers; B's subscribers on two presence
-/// servers). A dials B; B learns A's address later
+/// [`DEMO_BUDDIES`] of A's subscribers, and so does each of A's, for
+/// queries inside A; B's subscribers on two presence servers). A dials B; B learns A's address later
 /// ([`write_config`] with `peer_addr`).
 pub fn write_two_networks(
     root: &Path,
@@ -114,6 +130,7 @@ pub fn write_two_networks(
     let b_numbers = draw_numbers(&table, &csv, b_name, targets, 0xB)?;
     let secret = |m: Msisdn| format!("s{:x}", m.as_u64().wrapping_mul(0x9E37_79B9) & 0xffff_ffff);
     let mut networks = Vec::new();
+    let mut materials = Vec::new();
     for (name, numbers) in [(a_name, &a_numbers), (b_name, &b_numbers)] {
         let dir = root.join(name);
         std::fs::create_dir_all(dir.join("peers"))?;
@@ -123,14 +140,21 @@ pub fn write_two_networks(
         material.write_to(&dir.join("pki"), true)?;
         let mut subscribers_csv = String::from("msisdn,credential,credit,consent,buddies\n");
         for (j, m) in numbers.iter().enumerate() {
-            let buddies = if name == b_name {
-                (0..DEMO_BUDDIES.min(a_numbers.len()))
-                    .map(|k| a_numbers[(j * 7 + k) % a_numbers.len()].to_string())
-                    .collect::<Vec<_>>()
-                    .join(";")
+            // B's subscriber j is watched by A's (j*7+k) mod n; A's
+            // subscriber j by A's j+1+13k (not itself), for internal queries.
+            let n = a_numbers.len();
+            let buddies: Vec<String> = if name == b_name {
+                (0..DEMO_BUDDIES.min(n))
+                    .map(|k| a_numbers[(j * 7 + k) % n].to_string())
+                    .collect()
             } else {
-                String::new()
+                (0..DEMO_BUDDIES.min(n.saturating_sub(1)))
+                    .map(|k| (j + 1 + 13 * k) % n)
+                    .filter(|w| *w != j)
+                    .map(|w| a_numbers[w].to_string())
+                    .collect()
             };
+            let buddies = buddies.join(";");
             let _ = writeln!(subscribers_csv, "{m},{},1000000000,1,{buddies}", secret(*m));
         }
         std::fs::write(dir.join("subscribers.csv"), subscribers_csv)?;
@@ -146,8 +170,8 @@ pub fn write_two_networks(
             name: name.to_string(),
             dir,
             subscribers: numbers.iter().map(|m| (*m, secret(*m))).collect(),
-            material,
         });
+        materials.push(material);
     }
     let b = networks
         .pop()
@@ -157,11 +181,11 @@ pub fn write_two_networks(
         .ok_or_else(|| DemoError::Other("no A".into()))?;
     std::fs::write(
         a.dir.join("peers").join(format!("{}-ca.pem", b.name)),
-        &b.material.ca.cert_pem,
+        &materials[1].ca.cert_pem,
     )?;
     std::fs::write(
         b.dir.join("peers").join(format!("{}-ca.pem", a.name)),
-        &a.material.ca.cert_pem,
+        &materials[0].ca.cert_pem,
     )?;
     Ok((a, b))
 }
@@ -260,6 +284,176 @@ network = "{peer}"
     let path = network.config_path();
     std::fs::write(&path, text)?;
     Ok(path)
+}
+
+/// How the two demo appliances run.
+#[derive(Debug, Clone, Copy)]
+pub struct TwoNetworkSettings {
+    /// Workers per appliance.
+    pub workers: usize,
+    /// Workers spin instead of waiting in epoll.
+    pub poll_mode: bool,
+    /// Duplicate-window ring size (`[presence] window_slots`).
+    pub window_slots: usize,
+    /// Serve `/metrics` on an OS-chosen loopback port.
+    pub metrics: bool,
+}
+
+/// Both networks' appliances, running in this process.
+#[derive(Debug)]
+pub struct TwoAppliances {
+    /// A's appliance (the watchers' network).
+    pub a: crate::runtime::Appliance,
+    /// B's appliance (the targets' network).
+    pub b: crate::runtime::Appliance,
+}
+
+/// Starts B, then A dialing B, then tells B where A listens (a reload), and
+/// waits up to 10 s for a border link each way.
+pub fn start_two_appliances(
+    a: &DemoNetwork,
+    b: &DemoNetwork,
+    table_path: &Path,
+    settings: TwoNetworkSettings,
+    options: crate::runtime::StartOptions,
+) -> Result<TwoAppliances, DemoError> {
+    use crate::config::ApplianceConfig;
+    use crate::runtime::Appliance;
+    use std::sync::atomic::Ordering;
+    let write = |me, peer, addr| {
+        write_config_with(
+            me,
+            peer,
+            table_path,
+            settings.workers,
+            addr,
+            settings.metrics,
+            settings.poll_mode,
+            settings.window_slots,
+        )
+    };
+    let load =
+        |path: &Path| ApplianceConfig::load(path).map_err(|e| DemoError::Other(e.to_string()));
+    let start = |path: &Path| {
+        Appliance::start(load(path)?, options.clone()).map_err(|e| DemoError::Other(e.to_string()))
+    };
+    let b_config = write(b, a, None)?;
+    let mut b_app = start(&b_config)?;
+    let a_config = write(a, b, Some(b_app.border_addr()))?;
+    let a_app = start(&a_config)?;
+    write(b, a, Some(a_app.border_addr()))?;
+    b_app
+        .reload()
+        .map_err(|e| DemoError::Other(e.to_string()))?;
+    let up = |app: &Appliance| app.border_counters().links_up.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (up(&a_app) < 1 || up(&b_app) < 1) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(TwoAppliances { a: a_app, b: b_app })
+}
+
+/// A `presence-gw run` process, with the addresses it printed on starting.
+#[derive(Debug)]
+pub struct SpawnedAppliance {
+    /// The process.
+    pub child: std::process::Child,
+    /// Its devices' address.
+    pub client: SocketAddr,
+    /// Its border gateway's address.
+    pub border: SocketAddr,
+    /// Its `/metrics` address, if it serves one.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl SpawnedAppliance {
+    /// Runs `binary run --config config` (after `prepare`, which may set the
+    /// command's CPU affinity or environment), its log to `log` (or
+    /// nowhere), and reads the line it prints once it listens.
+    pub fn start(
+        binary: &Path,
+        config: &Path,
+        log: Option<&Path>,
+        prepare: impl FnOnce(&mut std::process::Command),
+    ) -> Result<SpawnedAppliance, DemoError> {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path)?),
+            None => Stdio::null(),
+        };
+        let mut command = Command::new(binary);
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        prepare(&mut command);
+        let mut child = command.spawn()?;
+        let mut line = String::new();
+        if let Some(stdout) = child.stdout.as_mut() {
+            std::io::BufReader::new(stdout).read_line(&mut line)?;
+        }
+        let field = |name: &str| -> Option<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))?
+                .parse()
+                .ok()
+        };
+        match (field("client"), field("border")) {
+            (Some(client), Some(border)) => Ok(SpawnedAppliance {
+                client,
+                border,
+                metrics: field("metrics"),
+                child,
+            }),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(DemoError::Other(format!(
+                    "{} did not start (it printed {line:?}; see its log)",
+                    binary.display()
+                )))
+            }
+        }
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: i32) -> std::io::Result<()> {
+        let pid = i32::try_from(self.child.id()).map_err(std::io::Error::other)?;
+        // SAFETY: kill(2) on our own child's pid, which we have not waited
+        // for, so it cannot have been reused.
+        if unsafe { libc::kill(pid, signal) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// SIGTERM, then the exit status once it exits (`None` if it did not
+    /// within `wait`; it is then killed).
+    pub fn terminate(&mut self, wait: Duration) -> Option<i32> {
+        let _ = self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for SpawnedAppliance {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// A device-side client: sends requests and publications over UDP in

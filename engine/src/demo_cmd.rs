@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use presence_border::BgCounters;
-use presence_engine::config::ApplianceConfig;
 use presence_engine::demo::{self, DeviceClient};
 use presence_engine::runtime::{Appliance, StartOptions, TraceSink};
 
@@ -63,21 +62,19 @@ pub(crate) fn run(
         trace: Some(watcher),
         trace_sink: Some(sink),
     };
-    let write = |me, peer, addr| {
-        demo::write_config_with(me, peer, table, workers, addr, true, poll_mode, 1 << 20)
-    };
-    let b_config = write(&b, &a, None)?;
-    let mut b_app = Appliance::start(ApplianceConfig::load(&b_config)?, options.clone())?;
-    let a_config = write(&a, &b, Some(b_app.border_addr()))?;
-    let a_app = Appliance::start(ApplianceConfig::load(&a_config)?, options)?;
-    // Now B knows where A listens: both sides dial (one link per worker each way).
-    write(&b, &a, Some(a_app.border_addr()))?;
-    b_app.reload()?;
+    let demo::TwoAppliances { a: a_app, b: b_app } = demo::start_two_appliances(
+        &a,
+        &b,
+        table,
+        demo::TwoNetworkSettings {
+            workers,
+            poll_mode,
+            window_slots: 1 << 20,
+            metrics: true,
+        },
+        options,
+    )?;
     let up = |app: &Appliance| app.border_counters().links_up.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while (up(&a_app) < 1 || up(&b_app) < 1) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
     writeln!(
         out,
         "border gateways: mutual TLS 1.3 up ({} links at A, {} at B); A's metrics at http://{}/metrics",

@@ -4,14 +4,15 @@
 //! mutually authenticated border gateways.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use presence_codec::{Msisdn, Outcome};
-use presence_engine::demo::{self, DemoNetwork, DeviceAnswer, DeviceClient, DEMO_BUDDIES};
+use presence_engine::demo::{
+    self, DemoNetwork, DeviceAnswer, DeviceClient, SpawnedAppliance, DEMO_BUDDIES,
+};
 
 fn table() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv")
@@ -24,70 +25,15 @@ fn scratch(tag: &str) -> PathBuf {
     dir
 }
 
-struct Running {
-    child: Child,
-    client: SocketAddr,
-    border: SocketAddr,
-    metrics: Option<SocketAddr>,
-}
-
-impl Running {
-    fn start(config: &Path) -> Running {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_presence-gw"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let field = |name: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|f| f.strip_prefix(&format!("{name}=")))
-                .unwrap_or_else(|| panic!("no {name} in {line:?}"))
-                .parse()
-                .unwrap()
-        };
-        let metrics = line
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix("metrics="))
-            .and_then(|m| m.parse().ok());
-        Running {
-            client: field("client"),
-            border: field("border"),
-            metrics,
-            child,
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
-        assert_eq!(rc, 0);
-    }
-
-    /// SIGTERM, then the exit status (waits up to 10 s).
-    fn terminate(mut self) -> Option<i32> {
-        self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `presence-gw run` process of this build.
+fn start(config: &Path) -> SpawnedAppliance {
+    SpawnedAppliance::start(
+        Path::new(env!("CARGO_BIN_EXE_presence-gw")),
+        config,
+        None,
+        |_| {},
+    )
+    .unwrap()
 }
 
 /// Asks each `(watcher, target)` once and returns the answers by target.
@@ -138,13 +84,13 @@ fn two_networks_answer_charge_reload_and_stop_cleanly() {
     let (a, b) =
         demo::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", 100, 100).unwrap();
     let b_config = demo::write_config(&b, &a, &table(), 2, None, false).unwrap();
-    let node_b = Running::start(&b_config);
+    let mut node_b = start(&b_config);
     let a_config = demo::write_config(&a, &b, &table(), 2, Some(node_b.border), true).unwrap();
     let a_text = std::fs::read_to_string(&a_config).unwrap();
-    let node_a = Running::start(&a_config);
+    let mut node_a = start(&a_config);
     // B learns A's address on a reload: both sides dial now.
     demo::write_config(&b, &a, &table(), 2, Some(node_a.border), false).unwrap();
-    node_b.signal(libc::SIGHUP);
+    node_b.signal(libc::SIGHUP).unwrap();
 
     // B's devices: even subscribers are attached.
     let mut b_devices = DeviceClient::new(node_b.client).unwrap();
@@ -253,7 +199,7 @@ fn two_networks_answer_charge_reload_and_stop_cleanly() {
     let other = if current == "0" { 1 } else { 0 };
     hss.push_str(&format!("{moved},{other}\n"));
     std::fs::write(b.dir.join("hss.csv"), hss).unwrap();
-    node_b.signal(libc::SIGHUP);
+    node_b.signal(libc::SIGHUP).unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let answers = ask(&mut client, &a, &[(buddy_of(0, n), moved)]);
     assert_eq!(answers.len(), 1);
@@ -275,8 +221,8 @@ fn two_networks_answer_charge_reload_and_stop_cleanly() {
     let mut answered = 0;
     for (round, chunk) in stream.chunks(60).enumerate() {
         if round % 2 == 1 {
-            node_b.signal(libc::SIGHUP);
-            node_a.signal(libc::SIGHUP);
+            node_b.signal(libc::SIGHUP).unwrap();
+            node_a.signal(libc::SIGHUP).unwrap();
         }
         let answers = ask(&mut client, &a, chunk);
         assert!(
@@ -312,8 +258,8 @@ fn two_networks_answer_charge_reload_and_stop_cleanly() {
     assert_eq!(value("presence_drops_total{reason=\"bad_datagram\"}"), 0);
 
     // SIGTERM: both exit 0; B's charge records are on disk, all against A.
-    assert_eq!(node_a.terminate(), Some(0));
-    assert_eq!(node_b.terminate(), Some(0));
+    assert_eq!(node_a.terminate(Duration::from_secs(10)), Some(0));
+    assert_eq!(node_b.terminate(Duration::from_secs(10)), Some(0));
     let lines = cdr_lines(&b.dir);
     assert_eq!(lines.len(), charged, "one charge record per answered query");
     assert!(

@@ -1,0 +1,442 @@
+//! `presence-load`: drives presence appliances with an open-loop mix of
+//! requests and reports throughput, outcomes and latency; `--ceiling`
+//! measures the same sockets and batching against an echo, in the same run.
+//! See `BENCHMARKS.md` and `presence-load --help`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use presence_bench::load::driver::{Driver, Responder, StepResult, StepSpec, Targets};
+use presence_bench::load::echo::EchoServer;
+use presence_bench::load::plan::{Mix, Workload};
+use presence_bench::load::population::Population;
+use presence_bench::load::report::{self, thousands};
+use presence_bench::load::topology::{
+    pin_current, ApplianceSettings, Networks, Topology, A_NAME, B_NAME,
+};
+use presence_bench::load::{find_max, wait_until_answering, Search, SearchResult};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "presence-load",
+    about = "Load-test harness for presence-gw: open-loop presence queries at a rate, or the highest rate carried without loss",
+    after_help = "Topologies: --embedded (the default) starts networks o2.gb (A) and t-mobile.de (B) in this process; \
+--spawn PATH runs two `presence-gw run` processes of that binary; --target ADDR drives appliances already running \
+(with --networks DIR holding both networks' subscribers.csv, and --target-b for publications).\n\
+Latency is measured from each request's intended send time (no coordinated omission). \
+The last line of stdout with --json is one JSON object."
+)]
+struct Cli {
+    /// Start both networks' appliances in this process (the default).
+    #[arg(long, conflicts_with_all = ["spawn", "target"])]
+    embedded: bool,
+    /// Spawn two `presence-gw run` processes of this binary.
+    #[arg(long, value_name = "PRESENCE_GW", conflicts_with = "target")]
+    spawn: Option<PathBuf>,
+    /// Drive a running appliance: A's device (client) address.
+    #[arg(long, value_name = "ADDR")]
+    target: Option<std::net::SocketAddr>,
+    /// With --target: B's device address, for publications.
+    #[arg(long, value_name = "ADDR", requires = "target")]
+    target_b: Option<std::net::SocketAddr>,
+    /// Networks folder: generated here (and reused when the population
+    /// matches) for --embedded and --spawn; read for --target.
+    #[arg(long, value_name = "DIR")]
+    networks: Option<PathBuf>,
+    /// The numbering table subscribers are drawn from.
+    #[arg(long, default_value = "data/msisdn-prefixes.csv")]
+    table: PathBuf,
+    /// Subscribers of A (the watchers).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(2..=50_000_000))]
+    watchers: u64,
+    /// Subscribers of B (the targets).
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(2..=50_000_000))]
+    targets: u64,
+    /// Workers per appliance the harness starts.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=16))]
+    workers: u64,
+    /// Appliance workers spin instead of sleeping in epoll.
+    #[arg(long)]
+    poll_mode: bool,
+    /// Duplicate-window ring size of the appliances the harness starts
+    /// (default 2^22 / workers, at least 2^19).
+    #[arg(long)]
+    window_slots: Option<usize>,
+    /// CPUs the spawned appliance processes may use, e.g. `0` or `0,1`.
+    #[arg(long, value_delimiter = ',')]
+    appliance_cpus: Vec<usize>,
+    /// CPUs the harness may use, e.g. `1`.
+    #[arg(long, value_delimiter = ',')]
+    harness_cpus: Vec<usize>,
+    /// Offered rate, requests/s.
+    #[arg(long, default_value_t = 200_000.0)]
+    rate: f64,
+    /// Seconds of load (each rate's, with --max).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Find the highest rate carried with no loss, no shedding and no
+    /// wrong answer, starting at --rate.
+    #[arg(long)]
+    max: bool,
+    /// Most rates --max tries.
+    #[arg(long, default_value_t = 12)]
+    steps: usize,
+    /// Also measure the ceiling: the same sockets and batching against an
+    /// echo with as many threads as the appliance has workers.
+    #[arg(long)]
+    ceiling: bool,
+    /// First rate the ceiling search tries.
+    #[arg(long, default_value_t = 1_000_000.0)]
+    ceiling_start: f64,
+    /// Seconds each ceiling rate is held.
+    #[arg(long, default_value_t = 2.0)]
+    ceiling_seconds: f64,
+    /// An answer later than this after its intended send time is a timeout.
+    #[arg(long, default_value_t = 3000)]
+    timeout_ms: u64,
+    /// Source sockets (the kernel spreads them over the appliance's workers).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
+    sockets: u64,
+    /// Percent of queries about A's own subscribers.
+    #[arg(long, default_value_t = 0.0)]
+    internal: f64,
+    /// Percent of queries whose watcher is not on the target's buddy list.
+    #[arg(long, default_value_t = 0.0)]
+    not_permitted: f64,
+    /// Percent of requests that are B's status publications.
+    #[arg(long, default_value_t = 0.0)]
+    publish: f64,
+    /// Percent of requests that are subscriptions.
+    #[arg(long, default_value_t = 0.0)]
+    subscribe: f64,
+    /// Seed of the request mix.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Skip publishing every other target as attached before measuring.
+    #[arg(long)]
+    no_warm_up: bool,
+    /// Print one JSON object as the last line of stdout.
+    #[arg(long)]
+    json: bool,
+    /// Write the latency percentile distribution (HdrHistogram format,
+    /// milliseconds) to this file.
+    #[arg(long, value_name = "FILE")]
+    percentiles: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("presence-load: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn progress(p: &presence_bench::load::driver::Progress) {
+    eprintln!("{}", report::progress_line(p));
+}
+
+fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mix = Mix {
+        internal_pct: cli.internal,
+        not_permitted_pct: cli.not_permitted,
+        publish_pct: cli.publish,
+        subscribe_pct: cli.subscribe,
+    };
+    mix.validate()?;
+    if !(cli.rate.is_finite() && cli.rate >= 1.0) {
+        return Err("--rate must be at least 1".into());
+    }
+    if !(cli.duration.is_finite() && cli.duration > 0.0) {
+        return Err("--duration must be positive".into());
+    }
+    if !cli.harness_cpus.is_empty() && !pin_current(&cli.harness_cpus) {
+        return Err(format!("cannot pin the harness to CPUs {:?}", cli.harness_cpus).into());
+    }
+    let mut out = std::io::stdout().lock();
+    let timeout = Duration::from_millis(cli.timeout_ms);
+    let workers = cli.workers as usize;
+    let sockets = cli.sockets as usize;
+
+    let networks_dir = cli.networks.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("presence-load-{}x{}", cli.watchers, cli.targets))
+    });
+    let mode = if cli.target.is_some() {
+        "target"
+    } else if cli.spawn.is_some() {
+        "processes"
+    } else {
+        "embedded"
+    };
+
+    // The networks' files (generated for the topologies the harness starts).
+    let networks = if cli.target.is_some() {
+        None
+    } else {
+        if !cli.table.exists() {
+            return Err(format!(
+                "{} not found: run from the repository root, or pass --table",
+                cli.table.display()
+            )
+            .into());
+        }
+        eprintln!(
+            "presence-load: networks {A_NAME} ({} watchers) and {B_NAME} ({} targets) in {}",
+            thousands(cli.watchers),
+            thousands(cli.targets),
+            networks_dir.display()
+        );
+        let (networks, reused) = Networks::prepare(
+            &networks_dir,
+            &cli.table,
+            cli.watchers as usize,
+            cli.targets as usize,
+        )?;
+        eprintln!(
+            "presence-load: {}",
+            if reused {
+                "reused the generated networks"
+            } else {
+                "generated certificates, configuration and provisioning"
+            }
+        );
+        Some(networks)
+    };
+    let population_dir = match (&cli.target, &cli.networks) {
+        (Some(_), Some(dir)) => dir.clone(),
+        (Some(_), None) => {
+            return Err("--target needs --networks DIR with both networks' subscribers.csv".into())
+        }
+        (None, _) => networks_dir.clone(),
+    };
+    let population = Population::load(
+        A_NAME,
+        &population_dir.join(A_NAME).join("subscribers.csv"),
+        B_NAME,
+        &population_dir.join(B_NAME).join("subscribers.csv"),
+    )?;
+
+    writeln!(
+        out,
+        "presence-load: {mode}, {} worker(s) per appliance{}, {} watchers in {A_NAME}, {} targets in {B_NAME}",
+        workers,
+        if cli.poll_mode { " (poll mode)" } else { "" },
+        thousands(population.a.len() as u64),
+        thousands(population.b.len() as u64),
+    )?;
+    writeln!(out, "mix: {}", mix.describe())?;
+    out.flush()?;
+
+    // The ceiling first, before the appliances start competing for CPU.
+    let ceiling = if cli.ceiling {
+        let echo = EchoServer::start(workers)?;
+        let mut driver = Driver::new(
+            &population,
+            Targets {
+                a: echo.addr(),
+                b: Some(echo.addr()),
+            },
+            Responder::Echo,
+            sockets,
+        )?;
+        writeln!(
+            out,
+            "\nceiling: echo on {} thread(s), same sockets and batching",
+            workers
+        )?;
+        writeln!(out, "{}", report::step_header())?;
+        out.flush()?;
+        let search = Search {
+            start_rate: cli.ceiling_start.max(1.0),
+            step_seconds: cli.ceiling_seconds,
+            max_steps: cli.steps,
+            resolution: 1.1,
+            pause: Duration::from_millis(300),
+        };
+        let result = find_max(
+            &mut driver,
+            &search,
+            timeout,
+            Workload::Mix(mix, cli.seed),
+            &mut |step| println!("{}", report::step_row(step)),
+            &mut progress,
+        )?;
+        let best = result
+            .best
+            .and_then(|i| result.steps.get(i))
+            .map(StepResult::throughput_qps);
+        match best {
+            Some(q) => writeln!(out, "ceiling: {}/s", thousands(q as u64))?,
+            None => writeln!(out, "ceiling: no rate was carried without loss")?,
+        }
+        best
+    } else {
+        None
+    };
+
+    // The appliances.
+    let settings = ApplianceSettings {
+        workers,
+        poll_mode: cli.poll_mode,
+        window_slots: cli
+            .window_slots
+            .unwrap_or(((1usize << 22) / workers).max(1 << 19)),
+        cpus: cli.appliance_cpus.clone(),
+    };
+    let (topology, targets) = match (&networks, &cli.spawn) {
+        (None, _) => (
+            Topology::External,
+            Targets {
+                a: cli.target.ok_or("no --target")?,
+                b: cli.target_b,
+            },
+        ),
+        (Some(networks), Some(binary)) => Topology::processes(binary, networks, &settings)?,
+        (Some(networks), None) => Topology::embedded(networks, &settings)?,
+    };
+    let outcome = measure(
+        cli,
+        &population,
+        targets,
+        mix,
+        timeout,
+        ceiling,
+        mode,
+        &mut out,
+    );
+    let stopped = topology.stop();
+    if !stopped.is_empty() {
+        eprintln!("presence-load: {stopped}");
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    cli: &Cli,
+    population: &Population,
+    targets: Targets,
+    mix: Mix,
+    timeout: Duration,
+    ceiling: Option<f64>,
+    mode: &str,
+    out: &mut impl Write,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut driver = Driver::new(
+        population,
+        targets,
+        Responder::Appliance,
+        cli.sockets as usize,
+    )?;
+    if let Err(probe) = wait_until_answering(&mut driver, Duration::from_secs(60))? {
+        report::final_table(out, "the last probe", &probe, None)?;
+        return Err(format!("the appliance at {} does not answer queries", targets.a).into());
+    }
+    if !cli.no_warm_up && targets.b.is_some() {
+        // Every other target attached, so answers are of both kinds.
+        let workload = Workload::AttachEvery(2);
+        let n = workload.finite_len(population).unwrap_or(0);
+        let rate = 200_000.0;
+        let warm = driver.run(
+            &StepSpec {
+                rate,
+                seconds: n as f64 / rate,
+                timeout,
+                workload,
+            },
+            &mut |_| {},
+        )?;
+        eprintln!(
+            "presence-load: warm-up: {} of {} targets published attached ({} acks)",
+            thousands(warm.sent),
+            thousands(population.b.len() as u64),
+            thousands(warm.answered)
+        );
+    }
+    let workload = Workload::Mix(mix, cli.seed);
+    let result = if cli.max {
+        writeln!(
+            out,
+            "\nsearching the highest rate with no loss ({} s per rate)",
+            cli.duration
+        )?;
+        writeln!(out, "{}", report::step_header())?;
+        out.flush()?;
+        let search = Search {
+            start_rate: cli.rate,
+            step_seconds: cli.duration,
+            max_steps: cli.steps,
+            resolution: 1.05,
+            pause: Duration::from_secs(1),
+        };
+        find_max(
+            &mut driver,
+            &search,
+            timeout,
+            workload,
+            &mut |step| println!("{}", report::step_row(step)),
+            &mut progress,
+        )?
+    } else {
+        writeln!(
+            out,
+            "\nopen loop at {}/s for {} s",
+            thousands(cli.rate as u64),
+            cli.duration
+        )?;
+        out.flush()?;
+        let step = driver.run(
+            &StepSpec {
+                rate: cli.rate,
+                seconds: cli.duration,
+                timeout,
+                workload,
+            },
+            &mut progress,
+        )?;
+        SearchResult {
+            best: step.clean().then_some(0),
+            steps: vec![step],
+        }
+    };
+    let Some(headline) = result.headline() else {
+        return Err("no step ran".into());
+    };
+    writeln!(out)?;
+    let title = if cli.max {
+        if result.best.is_some() {
+            "result: the highest rate carried with no loss"
+        } else {
+            "result: no rate was carried without loss; the last one tried"
+        }
+    } else {
+        "result"
+    };
+    report::final_table(out, title, headline, ceiling)?;
+    if let Some(path) = &cli.percentiles {
+        report::write_percentiles(path, &headline.latency)?;
+        writeln!(out, "  percentiles  {}", path.display())?;
+    }
+    if cli.json {
+        let mut extra = serde_json::Map::new();
+        extra.insert("mode".into(), mode.into());
+        extra.insert("workers".into(), cli.workers.into());
+        extra.insert("poll_mode".into(), cli.poll_mode.into());
+        extra.insert("search".into(), cli.max.into());
+        extra.insert("watchers".into(), (population.a.len() as u64).into());
+        extra.insert("targets".into(), (population.b.len() as u64).into());
+        writeln!(out, "{}", report::json(headline, ceiling, extra))?;
+    }
+    out.flush()?;
+    Ok(if headline.clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

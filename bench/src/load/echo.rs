@@ -1,0 +1,116 @@
+//! The ceiling: an echo server with the appliance's sockets and batching
+//! (one `SO_REUSEPORT` socket per worker thread, `recvmmsg`/`sendmmsg` in
+//! batches of 64, GSO where the kernel has it, workers waiting in epoll) and
+//! no presence work. What the harness measures against it, in the same run,
+//! is what this machine's loopback and the harness itself can carry at that
+//! moment; the appliance's figures are stated as a fraction of it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use presence_engine::runtime::udp::{RecvBatch, SendBatch, BATCH};
+
+/// A running echo server.
+#[derive(Debug)]
+pub struct EchoServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_reuse_port(true)?;
+    let _ = socket.set_recv_buffer_size(8 << 20);
+    let _ = socket.set_send_buffer_size(8 << 20);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+impl EchoServer {
+    /// Starts `threads` echo threads sharing one loopback port.
+    pub fn start(threads: usize) -> std::io::Result<EchoServer> {
+        let first = reuse_port_socket(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let addr = first.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut sockets = vec![first];
+        for _ in 1..threads.max(1) {
+            sockets.push(reuse_port_socket(addr)?);
+        }
+        let mut handles = Vec::new();
+        for (i, socket) in sockets.into_iter().enumerate() {
+            let stop = stop.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("echo-{i}"))
+                    .spawn(move || echo(UdpSocket::from_std(socket), &stop))?,
+            );
+        }
+        Ok(EchoServer {
+            addr,
+            stop,
+            threads: handles,
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for handle in self.threads.drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn echo(mut socket: UdpSocket, stop: &AtomicBool) {
+    let Ok(mut poll) = Poll::new() else { return };
+    if poll
+        .registry()
+        .register(&mut socket, Token(0), Interest::READABLE)
+        .is_err()
+    {
+        return;
+    }
+    let mut events = Events::with_capacity(16);
+    let mut recv = RecvBatch::new();
+    let mut send = SendBatch::new();
+    send.enable_gso(&socket);
+    let mut more = true;
+    while !stop.load(Ordering::Relaxed) {
+        if !more {
+            let _ = poll.poll(&mut events, Some(Duration::from_millis(10)));
+        }
+        let n = recv.recv(&socket).unwrap_or(0);
+        for i in 0..n {
+            if let Some((bytes, from)) = recv.get(i) {
+                if send.is_full() {
+                    let _ = send.flush(&socket);
+                }
+                let _ = send.push(from, bytes);
+            }
+        }
+        while !send.is_empty() {
+            match send.flush(&socket) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        more = n == BATCH;
+    }
+}

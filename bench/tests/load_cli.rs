@@ -1,0 +1,149 @@
+//! `presence-load` as an operator runs it: the embedded two networks, a mix
+//! of every request class, the ceiling, the JSON line and the percentile
+//! file.
+
+use std::path::Path;
+use std::process::Command;
+
+fn table() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv")
+}
+
+fn scratch(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("load-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn last_json(stdout: &str) -> serde_json::Value {
+    let line = stdout.lines().last().expect("some output");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("last line {line:?}: {e}"))
+}
+
+#[test]
+fn embedded_mix_is_answered_as_each_class_should_be() {
+    let dir = scratch("mix");
+    let percentiles = dir.join("latency.hgrm");
+    let out = Command::new(env!("CARGO_BIN_EXE_presence-load"))
+        .args(["--embedded", "--watchers", "300", "--targets", "300"])
+        .args(["--rate", "1500", "--duration", "2", "--json"])
+        .args(["--internal", "20", "--not-permitted", "20"])
+        .args(["--publish", "10", "--subscribe", "5"])
+        .args([
+            "--ceiling",
+            "--ceiling-start",
+            "20000",
+            "--ceiling-seconds",
+            "0.3",
+            "--steps",
+            "2",
+        ])
+        .arg("--table")
+        .arg(table())
+        .arg("--networks")
+        .arg(dir.join("networks"))
+        .arg("--percentiles")
+        .arg(&percentiles)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let json = last_json(&stdout);
+    assert_eq!(json["sent"], 3000, "{json}");
+    assert_eq!(json["answered"], 3000, "{json}");
+    for zero in ["timeouts", "lost", "wrong", "duplicates", "shed"] {
+        assert_eq!(json[zero], 0, "{zero} in {json}");
+    }
+    assert_eq!(json["no_loss"], true);
+    for key in ["p50_us", "p99_us", "p999_us", "max_us", "throughput_qps"] {
+        assert!(json[key].as_f64().unwrap() > 0.0, "{key} in {json}");
+    }
+    assert!(json["ceiling_qps"].as_f64().unwrap() >= 20_000.0, "{json}");
+    // Every class was sent and answered as it should be.
+    for row in [
+        "external permitted       attached",
+        "external not permitted   not_available",
+        "internal permitted",
+        "internal not permitted   not_available",
+        "publish                  publish_ok",
+        "subscribe                refused",
+    ] {
+        assert!(stdout.contains(row), "no {row:?} in\n{stdout}");
+    }
+    // Progress lines go to stderr, once a second.
+    assert!(stderr.contains("offered 1,500/s"), "{stderr}");
+    let hgrm = std::fs::read_to_string(&percentiles).unwrap();
+    assert!(
+        hgrm.starts_with("       Value     Percentile TotalCount"),
+        "{hgrm}"
+    );
+    assert!(hgrm.contains("#[Max     ="), "{hgrm}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_second_run_reuses_the_generated_networks_and_max_finds_a_clean_rate() {
+    let dir = scratch("max");
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_presence-load"))
+            .args([
+                "--watchers",
+                "200",
+                "--targets",
+                "200",
+                "--json",
+                "--no-warm-up",
+            ])
+            .args(extra)
+            .arg("--table")
+            .arg(table())
+            .arg("--networks")
+            .arg(dir.join("networks"))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, stderr) = run(&["--rate", "500", "--duration", "0.5"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("generated"), "{stderr}");
+    let (code, stdout, stderr) = run(&[
+        "--max",
+        "--rate",
+        "1000",
+        "--duration",
+        "0.5",
+        "--steps",
+        "2",
+    ]);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("reused"), "{stderr}");
+    let json = last_json(&stdout);
+    assert_eq!(json["search"], true);
+    // Two doublings from 1,000/s: the best clean one is reported.
+    assert_eq!(json["offered_qps"], 2000.0, "{json}");
+    assert!(stdout.contains("result: the highest rate carried with no loss"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_arguments_are_refused_with_a_reason() {
+    let out = Command::new(env!("CARGO_BIN_EXE_presence-load"))
+        .args(["--publish", "80", "--subscribe", "30"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("more than 100"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_presence-load"))
+        .args(["--target", "127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--networks"));
+}
