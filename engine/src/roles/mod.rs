@@ -25,6 +25,7 @@ mod igps;
 mod ogps;
 mod ps;
 mod shed;
+mod store;
 mod timer;
 mod wa;
 
@@ -40,6 +41,7 @@ pub use ps::{
     SubscriberRecord, BUDDIES_MAX, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX,
 };
 pub use shed::{shed_refused_frame, Shed};
+pub use store::SubscriberView;
 pub use wa::{Subscriber, WaConfig, WaCounters, WatcherApp};
 
 use crate::table::NetworkId;

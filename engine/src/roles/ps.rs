@@ -36,6 +36,7 @@ use presence_codec::{
 use subtle::ConstantTimeEq;
 
 use super::igps::reply_addr;
+use super::store::{SubscriberStore, SubscriberView};
 use super::{answer_to, one_hop_on, Addr, DropCounters, Millis, Outbox, PsId};
 use crate::table::NetworkId;
 
@@ -378,7 +379,7 @@ pub struct PsCounters {
 pub struct PresenceServer {
     id: PsId,
     network: NetworkId,
-    shards: Vec<HashMap<Msisdn, SubscriberRecord>>,
+    shards: Vec<SubscriberStore>,
     window: DecisionWindow,
     /// Subscribers moved away, with where to and until when queries still in
     /// flight are forwarded after them.
@@ -410,7 +411,9 @@ impl PresenceServer {
         PresenceServer {
             id,
             network,
-            shards: (0..shards.max(1)).map(|_| HashMap::default()).collect(),
+            shards: (0..shards.max(1))
+                .map(|_| SubscriberStore::default())
+                .collect(),
             window: DecisionWindow::new(window_slots),
             moved: HashMap::default(),
             window_ms,
@@ -428,23 +431,27 @@ impl PresenceServer {
         self.counters
     }
 
-    fn shard(&self, msisdn: Msisdn) -> &HashMap<Msisdn, SubscriberRecord> {
+    fn shard(&self, msisdn: Msisdn) -> &SubscriberStore {
         &self.shards[shard_index(msisdn, self.shards.len())]
     }
 
-    fn shard_mut(&mut self, msisdn: Msisdn) -> &mut HashMap<Msisdn, SubscriberRecord> {
+    fn shard_mut(&mut self, msisdn: Msisdn) -> &mut SubscriberStore {
         let n = self.shards.len();
         &mut self.shards[shard_index(msisdn, n)]
     }
 
-    /// Provisions (or replaces) a subscriber.
+    /// Provisions (or replaces) a subscriber. A record larger than the
+    /// packed store indexes (more than 2^32 buddies in one shard) is
+    /// refused and counted in `refused`.
     pub fn provision(&mut self, msisdn: Msisdn, record: SubscriberRecord) {
-        self.shard_mut(msisdn).insert(msisdn, record);
+        if self.shard_mut(msisdn).insert(msisdn, &record).is_err() {
+            self.counters.refused += 1;
+        }
     }
 
-    /// The subscriber's record, if held here.
-    pub fn subscriber(&self, msisdn: Msisdn) -> Option<&SubscriberRecord> {
-        self.shard(msisdn).get(&msisdn)
+    /// The subscriber, if held here.
+    pub fn subscriber(&self, msisdn: Msisdn) -> Option<SubscriberView<'_>> {
+        self.shard(msisdn).get(msisdn)
     }
 
     /// Number of subscribers held.
@@ -463,7 +470,7 @@ impl PresenceServer {
         msisdn: Msisdn,
         to: PsId,
     ) -> Option<(SubscriberRecord, Vec<DecisionWindowEntry>)> {
-        let record = self.shard_mut(msisdn).remove(&msisdn)?;
+        let record = self.shard_mut(msisdn).remove(msisdn)?;
         self.moved.retain(|_, (_, until)| *until > now);
         self.moved.insert(msisdn, (to, now + self.window_ms));
         let entries = self.window.take_target(msisdn);
@@ -479,29 +486,26 @@ impl PresenceServer {
         buddies: Vec<Msisdn>,
         consent_all: bool,
     ) {
-        let fresh = SubscriberRecord::new(credential, buddies);
-        match self.shard_mut(msisdn).get_mut(&msisdn) {
-            Some(record) => {
-                record.credential = fresh.credential;
-                record.buddies = fresh.buddies;
-                record.consent_all = consent_all;
-            }
-            None => {
-                let mut record = fresh;
-                record.consent_all = consent_all;
-                self.provision(msisdn, record);
-            }
+        let mut fresh = SubscriberRecord::new(credential, buddies);
+        fresh.consent_all = consent_all;
+        match self
+            .shard_mut(msisdn)
+            .update(msisdn, &fresh.credential, &fresh.buddies, consent_all)
+        {
+            Ok(true) => {}
+            Ok(false) => self.provision(msisdn, fresh),
+            Err(_) => self.counters.refused += 1,
         }
     }
 
     /// Removes a subscriber; returns whether it was here.
     pub fn deprovision(&mut self, msisdn: Msisdn) -> bool {
-        self.shard_mut(msisdn).remove(&msisdn).is_some()
+        self.shard_mut(msisdn).remove(msisdn).is_some()
     }
 
     /// The subscribers held here.
     pub fn subscriber_numbers(&self) -> impl Iterator<Item = Msisdn> + '_ {
-        self.shards.iter().flat_map(|shard| shard.keys().copied())
+        self.shards.iter().flat_map(SubscriberStore::numbers)
     }
 
     /// Takes over a subscriber exported by another server.
@@ -631,8 +635,8 @@ impl PresenceServer {
         let outcome = match self.subscriber(query.target) {
             Some(b) if b.permits(query.watcher) => {
                 let confirmed_age_s =
-                    (now.saturating_sub(b.confirmed_at) / 1000).min(u64::from(u32::MAX)) as u32;
-                match b.state {
+                    (now.saturating_sub(b.confirmed_at()) / 1000).min(u64::from(u32::MAX)) as u32;
+                match b.state() {
                     PresenceState::Attached(reach) => Outcome::Attached {
                         reach,
                         confirmed_age_s,
@@ -684,22 +688,22 @@ impl PresenceServer {
         publish: &Publish<'_>,
         out: &mut Outbox,
     ) {
-        let status = match self
-            .shard_mut(publish.subscriber)
-            .get_mut(&publish.subscriber)
-        {
+        let authentic = self
+            .shard(publish.subscriber)
+            .get(publish.subscriber)
+            .map(|b| {
+                device == publish.subscriber
+                    && bool::from(b.credential().ct_eq(publish.credential.as_bytes()))
+            });
+        let status = match authentic {
             None => AckStatus::UnknownSubscriber,
-            Some(b)
-                if device != publish.subscriber
-                    || !bool::from(
-                        b.credential.as_slice().ct_eq(publish.credential.as_bytes()),
-                    ) =>
-            {
-                AckStatus::Unauthenticated
-            }
-            Some(b) => {
-                b.state = publish.state;
-                b.confirmed_at = now;
+            Some(false) => AckStatus::Unauthenticated,
+            Some(true) => {
+                self.shard_mut(publish.subscriber).set_state(
+                    publish.subscriber,
+                    publish.state,
+                    now,
+                );
                 AckStatus::Ok
             }
         };
@@ -719,12 +723,12 @@ impl PresenceServer {
     }
 
     fn apply_buddies(&mut self, update: &BuddyUpdate<'_>) -> AckStatus {
-        let Some(b) = self.shard_mut(update.owner).get_mut(&update.owner) else {
+        let Some(b) = self.shard(update.owner).get(update.owner) else {
             return AckStatus::UnknownSubscriber;
         };
         let mut buddies: SmallVec<[Msisdn; 24]> = match update.action {
             BuddyAction::Replace => SmallVec::new(),
-            BuddyAction::Add | BuddyAction::Remove => b.buddies.clone(),
+            BuddyAction::Add | BuddyAction::Remove => SmallVec::from_slice(b.buddies()),
         };
         match update.action {
             BuddyAction::Add | BuddyAction::Replace => buddies.extend(update.buddies.iter()),
@@ -735,28 +739,29 @@ impl PresenceServer {
         if buddies.len() > BUDDIES_MAX {
             return AckStatus::TooManyBuddies;
         }
-        b.buddies = buddies;
-        AckStatus::Ok
+        match self
+            .shard_mut(update.owner)
+            .set_buddies(update.owner, &buddies)
+        {
+            Ok(true) => AckStatus::Ok,
+            Ok(false) => AckStatus::UnknownSubscriber,
+            Err(_) => AckStatus::TooManyBuddies,
+        }
     }
 
     fn apply_consent(&mut self, update: &ConsentUpdate) -> AckStatus {
-        let Some(b) = self.shard_mut(update.owner).get_mut(&update.owner) else {
-            return AckStatus::UnknownSubscriber;
+        let owner = update.owner;
+        let store = self.shard_mut(owner);
+        let known = match (update.scope, update.consent) {
+            (ConsentScope::All, consent) => store.set_consent_all(owner, consent == Consent::Grant),
+            (ConsentScope::Watcher(w), Consent::Withdraw) => store.set_withdrawn(owner, w, true),
+            (ConsentScope::Watcher(w), Consent::Grant) => store.set_withdrawn(owner, w, false),
         };
-        match (update.scope, update.consent) {
-            (ConsentScope::All, consent) => b.consent_all = consent == Consent::Grant,
-            (ConsentScope::Watcher(w), Consent::Withdraw) => {
-                if let Err(at) = b.withdrawn.binary_search(&w) {
-                    b.withdrawn.insert(at, w);
-                }
-            }
-            (ConsentScope::Watcher(w), Consent::Grant) => {
-                if let Ok(at) = b.withdrawn.binary_search(&w) {
-                    b.withdrawn.remove(at);
-                }
-            }
+        if known {
+            AckStatus::Ok
+        } else {
+            AckStatus::UnknownSubscriber
         }
-        AckStatus::Ok
     }
 }
 
