@@ -253,7 +253,8 @@ fn two_networks_answer_charge_reload_and_stop_cleanly() {
     assert!(value("presence_role_events_total{role=\"ogps\",event=\"forwarded\"}") >= 300);
     assert!(value("presence_peer_events_total{peer=\"t-mobile.de\",event=\"frames_out\"}") >= 1);
     assert!(value("presence_peer_events_total{peer=\"t-mobile.de\",event=\"answers_in\"}") >= 300);
-    assert!(value("presence_answer_latency_seconds_count") >= 300);
+    // One request in 16 is timed (by device request id).
+    assert!(value("presence_answer_latency_seconds_count") >= 300 / 16);
     assert!(value("presence_bg_links_up") >= 1);
     assert_eq!(value("presence_drops_total{reason=\"bad_datagram\"}"), 0);
 

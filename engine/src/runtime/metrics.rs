@@ -408,7 +408,7 @@ impl Metrics {
             self.table.snapshot().version()
         );
         if let Some(h) = &total.latency {
-            let _ = writeln!(out, "# HELP presence_answer_latency_seconds Device request to answer, inside the appliance.");
+            let _ = writeln!(out, "# HELP presence_answer_latency_seconds Device request to answer, inside the appliance (1 request in 16, by request id).");
             let _ = writeln!(out, "# TYPE presence_answer_latency_seconds histogram");
             for bound in LATENCY_BOUNDS_US {
                 let n = h.count_between(0, bound);
