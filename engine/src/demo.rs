@@ -418,6 +418,22 @@ impl SpawnedAppliance {
         }
     }
 
+    /// Waits until the log file `log` holds a line containing `text`
+    /// (`false` if `wait` passed, or the process exited, first).
+    pub fn wait_for_log(&mut self, log: &Path, text: &str, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        while Instant::now() < deadline {
+            if std::fs::read_to_string(log).is_ok_and(|l| l.contains(text)) {
+                return true;
+            }
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
     /// Sends `signal` to the process.
     pub fn signal(&self, signal: i32) -> std::io::Result<()> {
         let pid = i32::try_from(self.child.id()).map_err(std::io::Error::other)?;

@@ -146,6 +146,8 @@ pub struct Progress {
     pub overloaded: u64,
     /// p99 so far, µs.
     pub p99_us: u64,
+    /// Highest latency of the answers in the last second, µs.
+    pub max_last_second_us: u64,
 }
 
 /// Why the driver could not run.
@@ -375,6 +377,7 @@ impl<'p> Driver<'p> {
                 send_errors: 0,
             },
             start: Instant::now(),
+            max_since_progress_us: 0,
         };
         let mut last_progress = 0u64;
         let mut answered_at_progress = 0u64;
@@ -408,6 +411,7 @@ impl<'p> Driver<'p> {
                     late: r.late,
                     overloaded: r.overloaded(),
                     p99_us: r.latency.value_at_quantile(0.99),
+                    max_last_second_us: std::mem::take(&mut state.max_since_progress_us),
                 });
                 answered_at_progress = r.answered;
             }
@@ -582,6 +586,7 @@ struct StepState {
     seen: Vec<u64>,
     result: StepResult,
     start: Instant,
+    max_since_progress_us: u64,
 }
 
 impl StepState {
@@ -637,6 +642,7 @@ impl StepState {
         let intended_ns = (seq as f64 * self.ns_per_request) as u64;
         let latency_us = now_ns.saturating_sub(intended_ns) / 1000;
         let _ = r.latency.record(latency_us.max(1));
+        self.max_since_progress_us = self.max_since_progress_us.max(latency_us);
         if latency_us > self.timeout_us {
             r.late += 1;
         }

@@ -26,7 +26,7 @@ pub fn thousands(n: u64) -> String {
 /// The once-a-second line.
 pub fn progress_line(p: &Progress) -> String {
     format!(
-        "  {:>5.1} s  offered {}/s  sent {}  answered {} ({}/s)  in flight {}  late {}  shed {}  p99 {} µs",
+        "  {:>5.1} s  offered {}/s  sent {}  answered {} ({}/s)  in flight {}  late {}  shed {}  p99 {} µs  max in the last second {} µs",
         p.elapsed_s,
         thousands(p.rate as u64),
         thousands(p.sent),
@@ -36,6 +36,7 @@ pub fn progress_line(p: &Progress) -> String {
         thousands(p.late),
         thousands(p.overloaded),
         thousands(p.p99_us),
+        thousands(p.max_last_second_us),
     )
 }
 

@@ -160,6 +160,18 @@ impl Topology {
         let a = spawn(&a_config, "a.log")?;
         write(&networks.b, &networks.a, Some(a.border))?;
         b.signal(libc::SIGHUP)?;
+        // B re-reads its whole provisioning on a reload: measuring while it
+        // does would measure the reload.
+        let mut b = b;
+        if !b.wait_for_log(
+            &networks.root.join("b.log"),
+            "reloaded on SIGHUP",
+            Duration::from_secs(300),
+        ) {
+            return Err(DemoError::Other(
+                "B did not finish its reload (see b.log)".into(),
+            ));
+        }
         let targets = Targets {
             a: a.client,
             b: Some(b.client),
