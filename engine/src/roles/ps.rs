@@ -454,6 +454,12 @@ impl PresenceServer {
         self.shard(msisdn).get(msisdn)
     }
 
+    /// The first buddy of `msisdn`'s list, if held: read ahead of a batch,
+    /// it brings the subscriber's entry and list into the cache.
+    pub fn first_buddy(&self, msisdn: Msisdn) -> Option<Msisdn> {
+        self.subscriber(msisdn)?.buddies().first().copied()
+    }
+
     /// Number of subscribers held.
     pub fn subscriber_count(&self) -> usize {
         self.shards.iter().map(|s| s.len()).sum()

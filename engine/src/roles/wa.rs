@@ -342,6 +342,18 @@ impl WatcherApp {
         self.counters
     }
 
+    /// Whether `msisdn` is a subscriber here. Read ahead of a batch (see
+    /// the runtime's warm-up pass), it brings the subscriber's entry into
+    /// the cache while other lookups are in flight.
+    pub fn knows(&self, msisdn: Msisdn) -> bool {
+        self.subscribers.contains_key(&msisdn)
+    }
+
+    /// The device waiting for transaction `txid`, if one is.
+    pub fn pending_device(&self, txid: u64) -> Option<Msisdn> {
+        self.pending.get(txid).map(|p| p.device)
+    }
+
     /// A's remaining credit.
     pub fn credit(&self, msisdn: Msisdn) -> Option<u64> {
         self.subscribers.get(&msisdn).map(|s| s.credit)
