@@ -375,8 +375,8 @@ impl Workload {
     }
 }
 
-fn credential(text: &str) -> Credential<'_> {
-    Credential::new(text.as_bytes()).unwrap_or(Credential::EMPTY)
+fn credential(bytes: &[u8]) -> Credential<'_> {
+    Credential::new(bytes).unwrap_or(Credential::EMPTY)
 }
 
 #[cfg(test)]
