@@ -115,9 +115,14 @@ struct Cli {
     /// Seed of the request mix.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Skip publishing every other target as attached before measuring.
+    /// Skip the warm-up: every other target publishing "attached", then
+    /// --warm-up-seconds of queries at half the first rate.
     #[arg(long)]
     no_warm_up: bool,
+    /// Seconds of queries before measuring (first-touch costs: tables
+    /// filling, rings allocated, TCP windows opening).
+    #[arg(long, default_value_t = 3.0)]
+    warm_up_seconds: f64,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -357,6 +362,25 @@ fn measure(
             thousands(warm.sent),
             thousands(population.b.len() as u64),
             thousands(warm.answered)
+        );
+    }
+    if !cli.no_warm_up && cli.warm_up_seconds > 0.0 {
+        let rate = (cli.rate / 2.0).max(1.0);
+        let warm = driver.run(
+            &StepSpec {
+                rate,
+                seconds: cli.warm_up_seconds,
+                timeout,
+                workload: Workload::Mix(mix, cli.seed ^ 0x5741_524d),
+            },
+            &mut |_| {},
+        )?;
+        eprintln!(
+            "presence-load: warm-up: {} s of queries at {}/s ({} answered, p99 {} µs)",
+            cli.warm_up_seconds,
+            thousands(rate as u64),
+            thousands(warm.answered),
+            thousands(warm.latency.value_at_quantile(0.99))
         );
     }
     let workload = Workload::Mix(mix, cli.seed);
