@@ -116,8 +116,8 @@ impl StepResult {
             && self.wrong == 0
     }
 
-    /// Whether the step was carried without loss: [`all_answered`]
-    /// (Self::all_answered), the answers keeping pace with the offered rate
+    /// Whether the step was carried without loss:
+    /// [`all_answered`](Self::all_answered), the answers keeping pace with the offered rate
     /// (≥ 97 % of it within the send window), and the sender on schedule
     /// (so the rate really was offered).
     pub fn clean(&self) -> bool {
