@@ -15,7 +15,7 @@ use presence_bench::load::plan::{Mix, Workload};
 use presence_bench::load::population::Population;
 use presence_bench::load::report::{self, thousands};
 use presence_bench::load::topology::{
-    pin_current, ApplianceSettings, Networks, Topology, A_NAME, B_NAME,
+    original_cpus, with_cpus, ApplianceSettings, Networks, Topology, A_NAME, B_NAME,
 };
 use presence_bench::load::{find_max, wait_until_answering, Search, SearchResult};
 
@@ -161,8 +161,26 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if !(cli.duration.is_finite() && cli.duration > 0.0) {
         return Err("--duration must be positive".into());
     }
-    if !cli.harness_cpus.is_empty() && !pin_current(&cli.harness_cpus) {
-        return Err(format!("cannot pin the harness to CPUs {:?}", cli.harness_cpus).into());
+    if !(cli.ceiling_seconds.is_finite() && cli.ceiling_seconds > 0.0) {
+        return Err("--ceiling-seconds must be positive".into());
+    }
+    if !(cli.warm_up_seconds.is_finite() && cli.warm_up_seconds >= 0.0) {
+        return Err("--warm-up-seconds must be 0 or more".into());
+    }
+    // The CPUs we may use, read before any pinning: the echo and the
+    // appliances get --appliance-cpus (or these), the harness's driver
+    // --harness-cpus (or these), whatever order they start in.
+    let original = original_cpus();
+    for (flag, cpus) in [
+        ("--harness-cpus", &cli.harness_cpus),
+        ("--appliance-cpus", &cli.appliance_cpus),
+    ] {
+        if let Some(bad) = cpus.iter().find(|c| !original.contains(c)) {
+            return Err(format!(
+                "{flag}: CPU {bad} is not one this process may use ({original:?})"
+            )
+            .into());
+        }
     }
     let mut out = std::io::stdout().lock();
     let timeout = Duration::from_millis(cli.timeout_ms);
@@ -240,7 +258,8 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
     // The ceiling first, before the appliances start competing for CPU.
     let ceiling = if cli.ceiling {
-        let echo = EchoServer::start(workers)?;
+        // The echo stands in for the appliances: it runs where they will.
+        let echo = with_cpus(&cli.appliance_cpus, || EchoServer::start(workers))?;
         let mut driver = Driver::new(
             &population,
             Targets {
@@ -264,14 +283,16 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             resolution: 1.1,
             pause: Duration::from_millis(300),
         };
-        let result = find_max(
-            &mut driver,
-            &search,
-            timeout,
-            Workload::Mix(mix, cli.seed),
-            &mut |step| println!("{}", report::step_row(step)),
-            &mut progress,
-        )?;
+        let result = with_cpus(&cli.harness_cpus, || {
+            find_max(
+                &mut driver,
+                &search,
+                timeout,
+                Workload::Mix(mix, cli.seed),
+                &mut |step| println!("{}", report::step_row(step)),
+                &mut progress,
+            )
+        })?;
         let best = result
             .best
             .and_then(|i| result.steps.get(i))
@@ -305,16 +326,18 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         (Some(networks), Some(binary)) => Topology::processes(binary, networks, &settings)?,
         (Some(networks), None) => Topology::embedded(networks, &settings)?,
     };
-    let outcome = measure(
-        cli,
-        &population,
-        targets,
-        mix,
-        timeout,
-        ceiling,
-        mode,
-        &mut out,
-    );
+    let outcome = with_cpus(&cli.harness_cpus, || {
+        measure(
+            cli,
+            &population,
+            targets,
+            mix,
+            timeout,
+            ceiling,
+            mode,
+            &mut out,
+        )
+    });
     let stopped = topology.stop();
     if !stopped.is_empty() {
         eprintln!("presence-load: {stopped}");
@@ -455,6 +478,15 @@ fn measure(
         extra.insert("search".into(), cli.max.into());
         extra.insert("watchers".into(), (population.a.len() as u64).into());
         extra.insert("targets".into(), (population.b.len() as u64).into());
+        extra.insert(
+            "answered_in_window".into(),
+            headline.answered_in_window.into(),
+        );
+        extra.insert("backlog_at_end".into(), headline.backlog_at_end.into());
+        extra.insert("send_lag_max_us".into(), headline.send_lag_max_us.into());
+        extra.insert("stray".into(), headline.stray.into());
+        extra.insert("send_errors".into(), headline.send_errors.into());
+        extra.insert("unsent".into(), headline.unsent.into());
         writeln!(out, "{}", report::json(headline, ceiling, extra))?;
     }
     out.flush()?;

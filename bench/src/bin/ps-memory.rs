@@ -52,7 +52,7 @@ fn main() {
     // small, until exactly N distinct numbers are held.
     let slice = 1_000_000usize;
     let mut round = 0u64;
-    while ps.subscriber_count() < cli.subscribers {
+    while ps.subscriber_count() < cli.subscribers && ps.counters().refused == 0 {
         round += 1;
         let n = slice.min(cli.subscribers - ps.subscriber_count());
         for m in random_msisdns(&rows, n, 0x1000 + round) {
@@ -67,6 +67,12 @@ fn main() {
         }
     }
     let took = started.elapsed();
+    if ps.counters().refused > 0 {
+        eprintln!(
+            "ps-memory: the store refused a subscriber (more buddy entries than it indexes) after {}",
+            ps.subscriber_count()
+        );
+    }
     let (after, peak) = rss_kib();
     let held = ps.subscriber_count();
     let mib = |k: u64| k as f64 / 1024.0;

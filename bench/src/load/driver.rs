@@ -83,14 +83,24 @@ pub struct StepResult {
     pub latency: Histogram<u64>,
     /// How far behind its schedule the sender fell at worst, µs.
     pub send_lag_max_us: u64,
-    /// Datagrams the sockets refused.
+    /// Failed `sendmmsg` calls (each may have dropped a batch's head).
     pub send_errors: u64,
+    /// Frames or datagrams still queued, and requests never encoded, when
+    /// the step ended (a socket that would not take them); their requests
+    /// are in `lost`.
+    pub unsent: u64,
+    /// Requests sent and not yet answered when the send window closed: the
+    /// queue the system under test carried over its end.
+    pub backlog_at_end: u64,
+    /// Answers in the send window that were neither shed nor wrong.
+    pub good_in_window: u64,
 }
 
 impl StepResult {
-    /// Answers per second within the send window.
+    /// Answers per second within the send window, counting only answers
+    /// that were neither shed nor wrong.
     pub fn throughput_qps(&self) -> f64 {
-        self.answered_in_window as f64 / self.seconds.max(1e-9)
+        self.good_in_window as f64 / self.seconds.max(1e-9)
     }
 
     /// Requests that were not answered in time (late or never).
@@ -106,23 +116,26 @@ impl StepResult {
             .sum()
     }
 
-    /// Whether every request was answered in time, none shed and none
-    /// answered wrongly.
+    /// Whether every request was answered in time, once, none shed and
+    /// none answered wrongly.
     pub fn all_answered(&self) -> bool {
         self.sent > 0
             && self.lost == 0
             && self.late == 0
             && self.overloaded() == 0
             && self.wrong == 0
+            && self.duplicates == 0
     }
 
-    /// Whether the step was carried without loss:
-    /// [`all_answered`](Self::all_answered), the answers keeping pace with the offered rate
-    /// (≥ 97 % of it within the send window), and the sender on schedule
-    /// (so the rate really was offered).
+    /// Whether the rate was carried without loss:
+    /// [`all_answered`](Self::all_answered); the system keeping pace, not
+    /// queueing (at most [`BACKLOG_MAX_S`] worth of requests unanswered
+    /// when the send window closed, so a slowly growing queue fails however
+    /// long the step); and the sender on schedule (so the rate really was
+    /// offered).
     pub fn clean(&self) -> bool {
         self.all_answered()
-            && self.throughput_qps() >= 0.97 * self.rate
+            && (self.backlog_at_end as f64) <= self.rate * BACKLOG_MAX_S
             && self.send_lag_max_us < 50_000
     }
 }
@@ -165,6 +178,9 @@ pub enum DriverError {
     /// The histogram.
     #[error("histogram: {0}")]
     Histogram(String),
+    /// A's and B's addresses of different families (one socket set serves both).
+    #[error("A's and B's device addresses must both be IPv4 or both IPv6")]
+    MixedFamilies,
 }
 
 /// The driver: sockets, batches and the sequence counter.
@@ -196,6 +212,30 @@ struct Timer {
 
 const TIMER: Token = Token(usize::MAX);
 
+/// This thread's timer slack, restored on drop.
+struct TimerSlack(libc::c_int);
+
+impl TimerSlack {
+    fn set(ns: libc::c_ulong) -> TimerSlack {
+        // SAFETY: prctl(PR_GET/SET_TIMERSLACK) takes and returns plain
+        // integers.
+        unsafe {
+            let before = libc::prctl(libc::PR_GET_TIMERSLACK);
+            libc::prctl(libc::PR_SET_TIMERSLACK, ns);
+            TimerSlack(before)
+        }
+    }
+}
+
+impl Drop for TimerSlack {
+    fn drop(&mut self) {
+        // SAFETY: as in `set`; a negative (failed) reading restores the default.
+        unsafe {
+            libc::prctl(libc::PR_SET_TIMERSLACK, self.0.max(0) as libc::c_ulong);
+        }
+    }
+}
+
 impl Timer {
     fn new(poll: &Poll) -> std::io::Result<Timer> {
         use std::os::fd::{AsRawFd, FromRawFd};
@@ -217,12 +257,6 @@ impl Timer {
             TIMER,
             Interest::READABLE,
         )?;
-        // Timer slack is how late the kernel may fire our timers; the
-        // default (50 µs) would blur the schedule.
-        // SAFETY: prctl(PR_SET_TIMERSLACK) takes plain integers.
-        unsafe {
-            libc::prctl(libc::PR_SET_TIMERSLACK, 1_000 as libc::c_ulong);
-        }
         Ok(Timer { fd })
     }
 
@@ -265,6 +299,10 @@ impl Timer {
 const FRAME_MAX: usize = FRAME_LEN_DEFAULT_MAX;
 /// Socket buffers asked for (the kernel caps them at `net.core.[rw]mem_max`).
 const SOCKET_BUFFER: usize = 8 << 20;
+/// A step is carried only if, when its send window closes, no more than
+/// this many seconds' worth of requests are waiting for their answer.
+pub const BACKLOG_MAX_S: f64 = 0.05;
+
 /// Most requests encoded between two looks at the answers.
 const BURST_MAX: u64 = 4096;
 /// Shortest sleep between two bursts of requests: at high rates requests
@@ -279,14 +317,23 @@ impl<'p> Driver<'p> {
         responder: Responder,
         sockets: usize,
     ) -> Result<Driver<'p>, DriverError> {
+        if targets
+            .b
+            .is_some_and(|b| b.is_ipv6() != targets.a.is_ipv6())
+        {
+            return Err(DriverError::MixedFamilies);
+        }
         let poll = Poll::new()?;
         let mut list = Vec::new();
         let mut sends = Vec::new();
         for i in 0..sockets.max(1) {
+            // The unspecified address: the kernel picks the source for the
+            // route to the target (a loopback source cannot reach another
+            // host).
             let local: SocketAddr = if targets.a.is_ipv6() {
-                "[::1]:0".parse().map_err(std::io::Error::other)?
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
             } else {
-                "127.0.0.1:0".parse().map_err(std::io::Error::other)?
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
             };
             let socket = socket2::Socket::new(
                 socket2::Domain::for_address(local),
@@ -330,6 +377,10 @@ impl<'p> Driver<'p> {
         spec: &StepSpec,
         progress: &mut dyn FnMut(&Progress),
     ) -> Result<StepResult, DriverError> {
+        // Timer slack is how late the kernel may fire this thread's timers;
+        // the default (50 µs) would blur the schedule. Set for the step
+        // only: threads and processes started later inherit it.
+        let _slack = TimerSlack::set(1_000);
         let rate = spec.rate.max(1.0);
         let mut total = (rate * spec.seconds).ceil().max(1.0) as u64;
         if let Some(n) = spec.workload.finite_len(self.population) {
@@ -347,6 +398,12 @@ impl<'p> Driver<'p> {
             if matches!(spec.workload, Workload::AttachEvery(_)) {
                 return Err(DriverError::NoB);
             }
+        }
+        // Nothing of an earlier step goes out in this one.
+        self.frame_a.clear();
+        self.frame_b.clear();
+        for batch in &mut self.sends {
+            batch.clear();
         }
         let base = self.next_base;
         // The next step's sequence numbers start past this one's, so late
@@ -375,9 +432,13 @@ impl<'p> Driver<'p> {
                     .map_err(|e| DriverError::Histogram(e.to_string()))?,
                 send_lag_max_us: 0,
                 send_errors: 0,
+                unsent: 0,
+                backlog_at_end: 0,
+                good_in_window: 0,
             },
             start: Instant::now(),
             max_since_progress_us: 0,
+            window_closed: false,
         };
         let mut last_progress = 0u64;
         let mut answered_at_progress = 0u64;
@@ -415,14 +476,22 @@ impl<'p> Driver<'p> {
                 });
                 answered_at_progress = r.answered;
             }
-            let all_sent = state.result.sent == total && !self.backlogged();
-            if all_sent {
-                let last_intended = (total as f64 * state.ns_per_request) as u64;
-                if state.result.answered >= total
-                    || now_ns > last_intended.saturating_add(timeout_ns)
-                {
-                    break;
-                }
+            if state.result.sent == total {
+                // Whatever the last burst could not queue goes now.
+                self.close_frame(Destination::A, &mut state);
+                self.close_frame(Destination::B, &mut state);
+            }
+            if !state.window_closed && now_ns >= state.window_ns {
+                state.window_closed = true;
+                state.result.backlog_at_end =
+                    state.result.sent.saturating_sub(state.result.answered);
+            }
+            let queued = self.queued();
+            let last_intended = (total as f64 * state.ns_per_request) as u64;
+            let done = state.result.sent == total && queued == 0 && state.result.answered >= total;
+            if done || now_ns > last_intended.saturating_add(timeout_ns) {
+                state.result.unsent = queued + (total - state.result.sent);
+                break;
             }
             if !worked {
                 // Sleep until the next request is due (at least a tick) or
@@ -447,6 +516,16 @@ impl<'p> Driver<'p> {
 
     fn backlogged(&self) -> bool {
         self.sends.iter().any(|s| s.is_full())
+    }
+
+    /// Frames not yet handed to the kernel: open frames and queued
+    /// datagrams.
+    fn queued(&self) -> u64 {
+        let open = [&self.frame_a, &self.frame_b]
+            .iter()
+            .filter(|f| !f.is_empty())
+            .count();
+        (open + self.sends.iter().map(SendBatch::len).sum::<usize>()) as u64
     }
 
     fn wait(&mut self, timeout: Option<Duration>) -> Result<(), DriverError> {
@@ -561,8 +640,9 @@ impl<'p> Driver<'p> {
                 any = true;
                 let now_ns = state.elapsed_ns();
                 for k in 0..n {
-                    if let Some((bytes, _)) = self.recv.get(k) {
-                        state.record_datagram(bytes, now_ns, self.responder);
+                    match self.recv.get(k) {
+                        Some((bytes, _)) => state.record_datagram(bytes, now_ns, self.responder),
+                        None => state.result.stray += 1,
                     }
                 }
                 if n < BATCH {
@@ -587,6 +667,7 @@ struct StepState {
     result: StepResult,
     start: Instant,
     max_since_progress_us: u64,
+    window_closed: bool,
 }
 
 impl StepState {
@@ -641,7 +722,7 @@ impl StepState {
         }
         let intended_ns = (seq as f64 * self.ns_per_request) as u64;
         let latency_us = now_ns.saturating_sub(intended_ns) / 1000;
-        let _ = r.latency.record(latency_us.max(1));
+        r.latency.saturating_record(latency_us.max(1));
         self.max_since_progress_us = self.max_since_progress_us.max(latency_us);
         if latency_us > self.timeout_us {
             r.late += 1;
@@ -659,6 +740,8 @@ impl StepState {
         };
         if !right {
             r.wrong += 1;
+        } else if outcome != OutcomeKind::Overloaded && now_ns <= self.window_ns {
+            r.good_in_window += 1;
         }
     }
 }

@@ -69,7 +69,7 @@ pub fn find_max(
     let (mut good, mut bad): (Option<f64>, Option<f64>) = (None, None);
     let mut rate = search.start_rate.max(1.0);
     for _ in 0..search.max_steps.max(1) {
-        let result = driver.run(
+        let result = match driver.run(
             &StepSpec {
                 rate,
                 seconds: search.step_seconds,
@@ -77,7 +77,12 @@ pub fn find_max(
                 workload,
             },
             progress,
-        )?;
+        ) {
+            Ok(result) => result,
+            // A rate too high to track ends the search, keeping its steps.
+            Err(DriverError::TooManyRequests(_)) if !steps.is_empty() => break,
+            Err(e) => return Err(e),
+        };
         if result.clean() {
             good = Some(good.map_or(rate, |g: f64| g.max(rate)));
         } else {

@@ -329,7 +329,7 @@ impl Workload {
             let targets = if internal { a } else { b };
             let j = below(r[2], targets.len());
             let buddies = targets.buddies(j);
-            let permitted = !chance(r[3], mix.not_permitted_pct) && !buddies.is_empty();
+            let mut permitted = !chance(r[3], mix.not_permitted_pct) && !buddies.is_empty();
             let watcher = if permitted {
                 buddies
                     .get(below(r[3].rotate_left(32), buddies.len()))
@@ -344,6 +344,11 @@ impl Workload {
                         break;
                     }
                     w = below(split_mix(r[3] ^ step), a.len());
+                }
+                // In a population so small that every watcher is listed,
+                // the last draw may still be: then it is what it is.
+                if buddies.iter().any(|b| *b as usize == w) && !(internal && w == j) {
+                    permitted = true;
                 }
                 w
             };

@@ -94,12 +94,12 @@ pub fn final_table(
     )?;
     writeln!(
         out,
-        "  throughput   {} answers/s (answered within the send window)",
+        "  throughput   {} answers/s (right answers within the send window)",
         thousands(r.throughput_qps() as u64)
     )?;
     writeln!(
         out,
-        "  requests     sent {}  answered {}  timeouts {} (late {}, lost {})  shed {}  wrong {}  duplicates {}  stray {}  send errors {}",
+        "  requests     sent {}  answered {}  timeouts {} (late {}, lost {})  shed {}  wrong {}  duplicates {}  stray {}  send errors {}  unsent {}",
         thousands(r.sent),
         thousands(r.answered),
         thousands(r.timeouts()),
@@ -110,6 +110,14 @@ pub fn final_table(
         thousands(r.duplicates),
         thousands(r.stray),
         thousands(r.send_errors),
+        thousands(r.unsent),
+    )?;
+    writeln!(
+        out,
+        "  pace         {} unanswered when the send window closed (at most {} to be carried); sender at worst {} µs behind",
+        thousands(r.backlog_at_end),
+        thousands((r.rate * super::driver::BACKLOG_MAX_S) as u64),
+        thousands(r.send_lag_max_us)
     )?;
     writeln!(
         out,

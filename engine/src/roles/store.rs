@@ -201,6 +201,9 @@ impl SubscriberStore {
         self.entries.remove(&msisdn);
         self.withdrawn.remove(&msisdn);
         self.discard(&stored);
+        if self.wasteful() {
+            self.compact();
+        }
         Some(record)
     }
 
@@ -310,12 +313,9 @@ impl SubscriberStore {
     /// Compacts first if garbage outweighs the live data, or if the new runs
     /// would not be indexable otherwise.
     fn make_room(&mut self, buddies: usize, credential: usize) -> Result<(), StoreError> {
-        let live_buddies = self.buddies.len() - self.garbage_buddies.min(self.buddies.len());
         let overflow = self.buddies.len().saturating_add(buddies) > u32::MAX as usize
             || self.credentials.len().saturating_add(credential) > u32::MAX as usize;
-        let wasteful = self.garbage_buddies > COMPACT_MIN.max(live_buddies)
-            || self.garbage_credentials > COMPACT_MIN.max(self.credentials.len() / 2);
-        if overflow || wasteful {
+        if (overflow && self.garbage_buddies + self.garbage_credentials > 0) || self.wasteful() {
             self.compact();
         }
         if self.buddies.len().saturating_add(buddies) > u32::MAX as usize
@@ -324,6 +324,17 @@ impl SubscriberStore {
             return Err(StoreError::TooLarge);
         }
         Ok(())
+    }
+
+    /// Whether garbage outweighs the live data (and is worth a pass).
+    fn wasteful(&self) -> bool {
+        let live_buddies = self.buddies.len().saturating_sub(self.garbage_buddies);
+        let live_credentials = self
+            .credentials
+            .len()
+            .saturating_sub(self.garbage_credentials);
+        self.garbage_buddies > COMPACT_MIN.max(live_buddies)
+            || self.garbage_credentials > COMPACT_MIN.max(live_credentials)
     }
 
     /// Copies every live run to fresh arenas.
@@ -340,16 +351,19 @@ impl SubscriberStore {
             let c = stored.credential_at as usize;
             let new_b = buddies.len();
             let new_c = credentials.len();
-            buddies.extend_from_slice(
-                self.buddies
-                    .get(b..b + usize::from(stored.buddies_len))
-                    .unwrap_or(&[]),
-            );
-            credentials.extend_from_slice(
-                self.credentials
-                    .get(c..c + usize::from(stored.credential_len))
-                    .unwrap_or(&[]),
-            );
+            // A run outside the arena (a broken invariant) becomes empty
+            // rather than borrowing a neighbour's.
+            match self.buddies.get(b..b + usize::from(stored.buddies_len)) {
+                Some(run) => buddies.extend_from_slice(run),
+                None => stored.buddies_len = 0,
+            }
+            match self
+                .credentials
+                .get(c..c + usize::from(stored.credential_len))
+            {
+                Some(run) => credentials.extend_from_slice(run),
+                None => stored.credential_len = 0,
+            }
             // Both fit: the fresh arenas are no larger than the old ones.
             stored.buddies_at = u32::try_from(new_b).unwrap_or(u32::MAX);
             stored.credential_at = u32::try_from(new_c).unwrap_or(u32::MAX);

@@ -260,6 +260,11 @@ impl SendBatch {
         self.count == 0
     }
 
+    /// Drops everything queued.
+    pub fn clear(&mut self) {
+        self.count = 0;
+    }
+
     /// Whether another datagram fits.
     pub fn is_full(&self) -> bool {
         self.count == BATCH
