@@ -220,7 +220,10 @@ impl SubscriberStore {
     }
 
     /// Replaces the credential, buddy list and consent; keeps the status and
-    /// the withdrawn list.
+    /// the withdrawn list. The new runs overwrite the old ones in place
+    /// when they are no longer (a reload of unchanged provisioning leaves
+    /// no garbage); otherwise they are appended and the old ones become
+    /// garbage.
     pub(crate) fn update(
         &mut self,
         msisdn: Msisdn,
@@ -228,10 +231,30 @@ impl SubscriberStore {
         buddies: &[Msisdn],
         consent_all: bool,
     ) -> Result<bool, StoreError> {
-        let Some(current) = self.get(msisdn) else {
+        let Some(stored) = self.entries.get(&msisdn).copied() else {
             return Ok(false);
         };
-        let mut record = current.to_record();
+        let buddies_len = u16::try_from(buddies.len()).map_err(|_| StoreError::TooLarge)?;
+        let credential_len = u8::try_from(credential.len()).map_err(|_| StoreError::TooLarge)?;
+        if buddies_len <= stored.buddies_len && credential_len <= stored.credential_len {
+            let (b, c) = (stored.buddies_at as usize, stored.credential_at as usize);
+            if let (Some(b_run), Some(c_run)) = (
+                self.buddies.get_mut(b..b + buddies.len()),
+                self.credentials.get_mut(c..c + credential.len()),
+            ) {
+                b_run.copy_from_slice(buddies);
+                c_run.copy_from_slice(credential);
+                self.garbage_buddies += usize::from(stored.buddies_len - buddies_len);
+                self.garbage_credentials += usize::from(stored.credential_len - credential_len);
+                if let Some(entry) = self.entries.get_mut(&msisdn) {
+                    entry.buddies_len = buddies_len;
+                    entry.credential_len = credential_len;
+                    entry.consent_all = consent_all;
+                }
+                return Ok(true);
+            }
+        }
+        let mut record = self.view(msisdn, stored).to_record();
         record.credential = credential.to_vec();
         record.buddies = SmallVec::from_slice(buddies);
         record.consent_all = consent_all;
@@ -239,35 +262,18 @@ impl SubscriberStore {
         Ok(true)
     }
 
-    /// Replaces the buddy list (ascending, no repeats), in place when the
-    /// new one is no longer.
+    /// Replaces the buddy list (ascending, no repeats), keeping the rest.
     pub(crate) fn set_buddies(
         &mut self,
         msisdn: Msisdn,
         buddies: &[Msisdn],
     ) -> Result<bool, StoreError> {
-        let Some(stored) = self.entries.get(&msisdn).copied() else {
-            return Ok(false);
-        };
-        let len = u16::try_from(buddies.len()).map_err(|_| StoreError::TooLarge)?;
-        if len <= stored.buddies_len {
-            let at = stored.buddies_at as usize;
-            if let Some(run) = self.buddies.get_mut(at..at + buddies.len()) {
-                run.copy_from_slice(buddies);
-                self.garbage_buddies += usize::from(stored.buddies_len - len);
-                if let Some(entry) = self.entries.get_mut(&msisdn) {
-                    entry.buddies_len = len;
-                }
-                return Ok(true);
-            }
-        }
         let Some(current) = self.get(msisdn) else {
             return Ok(false);
         };
-        let mut record = current.to_record();
-        record.buddies = SmallVec::from_slice(buddies);
-        self.insert(msisdn, &record)?;
-        Ok(true)
+        let credential: SmallVec<[u8; 32]> = SmallVec::from_slice(current.credential());
+        let consent_all = current.consent_all();
+        self.update(msisdn, &credential, buddies, consent_all)
     }
 
     /// Sets whether the subscriber consents at all.
@@ -439,6 +445,30 @@ mod tests {
         assert_eq!(store.get(m(9)).unwrap().buddies(), &[m(1), m(2), m(3)]);
         assert!(store.get(m(10)).is_none());
         assert!(store.garbage().0 > 0);
+    }
+
+    #[test]
+    fn an_update_no_longer_than_before_is_written_in_place() {
+        let mut store = SubscriberStore::default();
+        store.insert(m(1), &record("secret", &[2, 3, 4])).unwrap();
+        let arena = (store.buddies.len(), store.credentials.len());
+        assert!(store
+            .update(m(1), b"secret", &[m(2), m(3), m(4)], true)
+            .unwrap());
+        assert!(store.update(m(1), b"sec", &[m(5)], false).unwrap());
+        assert_eq!((store.buddies.len(), store.credentials.len()), arena);
+        assert_eq!(store.garbage(), (2, 3));
+        let view = store.get(m(1)).unwrap();
+        assert_eq!(view.credential(), b"sec");
+        assert_eq!(view.buddies(), &[m(5)]);
+        assert!(!view.consent_all());
+        // Longer: appended, the old runs become garbage.
+        assert!(store
+            .update(m(1), b"longer-secret", &[m(6), m(7)], true)
+            .unwrap());
+        assert_eq!(store.garbage(), (3, 6));
+        assert_eq!(store.get(m(1)).unwrap().credential(), b"longer-secret");
+        assert!(!store.update(m(9), b"x", &[], true).unwrap());
     }
 
     #[test]
