@@ -17,6 +17,7 @@ use presence_bench::load::plan::{Mix, Workload};
 use presence_bench::load::population::Population;
 use presence_bench::load::topology::{ApplianceSettings, Networks, Topology, A_NAME, B_NAME};
 use presence_bench::shared_table_path;
+use presence_engine::demo::TwoNetworkSettings;
 
 const BURST: u64 = 1024;
 const SUBSCRIBERS: usize = 10_000;
@@ -26,19 +27,16 @@ fn e2e(c: &mut Criterion) {
     let (networks, _) =
         Networks::prepare(&root, &shared_table_path(), SUBSCRIBERS, SUBSCRIBERS).expect("networks");
     let settings = ApplianceSettings {
-        workers: 1,
-        poll_mode: false,
-        window_slots: 1 << 20,
+        appliance: TwoNetworkSettings {
+            workers: 1,
+            poll_mode: false,
+            window_slots: 1 << 20,
+            metrics: false,
+        },
         cpus: Vec::new(),
     };
     let (topology, targets) = Topology::embedded(&networks, &settings).expect("appliances");
-    let population = Population::load(
-        A_NAME,
-        &root.join(A_NAME).join("subscribers.csv"),
-        B_NAME,
-        &root.join(B_NAME).join("subscribers.csv"),
-    )
-    .expect("population");
+    let population = Population::load_folders(&root, A_NAME, B_NAME).expect("population");
     let mut driver = Driver::new(&population, targets, Responder::Appliance, 1).expect("driver");
     // A burst: every query due at once, then wait for every answer.
     let rate = 1e9;

@@ -132,14 +132,7 @@ impl BorderConfig {
         let raw: RawBorder = border
             .try_into()
             .map_err(|e: toml::de::Error| error("border", e.message().to_string()))?;
-        let base = file.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
-        };
+        let resolve = |p: &Path| relative_to(file, p);
         let network: NetworkName =
             raw.network
                 .parse()
@@ -312,5 +305,15 @@ impl BorderConfig {
             .iter()
             .filter_map(|p| p.address.map(|a| (p.network.clone(), a)))
             .collect()
+    }
+}
+
+/// `path` as a configuration file names it: relative paths are relative to
+/// the folder holding `file`, so a configuration moves with its files.
+pub fn relative_to(file: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        file.parent().unwrap_or(Path::new(".")).join(path)
     }
 }

@@ -177,14 +177,7 @@ impl ApplianceConfig {
                 ),
             ));
         }
-        let base = file.parent().unwrap_or(Path::new("."));
-        let resolve = |p: &Path| {
-            if p.is_absolute() {
-                p.to_path_buf()
-            } else {
-                base.join(p)
-            }
-        };
+        let resolve = |p: &Path| presence_border::config::relative_to(file, p);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let workers = raw.network.workers.unwrap_or(cores.min(WORKERS_MAX));
         if !(1..=WORKERS_MAX).contains(&workers) {

@@ -33,24 +33,31 @@ pub struct DemoNetwork {
 }
 
 impl DemoNetwork {
-    /// A network [`write_two_networks`] wrote earlier under `root`, its
-    /// subscribers read back from `subscribers.csv` (in MSISDN order).
-    pub fn reopen(root: &Path, name: &str) -> Result<DemoNetwork, DemoError> {
-        let dir = root.join(name);
-        let rows = crate::config::load_subscribers(&dir.join("subscribers.csv"))
-            .map_err(|e| DemoError::Other(e.to_string()))?;
-        let mut subscribers: Vec<(Msisdn, String)> = rows
-            .into_iter()
-            .map(|(m, p)| (m, String::from_utf8_lossy(&p.credential).into_owned()))
-            .collect();
-        subscribers.sort_unstable();
-        Ok(DemoNetwork {
-            name: name.to_string(),
-            dir,
-            subscribers,
-        })
+    /// The configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.folder().config_path()
     }
 
+    /// Its name and folder.
+    pub fn folder(&self) -> NetworkFolder {
+        NetworkFolder {
+            name: self.name.clone(),
+            dir: self.dir.clone(),
+        }
+    }
+}
+
+/// A generated network's name and folder: all that configuring and starting
+/// its appliance needs (its subscribers are in the folder's files).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkFolder {
+    /// The network's name.
+    pub name: String,
+    /// Its folder (see [`DemoNetwork::dir`]).
+    pub dir: PathBuf,
+}
+
+impl NetworkFolder {
     /// The configuration file.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("gw.toml")
@@ -205,30 +212,35 @@ pub fn write_config(
     metrics: bool,
 ) -> Result<PathBuf, DemoError> {
     // Tests send little: a small duplicate window keeps them light.
-    write_config_with(
-        network,
-        peer,
-        table_path,
+    let settings = TwoNetworkSettings {
         workers,
-        peer_addr,
+        poll_mode: false,
+        window_slots: 1 << 16,
         metrics,
-        false,
-        1 << 16,
+    };
+    write_config_with(
+        &network.folder(),
+        &peer.name,
+        table_path,
+        peer_addr,
+        &settings,
     )
 }
 
-/// [`write_config`], choosing poll mode and the duplicate-window size.
-#[allow(clippy::too_many_arguments)]
+/// Writes `network`'s `gw.toml` as [`write_config`] does, with `settings`.
 pub fn write_config_with(
-    network: &DemoNetwork,
-    peer: &DemoNetwork,
+    network: &NetworkFolder,
+    peer: &str,
     table_path: &Path,
-    workers: usize,
     peer_addr: Option<SocketAddr>,
-    metrics: bool,
-    poll_mode: bool,
-    window_slots: usize,
+    settings: &TwoNetworkSettings,
 ) -> Result<PathBuf, DemoError> {
+    let TwoNetworkSettings {
+        workers,
+        poll_mode,
+        window_slots,
+        metrics,
+    } = *settings;
     let table = std::fs::canonicalize(table_path)?;
     let address = peer_addr
         .map(|a| format!("address = \"{a}\"\n"))
@@ -277,8 +289,6 @@ network = "{peer}"
 {address}ca = "peers/{peer}-ca.pem"
 "#,
         name = network.name,
-        peer = peer.name,
-        window_slots = window_slots,
         table = table.display(),
     );
     let path = network.config_path();
@@ -311,8 +321,8 @@ pub struct TwoAppliances {
 /// Starts B, then A dialing B, then tells B where A listens (a reload), and
 /// waits up to 10 s for a border link each way.
 pub fn start_two_appliances(
-    a: &DemoNetwork,
-    b: &DemoNetwork,
+    a: &NetworkFolder,
+    b: &NetworkFolder,
     table_path: &Path,
     settings: TwoNetworkSettings,
     options: crate::runtime::StartOptions,
@@ -320,17 +330,8 @@ pub fn start_two_appliances(
     use crate::config::ApplianceConfig;
     use crate::runtime::Appliance;
     use std::sync::atomic::Ordering;
-    let write = |me, peer, addr| {
-        write_config_with(
-            me,
-            peer,
-            table_path,
-            settings.workers,
-            addr,
-            settings.metrics,
-            settings.poll_mode,
-            settings.window_slots,
-        )
+    let write = |me: &NetworkFolder, peer: &NetworkFolder, addr| {
+        write_config_with(me, &peer.name, table_path, addr, &settings)
     };
     let load =
         |path: &Path| ApplianceConfig::load(path).map_err(|e| DemoError::Other(e.to_string()));

@@ -63,8 +63,8 @@ pub(crate) fn run(
         trace_sink: Some(sink),
     };
     let demo::TwoAppliances { a: a_app, b: b_app } = demo::start_two_appliances(
-        &a,
-        &b,
+        &a.folder(),
+        &b.folder(),
         table,
         demo::TwoNetworkSettings {
             workers,

@@ -150,6 +150,17 @@ impl Population {
         }
         Ok(Population { a, b })
     }
+
+    /// Reads `root/<a_name>/subscribers.csv` and `root/<b_name>/subscribers.csv`
+    /// (the layout the demo and the harness generate).
+    pub fn load_folders(
+        root: &Path,
+        a_name: &str,
+        b_name: &str,
+    ) -> Result<Population, PopulationError> {
+        let file = |name: &str| root.join(name).join("subscribers.csv");
+        Population::load(a_name, &file(a_name), b_name, &file(b_name))
+    }
 }
 
 type Rows = Vec<(Msisdn, presence_engine::config::Provisioned)>;

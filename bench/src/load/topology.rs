@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use presence_engine::demo::{
-    self, DemoError, DemoNetwork, SpawnedAppliance, TwoAppliances, TwoNetworkSettings,
+    self, DemoError, NetworkFolder, SpawnedAppliance, TwoAppliances, TwoNetworkSettings,
 };
 use presence_engine::runtime::StartOptions;
 
@@ -29,9 +29,9 @@ pub struct Networks {
     /// The root folder.
     pub root: PathBuf,
     /// Network A.
-    pub a: DemoNetwork,
+    pub a: NetworkFolder,
     /// Network B.
-    pub b: DemoNetwork,
+    pub b: NetworkFolder,
     /// The numbering table the configurations name.
     pub table: PathBuf,
 }
@@ -50,12 +50,7 @@ impl Networks {
     ) -> Result<(Networks, bool), DemoError> {
         let marker = format!("{A_NAME} {watchers}\n{B_NAME} {targets}\n");
         let reused = std::fs::read_to_string(root.join(MARKER)).is_ok_and(|m| m == marker);
-        let (a, b) = if reused {
-            (
-                DemoNetwork::reopen(root, A_NAME)?,
-                DemoNetwork::reopen(root, B_NAME)?,
-            )
-        } else {
+        if !reused {
             // Only a folder this tool generated (it has the marker), or an
             // empty one, is ever cleared: `--networks` might name anything.
             let generated = root.join(MARKER).exists();
@@ -71,10 +66,14 @@ impl Networks {
                 std::fs::remove_dir_all(root)?;
             }
             std::fs::create_dir_all(root)?;
-            let pair = demo::write_two_networks(root, table, A_NAME, B_NAME, watchers, targets)?;
+            demo::write_two_networks(root, table, A_NAME, B_NAME, watchers, targets)?;
             std::fs::write(root.join(MARKER), marker)?;
-            pair
+        }
+        let folder = |name: &str| NetworkFolder {
+            name: name.to_string(),
+            dir: root.join(name),
         };
+        let (a, b) = (folder(A_NAME), folder(B_NAME));
         Ok((
             Networks {
                 root: root.to_path_buf(),
@@ -106,12 +105,9 @@ pub enum Topology {
 /// How the appliances the harness starts run.
 #[derive(Debug, Clone)]
 pub struct ApplianceSettings {
-    /// Workers per appliance.
-    pub workers: usize,
-    /// Workers spin instead of sleeping in epoll.
-    pub poll_mode: bool,
-    /// Duplicate-window ring size.
-    pub window_slots: usize,
+    /// Workers, poll mode and duplicate window (`metrics` is ignored:
+    /// spawned appliances serve `/metrics`, embedded ones do not).
+    pub appliance: TwoNetworkSettings,
     /// CPUs the appliances may run on (empty: those the harness started with).
     pub cpus: Vec<usize>,
 }
@@ -129,10 +125,8 @@ impl Topology {
                 &networks.b,
                 &networks.table,
                 TwoNetworkSettings {
-                    workers: settings.workers,
-                    poll_mode: settings.poll_mode,
-                    window_slots: settings.window_slots,
                     metrics: false,
+                    ..settings.appliance
                 },
                 StartOptions::default(),
             )
@@ -151,17 +145,12 @@ impl Topology {
         networks: &Networks,
         settings: &ApplianceSettings,
     ) -> Result<(Topology, Targets), DemoError> {
-        let write = |me: &DemoNetwork, peer: &DemoNetwork, addr| {
-            demo::write_config_with(
-                me,
-                peer,
-                &networks.table,
-                settings.workers,
-                addr,
-                true,
-                settings.poll_mode,
-                settings.window_slots,
-            )
+        let appliance = TwoNetworkSettings {
+            metrics: true,
+            ..settings.appliance
+        };
+        let write = |me: &NetworkFolder, peer: &NetworkFolder, addr| {
+            demo::write_config_with(me, &peer.name, &networks.table, addr, &appliance)
         };
         let cpus = settings.cpus.clone();
         let spawn = |config: &Path, log: &str| {
@@ -199,6 +188,20 @@ impl Topology {
             },
             targets,
         ))
+    }
+
+    /// The processes whose CPU time a measurement should report, by name:
+    /// the harness itself, and the appliances when they are separate
+    /// processes (embedded appliances are inside the harness's own).
+    pub fn processes_to_watch(&self) -> Vec<(&'static str, u32)> {
+        let me = std::process::id();
+        match self {
+            Topology::Processes { a, b } => {
+                vec![("harness", me), ("A", a.child.id()), ("B", b.child.id())]
+            }
+            Topology::Embedded(_) => vec![("harness with A and B", me)],
+            Topology::External => vec![("harness", me)],
+        }
     }
 
     /// Stops what this harness started, cleanly; returns a line saying how
@@ -258,6 +261,20 @@ fn pin_command(command: &mut std::process::Command, cpus: Vec<usize>) {
             }
         });
     }
+}
+
+/// CPU time (user and system) process `pid` has used, µs, from
+/// `/proc/PID/stat`.
+pub fn process_cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after ')':
+    // state is field 3, utime field 14, stime field 15.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf takes a plain integer.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    Some(ticks.saturating_mul(1_000_000) / per_second.max(1))
 }
 
 /// The CPUs this process could run on when first asked (before any
