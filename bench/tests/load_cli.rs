@@ -61,6 +61,15 @@ fn embedded_mix_is_answered_as_each_class_should_be() {
         assert!(json[key].as_f64().unwrap() > 0.0, "{key} in {json}");
     }
     assert!(json["ceiling_qps"].as_f64().unwrap() >= 20_000.0, "{json}");
+    // Embedded, the harness's process holds both appliances: its CPU time
+    // per query is reported.
+    assert!(
+        json["cpu_us_per_query"]["harness with A and B"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{json}"
+    );
     // Every class was sent and answered as it should be.
     for row in [
         "external permitted       attached",

@@ -15,9 +15,10 @@ use presence_bench::load::plan::{Mix, Workload};
 use presence_bench::load::population::Population;
 use presence_bench::load::report::{self, thousands};
 use presence_bench::load::topology::{
-    original_cpus, with_cpus, ApplianceSettings, Networks, Topology, A_NAME, B_NAME,
+    original_cpus, process_cpu_us, with_cpus, ApplianceSettings, Networks, Topology, A_NAME, B_NAME,
 };
 use presence_bench::load::{find_max, wait_until_answering, Search, SearchResult};
+use presence_engine::demo::TwoNetworkSettings;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -238,12 +239,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         (None, _) => networks_dir.clone(),
     };
-    let population = Population::load(
-        A_NAME,
-        &population_dir.join(A_NAME).join("subscribers.csv"),
-        B_NAME,
-        &population_dir.join(B_NAME).join("subscribers.csv"),
-    )?;
+    let population = Population::load_folders(&population_dir, A_NAME, B_NAME)?;
 
     writeln!(
         out,
@@ -308,11 +304,14 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
     // The appliances.
     let settings = ApplianceSettings {
-        workers,
-        poll_mode: cli.poll_mode,
-        window_slots: cli
-            .window_slots
-            .unwrap_or(((1usize << 22) / workers).max(1 << 19)),
+        appliance: TwoNetworkSettings {
+            workers,
+            poll_mode: cli.poll_mode,
+            window_slots: cli
+                .window_slots
+                .unwrap_or(((1usize << 22) / workers).max(1 << 19)),
+            metrics: false,
+        },
         cpus: cli.appliance_cpus.clone(),
     };
     let (topology, targets) = match (&networks, &cli.spawn) {
@@ -326,11 +325,12 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         (Some(networks), Some(binary)) => Topology::processes(binary, networks, &settings)?,
         (Some(networks), None) => Topology::embedded(networks, &settings)?,
     };
+    let watched = topology.processes_to_watch();
     let outcome = with_cpus(&cli.harness_cpus, || {
         measure(
             cli,
             &population,
-            targets,
+            (targets, &watched),
             mix,
             timeout,
             ceiling,
@@ -349,7 +349,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
 fn measure(
     cli: &Cli,
     population: &Population,
-    targets: Targets,
+    (targets, watched): (Targets, &[(&str, u32)]),
     mix: Mix,
     timeout: Duration,
     ceiling: Option<f64>,
@@ -407,6 +407,7 @@ fn measure(
         );
     }
     let workload = Workload::Mix(mix, cli.seed);
+    let mut cpu_per_query: Vec<(String, f64)> = Vec::new();
     let result = if cli.max {
         writeln!(
             out,
@@ -438,6 +439,10 @@ fn measure(
             cli.duration
         )?;
         out.flush()?;
+        let cpu_before: Vec<Option<u64>> = watched
+            .iter()
+            .map(|(_, pid)| process_cpu_us(*pid))
+            .collect();
         let step = driver.run(
             &StepSpec {
                 rate: cli.rate,
@@ -447,6 +452,13 @@ fn measure(
             },
             &mut progress,
         )?;
+        // CPU per answered query, over the step (drain included).
+        for ((name, pid), before) in watched.iter().zip(cpu_before) {
+            if let (Some(before), Some(after)) = (before, process_cpu_us(*pid)) {
+                let per_query = after.saturating_sub(before) as f64 / step.answered.max(1) as f64;
+                cpu_per_query.push((name.to_string(), per_query));
+            }
+        }
         SearchResult {
             best: step.clean().then_some(0),
             steps: vec![step],
@@ -466,6 +478,17 @@ fn measure(
         "result"
     };
     report::final_table(out, title, headline, ceiling)?;
+    if !cpu_per_query.is_empty() {
+        let cells: Vec<String> = cpu_per_query
+            .iter()
+            .map(|(name, us)| format!("{name} {us:.2}"))
+            .collect();
+        writeln!(
+            out,
+            "  CPU µs/query {}   (user + system time over the step, /proc/PID/stat)",
+            cells.join("  ")
+        )?;
+    }
     if let Some(path) = &cli.percentiles {
         report::write_percentiles(path, &headline.latency)?;
         writeln!(out, "  percentiles  {}", path.display())?;
@@ -485,8 +508,16 @@ fn measure(
         extra.insert("backlog_at_end".into(), headline.backlog_at_end.into());
         extra.insert("send_lag_max_us".into(), headline.send_lag_max_us.into());
         extra.insert("stray".into(), headline.stray.into());
+        if !cpu_per_query.is_empty() {
+            let map: serde_json::Map<String, serde_json::Value> = cpu_per_query
+                .iter()
+                .map(|(name, us)| (name.clone(), ((us * 100.0).round() / 100.0).into()))
+                .collect();
+            extra.insert("cpu_us_per_query".into(), map.into());
+        }
         extra.insert("send_errors".into(), headline.send_errors.into());
-        extra.insert("unsent".into(), headline.unsent.into());
+        extra.insert("not_sent".into(), headline.not_sent.into());
+        extra.insert("stuck_datagrams".into(), headline.stuck_datagrams.into());
         writeln!(out, "{}", report::json(headline, ceiling, extra))?;
     }
     out.flush()?;

@@ -85,10 +85,12 @@ pub struct StepResult {
     pub send_lag_max_us: u64,
     /// Failed `sendmmsg` calls (each may have dropped a batch's head).
     pub send_errors: u64,
-    /// Frames or datagrams still queued, and requests never encoded, when
-    /// the step ended (a socket that would not take them); their requests
-    /// are in `lost`.
-    pub unsent: u64,
+    /// Requests of the step never encoded (the sender fell behind its
+    /// schedule past the deadline).
+    pub not_sent: u64,
+    /// Datagrams still queued when the step ended (a socket that would not
+    /// take them); their requests are in `lost`.
+    pub stuck_datagrams: u64,
     /// Requests sent and not yet answered when the send window closed: the
     /// queue the system under test carried over its end.
     pub backlog_at_end: u64,
@@ -116,8 +118,8 @@ impl StepResult {
             .sum()
     }
 
-    /// Whether every request was answered in time, once, none shed and
-    /// none answered wrongly.
+    /// Whether every planned request went out and was answered in time,
+    /// once, none shed and none answered wrongly.
     pub fn all_answered(&self) -> bool {
         self.sent > 0
             && self.lost == 0
@@ -125,6 +127,8 @@ impl StepResult {
             && self.overloaded() == 0
             && self.wrong == 0
             && self.duplicates == 0
+            && self.not_sent == 0
+            && self.stuck_datagrams == 0
     }
 
     /// Whether the rate was carried without loss:
@@ -432,7 +436,8 @@ impl<'p> Driver<'p> {
                     .map_err(|e| DriverError::Histogram(e.to_string()))?,
                 send_lag_max_us: 0,
                 send_errors: 0,
-                unsent: 0,
+                not_sent: 0,
+                stuck_datagrams: 0,
                 backlog_at_end: 0,
                 good_in_window: 0,
             },
@@ -490,7 +495,8 @@ impl<'p> Driver<'p> {
             let last_intended = (total as f64 * state.ns_per_request) as u64;
             let done = state.result.sent == total && queued == 0 && state.result.answered >= total;
             if done || now_ns > last_intended.saturating_add(timeout_ns) {
-                state.result.unsent = queued + (total - state.result.sent);
+                state.result.not_sent = total - state.result.sent;
+                state.result.stuck_datagrams = queued;
                 break;
             }
             if !worked {

@@ -99,7 +99,7 @@ pub fn final_table(
     )?;
     writeln!(
         out,
-        "  requests     sent {}  answered {}  timeouts {} (late {}, lost {})  shed {}  wrong {}  duplicates {}  stray {}  send errors {}  unsent {}",
+        "  requests     sent {}  answered {}  timeouts {} (late {}, lost {})  shed {}  wrong {}  duplicates {}  stray {}  send errors {}  not sent {}  stuck datagrams {}",
         thousands(r.sent),
         thousands(r.answered),
         thousands(r.timeouts()),
@@ -110,7 +110,8 @@ pub fn final_table(
         thousands(r.duplicates),
         thousands(r.stray),
         thousands(r.send_errors),
-        thousands(r.unsent),
+        thousands(r.not_sent),
+        thousands(r.stuck_datagrams),
     )?;
     writeln!(
         out,
