@@ -83,6 +83,8 @@ struct RawProvisioning {
 #[serde(deny_unknown_fields)]
 struct RawCdr {
     directory: PathBuf,
+    segment_max_bytes: Option<u64>,
+    segment_max_age_s: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +132,8 @@ pub struct ApplianceConfig {
     pub subscribers: PathBuf,
     /// Where charge records are written.
     pub cdr_directory: PathBuf,
+    /// When the journal opens a new segment.
+    pub segment_limits: crate::journal::SegmentLimits,
     /// WA deadline for a query, in ms.
     pub deadline_ms: u16,
     /// Credit one query costs.
@@ -228,7 +232,22 @@ impl ApplianceConfig {
                 "must be 1024 to 4194304".into(),
             ));
         }
+        let segment_max_bytes = raw.cdr.segment_max_bytes.unwrap_or(64 << 20);
+        if !((64 << 10)..=(1 << 40)).contains(&segment_max_bytes) {
+            return Err(error(
+                "cdr.segment_max_bytes",
+                "must be 65536 to 1099511627776".into(),
+            ));
+        }
+        let segment_max_age_s = raw.cdr.segment_max_age_s.unwrap_or(3600);
+        if !(1..=7 * 86_400).contains(&segment_max_age_s) {
+            return Err(error("cdr.segment_max_age_s", "must be 1 to 604800".into()));
+        }
         Ok(ApplianceConfig {
+            segment_limits: crate::journal::SegmentLimits {
+                max_bytes: segment_max_bytes,
+                max_age: std::time::Duration::from_secs(segment_max_age_s),
+            },
             window_slots,
             file: file.to_path_buf(),
             network: raw.network.name,

@@ -184,7 +184,7 @@ pub(crate) fn run(
     let b_report = b_app.report();
     writeln!(
         out,
-        "  B raised {} charge records against {A} (in {}); A's border sent {} frames, B's received {}",
+        "  B raised {} charge records against {A} (journal in {}; `presence-gw cdr dump` prints it); A's border sent {} frames, B's received {}",
         b_report.charged,
         b.dir.join("cdr").display(),
         BgCounters::get(&a_app.border_counters().frames_out),

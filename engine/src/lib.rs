@@ -17,6 +17,7 @@ pub use presence_codec as codec;
 
 pub mod config;
 pub mod demo;
+pub mod journal;
 pub mod roles;
 pub mod route;
 pub mod runtime;

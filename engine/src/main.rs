@@ -85,6 +85,25 @@ enum Command {
         #[command(subcommand)]
         command: BorderCommand,
     },
+    /// Charge records (docs/reliability.md).
+    Cdr {
+        #[command(subcommand)]
+        command: CdrCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CdrCommand {
+    /// Print the charge records of a journal segment, or of every segment
+    /// in a directory, as CSV on stdout. Reads only: damage (a torn tail,
+    /// corrupt bytes) is reported on stderr and the exit status is 1.
+    Dump {
+        /// A segment file (`*.cdrj`) or the CDR directory.
+        path: PathBuf,
+        /// Every journaled decision, not only the charge records.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -285,6 +304,30 @@ fn run(cli: Cli) -> io::Result<ExitCode> {
                 }
             }
         }
+        Command::Cdr {
+            command: CdrCommand::Dump { path, all },
+        } => match presence_engine::journal::dump(&path, all, &mut out) {
+            Ok(summary) => {
+                out.flush()?;
+                for (segment, damage) in &summary.damage {
+                    eprintln!("presence-gw cdr dump: {}: {damage}", segment.display());
+                }
+                eprintln!(
+                    "{} records from {} segments",
+                    summary.records, summary.segments
+                );
+                if summary.damage.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                }
+            }
+            Err(e) => {
+                out.flush()?;
+                eprintln!("presence-gw cdr dump: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Pki { command } => match pki(command, &mut out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -37,7 +37,7 @@ pub use igps::{Igps, IgpsCounters};
 pub use ogps::{IngressPoint, Ogps, OgpsCounters};
 pub(crate) use ps::shard_index;
 pub use ps::{
-    ChargeRecord, DecisionRecord, DecisionWindowEntry, PresenceServer, PsCounters,
+    ChargeRecord, Charging, DecisionRecord, DecisionWindowEntry, PresenceServer, PsCounters,
     SubscriberRecord, BUDDIES_MAX, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX,
 };
 pub use shed::{shed_refused_frame, Shed};

@@ -30,8 +30,8 @@ use ahash::AHashMap as HashMap;
 use smallvec::SmallVec;
 
 use presence_codec::{
-    Ack, AckStatus, BuddyAction, BuddyUpdate, Consent, ConsentScope, ConsentUpdate, Message,
-    Msisdn, Outcome, PresenceState, Publish, Query,
+    Ack, AckStatus, BuddyAction, BuddyUpdate, Consent, ConsentScope, ConsentUpdate, ErrorReason,
+    Message, Msisdn, Outcome, PresenceState, Publish, Query,
 };
 use subtle::ConstantTimeEq;
 
@@ -353,6 +353,50 @@ impl DecisionWindow {
         }
         self.overflow.clear();
     }
+
+    /// Changes the outcome of a decision still in the window; returns
+    /// whether it was there.
+    fn revise(&mut self, origin: NetworkId, txid: u64, outcome: Outcome) -> bool {
+        if let Some(e) = self.overflow.get_mut(&(origin, txid)) {
+            e.outcome = outcome;
+            return true;
+        }
+        let slot = self.slot(txid);
+        let stream = (origin, (txid >> 48) as u16);
+        let Some(&index) = self.streams.get(&stream) else {
+            return false;
+        };
+        let Some(ring) = self.rings.get_mut(index) else {
+            return false;
+        };
+        match ring.get(slot) {
+            Some(e) if e.txid == txid && e.origin == origin => {
+                ring.set(slot, DecisionWindowEntry { outcome, ..e });
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether a presence server can make charge records durable, as its
+/// caller's journal reports it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Charging {
+    /// Records are being made durable: queries are decided normally.
+    #[default]
+    Available,
+    /// The journal failed (a full or failing disk): a query that would
+    /// show B's status to another network is refused with
+    /// `Error(ChargingUnavailable)` and not remembered, so it can be
+    /// decided once charging is back (fail closed).
+    Unavailable,
+    /// Answers waiting for their records to become durable are at their
+    /// bound: new queries from other networks are answered `Overloaded`.
+    Backlogged {
+        /// The retry-after told.
+        retry_after_ms: u32,
+    },
 }
 
 /// Counters of the presence server's decisions.
@@ -370,6 +414,8 @@ pub struct PsCounters {
     pub publications: u64,
     /// Publications or provisioning refused.
     pub refused: u64,
+    /// Queries refused because charging was unavailable (fail closed).
+    pub charging_refused: u64,
     /// Dropped.
     pub drops: DropCounters,
 }
@@ -385,6 +431,7 @@ pub struct PresenceServer {
     /// flight are forwarded after them.
     moved: HashMap<Msisdn, (PsId, Millis)>,
     window_ms: u64,
+    charging: Charging,
     counters: PsCounters,
 }
 
@@ -417,6 +464,7 @@ impl PresenceServer {
             window: DecisionWindow::new(window_slots),
             moved: HashMap::default(),
             window_ms,
+            charging: Charging::Available,
             counters: PsCounters::default(),
         }
     }
@@ -556,6 +604,27 @@ impl PresenceServer {
         }
     }
 
+    /// Sets whether charge records can be made durable (the caller's
+    /// journal state).
+    pub fn set_charging(&mut self, charging: Charging) {
+        self.charging = charging;
+    }
+
+    /// The charge record of a decision could not be made durable: its
+    /// answer is refused instead, and a retransmission gets the refusal
+    /// too. A decision that charged nothing is left as it was. Returns
+    /// whether a decision was changed.
+    pub fn refuse_undurable(&mut self, origin: NetworkId, txid: u64, was: &Outcome) -> bool {
+        if !matches!(was, Outcome::Attached { .. } | Outcome::Detached { .. }) {
+            return false;
+        }
+        self.window.revise(
+            origin,
+            txid,
+            Outcome::Error(ErrorReason::ChargingUnavailable),
+        )
+    }
+
     /// Handles a query (from an IGPS, with its origin network), a status
     /// publication (from a device of the subscriber) or a provisioning change.
     pub fn handle(
@@ -637,6 +706,16 @@ impl PresenceServer {
             }
             WindowLookup::New => {}
         }
+        let foreign = origin != self.network;
+        if let (true, Charging::Backlogged { retry_after_ms }) = (foreign, self.charging) {
+            self.counters.drops.overloaded += 1;
+            out.send(
+                reply_to,
+                origin,
+                answer(Outcome::Overloaded { retry_after_ms }),
+            );
+            return;
+        }
         // Step 10.
         let outcome = match self.subscriber(query.target) {
             Some(b) if b.permits(query.watcher) => {
@@ -652,6 +731,16 @@ impl PresenceServer {
             }
             _ => Outcome::NotAvailable,
         };
+        if foreign && self.charging == Charging::Unavailable && outcome != Outcome::NotAvailable {
+            // Fail closed: no status without a durable charge record.
+            self.counters.charging_refused += 1;
+            out.send(
+                reply_to,
+                origin,
+                answer(Outcome::Error(ErrorReason::ChargingUnavailable)),
+            );
+            return;
+        }
         self.window.insert(
             now,
             DecisionWindowEntry {

@@ -18,7 +18,6 @@
 //! devices, one batch of TLS records per border link, one `write` of charge
 //! records, and one wake-up per worker it handed messages to.
 
-pub mod cdr;
 pub mod metrics;
 mod shard;
 pub mod udp;
@@ -230,6 +229,9 @@ pub enum StartError {
     /// The configuration or a file it names.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The charge-record journal could not be recovered or opened.
+    #[error("charge-record journal: {0}")]
+    Journal(Box<crate::journal::JournalError>),
     /// A socket, thread or file could not be set up.
     #[error("{what}: {source}")]
     Io {
@@ -387,6 +389,24 @@ impl Appliance {
         // One appliance per CDR directory: SO_REUSEPORT would otherwise let
         // a second instance share the ports silently.
         let lock = lock_directory(&config.cdr_directory)?;
+        // The journal: torn tails cut, numbering continued, and the
+        // decisions young enough to matter for duplicate suppression.
+        let window_ms = u64::from(config.deadline_ms) + 200;
+        let recovery = crate::journal::recover(
+            &config.cdr_directory,
+            &config.network,
+            unix_ms_at_start.saturating_sub(window_ms),
+        )
+        .map_err(|e| StartError::Journal(Box::new(e)))?;
+        for (path, damage) in &recovery.damage {
+            tracing::warn!(segment = %path.display(), %damage, "charge-record journal damage found on start");
+        }
+        tracing::info!(
+            segments = recovery.segments,
+            records = recovery.records,
+            recent = recovery.recent.len(),
+            "charge-record journal recovered"
+        );
         // Started before the workers, so a failure leaves nothing running.
         let metrics_server = match config.metrics_listen {
             Some(addr) => Some(
@@ -401,12 +421,22 @@ impl Appliance {
         let mut built = Vec::with_capacity(workers);
         for (index, ((poll, udp), tcp)) in polls.into_iter().zip(udps).zip(tcps).enumerate() {
             let (commands, command_rx) = channel::bounded(16);
-            let cdr =
-                cdr::CdrWriter::create(&config.cdr_directory, &config.network, index).map_err(
-                    io_error(format!("CDR directory {}", config.cdr_directory.display())),
-                )?;
-            let mut shard = Shard::new(index, shared.clone(), cdr);
+            let waker = shared.wakers[index].clone();
+            let worker_id = u16::try_from(index).unwrap_or(u16::MAX);
+            let journal = crate::journal::JournalWriter::open(
+                &config.cdr_directory,
+                &config.network,
+                worker_id,
+                recovery.next_seq(worker_id),
+                config.segment_limits,
+                move || {
+                    let _ = waker.wake();
+                },
+            )
+            .map_err(|e| StartError::Journal(Box::new(e)))?;
+            let mut shard = Shard::new(index, shared.clone(), journal);
             shard.provision(0, &subscribers, &shared.hss);
+            shard.rebuild_windows(shared.now_ms(), &recovery.recent);
             let endpoint = BgEndpoint::new(
                 EndpointSetup {
                     tls: tls.clone(),
@@ -826,6 +856,10 @@ impl Worker {
                     .is_none_or(ArrayQueue::is_empty)
             {
                 Duration::ZERO
+            } else if self.shard.holding() {
+                // Answers wait for the journal's syncer, which wakes us;
+                // a short nap bounds the wait should a wake-up be missed.
+                Duration::from_millis(1)
             } else {
                 let until_timer = self
                     .shard
@@ -910,7 +944,12 @@ impl Worker {
                     self.shared.closed_workers.load(Ordering::SeqCst) >= self.shared.workers;
                 if (closed && everyone) || now.saturating_sub(since) >= 2 * STOP_LINGER_MS {
                     self.endpoint.shutdown(self.poll.registry(), now);
-                    self.shard.cdr.sync();
+                    if !self.shard.journal.close() {
+                        tracing::error!(
+                            worker = self.index,
+                            "charge records not all durable at stop"
+                        );
+                    }
                     self.report();
                     return;
                 }
@@ -989,6 +1028,9 @@ impl Worker {
     /// charge records, and one wake-up per worker handed messages.
     fn write_out(&mut self, now: u64) {
         self.shard.close_frames();
+        // Answers whose charge records are now durable join the border's
+        // ready list.
+        self.shard.release_held();
         // The ready lists are taken and put back, keeping their capacity.
         let mut frames = std::mem::take(&mut self.shard.ready_device);
         for (to, frame) in frames.drain(..) {
@@ -1041,7 +1083,6 @@ impl Worker {
             let _ = self.send.flush(&self.udp);
         }
         self.endpoint.flush(self.poll.registry(), now);
-        self.shard.cdr.flush();
         for (worker, wake) in self.shard.wake.iter_mut().enumerate() {
             if std::mem::take(wake) {
                 if let Some(waker) = self.shared.wakers.get(worker) {
@@ -1059,7 +1100,7 @@ impl Worker {
             .map_or(0, ArrayQueue::len);
         let pending = self.shard.pending();
         let subscribers = self.shard.subscriber_count();
-        let cdr = (self.shard.cdr.written, self.shard.cdr.lost);
+        let cdr = (self.shard.journal.records_written, self.shard.voided);
         let roles = self.shard.role_events();
         self.metrics.publish(
             self.index,

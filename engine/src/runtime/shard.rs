@@ -20,11 +20,11 @@ use std::sync::Arc;
 use ahash::AHashMap;
 use presence_codec::{Answer, FrameReader, Message, Msisdn, Outcome, FRAME_LEN_DEFAULT_MAX};
 
-use super::cdr::CdrWriter;
 use super::{CrossMsg, Shared, WorkerStats};
+use crate::journal::{JournalEntry, JournalWriter, SyncState};
 use crate::roles::{
-    shed_refused_frame, Addr, HssReader, Igps, IngressPoint, Ogps, Outbox, PresenceServer, PsId,
-    Subscriber, Transmit, WaConfig, WatcherApp,
+    shed_refused_frame, Addr, Charging, DecisionRecord, HssReader, Igps, IngressPoint, Ogps,
+    Outbox, PresenceServer, PsId, Subscriber, Transmit, WaConfig, WatcherApp,
 };
 use crate::table::NetworkId;
 
@@ -34,6 +34,12 @@ use crate::table::NetworkId;
 pub(crate) const BORDER_FRAME_MAX: usize = 16 * 1024;
 /// Retry-after told to a device when the appliance sheds its request.
 pub(crate) const SHED_RETRY_MS: u32 = 200;
+/// Bytes of presence-server answers a worker holds waiting for their charge
+/// records to become durable; past it the presence server sheds new queries
+/// from other networks with `Overloaded` until half of it is left.
+pub(crate) const HELD_BYTES_MAX: usize = 16 << 20;
+/// Retry-after told while answers wait for a slow disk.
+const BACKLOG_RETRY_MS: u32 = 50;
 /// Most role-to-role messages one input may cause (a guard against loops).
 const WORK_MAX: usize = 1 << 16;
 
@@ -65,6 +71,46 @@ struct FrameBuf {
     bytes: Vec<u8>,
 }
 
+/// Appends `message` to the frame being filled for `network`, opening one
+/// (from `free` buffers) if needed; returns the frame it closed first
+/// because `message` would not fit in `max` bytes.
+fn append_framed(
+    frames: &mut AHashMap<NetworkId, FrameBuf>,
+    free: &mut Vec<Vec<u8>>,
+    max: usize,
+    network: NetworkId,
+    message: &Message<'_>,
+    bad_messages: &mut u64,
+) -> Option<Vec<u8>> {
+    let len = message.encoded_len();
+    let full = frames
+        .get(&network)
+        .is_some_and(|f| f.bytes.len() + len > max);
+    let closed = if full {
+        frames.remove(&network).map(|f| f.bytes)
+    } else {
+        None
+    };
+    let frame = frames.entry(network).or_insert_with(|| {
+        let mut bytes = free.pop().unwrap_or_default();
+        bytes.extend_from_slice(&[presence_codec::FRAME_MAGIC, presence_codec::FRAME_VERSION]);
+        FrameBuf { bytes }
+    });
+    if message.encode(&mut frame.bytes).is_err() {
+        *bad_messages += 1;
+    }
+    closed
+}
+
+/// A frame of presence-server answers to another network, waiting until
+/// the journal has made durable every record appended before it closed.
+#[derive(Debug)]
+struct HeldFrame {
+    upto: u64,
+    network: NetworkId,
+    bytes: Vec<u8>,
+}
+
 /// One worker's roles and the routing between them.
 pub(crate) struct Shard {
     pub(crate) index: usize,
@@ -93,7 +139,16 @@ pub(crate) struct Shard {
     /// Workers whose inbox got messages this turn (woken once at its end).
     pub(crate) wake: Vec<bool>,
     pub(crate) stats: WorkerStats,
-    pub(crate) cdr: CdrWriter,
+    pub(crate) journal: JournalWriter,
+    /// Presence-server answers to other networks being filled this turn.
+    held_frames: AHashMap<NetworkId, FrameBuf>,
+    /// Closed frames of such answers, oldest first, waiting for the journal.
+    held: VecDeque<HeldFrame>,
+    held_bytes: usize,
+    /// The charging state told to the presence servers.
+    charging: Charging,
+    /// Answers refused because their charge record did not become durable.
+    pub(crate) voided: u64,
     /// Subscribers provisioned on this worker (for removal on reload).
     owned: ahash::AHashSet<Msisdn>,
     /// The traced query's transaction at this presence server (demo).
@@ -107,7 +162,7 @@ impl std::fmt::Debug for Shard {
 }
 
 impl Shard {
-    pub(crate) fn new(index: usize, shared: Arc<Shared>, cdr: CdrWriter) -> Shard {
+    pub(crate) fn new(index: usize, shared: Arc<Shared>, journal: JournalWriter) -> Shard {
         let wa = WatcherApp::new(Self::wa_config(index, &shared), Default::default());
         let ogps = Self::ogps(&shared);
         let igps = Igps::new(shared.network, &shared.hss);
@@ -131,7 +186,12 @@ impl Shard {
             ready_border: Vec::new(),
             wake: vec![false; workers],
             stats: WorkerStats::default(),
-            cdr,
+            journal,
+            held_frames: AHashMap::new(),
+            held: VecDeque::new(),
+            held_bytes: 0,
+            charging: Charging::Available,
+            voided: 0,
             owned: ahash::AHashSet::new(),
             traced_txid: None,
             shared,
@@ -653,10 +713,17 @@ impl Shard {
 
     /// Moves what a role produced onto the work list.
     fn drain_out(&mut self, from: Addr) {
+        let names = (!self.out.records.is_empty()).then(|| self.shared.names.load());
         for record in self.out.records.drain(..) {
+            if let Some(names) = &names {
+                // Every decision is journaled (duplicate suppression is
+                // rebuilt from them); while the journal has failed nothing
+                // is taken, and the presence servers charge nothing.
+                let at = self.shared.unix_ms_at(record.at);
+                let _ = self.journal.append(&record, at, names.name(record.origin));
+            }
             if record.chargeable() {
                 self.stats.charged += 1;
-                self.cdr.write(&record, &self.shared);
                 if self.shared.trace == Some(record.watcher) {
                     self.shared.trace_step(
                         11,
@@ -825,6 +892,12 @@ impl Shard {
                 self.frame_to_border(network, &transmit.message);
             }
             Addr::BorderReply { network, .. } => {
+                if let (Addr::Ps(_), Message::Answer(_)) = (from, &transmit.message) {
+                    // A presence server's answer (a decision, a duplicate
+                    // of one, or an unknown subscriber, alike): held until
+                    // the records before it are durable.
+                    self.frame_to_held(network, &transmit.message);
+                }
                 if let Message::Answer(a) = &transmit.message {
                     if self.traced_txid.is_some() && self.traced_txid == Some(a.txid) {
                         self.traced_txid = None;
@@ -837,7 +910,9 @@ impl Shard {
                         );
                     }
                 }
-                self.frame_to_border(network, &transmit.message);
+                if !matches!(from, Addr::Ps(_)) {
+                    self.frame_to_border(network, &transmit.message);
+                }
             }
             Addr::Provisioning => {}
         }
@@ -899,24 +974,160 @@ impl Shard {
     }
 
     fn frame_to_border(&mut self, network: NetworkId, message: &Message<'_>) {
-        let len = message.encoded_len();
-        let full = self
-            .border_frames
-            .get(&network)
-            .is_some_and(|f| f.bytes.len() + len > self.shared.border_frame_max);
-        if full {
-            if let Some(frame) = self.border_frames.remove(&network) {
-                self.ready_border.push((network, frame.bytes));
+        let max = self.shared.border_frame_max;
+        if let Some(full) = append_framed(
+            &mut self.border_frames,
+            &mut self.free_bufs,
+            max,
+            network,
+            message,
+            &mut self.stats.bad_messages,
+        ) {
+            self.ready_border.push((network, full));
+        }
+    }
+
+    fn frame_to_held(&mut self, network: NetworkId, message: &Message<'_>) {
+        let max = self.shared.border_frame_max;
+        if let Some(full) = append_framed(
+            &mut self.held_frames,
+            &mut self.free_bufs,
+            max,
+            network,
+            message,
+            &mut self.stats.bad_messages,
+        ) {
+            self.hold(network, full);
+        }
+    }
+
+    fn hold(&mut self, network: NetworkId, bytes: Vec<u8>) {
+        self.held_bytes += bytes.len();
+        self.held.push_back(HeldFrame {
+            upto: self.journal.appended_seq(),
+            network,
+            bytes,
+        });
+    }
+
+    /// Whether answers are waiting for the journal.
+    pub(crate) fn holding(&self) -> bool {
+        !self.held.is_empty()
+    }
+
+    /// Ends the journal's turn (writes the records and asks for a sync),
+    /// then moves the held answers whose records are durable to the ready
+    /// list. A failed journal stops charging: held answers not yet durable
+    /// are refused (`Error(ChargingUnavailable)`), as are their decisions
+    /// in the duplicate window, and released. The presence servers are
+    /// told the charging state.
+    pub(crate) fn release_held(&mut self) {
+        let mut held = std::mem::take(&mut self.held_frames);
+        for (network, frame) in held.drain() {
+            self.hold(network, frame.bytes);
+        }
+        self.held_frames = held;
+        let mut state = self.journal.end_turn();
+        if state == SyncState::Failed && self.journal.try_recover() {
+            state = SyncState::Healthy;
+        }
+        let durable = self.journal.durable_seq();
+        while let Some(frame) = self.held.front() {
+            if frame.upto > durable && state == SyncState::Healthy {
+                break;
+            }
+            let Some(frame) = self.held.pop_front() else {
+                break;
+            };
+            self.held_bytes -= frame.bytes.len();
+            let bytes = if frame.upto > durable {
+                self.refuse_undurable(frame.network, frame.bytes)
+            } else {
+                frame.bytes
+            };
+            self.ready_border.push((frame.network, bytes));
+        }
+        let charging = match state {
+            SyncState::Failed => Charging::Unavailable,
+            SyncState::Healthy if self.held_bytes > HELD_BYTES_MAX => Charging::Backlogged {
+                retry_after_ms: BACKLOG_RETRY_MS,
+            },
+            SyncState::Healthy
+                if matches!(self.charging, Charging::Backlogged { .. })
+                    && self.held_bytes > HELD_BYTES_MAX / 2 =>
+            {
+                self.charging
+            }
+            SyncState::Healthy => Charging::Available,
+        };
+        if charging != self.charging {
+            self.charging = charging;
+            for ps in self.ps.values_mut() {
+                ps.set_charging(charging);
             }
         }
-        if !self.border_frames.contains_key(&network) {
-            let mut bytes = self.take_buf();
-            bytes.extend_from_slice(&[presence_codec::FRAME_MAGIC, presence_codec::FRAME_VERSION]);
-            self.border_frames.insert(network, FrameBuf { bytes });
+    }
+
+    /// Rewrites a held frame whose records may not be on disk: every answer
+    /// that showed B's status becomes `Error(ChargingUnavailable)`.
+    fn refuse_undurable(&mut self, network: NetworkId, bytes: Vec<u8>) -> Vec<u8> {
+        let mut out = self.take_buf();
+        out.extend_from_slice(&[presence_codec::FRAME_MAGIC, presence_codec::FRAME_VERSION]);
+        if let Ok(reader) = FrameReader::new(&bytes, bytes.len()) {
+            for message in reader.flatten() {
+                let message = match message {
+                    Message::Answer(mut answer) => {
+                        let was = answer.outcome;
+                        if matches!(was, Outcome::Attached { .. } | Outcome::Detached { .. }) {
+                            for ps in self.ps.values_mut() {
+                                if ps.refuse_undurable(network, answer.txid, &was) {
+                                    break;
+                                }
+                            }
+                            answer.outcome =
+                                Outcome::Error(presence_codec::ErrorReason::ChargingUnavailable);
+                            self.voided += 1;
+                        }
+                        Message::Answer(answer)
+                    }
+                    other => other,
+                };
+                if message.encode(&mut out).is_err() {
+                    self.stats.bad_messages += 1;
+                }
+            }
         }
-        if let Some(frame) = self.border_frames.get_mut(&network) {
-            if message.encode(&mut frame.bytes).is_err() {
-                self.stats.bad_messages += 1;
+        self.give_back(bytes);
+        out
+    }
+
+    /// Rebuilds the presence servers' duplicate windows from journaled
+    /// decisions (those about subscribers this worker owns).
+    pub(crate) fn rebuild_windows(&mut self, now: u64, entries: &[JournalEntry]) {
+        let names = self.shared.names.load();
+        let workers = self.shared.workers;
+        let mut by_ps: AHashMap<crate::roles::PsId, Vec<DecisionRecord>> = AHashMap::new();
+        for e in entries {
+            if owner(e.target, workers) != self.index {
+                continue;
+            }
+            let Some(origin) = names.id(&e.origin) else {
+                continue;
+            };
+            by_ps.entry(e.ps).or_default().push(DecisionRecord {
+                origin,
+                txid: e.txid,
+                watcher: e.watcher,
+                target: e.target,
+                reply_node: e.reply_node,
+                at: e.at_unix_ms.saturating_sub(self.shared.unix_ms_at(0)),
+                ps: e.ps,
+                outcome: e.outcome,
+            });
+        }
+        for (id, records) in by_ps {
+            if let Some(ps) = self.ps.get_mut(&id) {
+                ps.restart(now, &records);
             }
         }
     }

@@ -1,0 +1,531 @@
+//! One worker's journal writer and its syncer thread.
+//!
+//! The worker appends records to a buffer during a turn
+//! ([`JournalWriter::append`]), writes the buffer with one `write` at the
+//! turn's end ([`JournalWriter::end_turn`]) and asks its syncer thread to
+//! make it durable. The syncer takes every request waiting, `fdatasync`s
+//! each file they name once (and the directory after a rotation), then
+//! publishes the highest sequence number now durable and wakes the worker,
+//! which releases the answers that waited for it. Nothing on the worker's
+//! side blocks on the disk except opening a segment.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+
+use super::{create_segment, encode_record, sync_dir, JournalError, SegmentHeader};
+use crate::roles::DecisionRecord;
+
+/// When a segment is closed and the next one opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentLimits {
+    /// Before a write would make the segment larger than this.
+    pub max_bytes: u64,
+    /// Once the segment is this old (checked when writing).
+    pub max_age: Duration,
+}
+
+impl Default for SegmentLimits {
+    fn default() -> SegmentLimits {
+        SegmentLimits {
+            max_bytes: 64 << 20,
+            max_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// How long a failed journal waits before trying a new segment.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Most sync requests waiting for the syncer (one per turn that wrote).
+const SYNC_QUEUE: usize = 1024;
+
+/// What the worker must do about charging.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncState {
+    /// Records are being made durable.
+    Healthy,
+    /// A write or sync failed: records after [`JournalWriter::durable_seq`]
+    /// may not be on disk, and no new record can be taken until a new
+    /// segment opens. Charging must stop.
+    Failed,
+}
+
+struct SyncRequest {
+    upto: u64,
+    file: Arc<File>,
+    /// A segment was created since the last request: sync the directory.
+    new_segment: bool,
+}
+
+/// One worker's journal.
+pub struct JournalWriter {
+    dir: PathBuf,
+    network: String,
+    worker: u16,
+    limits: SegmentLimits,
+    file: Option<Arc<File>>,
+    segment_bytes: u64,
+    segment_opened: Instant,
+    new_segment: bool,
+    buf: Vec<u8>,
+    next_seq: u64,
+    /// Highest sequence number appended (in `buf` or written).
+    appended: u64,
+    /// Highest sequence number handed to the file system.
+    written: u64,
+    /// A request the syncer's queue had no room for, retried next turn.
+    unsent: Option<SyncRequest>,
+    durable: Arc<AtomicU64>,
+    /// The last value [`durable_seq`](Self::durable_seq) returned.
+    confirmed: u64,
+    sync_failed: Arc<AtomicBool>,
+    requests: Option<Sender<SyncRequest>>,
+    syncer: Option<JoinHandle<()>>,
+    failed_at: Option<Instant>,
+    /// Records written to the file system (cumulative).
+    pub records_written: u64,
+    /// Write, sync or open failures.
+    pub failures: u64,
+    /// Segments opened.
+    pub segments_opened: u64,
+}
+
+impl std::fmt::Debug for JournalWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalWriter")
+            .field("dir", &self.dir)
+            .field("worker", &self.worker)
+            .field("appended", &self.appended)
+            .field("durable", &self.confirmed)
+            .finish()
+    }
+}
+
+impl JournalWriter {
+    /// Opens a new segment for `worker` in `dir`, numbering from
+    /// `next_seq` (from recovery), and starts its syncer, which calls
+    /// `wake` whenever more is durable or a sync failed.
+    pub fn open(
+        dir: &Path,
+        network: &str,
+        worker: u16,
+        next_seq: u64,
+        limits: SegmentLimits,
+        wake: impl Fn() + Send + 'static,
+    ) -> Result<JournalWriter, JournalError> {
+        let next_seq = next_seq.max(1);
+        let durable = Arc::new(AtomicU64::new(next_seq - 1));
+        let sync_failed = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = channel::bounded(SYNC_QUEUE);
+        let mut writer = JournalWriter {
+            dir: dir.to_path_buf(),
+            network: network.to_string(),
+            worker,
+            limits,
+            file: None,
+            segment_bytes: 0,
+            segment_opened: Instant::now(),
+            new_segment: false,
+            buf: Vec::with_capacity(256 * 1024),
+            next_seq,
+            appended: next_seq - 1,
+            written: next_seq - 1,
+            unsent: None,
+            durable: durable.clone(),
+            confirmed: next_seq - 1,
+            sync_failed: sync_failed.clone(),
+            requests: Some(tx),
+            syncer: None,
+            failed_at: None,
+            records_written: 0,
+            failures: 0,
+            segments_opened: 0,
+        };
+        writer.open_segment()?;
+        // The first segment is made durable before anything is answered.
+        sync_dir(dir)?;
+        writer.new_segment = false;
+        let thread = std::thread::Builder::new()
+            .name(format!("journal-{worker}"))
+            .spawn(move || run_syncer(rx, durable, sync_failed, wake))
+            .map_err(|source| JournalError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        writer.syncer = Some(thread);
+        Ok(writer)
+    }
+
+    fn open_segment(&mut self) -> Result<(), JournalError> {
+        self.open_segment_voiding(0)
+    }
+
+    fn open_segment_voiding(&mut self, void_from: u64) -> Result<(), JournalError> {
+        let header = SegmentHeader {
+            network: self.network.clone(),
+            worker: self.worker,
+            first_seq: self.next_seq,
+            created_unix_ms: unix_ms(),
+            void_from,
+        };
+        let file = create_segment(&self.dir, &header)?;
+        self.segment_bytes = header.encode().len() as u64;
+        self.segment_opened = Instant::now();
+        self.file = Some(Arc::new(file));
+        self.new_segment = true;
+        self.segments_opened += 1;
+        Ok(())
+    }
+
+    /// Appends a decision to the turn's buffer and returns its sequence
+    /// number; `None` while the journal has failed (nothing is taken).
+    pub fn append(
+        &mut self,
+        record: &DecisionRecord,
+        at_unix_ms: u64,
+        origin: &str,
+    ) -> Option<u64> {
+        if self.failed_at.is_some() {
+            return None;
+        }
+        let seq = self.next_seq;
+        encode_record(&mut self.buf, seq, at_unix_ms, origin, record);
+        self.next_seq += 1;
+        self.appended = seq;
+        Some(seq)
+    }
+
+    /// The highest sequence number appended so far: an answer decided now
+    /// may be released once [`durable_seq`](Self::durable_seq) reaches it.
+    pub fn appended_seq(&self) -> u64 {
+        self.appended
+    }
+
+    /// The highest sequence number known to be on disk, as far as the
+    /// caller may act on it: once the journal has failed it stays at what it
+    /// last returned, so every answer released was released on a value
+    /// below the records the recovery header voids.
+    pub fn durable_seq(&mut self) -> u64 {
+        if self.failed_at.is_none() {
+            self.confirmed = self.confirmed.max(self.durable.load(Ordering::Acquire));
+        }
+        self.confirmed
+    }
+
+    /// Whether records are being made durable.
+    pub fn state(&self) -> SyncState {
+        if self.failed_at.is_some() {
+            SyncState::Failed
+        } else {
+            SyncState::Healthy
+        }
+    }
+
+    /// Ends a turn: writes what was appended (rotating first if the
+    /// segment is full or old) and asks for it to be synced. Notices a
+    /// failed sync. Returns the state after.
+    pub fn end_turn(&mut self) -> SyncState {
+        if self.sync_failed.load(Ordering::Acquire) && self.failed_at.is_none() {
+            self.fail("a sync failed");
+        }
+        if self.failed_at.is_some() {
+            return SyncState::Failed;
+        }
+        if let Some(request) = self.unsent.take() {
+            self.request(request);
+        }
+        if self.buf.is_empty() {
+            return SyncState::Healthy;
+        }
+        let full = self.segment_bytes + self.buf.len() as u64 > self.limits.max_bytes;
+        let old = self.segment_opened.elapsed() >= self.limits.max_age;
+        if (full || old) && self.segment_bytes > 0 {
+            if let Err(e) = self.open_segment() {
+                self.fail(&e.to_string());
+                return SyncState::Failed;
+            }
+        }
+        let Some(file) = self.file.clone() else {
+            self.fail("no segment open");
+            return SyncState::Failed;
+        };
+        if let Err(e) = (&*file).write_all(&self.buf) {
+            self.fail(&format!("write: {e}"));
+            return SyncState::Failed;
+        }
+        self.segment_bytes += self.buf.len() as u64;
+        self.records_written += self.appended - self.written;
+        self.written = self.appended;
+        self.buf.clear();
+        let new_segment = std::mem::take(&mut self.new_segment);
+        self.request(SyncRequest {
+            upto: self.written,
+            file,
+            new_segment,
+        });
+        SyncState::Healthy
+    }
+
+    fn request(&mut self, request: SyncRequest) {
+        let Some(tx) = &self.requests else { return };
+        match tx.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(r)) => self.unsent = Some(r),
+            Err(TrySendError::Disconnected(_)) => self.fail("the syncer stopped"),
+        }
+    }
+
+    fn fail(&mut self, why: &str) {
+        self.failures += 1;
+        self.failed_at = Some(Instant::now());
+        self.file = None;
+        self.buf.clear();
+        self.unsent = None;
+        tracing::error!(
+            worker = self.worker,
+            durable = self.confirmed,
+            appended = self.appended,
+            "charge-record journal failed ({why}): charging stops; records after the durable \
+             sequence number may be missing or on disk without an answer"
+        );
+    }
+
+    /// While failed, at most once a second: tries a new segment. Returns
+    /// whether the journal is healthy again.
+    pub fn try_recover(&mut self) -> bool {
+        let Some(at) = self.failed_at else {
+            return true;
+        };
+        if at.elapsed() < RETRY_AFTER_FAILURE {
+            return false;
+        }
+        self.failed_at = Some(Instant::now());
+        // Numbering skips what may have been lost, so no number is reused;
+        // the answers waiting on those numbers were refused when the
+        // failure was noticed, and the new header voids their records.
+        self.next_seq = self.appended + 1;
+        let void_from = if self.appended > self.confirmed {
+            self.confirmed + 1
+        } else {
+            0
+        };
+        let opened = self.open_segment_voiding(void_from).and_then(|()| {
+            let file = self.file.clone().ok_or(JournalError::BadHeader {
+                path: self.dir.clone(),
+                reason: "no segment",
+            })?;
+            file.sync_all().map_err(|source| JournalError::Io {
+                path: self.dir.clone(),
+                source,
+            })?;
+            sync_dir(&self.dir)
+        });
+        match opened {
+            Ok(()) => {
+                self.new_segment = false;
+                self.sync_failed.store(false, Ordering::Release);
+                self.written = self.appended;
+                self.durable.store(self.appended, Ordering::Release);
+                self.confirmed = self.appended;
+                self.failed_at = None;
+                tracing::info!(worker = self.worker, "charge-record journal writable again");
+                true
+            }
+            Err(e) => {
+                self.file = None;
+                tracing::warn!(worker = self.worker, error = %e, "charge-record journal still failing");
+                false
+            }
+        }
+    }
+
+    /// On a clean stop: writes what is left, syncs it on this thread, and
+    /// stops the syncer. Returns whether everything appended is durable.
+    pub fn close(&mut self) -> bool {
+        let _ = self.end_turn();
+        self.requests = None;
+        if let Some(thread) = self.syncer.take() {
+            let _ = thread.join();
+        }
+        if self.failed_at.is_some() {
+            return false;
+        }
+        match self.file.as_ref().map(|f| f.sync_data()) {
+            Some(Ok(())) => {
+                self.durable.store(self.written, Ordering::Release);
+                self.confirmed = self.written;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Drop for JournalWriter {
+    fn drop(&mut self) {
+        self.requests = None;
+        if let Some(thread) = self.syncer.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn run_syncer(
+    rx: Receiver<SyncRequest>,
+    durable: Arc<AtomicU64>,
+    failed: Arc<AtomicBool>,
+    wake: impl Fn(),
+) {
+    let mut batch: Vec<SyncRequest> = Vec::with_capacity(SYNC_QUEUE);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        batch.extend(rx.try_iter());
+        if failed.load(Ordering::Acquire) {
+            // Nothing more is made durable until the worker reopens.
+            batch.clear();
+            continue;
+        }
+        let mut ok = true;
+        let mut synced: Option<*const File> = None;
+        for request in &batch {
+            let this = Arc::as_ptr(&request.file);
+            if request.new_segment {
+                if let Some(dir) = request_dir(&request.file) {
+                    ok &= File::open(dir).and_then(|d| d.sync_all()).is_ok();
+                }
+            }
+            // Requests of one file are adjacent; a rotation moves on.
+            if synced != Some(this) {
+                if let Some(prev) = batch.iter().rev().find(|r| Arc::as_ptr(&r.file) == this) {
+                    ok &= prev.file.sync_data().is_ok();
+                }
+                synced = Some(this);
+            }
+        }
+        let upto = batch.iter().map(|r| r.upto).max().unwrap_or(0);
+        batch.clear();
+        if ok {
+            durable.fetch_max(upto, Ordering::AcqRel);
+        } else {
+            failed.store(true, Ordering::Release);
+        }
+        wake();
+    }
+}
+
+/// The directory of an open file (through /proc; `None` if unknown).
+fn request_dir(file: &File) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+    path.parent().map(Path::to_path_buf)
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{recover, scan_segment, segment_paths};
+    use crate::roles::PsId;
+    use crate::table::NetworkId;
+    use presence_codec::{Msisdn, Outcome};
+
+    fn record(txid: u64) -> DecisionRecord {
+        DecisionRecord {
+            origin: NetworkId(1),
+            txid,
+            watcher: Msisdn::parse_digits(b"447700900123").unwrap(),
+            target: Msisdn::parse_digits(b"4915112345678").unwrap(),
+            reply_node: 0,
+            at: 0,
+            ps: PsId(1),
+            outcome: Outcome::Detached { confirmed_age_s: 1 },
+        }
+    }
+
+    fn wait_durable(w: &mut JournalWriter, seq: u64) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while w.durable_seq() < seq {
+            assert!(Instant::now() < deadline, "not durable in 10 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn records_become_durable_in_order_and_rotate_without_loss() {
+        let dir = std::env::temp_dir().join(format!("journal-writer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = SegmentLimits {
+            max_bytes: 1_000,
+            max_age: Duration::from_secs(3600),
+        };
+        let mut w = JournalWriter::open(&dir, "t-mobile.de", 0, 1, limits, || {}).unwrap();
+        for turn in 0..20u64 {
+            for i in 0..5 {
+                assert_eq!(
+                    w.append(&record(turn * 5 + i), 1, "o2.gb"),
+                    Some(turn * 5 + i + 1)
+                );
+            }
+            assert_eq!(w.end_turn(), SyncState::Healthy);
+        }
+        wait_durable(&mut w, 100);
+        assert!(w.close());
+        let paths = segment_paths(&dir, Some("t-mobile.de")).unwrap();
+        assert!(paths.len() >= 5, "rotated by size: {}", paths.len());
+        let mut seqs = Vec::new();
+        for p in &paths {
+            let bytes = std::fs::read(p).unwrap();
+            assert!(bytes.len() <= 1_000);
+            let scan = scan_segment(p, &bytes).unwrap();
+            assert!(scan.damage.is_empty());
+            seqs.extend(scan.entries.iter().map(|e| e.seq));
+        }
+        assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+        let recovery = recover(&dir, "t-mobile.de", 0).unwrap();
+        assert_eq!(recovery.next_seq(0), 101);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_write_failure_stops_taking_records_until_a_segment_opens() {
+        // RLIMIT_FSIZE would signal the whole test process; a read-only
+        // file descriptor makes the write fail instead.
+        let dir = std::env::temp_dir().join(format!("journal-fail-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = JournalWriter::open(&dir, "t-mobile.de", 0, 1, SegmentLimits::default(), || {})
+            .unwrap();
+        let path = segment_paths(&dir, None).unwrap().remove(0);
+        w.file = Some(Arc::new(File::open(&path).unwrap()));
+        assert_eq!(w.append(&record(1), 1, "o2.gb"), Some(1));
+        assert_eq!(w.end_turn(), SyncState::Failed);
+        assert_eq!(w.durable_seq(), 0, "the record never became durable");
+        assert_eq!(
+            w.append(&record(2), 1, "o2.gb"),
+            None,
+            "failed: nothing taken"
+        );
+        w.failed_at = Some(Instant::now() - RETRY_AFTER_FAILURE);
+        assert!(w.try_recover());
+        // The new segment voids record 1: its answer was refused.
+        let newest = segment_paths(&dir, None).unwrap().pop().unwrap();
+        let scan = scan_segment(&newest, &std::fs::read(&newest).unwrap()).unwrap();
+        assert_eq!((scan.header.first_seq, scan.header.void_from), (2, 1));
+        assert_eq!(w.append(&record(3), 1, "o2.gb"), Some(2));
+        assert_eq!(w.end_turn(), SyncState::Healthy);
+        wait_durable(&mut w, 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
