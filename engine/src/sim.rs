@@ -454,7 +454,7 @@ impl World {
                 id,
                 wa: WatcherApp::new(wa_config, wa_subscribers),
                 ogps: Ogps::new(id, 2, world_table, peers),
-                igps: (0..2).map(|_| Igps::new(id, &hss)).collect(),
+                igps: (0..2).map(|_| Igps::new(id, &hss, world_table)).collect(),
                 hss,
                 ps_down_until: vec![0; ps.len()],
                 ps,
@@ -1158,7 +1158,7 @@ impl Pipeline {
         Pipeline {
             wa,
             ogps: Ogps::new(net_a, 1, world, peers),
-            igps: Igps::new(net_b, &hss),
+            igps: Igps::new(net_b, &hss, world),
             ps,
             net_a,
             watchers,

@@ -1,6 +1,7 @@
 //! The origin network of a query is the border link's authenticated peer,
 //! never what the message says: a query network C sends claiming one of A's
-//! subscribers as its watcher is decided, recorded and answered as C's.
+//! subscribers as its watcher is refused by B's IGPS before the HSS is
+//! asked (an alarm counter), answered to C, and charges no one.
 //!
 //! Real border gateways on loopback (TLS, generated certificates) carry the
 //! frames; network B's IGPS, HSS and presence server decide them. The BG
@@ -16,8 +17,8 @@ use presence_border::node::{BgNode, InboundFrame, NodeConfig};
 use presence_border::pki::NetworkMaterial;
 use presence_border::NetworkName;
 use presence_codec::{
-    encode_frame, Credential, FrameReader, Message, Msisdn, PresenceState, Publish, Query,
-    Reachability, FRAME_LEN_DEFAULT_MAX,
+    encode_frame, Credential, ErrorReason, FrameReader, Message, Msisdn, Outcome, PresenceState,
+    Publish, Query, Reachability, FRAME_LEN_DEFAULT_MAX,
 };
 use presence_engine::roles::{Addr, Hss, Igps, Outbox, PresenceServer, PsId, SubscriberRecord};
 use presence_engine::table::{NetworkId, NumberingTable, Prefix};
@@ -61,6 +62,9 @@ fn query_frame(txid: u64, watcher: Msisdn, target: Msisdn) -> Vec<u8> {
     frame
 }
 
+/// Charge records raised, and where answers went with what.
+type Decided = (usize, Vec<(Addr, Outcome)>);
+
 #[test]
 fn a_query_is_charged_to_the_network_whose_certificate_carried_it() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv");
@@ -82,7 +86,7 @@ fn a_query_is_charged_to_the_network_whose_certificate_carried_it() {
     assert_eq!(world.snapshot().lookup(watcher_of_a), Some(id(&a.network)));
     let net_b = id(&b.network);
     let hss = Arc::new(Hss::new(&[(Prefix::parse("49151").unwrap(), PsId(1))]));
-    let mut igps = Igps::new(net_b, &hss);
+    let mut igps = Igps::new(net_b, &hss, &world);
     let mut ps = PresenceServer::new(PsId(1), net_b, 4, 10_000, 1024);
     ps.provision(
         target_in_b,
@@ -115,7 +119,7 @@ fn a_query_is_charged_to_the_network_whose_certificate_carried_it() {
     assert_eq!(arrived[0].frame, arrived[1].frame, "byte-identical content");
 
     // B's side: the origin is the link's peer, handed beside the frame.
-    let mut decided: HashMap<NetworkId, (usize, Vec<Addr>)> = HashMap::new();
+    let mut decided: HashMap<NetworkId, Decided> = HashMap::new();
     for inbound in &arrived {
         let origin = id(&inbound.peer);
         FrameReader::for_each_accepted(&inbound.frame, FRAME_LEN_DEFAULT_MAX, |message| {
@@ -134,7 +138,10 @@ fn a_query_is_charged_to_the_network_whose_certificate_carried_it() {
         let to_ps: Vec<_> = out.transmits.drain(..).collect();
         for transmit in to_ps {
             assert_eq!(transmit.origin, origin, "the IGPS carries the link's peer");
-            assert_eq!(transmit.to, Addr::Ps(PsId(1)));
+            if transmit.to != Addr::Ps(PsId(1)) {
+                out.transmits.push(transmit);
+                continue;
+            }
             ps.handle(
                 5_001,
                 Addr::Igps(0),
@@ -145,26 +152,41 @@ fn a_query_is_charged_to_the_network_whose_certificate_carried_it() {
         }
         let records = out.records.iter().filter(|r| r.chargeable()).count();
         assert!(out.records.iter().all(|r| r.origin == origin));
-        let replies = out.transmits.iter().map(|t| t.to).collect();
+        let replies = out
+            .transmits
+            .iter()
+            .map(|t| match t.message {
+                Message::Answer(a) => (t.to, a.outcome),
+                _ => panic!("only answers: {t:?}"),
+            })
+            .collect();
         decided.insert(origin, (records, replies));
         out.clear();
     }
     let (a_records, a_replies) = &decided[&id(&a.network)];
     assert_eq!(*a_records, 1, "A's query is charged to A");
+    assert_eq!(a_replies.len(), 1);
     assert_eq!(
-        a_replies,
-        &vec![Addr::BorderReply {
+        a_replies[0].0,
+        Addr::BorderReply {
             network: id(&a.network),
             reply_node: 3
-        }]
+        }
     );
-    // C reused A's watcher and transaction id: whatever B decides is on C's
-    // account and goes back to C; it neither suppresses nor doubles A's charge.
-    let (_, c_replies) = &decided[&id(&c.network)];
-    assert!(c_replies.iter().all(|to| *to
-        == Addr::BorderReply {
-            network: id(&c.network),
-            reply_node: 3
-        }));
-    assert!(!c_replies.is_empty());
+    // C reused A's watcher and transaction id: refused, back to C, charged
+    // to no one, and the alarm counted; A's decision is untouched.
+    let (c_records, c_replies) = &decided[&id(&c.network)];
+    assert_eq!(*c_records, 0);
+    assert_eq!(
+        c_replies,
+        &vec![(
+            Addr::BorderReply {
+                network: id(&c.network),
+                reply_node: 3
+            },
+            Outcome::Error(ErrorReason::Refused)
+        )]
+    );
+    assert_eq!(igps.counters().spoofed_watcher, 1);
+    assert_eq!(igps.counters().forwarded, 1, "no HSS lookup for C's query");
 }

@@ -63,7 +63,7 @@ fn a_query_walks_the_thirteen_steps() {
     // Network B: HSS (B's range on presence server 1), an IGPS, and the
     // presence server holding B, who lets A watch and is attached.
     let hss = Arc::new(Hss::new(&[(Prefix::parse("49151").unwrap(), PsId(1))]));
-    let mut igps = Igps::new(net_b, &hss);
+    let mut igps = Igps::new(net_b, &hss, &world);
     let mut ps = PresenceServer::new(PsId(1), net_b, 4, 10_000, 1024);
     ps.provision(b, SubscriberRecord::new(b"secret-b".to_vec(), vec![a]));
     let mut out = Outbox::default();

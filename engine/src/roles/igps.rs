@@ -5,7 +5,9 @@
 //! internal queries), never from the message; asks the HSS which presence
 //! server holds B (steps 7–8); and forwards the query there (step 9) with the
 //! origin carried beside it. It forwards only to a presence server the HSS
-//! returned. A subscriber this network does not know is answered
+//! returned. A peer's query about a watcher who is not the peer's own
+//! subscriber is refused before the HSS is asked (an alarm counter). A
+//! subscriber this network does not know is answered
 //! `NotAvailable` here, byte for byte the answer a presence server gives for a
 //! watcher it does not permit, so another network cannot tell the two apart.
 
@@ -15,7 +17,7 @@ use presence_codec::{ErrorReason, Message, Outcome};
 
 use super::hss::HssReader;
 use super::{answer_to, one_hop_on, Addr, DropCounters, Hss, Millis, Outbox};
-use crate::table::NetworkId;
+use crate::table::{NetworkId, NumberingTable, TableReader};
 
 /// Counters of the IGPS's decisions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,6 +28,10 @@ pub struct IgpsCounters {
     pub unknown_subscriber: u64,
     /// Answered `HopLimitExceeded`.
     pub hop_limit_exceeded: u64,
+    /// Alarm: a peer's query whose watcher is not a number of that peer
+    /// (by the numbering table and ported numbers): refused
+    /// `Error(Refused)` before any HSS lookup, so nothing is charged.
+    pub spoofed_watcher: u64,
     /// Dropped.
     pub drops: DropCounters,
 }
@@ -35,6 +41,7 @@ pub struct IgpsCounters {
 pub struct Igps {
     network: NetworkId,
     hss: HssReader,
+    table: TableReader,
     counters: IgpsCounters,
 }
 
@@ -52,11 +59,13 @@ pub(crate) fn reply_addr(own: NetworkId, origin: NetworkId, reply_node: u16) -> 
 }
 
 impl Igps {
-    /// An ingress point of `network` reading `hss`.
-    pub fn new(network: NetworkId, hss: &Arc<Hss>) -> Igps {
+    /// An ingress point of `network` reading `hss`, checking peers'
+    /// watchers against `table`.
+    pub fn new(network: NetworkId, hss: &Arc<Hss>, table: &Arc<NumberingTable>) -> Igps {
         Igps {
             network,
             hss: hss.reader(),
+            table: table.reader(),
             counters: IgpsCounters::default(),
         }
     }
@@ -91,6 +100,13 @@ impl Igps {
         let reply_to = reply_addr(self.network, origin, query.reply_node);
         let reply =
             |out: &mut Outbox, outcome| out.send(reply_to, origin, answer_to(query, outcome));
+        // A peer speaks for its own subscribers only: a watcher the table
+        // places in another network (or nowhere) is a peer claiming to be
+        // that network, or probing on someone else's behalf.
+        if from_border && self.table.lookup(query.watcher) != Some(origin) {
+            self.counters.spoofed_watcher += 1;
+            return reply(out, Outcome::Error(ErrorReason::Refused));
+        }
         if query.hop_limit == 0 {
             self.counters.hop_limit_exceeded += 1;
             return reply(out, Outcome::Error(ErrorReason::HopLimitExceeded));

@@ -23,6 +23,15 @@ const LATENCY_BOUNDS_US: [u64; 14] = [
     1_500_000,
 ];
 
+/// Spoofing alarms: a peer's query for a watcher not its own (refused by
+/// the IGPS), a query or answer sent to the device port (skipping the WA),
+/// a peer's answer about another network's number (dropped).
+pub const ALARMS: [&str; 3] = [
+    "watcher_not_of_origin",
+    "query_skipped_wa",
+    "answer_from_wrong_network",
+];
+
 /// The role events counted per worker, as `(role, event)` labels; a
 /// report's `roles` array follows this order.
 pub const ROLE_EVENTS: [(&str, &str); 22] = [
@@ -101,6 +110,8 @@ pub struct WorkerReport {
     pub latency: Option<hdrhistogram::Histogram<u64>>,
     /// Role events, in [`ROLE_EVENTS`] order.
     pub roles: [u64; ROLE_EVENTS.len()],
+    /// Spoofing alarms, in [`ALARMS`] order.
+    pub alarms: [u64; ALARMS.len()],
     /// Per peer network, [`PEER_EVENTS`].
     pub peers: Vec<(crate::table::NetworkId, [u64; PEER_EVENTS.len()])>,
 }
@@ -109,6 +120,9 @@ impl WorkerReport {
     fn add(&mut self, other: &WorkerReport) {
         self.requests += other.requests;
         self.publications += other.publications;
+        for (a, b) in self.alarms.iter_mut().zip(other.alarms) {
+            *a += b;
+        }
         for (a, b) in self.outcomes.iter_mut().zip(other.outcomes) {
             *a += b;
         }
@@ -194,6 +208,7 @@ impl Metrics {
         };
         report.requests = stats.requests;
         report.publications = stats.publications;
+        report.alarms = stats.alarms;
         report.outcomes = stats.outcomes;
         report.border_queries_in = stats.border_queries_in;
         report.border_answers_in = stats.border_answers_in;
@@ -342,6 +357,14 @@ impl Metrics {
             ("cdr_write_failed", total.cdr_lost),
         ] {
             let _ = writeln!(out, "presence_drops_total{{reason=\"{reason}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP presence_alarms_total Spoofing refused, by kind (docs/reliability.md)."
+        );
+        let _ = writeln!(out, "# TYPE presence_alarms_total counter");
+        for (kind, n) in ALARMS.iter().zip(total.alarms) {
+            let _ = writeln!(out, "presence_alarms_total{{kind=\"{kind}\"}} {n}");
         }
         let _ = writeln!(
             out,

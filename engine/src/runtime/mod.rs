@@ -162,6 +162,9 @@ pub(crate) struct WorkerStats {
     /// Final answers to devices by outcome: attached, detached, not
     /// available, overloaded, error.
     pub(crate) outcomes: [u64; 5],
+    /// Spoofing alarms, in [`metrics::ALARMS`] order (the first is the
+    /// IGPS's, filled in at report time).
+    pub(crate) alarms: [u64; metrics::ALARMS.len()],
     pub(crate) latency: Option<hdrhistogram::Histogram<u64>>,
     /// Per peer network: queries in, answers in, frames out, frames refused.
     pub(crate) peers: Vec<(NetworkId, [u64; 4])>,
@@ -1102,6 +1105,7 @@ impl Worker {
         let subscribers = self.shard.subscriber_count();
         let cdr = (self.shard.journal.records_written, self.shard.voided);
         let roles = self.shard.role_events();
+        self.shard.collect_alarms();
         self.metrics.publish(
             self.index,
             &mut self.shard.stats,

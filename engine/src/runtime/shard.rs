@@ -61,6 +61,12 @@ fn subject(message: &Message<'_>) -> Option<Msisdn> {
     }
 }
 
+/// Alarm counters ([`super::metrics::ALARMS`] order): a query or answer
+/// sent to the device port.
+pub(crate) const ALARM_SKIPPED_WA: usize = 1;
+/// A peer's answer about a number of another network.
+pub(crate) const ALARM_ANSWER_WRONG_NETWORK: usize = 2;
+
 /// One device request in this many has its latency measured (by its
 /// request id, so the answer finds its arrival time).
 const LATENCY_SAMPLE_EVERY: u64 = 16;
@@ -121,6 +127,8 @@ pub(crate) struct Shard {
     ogps_retired: crate::roles::OgpsCounters,
     igps: Igps,
     hss: HssReader,
+    /// The numbering table, to check which network answers for a number.
+    table: crate::table::TableReader,
     /// This worker's slice of each presence server, by id.
     ps: AHashMap<PsId, PresenceServer>,
     out: Outbox,
@@ -165,11 +173,12 @@ impl Shard {
     pub(crate) fn new(index: usize, shared: Arc<Shared>, journal: JournalWriter) -> Shard {
         let wa = WatcherApp::new(Self::wa_config(index, &shared), Default::default());
         let ogps = Self::ogps(&shared);
-        let igps = Igps::new(shared.network, &shared.hss);
+        let igps = Igps::new(shared.network, &shared.hss, &shared.table);
         let workers = shared.workers;
         Shard {
             index,
             hss: shared.hss.reader(),
+            table: shared.table.reader(),
             wa,
             ogps,
             ogps_retired: crate::roles::OgpsCounters::default(),
@@ -315,6 +324,11 @@ impl Shard {
         self.ps.values().map(PresenceServer::subscriber_count).sum()
     }
 
+    /// Copies the roles' alarm counters into the worker's stats.
+    pub(crate) fn collect_alarms(&mut self) {
+        self.stats.alarms[0] = self.igps.counters().spoofed_watcher;
+    }
+
     /// What the roles decided so far, in [`super::metrics::ROLE_EVENTS`] order.
     pub(crate) fn role_events(&self) -> [u64; super::metrics::ROLE_EVENTS.len()] {
         let wa = self.wa.counters();
@@ -448,6 +462,21 @@ impl Shard {
         from: SocketAddr,
         message: &Message<'_>,
     ) {
+        // Devices speak to their WA only: a query or answer on the device
+        // port skipped the Watcher Application (no authentication, no
+        // credit). Refused to its source, never routed: no HSS lookup, no
+        // charge.
+        if let Message::Query(_) | Message::Answer(_) = message {
+            self.stats.alarms[ALARM_SKIPPED_WA] += 1;
+            if let Message::Query(q) = message {
+                let refusal = crate::roles::answer_to(
+                    q,
+                    Outcome::Error(presence_codec::ErrorReason::Refused),
+                );
+                self.frame_to_device(from, &refusal);
+            }
+            return;
+        }
         let Some(subject) = subject(message) else {
             self.stats.bad_messages += 1;
             return;
@@ -658,6 +687,12 @@ impl Shard {
                 Ok(Message::Answer(answer)) => {
                     self.stats.border_answers_in += 1;
                     self.stats.peer_event(origin, 1);
+                    // Only B's network answers for B: an answer about a
+                    // number of another network claims to be that network.
+                    if self.table.lookup(answer.target) != Some(origin) {
+                        self.stats.alarms[ALARM_ANSWER_WRONG_NETWORK] += 1;
+                        continue;
+                    }
                     self.work.push_back((
                         Addr::Ogps,
                         Transmit {
