@@ -22,6 +22,8 @@ use crate::table::Prefix;
 /// The same type the `[border]` section reports with.
 pub use presence_border::ConfigError;
 
+use crate::roles::Rate;
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFile {
@@ -35,6 +37,8 @@ struct RawFile {
     wa: RawWa,
     #[serde(default)]
     presence: RawPresence,
+    #[serde(default)]
+    limits: RawLimits,
     // Validated by presence-border.
     #[allow(dead_code)]
     border: toml::Value,
@@ -95,6 +99,29 @@ struct RawPresence {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawLimits {
+    peer_queries_per_s: Option<u32>,
+    peer_burst: Option<u32>,
+    #[serde(default)]
+    peers: std::collections::BTreeMap<String, u32>,
+    watcher_queries_per_s: Option<u32>,
+    watcher_burst: Option<u32>,
+}
+
+/// Rate limits (`[limits]`, docs/reliability.md): token buckets per peer
+/// network at the IGPS and per watcher at the WA.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Every peer network's rate unless listed in `peers`.
+    pub peer_default: Option<Rate>,
+    /// Peer networks by name, with their rate.
+    pub peers: Vec<(String, Rate)>,
+    /// Each watcher's rate.
+    pub watcher: Option<Rate>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawWa {
     deadline_ms: Option<u16>,
     query_cost: Option<u64>,
@@ -142,6 +169,8 @@ pub struct ApplianceConfig {
     pub pending_max: usize,
     /// Duplicate-window slots per WA instance at each presence-server slice.
     pub window_slots: usize,
+    /// Rate limits.
+    pub limits: Limits,
     /// The border gateway.
     pub border: BorderConfig,
 }
@@ -243,7 +272,9 @@ impl ApplianceConfig {
         if !(1..=7 * 86_400).contains(&segment_max_age_s) {
             return Err(error("cdr.segment_max_age_s", "must be 1 to 604800".into()));
         }
+        let limits = raw.limits.validate(&error)?;
         Ok(ApplianceConfig {
+            limits,
             segment_limits: crate::journal::SegmentLimits {
                 max_bytes: segment_max_bytes,
                 max_age: std::time::Duration::from_secs(segment_max_age_s),
@@ -266,6 +297,48 @@ impl ApplianceConfig {
             query_cost: raw.wa.query_cost.unwrap_or(1),
             pending_max,
             border,
+        })
+    }
+}
+
+impl RawLimits {
+    fn validate(
+        &self,
+        error: &impl Fn(&str, String) -> ConfigError,
+    ) -> Result<Limits, ConfigError> {
+        let rate = |field: &str, per_s: u32, burst: Option<u32>| {
+            if per_s == 0 {
+                return Err(error(field, "must be at least 1".into()));
+            }
+            let burst = burst.unwrap_or((per_s / 10).max(1));
+            if burst == 0 {
+                return Err(error(field, "burst must be at least 1".into()));
+            }
+            Ok(Rate {
+                per_second: per_s,
+                burst,
+            })
+        };
+        let peer_default = self
+            .peer_queries_per_s
+            .map(|r| rate("limits.peer_queries_per_s", r, self.peer_burst))
+            .transpose()?;
+        let mut peers = Vec::new();
+        for (name, per_s) in &self.peers {
+            let field = format!("limits.peers.{name}");
+            if name.is_empty() || name.len() > 64 {
+                return Err(error(&field, "not a network name".into()));
+            }
+            peers.push((name.clone(), rate(&field, *per_s, None)?));
+        }
+        let watcher = self
+            .watcher_queries_per_s
+            .map(|r| rate("limits.watcher_queries_per_s", r, self.watcher_burst))
+            .transpose()?;
+        Ok(Limits {
+            peer_default,
+            peers,
+            watcher,
         })
     }
 }

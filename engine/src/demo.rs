@@ -38,6 +38,20 @@ impl DemoNetwork {
         self.folder().config_path()
     }
 
+    /// Its border material (CA and BG certificate), read from `pki/`: what
+    /// a test border gateway speaking for this network presents.
+    pub fn material(&self) -> Result<NetworkMaterial, DemoError> {
+        let pki = self.dir.join("pki");
+        Ok(NetworkMaterial {
+            network: self
+                .name
+                .parse()
+                .map_err(|e| DemoError::Other(format!("{e}")))?,
+            ca: presence_border::pki::read_pair(&pki.join("ca.pem"), &pki.join("ca.key"))?,
+            bg: presence_border::pki::read_pair(&pki.join("bg.pem"), &pki.join("bg.key"))?,
+        })
+    }
+
     /// Its name and folder.
     pub fn folder(&self) -> NetworkFolder {
         NetworkFolder {

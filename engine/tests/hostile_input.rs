@@ -23,13 +23,12 @@ use std::time::{Duration, Instant};
 
 use presence_border::endpoint::EndpointSettings;
 use presence_border::node::{BgNode, NodeConfig};
-use presence_border::pki::{read_pair, NetworkMaterial};
 use presence_border::NetworkName;
 use presence_codec::{
     encode_frame, Answer, BuddyAction, BuddyList, BuddyUpdate, ClientOperation, ClientRequest,
     Credential, ErrorReason, FrameReader, Message, Msisdn, Outcome, Query, FRAME_LEN_DEFAULT_MAX,
 };
-use presence_engine::demo::{self, DemoNetwork, SpawnedAppliance};
+use presence_engine::demo::{self, SpawnedAppliance};
 
 fn table() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv")
@@ -188,15 +187,6 @@ fn query(txid: u64, watcher: Msisdn, target: Msisdn) -> Query {
     }
 }
 
-fn material(network: &DemoNetwork) -> NetworkMaterial {
-    let pki = network.dir.join("pki");
-    NetworkMaterial {
-        network: network.name.parse().unwrap(),
-        ca: read_pair(&pki.join("ca.pem"), &pki.join("ca.key")).unwrap(),
-        bg: read_pair(&pki.join("bg.pem"), &pki.join("bg.key")).unwrap(),
-    }
-}
-
 #[test]
 fn every_port_survives_hostile_input_and_spoofing_is_refused_with_an_alarm() {
     let root = std::env::temp_dir().join(format!("hostile-{}", std::process::id()));
@@ -220,8 +210,8 @@ fn every_port_survives_hostile_input_and_spoofing_is_refused_with_an_alarm() {
     .unwrap();
     let metrics = node_b.metrics.unwrap();
 
-    let a_material = material(&a);
-    let b_material = material(&b);
+    let a_material = a.material().unwrap();
+    let b_material = b.material().unwrap();
     let peer = Peer {
         node: BgNode::start(NodeConfig {
             tls: Arc::new(a_material.tls(1, &[&b_material]).unwrap()),

@@ -16,8 +16,10 @@ use std::sync::Arc;
 use presence_codec::{ErrorReason, Message, Outcome};
 
 use super::hss::HssReader;
+use super::limit::{Bucket, Rate};
 use super::{answer_to, one_hop_on, Addr, DropCounters, Hss, Millis, Outbox};
 use crate::table::{NetworkId, NumberingTable, TableReader};
+use ahash::AHashMap;
 
 /// Counters of the IGPS's decisions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -28,6 +30,8 @@ pub struct IgpsCounters {
     pub unknown_subscriber: u64,
     /// Answered `HopLimitExceeded`.
     pub hop_limit_exceeded: u64,
+    /// Answered `Overloaded`: the peer network passed its rate limit.
+    pub throttled: u64,
     /// Alarm: a peer's query whose watcher is not a number of that peer
     /// (by the numbering table and ported numbers): refused
     /// `Error(Refused)` before any HSS lookup, so nothing is charged.
@@ -42,6 +46,10 @@ pub struct Igps {
     network: NetworkId,
     hss: HssReader,
     table: TableReader,
+    /// The rate every peer network gets unless listed in `peer_rates`.
+    default_rate: Option<Rate>,
+    peer_rates: AHashMap<NetworkId, Rate>,
+    buckets: AHashMap<NetworkId, Bucket>,
     counters: IgpsCounters,
 }
 
@@ -66,8 +74,23 @@ impl Igps {
             network,
             hss: hss.reader(),
             table: table.reader(),
+            default_rate: None,
+            peer_rates: AHashMap::new(),
+            buckets: AHashMap::new(),
             counters: IgpsCounters::default(),
         }
+    }
+
+    /// Limits the queries each peer network may send: `default` for every
+    /// peer (`None`: unlimited), `overrides` for named ones. A query beyond
+    /// its peer's limit is answered `Overloaded` with the time its next one
+    /// would conform, before any HSS lookup: it costs the presence servers
+    /// nothing and charges no one. Buckets are kept.
+    pub fn set_peer_limits(&mut self, default: Option<Rate>, overrides: &[(NetworkId, Rate)]) {
+        self.default_rate = default;
+        self.peer_rates = overrides.iter().copied().collect();
+        let limited = |n: &NetworkId| default.is_some() || overrides.iter().any(|(o, _)| o == n);
+        self.buckets.retain(|n, _| limited(n));
     }
 
     /// What the IGPS has decided so far.
@@ -79,7 +102,7 @@ impl Igps {
     /// peer network) or from this network's WA (`origin`: this network).
     pub fn handle(
         &mut self,
-        _now: Millis,
+        now: Millis,
         from: Addr,
         origin: NetworkId,
         message: &Message<'_>,
@@ -106,6 +129,17 @@ impl Igps {
         if from_border && self.table.lookup(query.watcher) != Some(origin) {
             self.counters.spoofed_watcher += 1;
             return reply(out, Outcome::Error(ErrorReason::Refused));
+        }
+        if from_border {
+            let rate = self.peer_rates.get(&origin).copied().or(self.default_rate);
+            if let Some(rate) = rate {
+                // Bounded: one bucket per peer network the table names.
+                let bucket = self.buckets.entry(origin).or_default();
+                if let Err(retry_after_ms) = bucket.take(now, rate) {
+                    self.counters.throttled += 1;
+                    return reply(out, Outcome::Overloaded { retry_after_ms });
+                }
+            }
         }
         if query.hop_limit == 0 {
             self.counters.hop_limit_exceeded += 1;

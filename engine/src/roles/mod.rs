@@ -22,6 +22,7 @@
 
 mod hss;
 mod igps;
+mod limit;
 mod ogps;
 mod ps;
 mod shed;
@@ -34,6 +35,7 @@ use presence_codec::{Answer, Message, Outcome, Query};
 pub use hss::{Hss, HssError, HssReader, PsId, PS_PER_NETWORK_MAX};
 pub(crate) use igps::reply_addr;
 pub use igps::{Igps, IgpsCounters};
+pub use limit::{Bucket, Rate};
 pub use ogps::{IngressPoint, Ogps, OgpsCounters};
 pub(crate) use ps::shard_index;
 pub use ps::{

@@ -8,7 +8,10 @@
 //! stamped. A number of no known network, or a network this one has no border
 //! relationship with, is answered `Error(UnknownNetwork)`; a query arriving with
 //! hop limit 0 is answered `Error(HopLimitExceeded)`; a network whose ingress
-//! points are all down is answered `Overloaded` with a retry-after.
+//! points are all down is answered `Overloaded` with a retry-after. A peer
+//! network that answered `Overloaded` (its rate limit for us) is not sent
+//! to again before its retry-after: its queries are answered `Overloaded`
+//! here with what is left of the wait.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +48,8 @@ pub struct OgpsCounters {
     pub hop_limit_exceeded: u64,
     /// Answered `Overloaded`: every ingress point down.
     pub all_ingress_down: u64,
+    /// Answered `Overloaded` here: the network told us to hold off.
+    pub held_off: u64,
     /// Dropped.
     pub drops: DropCounters,
 }
@@ -56,6 +61,9 @@ pub struct Ogps {
     own_igps_count: u16,
     table: TableReader,
     peers: AHashMap<NetworkId, Vec<IngressPoint>>,
+    /// Until when each peer network asked us not to send (its last
+    /// `Overloaded` answer's retry-after); one entry per peer at most.
+    hold_off: AHashMap<NetworkId, Millis>,
     counters: OgpsCounters,
 }
 
@@ -72,6 +80,7 @@ impl Ogps {
             own_igps_count: own_igps_count.max(1),
             table: table.reader(),
             peers: peers.into_iter().collect(),
+            hold_off: AHashMap::new(),
             counters: OgpsCounters::default(),
         }
     }
@@ -87,13 +96,25 @@ impl Ogps {
         }
     }
 
+    /// A peer network answered `Overloaded` with `retry_after_ms`: until
+    /// then its queries are answered `Overloaded` here (with what is left
+    /// of the wait) instead of crossing the border to be refused there.
+    pub fn hold_off(&mut self, now: Millis, network: NetworkId, retry_after_ms: u32) {
+        if !self.peers.contains_key(&network) {
+            return;
+        }
+        let until = now + u64::from(retry_after_ms);
+        let entry = self.hold_off.entry(network).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
     /// What the OGPS has decided so far.
     pub fn counters(&self) -> OgpsCounters {
         self.counters
     }
 
     /// Handles a query from a WA of this network.
-    pub fn handle(&mut self, _now: Millis, from: Addr, message: &Message<'_>, out: &mut Outbox) {
+    pub fn handle(&mut self, now: Millis, from: Addr, message: &Message<'_>, out: &mut Outbox) {
         let (Addr::Wa(_), Message::Query(query)) = (from, message) else {
             self.counters.drops.unexpected += 1;
             return;
@@ -131,6 +152,14 @@ impl Ogps {
             self.counters.unknown_network += 1;
             return reply(out, Outcome::Error(ErrorReason::UnknownNetwork));
         };
+        if let Some(&until) = self.hold_off.get(&network) {
+            if until > now {
+                self.counters.held_off += 1;
+                let retry_after_ms = u32::try_from(until - now).unwrap_or(u32::MAX);
+                return reply(out, Outcome::Overloaded { retry_after_ms });
+            }
+            self.hold_off.remove(&network);
+        }
         // Step 6: spread by transaction id; skip points marked down.
         let n = points.len();
         let start = (query.txid % n.max(1) as u64) as usize;

@@ -32,6 +32,7 @@ use presence_codec::{
 };
 use subtle::ConstantTimeEq;
 
+use super::limit::{Bucket, Rate};
 use super::timer::{Timer, TimerWheel};
 use super::{Addr, DropCounters, Millis, Outbox};
 use crate::table::{NetworkId, PortedMap, Prefix, PrefixIndex};
@@ -52,6 +53,8 @@ struct Account {
     credential: [u8; presence_codec::CREDENTIAL_LEN_MAX],
     credential_len: u8,
     credit: u64,
+    /// The watcher's rate limit ([`WaConfig::watcher_rate`]).
+    bucket: Bucket,
 }
 
 impl Account {
@@ -70,6 +73,7 @@ impl Account {
             credential,
             credential_len,
             credit: s.credit,
+            bucket: Bucket::default(),
         }
     }
 }
@@ -114,6 +118,10 @@ pub struct WaConfig {
     pub pending_max: usize,
     /// Credit units one query costs.
     pub query_cost: u64,
+    /// Queries one watcher may ask per second, and in a burst (`None`:
+    /// unlimited). Beyond it A is answered `Overloaded` with the time its
+    /// next query would be taken; nothing is debited or sent.
+    pub watcher_rate: Option<Rate>,
     /// When this WA instance started, in seconds on a wall clock (the runtime
     /// passes its start time). Transaction counters start at
     /// `boot_time_s << 22`, so a restarted WA continues ahead of every id it
@@ -139,6 +147,7 @@ impl WaConfig {
             hop_limit: 8,
             pending_max: 65_536,
             query_cost: 1,
+            watcher_rate: None,
             boot_time_s: 0,
         }
     }
@@ -245,6 +254,8 @@ pub struct WaCounters {
     pub unauthenticated: u64,
     /// Refused: credit does not cover the query.
     pub credit_exhausted: u64,
+    /// Answered `Overloaded`: the watcher passed its rate limit.
+    pub throttled: u64,
     /// Retransmissions sent.
     pub retransmissions: u64,
     /// Final answers given to A (answers and timeouts).
@@ -425,6 +436,16 @@ impl WatcherApp {
         if request.operation != ClientOperation::Query {
             self.counters.drops.unexpected += 1;
             return refuse(self, Outcome::Error(ErrorReason::Refused), out);
+        }
+        if let Some(rate) = self.config.watcher_rate {
+            let limited = self
+                .subscribers
+                .get_mut(&request.watcher)
+                .map(|s| s.bucket.take(now, rate));
+            if let Some(Err(retry_after_ms)) = limited {
+                self.counters.throttled += 1;
+                return refuse(self, Outcome::Overloaded { retry_after_ms }, out);
+            }
         }
         if !self.pending.is_free(self.next_txid) {
             self.counters.drops.overloaded += 1;
@@ -649,6 +670,45 @@ mod tests {
             (Addr::Device(_), Message::Answer(a)) => Some(a.outcome),
             _ => None,
         })
+    }
+
+    #[test]
+    fn a_watcher_over_its_rate_is_told_when_to_retry_and_not_debited() {
+        let mut config = WaConfig::new(NetworkId(1), vec![Prefix::parse("4477").unwrap()]);
+        config.watcher_rate = Some(Rate {
+            per_second: 10,
+            burst: 2,
+        });
+        let mut wa = WatcherApp::new(
+            config,
+            HashMap::from([(
+                m(A),
+                Subscriber {
+                    credential: b"pw".to_vec(),
+                    credit: 100,
+                },
+            )]),
+        );
+        let mut out = Outbox::default();
+        ask(&mut wa, 1_000, b"pw", &mut out);
+        ask(&mut wa, 1_000, b"pw", &mut out);
+        assert_eq!(wa.pending_len(), 2, "the burst is taken");
+        out.clear();
+        ask(&mut wa, 1_000, b"pw", &mut out);
+        assert_eq!(
+            outcome_to_device(&out),
+            Some(Outcome::Overloaded {
+                retry_after_ms: 100
+            })
+        );
+        assert!(
+            out.transmits.iter().all(|t| t.to != Addr::Ogps),
+            "nothing sent"
+        );
+        assert_eq!((wa.credit(m(A)), wa.counters().throttled), (Some(98), 1));
+        out.clear();
+        ask(&mut wa, 1_100, b"pw", &mut out);
+        assert_eq!(wa.pending_len(), 3, "taken again at the retry-after");
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub const ALARMS: [&str; 3] = [
 
 /// The role events counted per worker, as `(role, event)` labels; a
 /// report's `roles` array follows this order.
-pub const ROLE_EVENTS: [(&str, &str); 22] = [
+pub const ROLE_EVENTS: [(&str, &str); 26] = [
     ("wa", "accepted"),
     ("wa", "internal"),
     ("wa", "unauthenticated"),
@@ -57,6 +57,10 @@ pub const ROLE_EVENTS: [(&str, &str); 22] = [
     ("ps", "publications"),
     ("ps", "refused"),
     ("ps", "window_full"),
+    ("wa", "throttled"),
+    ("ogps", "held_off"),
+    ("igps", "throttled"),
+    ("ps", "charging_refused"),
 ];
 
 /// Per peer network: queries in, answers in, frames out, frames refused.

@@ -110,6 +110,8 @@ pub(crate) struct Shared {
     started: Instant,
     pub(crate) poll_mode: bool,
     pub(crate) window_slots: usize,
+    /// Rate limits (`[limits]`); fixed while running.
+    pub(crate) limits: crate::config::Limits,
     /// Largest frame sent to a peer's BG.
     pub(crate) border_frame_max: usize,
     /// Each worker's pending WA transactions, published every turn while
@@ -314,6 +316,16 @@ impl Appliance {
                 config.network
             ),
         })?;
+        for (name, _) in &config.limits.peers {
+            if names.id(name).is_none() {
+                return Err(ConfigError {
+                    file: config.file.clone(),
+                    field: format!("limits.peers.{name}"),
+                    reason: format!("{name:?} is not a network of the numbering table"),
+                }
+                .into());
+            }
+        }
         let csv = std::fs::read_to_string(&config.numbering)
             .map_err(io_error(format!("reading {}", config.numbering.display())))?;
         let ranges = SimNetwork::from_table_csv(&csv, &config.network);
@@ -363,6 +375,7 @@ impl Appliance {
             unix_ms_at_start,
             started,
             poll_mode: config.poll_mode,
+            limits: config.limits.clone(),
             window_slots: config.window_slots,
             border_frame_max: shard::BORDER_FRAME_MAX
                 .min(config.border.settings.link.max_frame_len),
@@ -581,6 +594,7 @@ impl Appliance {
                 config.window_slots != old.window_slots,
             ),
             ("border.listen", config.border.listen != old.border.listen),
+            ("limits", config.limits != old.limits),
         ] {
             if changed {
                 return Err(ConfigError {

@@ -175,7 +175,7 @@ impl Shard {
         let ogps = Self::ogps(&shared);
         let igps = Igps::new(shared.network, &shared.hss, &shared.table);
         let workers = shared.workers;
-        Shard {
+        let mut shard = Shard {
             index,
             hss: shared.hss.reader(),
             table: shared.table.reader(),
@@ -204,7 +204,9 @@ impl Shard {
             owned: ahash::AHashSet::new(),
             traced_txid: None,
             shared,
-        }
+        };
+        shard.apply_peer_limits();
+        shard
     }
 
     fn wa_config(index: usize, shared: &Shared) -> WaConfig {
@@ -216,6 +218,7 @@ impl Shard {
         config.query_cost = shared.query_cost;
         config.pending_max = shared.pending_max;
         config.boot_time_s = shared.boot_time_s;
+        config.watcher_rate = shared.limits.watcher;
         config
     }
 
@@ -238,6 +241,23 @@ impl Shard {
         r.unknown_network += old.unknown_network;
         r.hop_limit_exceeded += old.hop_limit_exceeded;
         r.all_ingress_down += old.all_ingress_down;
+        r.held_off += old.held_off;
+        self.apply_peer_limits();
+    }
+
+    /// The IGPS's per-peer rate limits, this worker's share of them.
+    fn apply_peer_limits(&mut self) {
+        let workers = self.shared.workers;
+        let names = self.shared.names.load();
+        let overrides: Vec<(NetworkId, crate::roles::Rate)> = self
+            .shared
+            .limits
+            .peers
+            .iter()
+            .filter_map(|(name, rate)| Some((names.id(name)?, rate.share(workers))))
+            .collect();
+        let default = self.shared.limits.peer_default.map(|r| r.share(workers));
+        self.igps.set_peer_limits(default, &overrides);
     }
 
     /// Applies provisioning: this worker's watchers and its slice of each
@@ -338,6 +358,7 @@ impl Shard {
         ogps.unknown_network += self.ogps_retired.unknown_network;
         ogps.hop_limit_exceeded += self.ogps_retired.hop_limit_exceeded;
         ogps.all_ingress_down += self.ogps_retired.all_ingress_down;
+        ogps.held_off += self.ogps_retired.held_off;
         let igps = self.igps.counters();
         let mut ps = crate::roles::PsCounters::default();
         for server in self.ps.values() {
@@ -349,6 +370,7 @@ impl Shard {
             ps.publications += c.publications;
             ps.refused += c.refused;
             ps.drops.overloaded += c.drops.overloaded;
+            ps.charging_refused += c.charging_refused;
         }
         [
             wa.accepted,
@@ -373,6 +395,10 @@ impl Shard {
             ps.publications,
             ps.refused,
             ps.drops.overloaded,
+            wa.throttled,
+            ogps.held_off,
+            igps.throttled,
+            ps.charging_refused,
         ]
     }
 
@@ -692,6 +718,11 @@ impl Shard {
                     if self.table.lookup(answer.target) != Some(origin) {
                         self.stats.alarms[ALARM_ANSWER_WRONG_NETWORK] += 1;
                         continue;
+                    }
+                    // The peer's rate limit for us: hold further queries
+                    // to it back here until its retry-after.
+                    if let Outcome::Overloaded { retry_after_ms } = answer.outcome {
+                        self.ogps.hold_off(now, origin, retry_after_ms);
                     }
                     self.work.push_back((
                         Addr::Ogps,
