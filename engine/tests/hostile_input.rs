@@ -15,9 +15,12 @@
 //! target that does not permit the watcher get the same answer, byte for
 //! byte but for the echoed transaction and target.
 
+mod common;
+use common::table;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,10 +32,6 @@ use presence_codec::{
     Credential, ErrorReason, FrameReader, Message, Msisdn, Outcome, Query, FRAME_LEN_DEFAULT_MAX,
 };
 use presence_engine::demo::{self, SpawnedAppliance};
-
-fn table() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv")
-}
 
 fn frame(messages: &[Message<'_>]) -> Vec<u8> {
     let mut out = Vec::new();

@@ -18,25 +18,17 @@
 //! `PRESENCE_CRASH_RUNS=40 cargo test --release -p presence-engine --test
 //! journal_crash -- --nocapture`.
 
+mod common;
+use common::{env_u64, table};
+
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use presence_codec::{Msisdn, Outcome};
 use presence_engine::demo::{self, DeviceClient, SpawnedAppliance, DEMO_BUDDIES};
 use presence_engine::journal;
 use presence_engine::sim::SimRng;
-
-fn table() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv")
-}
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn start(config: &Path, log: &Path) -> SpawnedAppliance {
     SpawnedAppliance::start(

@@ -18,9 +18,12 @@
 //!
 //! `PRESENCE_OVERLOAD_SECONDS` (default 6) sets the measured time.
 
+mod common;
+use common::table;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,10 +35,6 @@ use presence_codec::{encode_frame, FrameReader, Message, Msisdn, Outcome, Query}
 use presence_engine::demo::{self, SpawnedAppliance, DEMO_BUDDIES};
 use presence_engine::journal;
 use presence_engine::table::NumberingTable;
-
-fn table() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv")
-}
 
 fn peer_node(me: &NetworkMaterial, b: &NetworkMaterial, b_addr: SocketAddr) -> BgNode {
     BgNode::start(NodeConfig {

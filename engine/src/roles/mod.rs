@@ -44,7 +44,7 @@ pub use ps::{
 };
 pub use shed::{shed_refused_frame, Shed};
 pub use store::SubscriberView;
-pub use wa::{Subscriber, WaConfig, WaCounters, WatcherApp};
+pub use wa::{Subscriber, WaConfig, WaCounters, WatcherApp, DEVICE_REPEAT_DEADLINES};
 
 use crate::table::NetworkId;
 

@@ -161,6 +161,9 @@ const COUNTER_MASK: u64 = (1 << 48) - 1;
 const TXIDS_PER_SECOND_BITS: u32 = 22;
 const HOME: NetworkId = NetworkId(0);
 const AWAY: NetworkId = NetworkId(1);
+/// A device request is remembered this many deadlines (see
+/// [`DeviceRequests`]).
+pub const DEVICE_REPEAT_DEADLINES: u64 = 4;
 /// Retry-after told to A when the pending table is full.
 const PENDING_FULL_RETRY_MS: u32 = 100;
 
@@ -243,6 +246,102 @@ impl PendingTable {
     }
 }
 
+/// What became of a device's request (by watcher and device request id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DeviceRequest {
+    /// Accepted; its query is pending.
+    Pending,
+    /// Answered with this outcome.
+    Answered(Outcome),
+}
+
+/// A remembered device request: about whom, what became of it, and until
+/// when it is remembered.
+#[derive(Clone, Copy, Debug)]
+struct DeviceEntry {
+    target: Msisdn,
+    state: DeviceRequest,
+    expires: Millis,
+}
+
+/// Recent device requests, so a request a device sends again (its answer
+/// was lost, or it gave up waiting) is not a second query: while pending it
+/// is ignored, once answered the same answer is sent again. Remembered for
+/// [`DEVICE_REPEAT_DEADLINES`] deadlines, and at most `capacity` of them (the pending
+/// table's size): past that the oldest is forgotten first, so at the
+/// highest rates a device repeating itself late may start a second query
+/// (charged once more; docs/reliability.md). Sized at start-up: the map
+/// holds twice `capacity` so its tombstones are cleared in place, and
+/// nothing is allocated after.
+#[derive(Debug)]
+struct DeviceRequests {
+    map: AHashMap<(Msisdn, u64), DeviceEntry>,
+    order: std::collections::VecDeque<((Msisdn, u64), Millis)>,
+    capacity: usize,
+}
+
+impl DeviceRequests {
+    fn new(capacity: usize) -> DeviceRequests {
+        let mut map = AHashMap::default();
+        map.reserve(capacity.saturating_mul(2));
+        DeviceRequests {
+            map,
+            order: std::collections::VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    fn expire(&mut self, now: Millis) {
+        while let Some(&(key, expires)) = self.order.front() {
+            if expires > now {
+                break;
+            }
+            self.order.pop_front();
+            // Unless the id was reused since (a restarted device).
+            if self.map.get(&key).is_some_and(|e| e.expires == expires) {
+                self.map.remove(&key);
+            }
+        }
+    }
+
+    /// The request's state, if this is a repeat: same id, same target.
+    fn get(&mut self, now: Millis, key: (Msisdn, u64), target: Msisdn) -> Option<DeviceRequest> {
+        self.expire(now);
+        self.map
+            .get(&key)
+            .filter(|e| e.target == target)
+            .map(|e| e.state)
+    }
+
+    /// Records a newly accepted request, forgetting the oldest if full.
+    fn insert(&mut self, now: Millis, key: (Msisdn, u64), target: Msisdn, keep_ms: u64) {
+        self.expire(now);
+        if self.order.len() >= self.capacity {
+            if let Some((old, expires)) = self.order.pop_front() {
+                if self.map.get(&old).is_some_and(|e| e.expires == expires) {
+                    self.map.remove(&old);
+                }
+            }
+        }
+        let expires = now + keep_ms;
+        self.map.insert(
+            key,
+            DeviceEntry {
+                target,
+                state: DeviceRequest::Pending,
+                expires,
+            },
+        );
+        self.order.push_back((key, expires));
+    }
+
+    fn answered(&mut self, key: (Msisdn, u64), outcome: Outcome) {
+        if let Some(entry) = self.map.get_mut(&key) {
+            entry.state = DeviceRequest::Answered(outcome);
+        }
+    }
+}
+
 /// Counters of what the WA decided, for metrics and the simulation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WaCounters {
@@ -256,6 +355,9 @@ pub struct WaCounters {
     pub credit_exhausted: u64,
     /// Answered `Overloaded`: the watcher passed its rate limit.
     pub throttled: u64,
+    /// A device sent a request again: ignored while pending, answered again
+    /// with the same outcome once answered. Never a second query.
+    pub device_repeats: u64,
     /// Retransmissions sent.
     pub retransmissions: u64,
     /// Final answers given to A (answers and timeouts).
@@ -274,6 +376,7 @@ pub struct WatcherApp {
     ported: PortedMap,
     subscribers: AHashMap<Msisdn, Account>,
     pending: PendingTable,
+    device_requests: DeviceRequests,
     timers: TimerWheel,
     /// Scratch for due timers (capacity kept).
     due: Vec<Timer>,
@@ -306,6 +409,7 @@ impl WatcherApp {
             ported: PortedMap::empty(0x5741).apply(&changes),
             subscribers,
             pending,
+            device_requests: DeviceRequests::new(slots),
             // Entries of finished transactions stay until compacted away
             // (see `push_timer`): twice the live maximum leaves room.
             timers: TimerWheel::new(slots.saturating_mul(2).max(16)),
@@ -437,6 +541,18 @@ impl WatcherApp {
             self.counters.drops.unexpected += 1;
             return refuse(self, Outcome::Error(ErrorReason::Refused), out);
         }
+        let key = (request.watcher, request.txid);
+        match self.device_requests.get(now, key, request.target) {
+            Some(DeviceRequest::Pending) => {
+                self.counters.device_repeats += 1;
+                return;
+            }
+            Some(DeviceRequest::Answered(outcome)) => {
+                self.counters.device_repeats += 1;
+                return refuse(self, outcome, out);
+            }
+            None => {}
+        }
         if let Some(rate) = self.config.watcher_rate {
             let limited = self
                 .subscribers
@@ -458,6 +574,15 @@ impl WatcherApp {
             );
         }
         let cost = self.config.query_cost;
+        if !self.subscribers.contains_key(&request.watcher) {
+            return;
+        }
+        // Remembered for four deadlines: a device retrying the same id
+        // until well after the deadline (its own answer may be lost more
+        // than once) finds it, and is not charged twice.
+        let keep_ms = u64::from(self.config.deadline_ms) * DEVICE_REPEAT_DEADLINES;
+        self.device_requests
+            .insert(now, key, request.target, keep_ms);
         let Some(subscriber) = self.subscribers.get_mut(&request.watcher) else {
             return;
         };
@@ -466,7 +591,9 @@ impl WatcherApp {
             Some(left) => subscriber.credit = left,
             None => {
                 self.counters.credit_exhausted += 1;
-                return refuse(self, Outcome::Error(ErrorReason::CreditExhausted), out);
+                let outcome = Outcome::Error(ErrorReason::CreditExhausted);
+                self.device_requests.answered(key, outcome);
+                return refuse(self, outcome, out);
             }
         }
         // Step 3.
@@ -556,6 +683,8 @@ impl WatcherApp {
         }
         self.counters.final_answers += 1;
         self.counters.timeouts += u64::from(outcome == Outcome::Error(ErrorReason::Timeout));
+        self.device_requests
+            .answered((pending.watcher, pending.client_txid), outcome);
         self.reply_to_device(
             pending.device,
             pending.client_txid,
@@ -649,9 +778,17 @@ mod tests {
         )
     }
 
+    /// A new request (a fresh device request id each call).
     fn ask(wa: &mut WatcherApp, now: Millis, credential: &[u8], out: &mut Outbox) {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ask_as(wa, now, id, credential, out);
+    }
+
+    /// A request with device request id `id`.
+    fn ask_as(wa: &mut WatcherApp, now: Millis, id: u64, credential: &[u8], out: &mut Outbox) {
         let request = ClientRequest {
-            txid: 9,
+            txid: id,
             watcher: m(A),
             target: m(B),
             operation: ClientOperation::Query,
@@ -709,6 +846,45 @@ mod tests {
         out.clear();
         ask(&mut wa, 1_100, b"pw", &mut out);
         assert_eq!(wa.pending_len(), 3, "taken again at the retry-after");
+    }
+
+    #[test]
+    fn a_request_the_device_sends_again_is_not_a_second_query() {
+        let mut wa = wa(10);
+        let mut out = Outbox::default();
+        ask_as(&mut wa, 0, 7, b"pw", &mut out);
+        let txid = out
+            .transmits
+            .iter()
+            .find_map(|t| match t.message {
+                Message::Query(q) => Some(q.txid),
+                _ => None,
+            })
+            .unwrap();
+        out.clear();
+        // Again while pending: ignored, nothing sent, nothing debited.
+        ask_as(&mut wa, 50, 7, b"pw", &mut out);
+        assert!(out.transmits.is_empty());
+        assert_eq!((wa.credit(m(A)), wa.pending_len()), (Some(9), 1));
+        let answer = Answer {
+            txid,
+            reply_node: 0,
+            target: m(B),
+            outcome: Outcome::Detached { confirmed_age_s: 3 },
+        };
+        wa.handle(100, Addr::Ogps, &Message::Answer(answer), &mut out);
+        assert_eq!(outcome_to_device(&out), Some(answer.outcome));
+        out.clear();
+        // Again once answered: the same answer, still one query.
+        ask_as(&mut wa, 200, 7, b"pw", &mut out);
+        assert_eq!(outcome_to_device(&out), Some(answer.outcome));
+        assert!(out.transmits.iter().all(|t| t.to != Addr::Ogps));
+        assert_eq!(wa.credit(m(A)), Some(9));
+        assert_eq!(wa.counters().device_repeats, 2);
+        // Four deadlines later the id is forgotten: a new query.
+        out.clear();
+        ask_as(&mut wa, 6_001, 7, b"pw", &mut out);
+        assert!(out.transmits.iter().any(|t| t.to == Addr::Ogps));
     }
 
     #[test]
