@@ -55,11 +55,33 @@ fn bg_inbound_corpus_holds() {
     eprintln!("bg_inbound: {n} inputs replayed");
 }
 
+#[test]
+fn journal_scan_corpus_holds() {
+    let n = replay("journal_scan", presence_engine::journal::fuzz_scan);
+    eprintln!("journal_scan: {n} inputs replayed");
+}
+
 /// Whether a corpus file is a named seed rather than an input the fuzzer kept
 /// (libFuzzer names those by the SHA-1 of their content: 40 hex digits).
 fn is_named_seed(path: &Path) -> bool {
     let name = path.file_name().unwrap().to_string_lossy();
     !(name.len() == 40 && name.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[test]
+fn journal_scan_seeds_are_segments_with_records() {
+    // Whole, torn, damaged in the middle, and voiding: the fuzzer starts
+    // from every path of the reader.
+    let seeds: Vec<PathBuf> = corpus("journal_scan")
+        .into_iter()
+        .filter(|p| is_named_seed(p))
+        .collect();
+    assert!(seeds.len() >= 4);
+    for file in seeds {
+        let data = std::fs::read(&file).unwrap();
+        let scan = presence_engine::journal::scan_segment(&file, &data).unwrap();
+        assert!(!scan.entries.is_empty(), "{}", file.display());
+    }
 }
 
 #[test]
