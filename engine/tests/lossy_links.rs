@@ -81,7 +81,8 @@ impl Faults {
     }
 }
 
-/// A UDP proxy in front of `upstream` for one device socket.
+/// A UDP proxy in front of `upstream` for one device socket: one thread
+/// each way, each with its own seeded faults.
 fn udp_proxy(
     upstream: SocketAddr,
     seed: u64,
@@ -96,26 +97,36 @@ fn udp_proxy(
     back.set_read_timeout(Some(Duration::from_millis(5)))
         .unwrap();
     let addr = front.local_addr().unwrap();
+    let device = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let (front2, back2) = (front.try_clone().unwrap(), back.try_clone().unwrap());
+    let (stop2, faults2, device2) = (stop.clone(), faults.clone(), device.clone());
     std::thread::spawn(move || {
         let mut rng = SimRng::new(seed);
-        let mut device: Option<SocketAddr> = None;
         let mut buf = vec![0u8; 65_536];
         while !stop.load(Ordering::Relaxed) {
-            while let Ok((len, from)) = front.recv_from(&mut buf) {
-                device = Some(from);
-                let n = copies(&mut rng);
-                faults.note(n);
-                for _ in 0..n {
-                    let _ = back.send_to(&buf[..len], upstream);
-                }
+            let Ok((len, from)) = front.recv_from(&mut buf) else {
+                continue;
+            };
+            *device.lock().unwrap() = Some(from);
+            let n = copies(&mut rng);
+            faults.note(n);
+            for _ in 0..n {
+                let _ = back.send_to(&buf[..len], upstream);
             }
-            while let Ok(len) = back.recv(&mut buf) {
-                let n = copies(&mut rng);
-                faults.note(n);
-                if let Some(device) = device {
-                    for _ in 0..n {
-                        let _ = front.send_to(&buf[..len], device);
-                    }
+        }
+    });
+    std::thread::spawn(move || {
+        let mut rng = SimRng::new(seed ^ 0x5eed);
+        let mut buf = vec![0u8; 65_536];
+        while !stop2.load(Ordering::Relaxed) {
+            let Ok(len) = back2.recv(&mut buf) else {
+                continue;
+            };
+            let n = copies(&mut rng);
+            faults2.note(n);
+            if let Some(device) = *device2.lock().unwrap() {
+                for _ in 0..n {
+                    let _ = front2.send_to(&buf[..len], device);
                 }
             }
         }
@@ -250,12 +261,14 @@ fn ten_percent_loss_and_five_percent_duplication_on_every_hop_lose_and_double_no
     let (rto, device_deadline) = (Duration::from_millis(800), Duration::from_secs(6));
     let start = Instant::now();
     let mut next_id = 1u64;
+    let mut waiting: std::collections::VecDeque<(Instant, u64)> = Default::default();
     let mut buf = [0u8; 2048];
     loop {
         let now = Instant::now();
         // 300 new queries a second.
         while next_id <= queries && start + Duration::from_micros(3_333 * next_id) <= now {
             device.send_to(&request(next_id), front).unwrap();
+            waiting.push_back((now, next_id));
             asked.insert(
                 next_id,
                 Asked {
@@ -268,12 +281,22 @@ fn ten_percent_loss_and_five_percent_duplication_on_every_hop_lose_and_double_no
             );
             next_id += 1;
         }
-        for (id, q) in asked.iter_mut() {
-            if q.outcome.is_none() && now - q.last >= rto && now - q.first < device_deadline {
-                device.send_to(&request(*id), front).unwrap();
-                q.last = now;
-                q.sent += 1;
+        // Unanswered requests, oldest retransmission first.
+        while let Some(&(at, id)) = waiting.front() {
+            if now - at < rto {
+                break;
             }
+            waiting.pop_front();
+            let Some(q) = asked.get_mut(&id) else {
+                continue;
+            };
+            if q.outcome.is_some() || now - q.first >= device_deadline {
+                continue;
+            }
+            device.send_to(&request(id), front).unwrap();
+            q.last = now;
+            q.sent += 1;
+            waiting.push_back((now, id));
         }
         while let Ok(len) = device.recv(&mut buf) {
             let Ok(reader) = FrameReader::new(&buf[..len], 2048) else {
@@ -293,10 +316,7 @@ fn ten_percent_loss_and_five_percent_duplication_on_every_hop_lose_and_double_no
                 }
             }
         }
-        let done = next_id > queries
-            && asked
-                .values()
-                .all(|q| q.outcome.is_some() || q.first.elapsed() >= device_deadline);
+        let done = next_id > queries && waiting.is_empty();
         if done {
             break;
         }
