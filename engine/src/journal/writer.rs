@@ -383,6 +383,10 @@ fn run_syncer(
     wake: impl Fn(),
 ) {
     let mut batch: Vec<SyncRequest> = Vec::with_capacity(SYNC_QUEUE);
+    // The file the last batch synced: when a batch names a newer one, the
+    // old one is synced once more first, so its last writes are durable
+    // even if the request naming them never got through a full queue.
+    let mut last_file: Option<Arc<File>> = None;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         batch.extend(rx.try_iter());
@@ -392,6 +396,12 @@ fn run_syncer(
             continue;
         }
         let mut ok = true;
+        if let (Some(prev), Some(first)) = (&last_file, batch.first()) {
+            if !Arc::ptr_eq(prev, &first.file) {
+                ok &= prev.sync_data().is_ok();
+            }
+        }
+        last_file = batch.last().map(|r| r.file.clone());
         let mut synced: Option<*const File> = None;
         for request in &batch {
             let this = Arc::as_ptr(&request.file);

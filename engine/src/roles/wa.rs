@@ -161,8 +161,9 @@ const COUNTER_MASK: u64 = (1 << 48) - 1;
 const TXIDS_PER_SECOND_BITS: u32 = 22;
 const HOME: NetworkId = NetworkId(0);
 const AWAY: NetworkId = NetworkId(1);
-/// A device request is remembered this many deadlines (see
-/// [`DeviceRequests`]).
+/// A device request is remembered this many deadlines: a device sending
+/// the same request again within them gets its one answer, never a second
+/// query (docs/reliability.md).
 pub const DEVICE_REPEAT_DEADLINES: u64 = 4;
 /// Retry-after told to A when the pending table is full.
 const PENDING_FULL_RETRY_MS: u32 = 100;

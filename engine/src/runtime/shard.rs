@@ -958,10 +958,17 @@ impl Shard {
                 self.frame_to_border(network, &transmit.message);
             }
             Addr::BorderReply { network, .. } => {
-                if let (Addr::Ps(_), Message::Answer(_)) = (from, &transmit.message) {
-                    // A presence server's answer (a decision, a duplicate
-                    // of one, or an unknown subscriber, alike): held until
-                    // the records before it are durable.
+                // A presence server's answer (a decision, a duplicate of
+                // one, or an unknown subscriber) and the IGPS's NotAvailable
+                // for a number no presence server holds, alike: held until
+                // the records before them are durable, so neither the bytes
+                // nor the timing tell unknown from not permitted.
+                let held = match (from, &transmit.message) {
+                    (Addr::Ps(_), Message::Answer(_)) => true,
+                    (Addr::Igps(_), Message::Answer(a)) => a.outcome == Outcome::NotAvailable,
+                    _ => false,
+                };
+                if held {
                     self.frame_to_held(network, &transmit.message);
                 }
                 if let Message::Answer(a) = &transmit.message {
@@ -976,7 +983,7 @@ impl Shard {
                         );
                     }
                 }
-                if !matches!(from, Addr::Ps(_)) {
+                if !held {
                     self.frame_to_border(network, &transmit.message);
                 }
             }
