@@ -167,10 +167,12 @@ impl JournalWriter {
     }
 
     fn open_segment_voiding(&mut self, void_from: u64) -> Result<(), JournalError> {
+        // The segment starts with the first record not yet written (those
+        // in the buffer go into it).
         let header = SegmentHeader {
             network: self.network.clone(),
             worker: self.worker,
-            first_seq: self.next_seq,
+            first_seq: self.written + 1,
             created_unix_ms: unix_ms(),
             void_from,
         };
@@ -310,6 +312,7 @@ impl JournalWriter {
         // the answers waiting on those numbers were refused when the
         // failure was noticed, and the new header voids their records.
         self.next_seq = self.appended + 1;
+        self.written = self.appended;
         let void_from = if self.appended > self.confirmed {
             self.confirmed + 1
         } else {
@@ -330,7 +333,6 @@ impl JournalWriter {
             Ok(()) => {
                 self.new_segment = false;
                 self.sync_failed.store(false, Ordering::Release);
-                self.written = self.appended;
                 self.durable.store(self.appended, Ordering::Release);
                 self.confirmed = self.appended;
                 self.failed_at = None;
@@ -505,6 +507,40 @@ mod tests {
         assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
         let recovery = recover(&dir, "t-mobile.de", 0).unwrap();
         assert_eq!(recovery.next_seq(0), 101);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_segment_older_than_its_age_limit_is_followed_by_a_new_one() {
+        let dir = std::env::temp_dir().join(format!("journal-age-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let limits = SegmentLimits {
+            max_bytes: 64 << 20,
+            max_age: Duration::from_millis(30),
+        };
+        let mut w = JournalWriter::open(&dir, "t-mobile.de", 3, 41, limits, || {}).unwrap();
+        for turn in 0..3u64 {
+            w.append(&record(turn), 1, "o2.gb");
+            assert_eq!(w.end_turn(), SyncState::Healthy);
+            std::thread::sleep(Duration::from_millis(40));
+        }
+        assert!(w.close());
+        let names: Vec<String> = segment_paths(&dir, None)
+            .unwrap()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        // The first segment was already old at the second turn's write.
+        assert_eq!(
+            names,
+            [
+                "t-mobile.de-w3-00000000000000000041.cdrj",
+                "t-mobile.de-w3-00000000000000000042.cdrj",
+                "t-mobile.de-w3-00000000000000000043.cdrj"
+            ]
+        );
+        assert_eq!(recover(&dir, "t-mobile.de", 0).unwrap().next_seq(3), 44);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
