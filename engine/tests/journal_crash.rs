@@ -320,5 +320,16 @@ fn a_full_disk_refuses_chargeable_queries_and_never_answers_without_a_record() {
         summary.segments > 1,
         "charging came back on a new segment once one could be opened"
     );
+    // The operator's view: `presence-gw cdr dump` prints the same records,
+    // names the torn tails on stderr and exits 1 for the damage.
+    let dumped = std::process::Command::new(binary)
+        .args(["cdr", "dump"])
+        .arg(b.dir.join("cdr"))
+        .output()
+        .unwrap();
+    assert_eq!(dumped.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&dumped.stdout), csv);
+    let stderr = String::from_utf8_lossy(&dumped.stderr);
+    assert!(stderr.contains("torn tail"), "{stderr}");
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -586,13 +586,14 @@ pub fn dump(path: &Path, all: bool, out: &mut impl Write) -> Result<DumpSummary,
         path: stdout.to_path_buf(),
         source: e,
     };
-    out.write_all(DUMP_HEADER.as_bytes()).map_err(write_err)?;
     let mut summary = DumpSummary::default();
     let mut scans = Vec::new();
     for path in paths {
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
         scans.push((path.clone(), scan_segment(&path, &bytes)?));
     }
+    // Written once every segment has been read: an error prints nothing.
+    out.write_all(DUMP_HEADER.as_bytes()).map_err(write_err)?;
     let headers: Vec<SegmentHeader> = scans.iter().map(|(_, s)| s.header.clone()).collect();
     let voids = void_ranges(&headers);
     for (path, scan) in scans {
