@@ -446,18 +446,33 @@ pub fn segment_paths(dir: &Path, network: Option<&str>) -> Result<Vec<PathBuf>, 
 }
 
 /// Per worker, the sequence ranges voided by later segments' headers.
-fn void_ranges(headers: &[SegmentHeader]) -> Vec<(u16, u64, u64)> {
+fn void_ranges(headers: &[SegmentHeader]) -> Vec<(String, u16, u64, u64)> {
     headers
         .iter()
         .filter(|h| h.void_from > 0 && h.void_from < h.first_seq)
-        .map(|h| (h.worker, h.void_from, h.first_seq))
+        .map(|h| (h.network.clone(), h.worker, h.void_from, h.first_seq))
         .collect()
 }
 
-fn voided(ranges: &[(u16, u64, u64)], worker: u16, seq: u64) -> bool {
+fn voided(ranges: &[(String, u16, u64, u64)], network: &str, worker: u16, seq: u64) -> bool {
     ranges
         .iter()
-        .any(|&(w, from, to)| w == worker && (from..to).contains(&seq))
+        .any(|(n, w, from, to)| n == network && *w == worker && (*from..*to).contains(&seq))
+}
+
+/// A segment's header alone (its first 4 KiB are read).
+pub fn read_header(path: &Path) -> Result<SegmentHeader, JournalError> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(4096);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(4096).read_to_end(&mut bytes))
+        .map_err(io_err(path))?;
+    SegmentHeader::decode(&bytes)
+        .map(|(h, _)| h)
+        .map_err(|reason| JournalError::BadHeader {
+            path: path.to_path_buf(),
+            reason,
+        })
 }
 
 /// What recovery found and did.
@@ -492,14 +507,29 @@ impl Recovery {
 pub fn recover(dir: &Path, network: &str, since_unix_ms: u64) -> Result<Recovery, JournalError> {
     let mut recovery = Recovery::default();
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mut scans = Vec::new();
+    // Headers of every segment (for void ranges) and only the recent
+    // entries: memory does not grow with the journal's history.
+    let mut headers = Vec::new();
+    let mut recent = Vec::new();
     for path in segment_paths(dir, Some(network))? {
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
         let scan = match scan_segment(&path, &bytes) {
-            Ok(scan) => scan,
-            // A segment whose header never reached the disk whole: a crash
-            // right after creating it. It holds no record.
-            Err(JournalError::BadHeader { .. }) if bytes.len() < 64 => {
+            Ok(scan) if scan.header.network == network => scan,
+            // Another network's file whose name starts like ours.
+            Ok(_) => continue,
+            Err(JournalError::BadHeader { reason, .. }) => {
+                // A header that never reached the disk whole (a crash right
+                // after creating the file) holds no record: removed. Any
+                // other unreadable file is moved aside and reported, never
+                // a reason not to start.
+                let full = 40 + network.len();
+                if bytes.len() < full {
+                    std::fs::remove_file(&path).map_err(io_err(&path))?;
+                } else {
+                    let aside = path.with_extension("cdrj.damaged");
+                    std::fs::rename(&path, &aside).map_err(io_err(&path))?;
+                    tracing::error!(segment = %path.display(), reason, "unreadable segment moved aside");
+                }
                 recovery.damage.push((
                     path.clone(),
                     Damage::TornTail {
@@ -507,7 +537,6 @@ pub fn recover(dir: &Path, network: &str, since_unix_ms: u64) -> Result<Recovery
                         bytes: bytes.len() as u64,
                     },
                 ));
-                std::fs::remove_file(&path).map_err(io_err(&path))?;
                 continue;
             }
             Err(e) => return Err(e),
@@ -515,15 +544,19 @@ pub fn recover(dir: &Path, network: &str, since_unix_ms: u64) -> Result<Recovery
         recovery.segments += 1;
         recovery.records += scan.entries.len() as u64;
         let worker = scan.header.worker;
+        // A segment with no record still used its first number: the next
+        // segment starts after it, so no name is ever reused (and a
+        // header's void range is never lost).
         let last = scan
             .entries
             .iter()
             .map(|e| e.seq)
             .max()
-            .unwrap_or(scan.header.first_seq.saturating_sub(1));
+            .unwrap_or(scan.header.first_seq);
+        let next = last.saturating_add(1);
         match recovery.next_seq.iter_mut().find(|(w, _)| *w == worker) {
-            Some((_, next)) => *next = (*next).max(last + 1),
-            None => recovery.next_seq.push((worker, last + 1)),
+            Some((_, n)) => *n = (*n).max(next),
+            None => recovery.next_seq.push((worker, next)),
         }
         for d in &scan.damage {
             if let Damage::TornTail { .. } = d {
@@ -532,28 +565,30 @@ pub fn recover(dir: &Path, network: &str, since_unix_ms: u64) -> Result<Recovery
                     .open(&path)
                     .map_err(io_err(&path))?;
                 file.set_len(scan.valid_len).map_err(io_err(&path))?;
-                file.sync_all().map_err(io_err(&path))?;
             }
             recovery.damage.push((path.clone(), d.clone()));
         }
-        if scan.entries.is_empty() {
-            // A segment with no record (opened, then nothing charged): its
-            // numbering is reused by the next segment of this worker.
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
-            continue;
-        }
-        scans.push(scan);
-    }
-    let headers: Vec<SegmentHeader> = scans.iter().map(|s| s.header.clone()).collect();
-    let voids = void_ranges(&headers);
-    for scan in scans {
-        let worker = scan.header.worker;
-        recovery.recent.extend(
+        // What was read may still be only in the page cache (written, not
+        // yet synced, when the process died): made durable before any of it
+        // answers a retransmission.
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(io_err(&path))?;
+        recent.extend(
             scan.entries
                 .into_iter()
-                .filter(|e| e.at_unix_ms >= since_unix_ms && !voided(&voids, worker, e.seq)),
+                .filter(|e| e.at_unix_ms >= since_unix_ms)
+                .map(|e| (worker, e)),
         );
+        headers.push(scan.header);
     }
+    sync_dir(dir)?;
+    let voids = void_ranges(&headers);
+    recovery.recent = recent
+        .into_iter()
+        .filter(|(worker, e)| !voided(&voids, network, *worker, e.seq))
+        .map(|(_, e)| e)
+        .collect();
     Ok(recovery)
 }
 
@@ -587,19 +622,31 @@ pub fn dump(path: &Path, all: bool, out: &mut impl Write) -> Result<DumpSummary,
         source: e,
     };
     let mut summary = DumpSummary::default();
-    let mut scans = Vec::new();
+    // Void ranges come from every segment of the directory (a single file's
+    // records may be voided by a later segment's header); then segments are
+    // read one at a time.
+    let siblings = match (path.is_dir(), path.parent()) {
+        (true, _) => paths.clone(),
+        (false, Some(dir)) if !dir.as_os_str().is_empty() => segment_paths(dir, None)?,
+        _ => paths.clone(),
+    };
+    let headers: Vec<SegmentHeader> = siblings
+        .iter()
+        .filter_map(|p| read_header(p).ok())
+        .collect();
+    let voids = void_ranges(&headers);
+    for path in &paths {
+        read_header(path)?;
+    }
+    // Written once every segment's header has been read: an error prints
+    // nothing.
+    out.write_all(DUMP_HEADER.as_bytes()).map_err(write_err)?;
     for path in paths {
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        scans.push((path.clone(), scan_segment(&path, &bytes)?));
-    }
-    // Written once every segment has been read: an error prints nothing.
-    out.write_all(DUMP_HEADER.as_bytes()).map_err(write_err)?;
-    let headers: Vec<SegmentHeader> = scans.iter().map(|(_, s)| s.header.clone()).collect();
-    let voids = void_ranges(&headers);
-    for (path, scan) in scans {
+        let scan = scan_segment(&path, &bytes)?;
         summary.segments += 1;
         for e in &scan.entries {
-            let void = voided(&voids, scan.header.worker, e.seq);
+            let void = voided(&voids, &scan.header.network, scan.header.worker, e.seq);
             let charged = e.chargeable() && !void;
             if !(all || charged) {
                 continue;
@@ -642,7 +689,12 @@ pub(crate) fn create_segment(dir: &Path, header: &SegmentHeader) -> Result<File,
         .append(true)
         .open(&path)
         .map_err(io_err(&path))?;
-    file.write_all(&header.encode()).map_err(io_err(&path))?;
+    if let Err(e) = file.write_all(&header.encode()) {
+        // A header that did not fit (a full disk): leave no file behind,
+        // so the next attempt can create it again.
+        let _ = std::fs::remove_file(&path);
+        return Err(JournalError::Io { path, source: e });
+    }
     Ok(file)
 }
 
@@ -825,7 +877,8 @@ mod tests {
         assert_eq!(cut, segment(&[(1, ATTACHED), (2, ATTACHED)]).len() as u64);
         // A second recovery finds nothing more to cut.
         assert!(recover(&dir, "t-mobile.de", 0).unwrap().damage.is_empty());
-        // A segment with no record goes; its worker starts its numbering.
+        // A segment with no record stays (its header may void records of
+        // an earlier one); the next segment of its worker starts after it.
         let empty = SegmentHeader {
             network: "t-mobile.de".into(),
             worker: 1,
@@ -835,8 +888,20 @@ mod tests {
         };
         std::fs::write(dir.join(empty.file_name()), empty.encode()).unwrap();
         let recovery = recover(&dir, "t-mobile.de", 0).unwrap();
-        assert_eq!(recovery.next_seq(1), 1);
-        assert!(!dir.join(empty.file_name()).exists());
+        assert_eq!(recovery.next_seq(1), 2);
+        assert!(dir.join(empty.file_name()).exists());
+        // A file that is no segment at all is moved aside, not a reason not
+        // to start.
+        std::fs::write(
+            dir.join("t-mobile.de-w2-00000000000000000001.cdrj"),
+            [0x42; 200],
+        )
+        .unwrap();
+        let recovery = recover(&dir, "t-mobile.de", 0).unwrap();
+        assert_eq!(recovery.damage.len(), 1);
+        assert!(dir
+            .join("t-mobile.de-w2-00000000000000000001.cdrj.damaged")
+            .exists());
         let mut csv = Vec::new();
         let summary = dump(
             &dir.join("t-mobile.de-w0-00000000000000000001.cdrj"),

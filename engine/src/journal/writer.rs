@@ -42,6 +42,10 @@ impl Default for SegmentLimits {
 
 /// How long a failed journal waits before trying a new segment.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Records written but not durable for this long, with no sync completing,
+/// count as a failed disk: a hung `fdatasync` (a dead NFS server, a path
+/// queueing I/O forever) must not hold answers without bound.
+const SYNC_STALL: Duration = Duration::from_secs(5);
 /// Most sync requests waiting for the syncer (one per turn that wrote).
 const SYNC_QUEUE: usize = 1024;
 
@@ -59,8 +63,6 @@ pub enum SyncState {
 struct SyncRequest {
     upto: u64,
     file: Arc<File>,
-    /// A segment was created since the last request: sync the directory.
-    new_segment: bool,
 }
 
 /// One worker's journal.
@@ -72,7 +74,6 @@ pub struct JournalWriter {
     file: Option<Arc<File>>,
     segment_bytes: u64,
     segment_opened: Instant,
-    new_segment: bool,
     buf: Vec<u8>,
     next_seq: u64,
     /// Highest sequence number appended (in `buf` or written).
@@ -88,6 +89,9 @@ pub struct JournalWriter {
     requests: Option<Sender<SyncRequest>>,
     syncer: Option<JoinHandle<()>>,
     failed_at: Option<Instant>,
+    /// The durable sequence number last seen, and since when it has not
+    /// moved while records were outstanding.
+    progress: (u64, Instant),
     /// Records written to the file system (cumulative).
     pub records_written: u64,
     /// Write, sync or open failures.
@@ -131,7 +135,6 @@ impl JournalWriter {
             file: None,
             segment_bytes: 0,
             segment_opened: Instant::now(),
-            new_segment: false,
             buf: Vec::with_capacity(256 * 1024),
             next_seq,
             appended: next_seq - 1,
@@ -143,14 +146,12 @@ impl JournalWriter {
             requests: Some(tx),
             syncer: None,
             failed_at: None,
+            progress: (next_seq - 1, Instant::now()),
             records_written: 0,
             failures: 0,
             segments_opened: 0,
         };
         writer.open_segment()?;
-        // The first segment is made durable before anything is answered.
-        sync_dir(dir)?;
-        writer.new_segment = false;
         let thread = std::thread::Builder::new()
             .name(format!("journal-{worker}"))
             .spawn(move || run_syncer(rx, durable, sync_failed, wake))
@@ -167,6 +168,16 @@ impl JournalWriter {
     }
 
     fn open_segment_voiding(&mut self, void_from: u64) -> Result<(), JournalError> {
+        let io = |dir: &Path| {
+            let dir = dir.to_path_buf();
+            move |source| JournalError::Io { path: dir, source }
+        };
+        // Rotation is rare (one segment per `max_bytes`): the old segment
+        // is made durable here, on the worker, before the new one takes a
+        // record, so no sync request ever has to name two files.
+        if let Some(old) = self.file.take() {
+            old.sync_data().map_err(io(&self.dir))?;
+        }
         // The segment starts with the first record not yet written (those
         // in the buffer go into it).
         let header = SegmentHeader {
@@ -176,11 +187,23 @@ impl JournalWriter {
             created_unix_ms: unix_ms(),
             void_from,
         };
+        let path = self.dir.join(header.file_name());
         let file = create_segment(&self.dir, &header)?;
+        // The header (with its void range) and the directory entry are
+        // durable before any record of the segment counts as durable. A
+        // segment that could not be made so is removed, so the next try
+        // can create it again.
+        if let Err(e) = file
+            .sync_data()
+            .map_err(io(&self.dir))
+            .and_then(|()| sync_dir(&self.dir))
+        {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         self.segment_bytes = header.encode().len() as u64;
         self.segment_opened = Instant::now();
         self.file = Some(Arc::new(file));
-        self.new_segment = true;
         self.segments_opened += 1;
         Ok(())
     }
@@ -236,6 +259,17 @@ impl JournalWriter {
         if self.sync_failed.load(Ordering::Acquire) && self.failed_at.is_none() {
             self.fail("a sync failed");
         }
+        if self.failed_at.is_none() {
+            let durable = self.durable.load(Ordering::Acquire);
+            if durable != self.progress.0 || durable >= self.written {
+                self.progress = (durable, Instant::now());
+            } else if self.progress.1.elapsed() >= SYNC_STALL {
+                self.fail("no sync completed for 5 s");
+                // The syncer may still be stuck in that sync: whatever it
+                // reports later is ignored until a new segment opens.
+                self.sync_failed.store(true, Ordering::Release);
+            }
+        }
         if self.failed_at.is_some() {
             return SyncState::Failed;
         }
@@ -265,11 +299,9 @@ impl JournalWriter {
         self.records_written += self.appended - self.written;
         self.written = self.appended;
         self.buf.clear();
-        let new_segment = std::mem::take(&mut self.new_segment);
         self.request(SyncRequest {
             upto: self.written,
             file,
-            new_segment,
         });
         SyncState::Healthy
     }
@@ -318,21 +350,10 @@ impl JournalWriter {
         } else {
             0
         };
-        let opened = self.open_segment_voiding(void_from).and_then(|()| {
-            let file = self.file.clone().ok_or(JournalError::BadHeader {
-                path: self.dir.clone(),
-                reason: "no segment",
-            })?;
-            file.sync_all().map_err(|source| JournalError::Io {
-                path: self.dir.clone(),
-                source,
-            })?;
-            sync_dir(&self.dir)
-        });
-        match opened {
+        match self.open_segment_voiding(void_from) {
             Ok(()) => {
-                self.new_segment = false;
                 self.sync_failed.store(false, Ordering::Release);
+                self.progress = (self.appended, Instant::now());
                 self.durable.store(self.appended, Ordering::Release);
                 self.confirmed = self.appended;
                 self.failed_at = None;
@@ -385,10 +406,6 @@ fn run_syncer(
     wake: impl Fn(),
 ) {
     let mut batch: Vec<SyncRequest> = Vec::with_capacity(SYNC_QUEUE);
-    // The file the last batch synced: when a batch names a newer one, the
-    // old one is synced once more first, so its last writes are durable
-    // even if the request naming them never got through a full queue.
-    let mut last_file: Option<Arc<File>> = None;
     while let Ok(first) = rx.recv() {
         batch.push(first);
         batch.extend(rx.try_iter());
@@ -397,29 +414,10 @@ fn run_syncer(
             batch.clear();
             continue;
         }
-        let mut ok = true;
-        if let (Some(prev), Some(first)) = (&last_file, batch.first()) {
-            if !Arc::ptr_eq(prev, &first.file) {
-                ok &= prev.sync_data().is_ok();
-            }
-        }
-        last_file = batch.last().map(|r| r.file.clone());
-        let mut synced: Option<*const File> = None;
-        for request in &batch {
-            let this = Arc::as_ptr(&request.file);
-            if request.new_segment {
-                if let Some(dir) = request_dir(&request.file) {
-                    ok &= File::open(dir).and_then(|d| d.sync_all()).is_ok();
-                }
-            }
-            // Requests of one file are adjacent; a rotation moves on.
-            if synced != Some(this) {
-                if let Some(prev) = batch.iter().rev().find(|r| Arc::as_ptr(&r.file) == this) {
-                    ok &= prev.file.sync_data().is_ok();
-                }
-                synced = Some(this);
-            }
-        }
+        // A segment is synced by the worker before it rotates away from
+        // it, so only the newest request's file has unsynced records.
+        let Some(last) = batch.last() else { continue };
+        let ok = last.file.sync_data().is_ok();
         let upto = batch.iter().map(|r| r.upto).max().unwrap_or(0);
         batch.clear();
         if ok {
@@ -429,13 +427,6 @@ fn run_syncer(
         }
         wake();
     }
-}
-
-/// The directory of an open file (through /proc; `None` if unknown).
-fn request_dir(file: &File) -> Option<PathBuf> {
-    use std::os::fd::AsRawFd;
-    let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
-    path.parent().map(Path::to_path_buf)
 }
 
 fn unix_ms() -> u64 {

@@ -123,13 +123,6 @@ impl Igps {
         let reply_to = reply_addr(self.network, origin, query.reply_node);
         let reply =
             |out: &mut Outbox, outcome| out.send(reply_to, origin, answer_to(query, outcome));
-        // A peer speaks for its own subscribers only: a watcher the table
-        // places in another network (or nowhere) is a peer claiming to be
-        // that network, or probing on someone else's behalf.
-        if from_border && self.table.lookup(query.watcher) != Some(origin) {
-            self.counters.spoofed_watcher += 1;
-            return reply(out, Outcome::Error(ErrorReason::Refused));
-        }
         if from_border {
             let rate = self.peer_rates.get(&origin).copied().or(self.default_rate);
             if let Some(rate) = rate {
@@ -140,6 +133,14 @@ impl Igps {
                     return reply(out, Outcome::Overloaded { retry_after_ms });
                 }
             }
+        }
+        // (After the rate limit: a flood of spoofed queries is limited
+        // too.) A peer speaks for its own subscribers only: a watcher the table
+        // places in another network (or nowhere) is a peer claiming to be
+        // that network, or probing on someone else's behalf.
+        if from_border && self.table.lookup(query.watcher) != Some(origin) {
+            self.counters.spoofed_watcher += 1;
+            return reply(out, Outcome::Error(ErrorReason::Refused));
         }
         if query.hop_limit == 0 {
             self.counters.hop_limit_exceeded += 1;

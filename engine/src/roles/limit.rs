@@ -20,9 +20,10 @@ pub struct Rate {
 }
 
 impl Rate {
-    /// Microseconds between conforming requests.
-    fn interval_us(self) -> u64 {
-        1_000_000 / u64::from(self.per_second.max(1))
+    /// Nanoseconds between conforming requests (exact to 1 ns up to the
+    /// highest rate a u32 can state).
+    fn interval_ns(self) -> u64 {
+        1_000_000_000 / u64::from(self.per_second.max(1))
     }
 
     /// This rate shared over `shares` independent limiters (workers): each
@@ -37,26 +38,26 @@ impl Rate {
 }
 
 /// One bucket: the theoretical arrival time of the next conforming request,
-/// in microseconds on the caller's clock.
+/// in nanoseconds on the caller's clock.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bucket {
-    tat_us: u64,
+    tat_ns: u64,
 }
 
 impl Bucket {
     /// Takes one token at `now`; `Err(retry_after_ms)` (at least 1) if none
     /// is left.
     pub fn take(&mut self, now: Millis, rate: Rate) -> Result<(), u32> {
-        let now_us = now.saturating_mul(1000);
-        let interval = rate.interval_us();
+        let now_ns = now.saturating_mul(1_000_000);
+        let interval = rate.interval_ns();
         let tolerance = interval.saturating_mul(u64::from(rate.burst.max(1)) - 1);
-        let tat = self.tat_us.max(now_us);
+        let tat = self.tat_ns.max(now_ns);
         let earliest = tat.saturating_sub(tolerance);
-        if earliest > now_us {
-            let wait_ms = (earliest - now_us).div_ceil(1000).max(1);
+        if earliest > now_ns {
+            let wait_ms = (earliest - now_ns).div_ceil(1_000_000).max(1);
             return Err(u32::try_from(wait_ms).unwrap_or(u32::MAX));
         }
-        self.tat_us = tat + interval;
+        self.tat_ns = tat.saturating_add(interval);
         Ok(())
     }
 }

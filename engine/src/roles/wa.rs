@@ -336,8 +336,10 @@ impl DeviceRequests {
         self.order.push_back((key, expires));
     }
 
-    fn answered(&mut self, key: (Msisdn, u64), outcome: Outcome) {
-        if let Some(entry) = self.map.get_mut(&key) {
+    /// The request `key` about `target` was answered (a reused id about
+    /// another target is left alone).
+    fn answered(&mut self, key: (Msisdn, u64), target: Msisdn, outcome: Outcome) {
+        if let Some(entry) = self.map.get_mut(&key).filter(|e| e.target == target) {
             entry.state = DeviceRequest::Answered(outcome);
         }
     }
@@ -593,7 +595,7 @@ impl WatcherApp {
             None => {
                 self.counters.credit_exhausted += 1;
                 let outcome = Outcome::Error(ErrorReason::CreditExhausted);
-                self.device_requests.answered(key, outcome);
+                self.device_requests.answered(key, request.target, outcome);
                 return refuse(self, outcome, out);
             }
         }
@@ -684,8 +686,11 @@ impl WatcherApp {
         }
         self.counters.final_answers += 1;
         self.counters.timeouts += u64::from(outcome == Outcome::Error(ErrorReason::Timeout));
-        self.device_requests
-            .answered((pending.watcher, pending.client_txid), outcome);
+        self.device_requests.answered(
+            (pending.watcher, pending.client_txid),
+            pending.target,
+            outcome,
+        );
         self.reply_to_device(
             pending.device,
             pending.client_txid,

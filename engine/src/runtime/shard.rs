@@ -303,6 +303,7 @@ impl Shard {
         // `window_slots` transactions of each WA instance.
         let window_ms = u64::from(self.shared.deadline_ms) + 200;
         let window_slots = self.shared.window_slots;
+        let charging = self.charging;
         for (m, p) in subscribers
             .iter()
             .filter(|(m, _)| owner(**m, workers) == index)
@@ -328,10 +329,11 @@ impl Shard {
                     .get_mut(&from)
                     .and_then(|ps| ps.export(now, *m, home))
             });
-            let ps = self
-                .ps
-                .entry(home)
-                .or_insert_with(|| PresenceServer::new(home, network, 1, window_ms, window_slots));
+            let ps = self.ps.entry(home).or_insert_with(|| {
+                let mut ps = PresenceServer::new(home, network, 1, window_ms, window_slots);
+                ps.set_charging(charging);
+                ps
+            });
             if let Some((record, entries)) = moved {
                 ps.import(now, *m, record, &entries);
             }
@@ -721,8 +723,13 @@ impl Shard {
                     }
                     // The peer's rate limit for us: hold further queries
                     // to it back here until its retry-after.
+                    // Only for a transaction of ours, and never longer than
+                    // a deadline: an unsolicited answer cannot silence us.
                     if let Outcome::Overloaded { retry_after_ms } = answer.outcome {
-                        self.ogps.hold_off(now, origin, retry_after_ms);
+                        if self.wa.pending_device(answer.txid).is_some() {
+                            let cap = u32::from(self.shared.deadline_ms);
+                            self.ogps.hold_off(now, origin, retry_after_ms.min(cap));
+                        }
                     }
                     self.work.push_back((
                         Addr::Ogps,
@@ -961,8 +968,9 @@ impl Shard {
                 // A presence server's answer (a decision, a duplicate of
                 // one, or an unknown subscriber) and the IGPS's NotAvailable
                 // for a number no presence server holds, alike: held until
-                // the records before them are durable, so neither the bytes
-                // nor the timing tell unknown from not permitted.
+                // the records before them are durable. (Their timing is not
+                // yet equal: an answer with no record of its own may leave
+                // one sync sooner; docs/reliability.md.)
                 let held = match (from, &transmit.message) {
                     (Addr::Ps(_), Message::Answer(_)) => true,
                     (Addr::Igps(_), Message::Answer(a)) => a.outcome == Outcome::NotAvailable,
@@ -1187,14 +1195,17 @@ impl Shard {
             let Some(origin) = names.id(&e.origin) else {
                 continue;
             };
-            by_ps.entry(e.ps).or_default().push(DecisionRecord {
+            // The server that holds the subscriber now (the HSS may have
+            // moved it since the decision).
+            let ps = self.hss.lookup(e.target).unwrap_or(e.ps);
+            by_ps.entry(ps).or_default().push(DecisionRecord {
                 origin,
                 txid: e.txid,
                 watcher: e.watcher,
                 target: e.target,
                 reply_node: e.reply_node,
                 at: e.at_unix_ms.saturating_sub(self.shared.unix_ms_at(0)),
-                ps: e.ps,
+                ps,
                 outcome: e.outcome,
             });
         }
