@@ -63,6 +63,9 @@ pub enum SyncState {
 struct SyncRequest {
     upto: u64,
     file: Arc<File>,
+    /// Numbers the requests: once a sync that started after request `n`
+    /// was sent completes, every ticket up to `n` is synced.
+    ticket: u64,
 }
 
 /// One worker's journal.
@@ -83,6 +86,11 @@ pub struct JournalWriter {
     /// A request the syncer's queue had no room for, retried next turn.
     unsent: Option<SyncRequest>,
     durable: Arc<AtomicU64>,
+    /// The ticket the next sync request carries, whether one was asked for
+    /// this turn, and the highest ticket a completed sync covered.
+    next_ticket: u64,
+    ticket_wanted: bool,
+    synced_ticket: Arc<AtomicU64>,
     /// The last value [`durable_seq`](Self::durable_seq) returned.
     confirmed: u64,
     sync_failed: Arc<AtomicBool>,
@@ -126,6 +134,7 @@ impl JournalWriter {
         let next_seq = next_seq.max(1);
         let durable = Arc::new(AtomicU64::new(next_seq - 1));
         let sync_failed = Arc::new(AtomicBool::new(false));
+        let synced_ticket = Arc::new(AtomicU64::new(0));
         let (tx, rx) = channel::bounded(SYNC_QUEUE);
         let mut writer = JournalWriter {
             dir: dir.to_path_buf(),
@@ -141,6 +150,9 @@ impl JournalWriter {
             written: next_seq - 1,
             unsent: None,
             durable: durable.clone(),
+            next_ticket: 1,
+            ticket_wanted: false,
+            synced_ticket: synced_ticket.clone(),
             confirmed: next_seq - 1,
             sync_failed: sync_failed.clone(),
             requests: Some(tx),
@@ -154,7 +166,10 @@ impl JournalWriter {
         writer.open_segment()?;
         let thread = std::thread::Builder::new()
             .name(format!("journal-{worker}"))
-            .spawn(move || run_syncer(rx, durable, sync_failed, wake))
+            .spawn({
+                let synced_ticket = writer.synced_ticket.clone();
+                move || run_syncer(rx, durable, synced_ticket, sync_failed, wake)
+            })
             .map_err(|source| JournalError::Io {
                 path: dir.to_path_buf(),
                 source,
@@ -232,6 +247,21 @@ impl JournalWriter {
         self.appended
     }
 
+    /// A ticket for something closed now (a frame of answers): it is
+    /// synced ([`synced_ticket`](Self::synced_ticket)) once a sync that
+    /// started after this turn completes, whether or not the turn wrote
+    /// a record. Answers with and without records of their own so wait
+    /// alike.
+    pub fn ticket(&mut self) -> u64 {
+        self.ticket_wanted = true;
+        self.next_ticket
+    }
+
+    /// The highest ticket a completed sync covers.
+    pub fn synced_ticket(&self) -> u64 {
+        self.synced_ticket.load(Ordering::Acquire)
+    }
+
     /// The highest sequence number known to be on disk, as far as the
     /// caller may act on it: once the journal has failed it stays at what it
     /// last returned, so every answer released was released on a value
@@ -277,6 +307,17 @@ impl JournalWriter {
             self.request(request);
         }
         if self.buf.is_empty() {
+            if std::mem::take(&mut self.ticket_wanted) {
+                if let Some(file) = self.file.clone() {
+                    let ticket = self.next_ticket;
+                    self.next_ticket += 1;
+                    self.request(SyncRequest {
+                        upto: self.written,
+                        file,
+                        ticket,
+                    });
+                }
+            }
             return SyncState::Healthy;
         }
         let full = self.segment_bytes + self.buf.len() as u64 > self.limits.max_bytes;
@@ -299,9 +340,13 @@ impl JournalWriter {
         self.records_written += self.appended - self.written;
         self.written = self.appended;
         self.buf.clear();
+        self.ticket_wanted = false;
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
         self.request(SyncRequest {
             upto: self.written,
             file,
+            ticket,
         });
         SyncState::Healthy
     }
@@ -356,6 +401,8 @@ impl JournalWriter {
                 self.progress = (self.appended, Instant::now());
                 self.durable.store(self.appended, Ordering::Release);
                 self.confirmed = self.appended;
+                self.synced_ticket
+                    .fetch_max(self.next_ticket - 1, Ordering::AcqRel);
                 self.failed_at = None;
                 tracing::info!(worker = self.worker, "charge-record journal writable again");
                 true
@@ -402,6 +449,7 @@ impl Drop for JournalWriter {
 fn run_syncer(
     rx: Receiver<SyncRequest>,
     durable: Arc<AtomicU64>,
+    synced_ticket: Arc<AtomicU64>,
     failed: Arc<AtomicBool>,
     wake: impl Fn(),
 ) {
@@ -419,9 +467,12 @@ fn run_syncer(
         let Some(last) = batch.last() else { continue };
         let ok = last.file.sync_data().is_ok();
         let upto = batch.iter().map(|r| r.upto).max().unwrap_or(0);
+        let ticket = batch.iter().map(|r| r.ticket).max().unwrap_or(0);
         batch.clear();
         if ok {
+            // Durable first: a worker that sees the ticket sees the records.
             durable.fetch_max(upto, Ordering::AcqRel);
+            synced_ticket.fetch_max(ticket, Ordering::AcqRel);
         } else {
             failed.store(true, Ordering::Release);
         }
@@ -498,6 +549,29 @@ mod tests {
         assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
         let recovery = recover(&dir, "t-mobile.de", 0).unwrap();
         assert_eq!(recovery.next_seq(0), 101);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_ticket_waits_for_a_sync_even_in_a_turn_without_records() {
+        let dir = std::env::temp_dir().join(format!("journal-ticket-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut w = JournalWriter::open(&dir, "t-mobile.de", 0, 1, SegmentLimits::default(), || {})
+            .unwrap();
+        // A turn with a record, then one with none (a repeat's answer).
+        w.append(&record(1), 1, "o2.gb");
+        let first = w.ticket();
+        assert_eq!(w.end_turn(), SyncState::Healthy);
+        let second = w.ticket();
+        assert!(second > first, "each turn's ticket is a new sync");
+        assert_eq!(w.end_turn(), SyncState::Healthy);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while w.synced_ticket() < second {
+            assert!(Instant::now() < deadline, "the empty turn was never synced");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(w.durable_seq(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -113,6 +113,8 @@ fn append_framed(
 #[derive(Debug)]
 struct HeldFrame {
     upto: u64,
+    /// Released once a sync that started after it closed completes.
+    ticket: u64,
     network: NetworkId,
     bytes: Vec<u8>,
 }
@@ -968,9 +970,10 @@ impl Shard {
                 // A presence server's answer (a decision, a duplicate of
                 // one, or an unknown subscriber) and the IGPS's NotAvailable
                 // for a number no presence server holds, alike: held until
-                // the records before them are durable. (Their timing is not
-                // yet equal: an answer with no record of its own may leave
-                // one sync sooner; docs/reliability.md.)
+                // the records before them are durable and a sync that
+                // started after their frame closed has completed, so
+                // neither the bytes nor the timing tell unknown from not
+                // permitted.
                 let held = match (from, &transmit.message) {
                     (Addr::Ps(_), Message::Answer(_)) => true,
                     (Addr::Igps(_), Message::Answer(a)) => a.outcome == Outcome::NotAvailable,
@@ -1084,8 +1087,10 @@ impl Shard {
 
     fn hold(&mut self, network: NetworkId, bytes: Vec<u8>) {
         self.held_bytes += bytes.len();
+        let ticket = self.journal.ticket();
         self.held.push_back(HeldFrame {
             upto: self.journal.appended_seq(),
+            ticket,
             network,
             bytes,
         });
@@ -1112,9 +1117,14 @@ impl Shard {
         if state == SyncState::Failed && self.journal.try_recover() {
             state = SyncState::Healthy;
         }
+        // The ticket first: the syncer publishes records, then tickets.
+        let synced = self.journal.synced_ticket();
         let durable = self.journal.durable_seq();
         while let Some(frame) = self.held.front() {
-            if frame.upto > durable && state == SyncState::Healthy {
+            // Healthy: every frame waits for a sync that started after it
+            // closed, so an answer with no record of its own (a repeat, an
+            // unknown subscriber) leaves no sooner than a fresh decision.
+            if state == SyncState::Healthy && (frame.ticket > synced || frame.upto > durable) {
                 break;
             }
             let Some(frame) = self.held.pop_front() else {
