@@ -16,16 +16,14 @@
 //! byte but for the echoed transaction and target.
 
 mod common;
-use common::table;
+use common::{bg_node, table};
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use presence_border::endpoint::EndpointSettings;
-use presence_border::node::{BgNode, NodeConfig};
+use presence_border::node::BgNode;
 use presence_border::NetworkName;
 use presence_codec::{
     encode_frame, Answer, BuddyAction, BuddyList, BuddyUpdate, ClientOperation, ClientRequest,
@@ -212,15 +210,7 @@ fn every_port_survives_hostile_input_and_spoofing_is_refused_with_an_alarm() {
     let a_material = a.material().unwrap();
     let b_material = b.material().unwrap();
     let peer = Peer {
-        node: BgNode::start(NodeConfig {
-            tls: Arc::new(a_material.tls(1, &[&b_material]).unwrap()),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            peers: vec![(b_material.network.clone(), node_b.border)],
-            workers: 1,
-            settings: EndpointSettings::default(),
-            inbound_capacity: 1024,
-        })
-        .unwrap(),
+        node: bg_node(&a_material, &b_material, Some(node_b.border)),
         b: b_material.network.clone(),
     };
     // B's subscriber j lets A's (j*7+k) % n watch, k < 20.

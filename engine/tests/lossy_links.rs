@@ -21,7 +21,7 @@
 //! (default 5) choose the run.
 
 mod common;
-use common::{env_u64, table};
+use common::{bg_node, env_u64, table};
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -30,8 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use presence_border::endpoint::EndpointSettings;
-use presence_border::node::{BgNode, NodeConfig};
+use presence_border::node::BgNode;
 use presence_codec::{
     encode_frame, ClientOperation, ClientRequest, Credential, FrameReader, Message, Outcome,
 };
@@ -132,24 +131,6 @@ fn udp_proxy(
         }
     });
     addr
-}
-
-fn bg_node(
-    me: &presence_border::pki::NetworkMaterial,
-    trusts: &presence_border::pki::NetworkMaterial,
-    dial: Option<SocketAddr>,
-) -> BgNode {
-    BgNode::start(NodeConfig {
-        tls: Arc::new(me.tls(1, &[trusts]).unwrap()),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        peers: dial
-            .map(|a| vec![(trusts.network.clone(), a)])
-            .unwrap_or_default(),
-        workers: 1,
-        settings: EndpointSettings::default(),
-        inbound_capacity: 65_536,
-    })
-    .unwrap()
 }
 
 /// Frames from `from`'s inbound to `to`, toward `peer`, with faults.

@@ -19,34 +19,19 @@
 //! least 4).
 
 mod common;
-use common::table;
+use common::{bg_node, table};
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use presence_border::endpoint::EndpointSettings;
-use presence_border::node::{BgNode, NodeConfig};
+use presence_border::node::BgNode;
 use presence_border::pki::NetworkMaterial;
 use presence_codec::{encode_frame, FrameReader, Message, Msisdn, Outcome, Query};
 use presence_engine::demo::{self, SpawnedAppliance, DEMO_BUDDIES};
 use presence_engine::journal;
 use presence_engine::table::NumberingTable;
-
-fn peer_node(me: &NetworkMaterial, b: &NetworkMaterial, b_addr: SocketAddr) -> BgNode {
-    BgNode::start(NodeConfig {
-        tls: Arc::new(me.tls(1, &[b]).unwrap()),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        peers: vec![(b.network.clone(), b_addr)],
-        workers: 1,
-        settings: EndpointSettings::default(),
-        inbound_capacity: 65_536,
-    })
-    .unwrap()
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -202,8 +187,8 @@ fn a_flooding_peer_is_held_to_its_limit_and_the_innocent_peer_keeps_its_goodput(
     )
     .unwrap();
     let b_material = b.material().unwrap();
-    let flooder = peer_node(&a.material().unwrap(), &b_material, node_b.border);
-    let innocent = peer_node(&vodafone, &b_material, node_b.border);
+    let flooder = bg_node(&a.material().unwrap(), &b_material, Some(node_b.border));
+    let innocent = bg_node(&vodafone, &b_material, Some(node_b.border));
     for node in [&flooder, &innocent] {
         assert!(node.wait_for_links(&b_material.network, 1, Duration::from_secs(10)));
     }

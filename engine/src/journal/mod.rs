@@ -121,10 +121,7 @@ pub struct JournalEntry {
 impl JournalEntry {
     /// Whether it charges A's network (B's status was shown).
     pub fn chargeable(&self) -> bool {
-        matches!(
-            self.outcome,
-            Outcome::Attached { .. } | Outcome::Detached { .. }
-        )
+        crate::roles::shows_status(&self.outcome)
     }
 }
 
@@ -753,6 +750,15 @@ pub fn fuzz_scan(data: &[u8]) {
     assert_eq!(whole.valid_len as usize, rebuilt.len());
 }
 
+/// A fresh, empty scratch directory for a journal test.
+#[cfg(test)]
+pub(crate) fn test_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("journal-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -860,9 +866,7 @@ mod tests {
 
     #[test]
     fn recovery_cuts_the_torn_tail_and_continues_the_numbering() {
-        let dir = std::env::temp_dir().join(format!("journal-recover-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir("recover");
         let whole = segment(&[(1, ATTACHED), (2, ATTACHED), (3, Outcome::NotAvailable)]);
         let path = dir.join("t-mobile.de-w0-00000000000000000001.cdrj");
         std::fs::write(&path, &whole[..whole.len() - 3]).unwrap();

@@ -102,10 +102,6 @@ pub struct JournalWriter {
     progress: (u64, Instant),
     /// Records written to the file system (cumulative).
     pub records_written: u64,
-    /// Write, sync or open failures.
-    pub failures: u64,
-    /// Segments opened.
-    pub segments_opened: u64,
 }
 
 impl std::fmt::Debug for JournalWriter {
@@ -160,8 +156,6 @@ impl JournalWriter {
             failed_at: None,
             progress: (next_seq - 1, Instant::now()),
             records_written: 0,
-            failures: 0,
-            segments_opened: 0,
         };
         writer.open_segment()?;
         let thread = std::thread::Builder::new()
@@ -219,7 +213,6 @@ impl JournalWriter {
         self.segment_bytes = header.encode().len() as u64;
         self.segment_opened = Instant::now();
         self.file = Some(Arc::new(file));
-        self.segments_opened += 1;
         Ok(())
     }
 
@@ -361,7 +354,6 @@ impl JournalWriter {
     }
 
     fn fail(&mut self, why: &str) {
-        self.failures += 1;
         self.failed_at = Some(Instant::now());
         self.file = None;
         self.buf.clear();
@@ -489,7 +481,7 @@ fn unix_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{recover, scan_segment, segment_paths};
+    use crate::journal::{recover, scan_segment, segment_paths, test_dir};
     use crate::roles::PsId;
     use crate::table::NetworkId;
     use presence_codec::{Msisdn, Outcome};
@@ -517,9 +509,7 @@ mod tests {
 
     #[test]
     fn records_become_durable_in_order_and_rotate_without_loss() {
-        let dir = std::env::temp_dir().join(format!("journal-writer-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir("writer");
         let limits = SegmentLimits {
             max_bytes: 1_000,
             max_age: Duration::from_secs(3600),
@@ -554,9 +544,7 @@ mod tests {
 
     #[test]
     fn a_ticket_waits_for_a_sync_even_in_a_turn_without_records() {
-        let dir = std::env::temp_dir().join(format!("journal-ticket-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir("ticket");
         let mut w = JournalWriter::open(&dir, "t-mobile.de", 0, 1, SegmentLimits::default(), || {})
             .unwrap();
         // A turn with a record, then one with none (a repeat's answer).
@@ -577,9 +565,7 @@ mod tests {
 
     #[test]
     fn a_segment_older_than_its_age_limit_is_followed_by_a_new_one() {
-        let dir = std::env::temp_dir().join(format!("journal-age-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir("age");
         let limits = SegmentLimits {
             max_bytes: 64 << 20,
             max_age: Duration::from_millis(30),
@@ -613,9 +599,7 @@ mod tests {
     fn a_write_failure_stops_taking_records_until_a_segment_opens() {
         // RLIMIT_FSIZE would signal the whole test process; a read-only
         // file descriptor makes the write fail instead.
-        let dir = std::env::temp_dir().join(format!("journal-fail-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir("fail");
         let mut w = JournalWriter::open(&dir, "t-mobile.de", 0, 1, SegmentLimits::default(), || {})
             .unwrap();
         let path = segment_paths(&dir, None).unwrap().remove(0);

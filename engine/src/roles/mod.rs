@@ -131,6 +131,12 @@ impl Outbox {
     }
 }
 
+/// Whether an answer with `outcome` shows B's status: what a charge record
+/// is raised for (step 11).
+pub fn shows_status(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Attached { .. } | Outcome::Detached { .. })
+}
+
 /// The answer to `query` with `outcome`: the same transaction, return
 /// address and target (step 12, or an error on the way).
 pub(crate) fn answer_to(query: &Query, outcome: Outcome) -> Message<'static> {

@@ -113,10 +113,7 @@ pub struct DecisionRecord {
 impl DecisionRecord {
     /// Whether this decision is charged to A's network: it showed B's status.
     pub fn chargeable(&self) -> bool {
-        matches!(
-            self.outcome,
-            Outcome::Attached { .. } | Outcome::Detached { .. }
-        )
+        super::shows_status(&self.outcome)
     }
 }
 
@@ -615,7 +612,7 @@ impl PresenceServer {
     /// too. A decision that charged nothing is left as it was. Returns
     /// whether a decision was changed.
     pub fn refuse_undurable(&mut self, origin: NetworkId, txid: u64, was: &Outcome) -> bool {
-        if !matches!(was, Outcome::Attached { .. } | Outcome::Detached { .. }) {
+        if !super::shows_status(was) {
             return false;
         }
         self.window.revise(

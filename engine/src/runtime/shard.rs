@@ -1169,7 +1169,7 @@ impl Shard {
                 let message = match message {
                     Message::Answer(mut answer) => {
                         let was = answer.outcome;
-                        if matches!(was, Outcome::Attached { .. } | Outcome::Detached { .. }) {
+                        if crate::roles::shows_status(&was) {
                             for ps in self.ps.values_mut() {
                                 if ps.refuse_undurable(network, answer.txid, &was) {
                                     break;
