@@ -164,6 +164,10 @@ pub enum DecodeError {
         /// Configured maximum.
         max: usize,
     },
+    /// §6.1: a link hello whose worker is not below its worker count, or
+    /// of a version other than 1.
+    #[error("bad link hello")]
+    BadLinkHello,
 }
 
 impl DecodeError {
@@ -177,7 +181,9 @@ impl DecodeError {
             | UnsupportedVersion(_)
             | EmptyFrame => ErrorScope::Frame,
             TruncatedMessageHeader | MessageOverrunsFrame { .. } => ErrorScope::RestOfFrame,
-            StreamFrameTooShort { .. } | StreamFrameTooLarge { .. } => ErrorScope::Connection,
+            StreamFrameTooShort { .. } | StreamFrameTooLarge { .. } | BadLinkHello => {
+                ErrorScope::Connection
+            }
             _ => ErrorScope::Message,
         }
     }
@@ -212,6 +218,7 @@ impl DecodeError {
             UnknownAckStatus(_) => "unknown_ack_status",
             StreamFrameTooShort { .. } => "stream_frame_too_short",
             StreamFrameTooLarge { .. } => "stream_frame_too_large",
+            BadLinkHello => "bad_link_hello",
         }
     }
 }

@@ -36,6 +36,7 @@ mod message;
 mod msisdn;
 mod reader;
 pub mod samples;
+pub mod shard;
 mod stream;
 
 #[cfg(feature = "arbitrary")]
@@ -50,12 +51,13 @@ pub use frame::{
 pub use message::{
     Ack, AckStatus, Answer, BuddyAction, BuddyList, BuddyListStorage, BuddyUpdate, ClientOperation,
     ClientRequest, Consent, ConsentScope, ConsentUpdate, Credential, ErrorReason, Message,
-    MessageType, Notify, Outcome, PresenceState, Publish, Query, Reachability, Subscribe,
-    BODY_LEN_MAX, BUDDIES_PER_UPDATE_MAX, CREDENTIAL_LEN_MAX, ENVELOPE_LEN, QUERY_BODY_LEN,
-    QUERY_WIRE_LEN,
+    MessageType, Notify, Outcome, OutcomeClass, PresenceState, Publish, Query, Reachability,
+    Subscribe, BODY_LEN_MAX, BUDDIES_PER_UPDATE_MAX, CREDENTIAL_LEN_MAX, ENVELOPE_LEN,
+    QUERY_BODY_LEN, QUERY_WIRE_LEN,
 };
 pub use msisdn::{Msisdn, MsisdnError, MSISDN_DIGITS_MAX, MSISDN_MAX, MSISDN_WIRE_LEN};
 pub use stream::{
-    encode_stream_frame, encode_stream_keepalive, split_stream_frame, StreamReassembler,
-    STREAM_FRAME_LEN_MIN, STREAM_KEEPALIVE, STREAM_PREFIX_LEN,
+    encode_stream_frame, encode_stream_keepalive, split_stream_frame, LinkHello, StreamReassembler,
+    LINK_HELLO_LEN, LINK_HELLO_MAGIC, LINK_HELLO_VERSION, STREAM_FRAME_LEN_MIN, STREAM_KEEPALIVE,
+    STREAM_PREFIX_LEN,
 };

@@ -192,6 +192,20 @@ impl ErrorReason {
             _ => return None,
         })
     }
+
+    /// Stable label (metrics, logs, charge-record dumps).
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorReason::UnknownNetwork => "unknown_network",
+            ErrorReason::HopLimitExceeded => "hop_limit_exceeded",
+            ErrorReason::Timeout => "timeout",
+            ErrorReason::Unauthenticated => "unauthenticated",
+            ErrorReason::CreditExhausted => "credit_exhausted",
+            ErrorReason::ChargingUnavailable => "charging_unavailable",
+            ErrorReason::Refused => "refused",
+            ErrorReason::Internal => "internal",
+        }
+    }
 }
 
 /// The result of a query or watch (§5.2.1).
@@ -227,7 +241,76 @@ const OUTCOME_NOT_AVAILABLE: u8 = 0x03;
 const OUTCOME_OVERLOADED: u8 = 0x04;
 const OUTCOME_ERROR: u8 = 0x05;
 
+/// What an outcome tells A, in five classes: the one classification that
+/// metrics, charge-record dumps, the simulation and the load harness count
+/// by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum OutcomeClass {
+    /// B's status: attached.
+    Attached,
+    /// B's status: detached.
+    Detached,
+    /// Not available (unknown, or not permitted).
+    NotAvailable,
+    /// Shed for load, with a retry-after.
+    Overloaded,
+    /// Failed for a reason.
+    Error,
+}
+
+impl OutcomeClass {
+    /// Every class, in counter order.
+    pub const ALL: [OutcomeClass; 5] = [
+        OutcomeClass::Attached,
+        OutcomeClass::Detached,
+        OutcomeClass::NotAvailable,
+        OutcomeClass::Overloaded,
+        OutcomeClass::Error,
+    ];
+
+    /// Stable label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            OutcomeClass::Attached => "attached",
+            OutcomeClass::Detached => "detached",
+            OutcomeClass::NotAvailable => "not_available",
+            OutcomeClass::Overloaded => "overloaded",
+            OutcomeClass::Error => "error",
+        }
+    }
+
+    /// Position in [`OutcomeClass::ALL`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
 impl Outcome {
+    /// Its class.
+    pub const fn class(&self) -> OutcomeClass {
+        match self {
+            Outcome::Attached { .. } => OutcomeClass::Attached,
+            Outcome::Detached { .. } => OutcomeClass::Detached,
+            Outcome::NotAvailable => OutcomeClass::NotAvailable,
+            Outcome::Overloaded { .. } => OutcomeClass::Overloaded,
+            Outcome::Error(_) => OutcomeClass::Error,
+        }
+    }
+
+    /// Whether it shows B's status: what a charge record is raised for
+    /// (step 11).
+    pub const fn shows_status(&self) -> bool {
+        matches!(self, Outcome::Attached { .. } | Outcome::Detached { .. })
+    }
+
+    /// A label naming the class, or for an error its reason.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Outcome::Error(reason) => reason.name(),
+            other => other.class().name(),
+        }
+    }
+
     /// Bytes of code and detail on the wire.
     pub const fn encoded_len(&self) -> usize {
         match self {

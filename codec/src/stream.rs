@@ -18,6 +18,56 @@ pub const STREAM_FRAME_LEN_MIN: usize = 4;
 /// A keepalive: a length prefix of zero with nothing after it (§6).
 pub const STREAM_KEEPALIVE: [u8; STREAM_PREFIX_LEN] = [0, 0];
 
+/// First byte of a link hello (§6.1), `B`: a frame whose first byte is this
+/// is the border link's own record, never a presence frame (those start
+/// with `0x50`).
+pub const LINK_HELLO_MAGIC: u8 = 0x42;
+/// Version of the link hello.
+pub const LINK_HELLO_VERSION: u8 = 0x01;
+/// Bytes of a link hello (after its length prefix).
+pub const LINK_HELLO_LEN: usize = 6;
+
+/// The record each side of a border link sends first once the handshake is
+/// done (§6.1): which worker of its gateway the link ends at, of how many.
+/// With it a peer sends each message over the link that ends at the worker
+/// owning its subject (§12), and answers go back over the link that ends at
+/// the worker waiting for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkHello {
+    /// The worker this end of the link belongs to (below `workers`).
+    pub worker: u16,
+    /// Workers of this end's gateway (at least 1).
+    pub workers: u16,
+}
+
+impl LinkHello {
+    /// The hello's bytes, to send as one stream frame (§6).
+    pub const fn encode(&self) -> [u8; LINK_HELLO_LEN] {
+        let [w0, w1] = self.worker.to_be_bytes();
+        let [n0, n1] = self.workers.to_be_bytes();
+        [LINK_HELLO_MAGIC, LINK_HELLO_VERSION, w0, w1, n0, n1]
+    }
+
+    /// `None` when `frame` is not a link hello (a presence frame), else the
+    /// hello or why it is refused: a bad hello closes the link.
+    pub fn decode(frame: &[u8]) -> Option<Result<LinkHello, DecodeError>> {
+        if frame.first() != Some(&LINK_HELLO_MAGIC) {
+            return None;
+        }
+        let &[_, version, w0, w1, n0, n1] = frame else {
+            return Some(Err(DecodeError::BadLinkHello));
+        };
+        let hello = LinkHello {
+            worker: u16::from_be_bytes([w0, w1]),
+            workers: u16::from_be_bytes([n0, n1]),
+        };
+        if version != LINK_HELLO_VERSION || hello.workers == 0 || hello.worker >= hello.workers {
+            return Some(Err(DecodeError::BadLinkHello));
+        }
+        Some(Ok(hello))
+    }
+}
+
 /// Writes a keepalive (§6) into `buf`. The receiver sees it as an empty frame.
 pub fn encode_stream_keepalive<B: BufMut>(buf: &mut B) -> Result<(), EncodeError> {
     let available = buf.remaining_mut();
@@ -165,5 +215,32 @@ impl StreamReassembler {
     /// The maximum frame size this reassembler accepts.
     pub fn max_frame_len(&self) -> usize {
         self.max_frame_len
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_hello_round_trips_and_is_told_from_presence_frames() {
+        let hello = LinkHello {
+            worker: 3,
+            workers: 8,
+        };
+        assert_eq!(LinkHello::decode(&hello.encode()), Some(Ok(hello)));
+        assert_eq!(LinkHello::decode(&[0x50, 0x01, 0x02, 0x00]), None);
+    }
+
+    #[test]
+    fn a_link_hello_out_of_its_own_bounds_is_refused() {
+        for bad in [
+            &[LINK_HELLO_MAGIC, 1, 0, 8, 0, 8][..],
+            &[LINK_HELLO_MAGIC, 1, 0, 0, 0, 0],
+            &[LINK_HELLO_MAGIC, 2, 0, 0, 0, 1],
+            &[LINK_HELLO_MAGIC, 1, 0, 0, 0],
+        ] {
+            assert_eq!(LinkHello::decode(bad), Some(Err(DecodeError::BadLinkHello)));
+        }
     }
 }
