@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
+use presence_codec::LinkHello;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::counters::BgCounters;
@@ -70,6 +71,12 @@ pub enum SendError {
     InvalidFrame(usize),
 }
 
+/// Worker 0 of 1: the identity of an endpoint whose gateway is not sharded.
+pub const SOLE_WORKER: LinkHello = LinkHello {
+    worker: 0,
+    workers: 1,
+};
+
 /// Binds a TCP listener with `SO_REUSEADDR` and, when `reuse_port`,
 /// `SO_REUSEPORT`, so every worker can bind the same address.
 pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
@@ -119,12 +126,17 @@ pub struct EndpointSetup {
     pub token_base: usize,
     /// Counters shared by the gateway's workers.
     pub counters: Arc<BgCounters>,
+    /// Which worker of its gateway this endpoint is, of how many: the hello
+    /// every one of its links starts with ([`SOLE_WORKER`] when the gateway
+    /// is not sharded).
+    pub shard: LinkHello,
 }
 
 /// One worker's share of a border gateway.
 pub struct BgEndpoint {
     tls: Arc<BgTls>,
     settings: EndpointSettings,
+    shard: LinkHello,
     listener: Option<TcpListener>,
     slots: Vec<Option<Slot>>,
     /// Indexed by the current generation's [`PeerIndex`].
@@ -151,6 +163,7 @@ impl std::fmt::Debug for BgEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BgEndpoint")
             .field("network", self.tls.own_network())
+            .field("shard", &self.shard)
             .field("generation", &self.tls.generation())
             .field("links", &self.slots.iter().filter(|s| s.is_some()).count())
             .finish()
@@ -158,7 +171,8 @@ impl std::fmt::Debug for BgEndpoint {
 }
 
 impl BgEndpoint {
-    /// An endpoint as `setup` says, registered on `registry`.
+    /// An endpoint as `setup` says, registered on `registry`. Refused
+    /// (`InvalidInput`) when `setup.shard` is not a worker of its count.
     pub fn new(setup: EndpointSetup, registry: &Registry, now: Millis) -> io::Result<BgEndpoint> {
         let EndpointSetup {
             tls,
@@ -167,7 +181,17 @@ impl BgEndpoint {
             peers,
             token_base,
             counters,
+            shard,
         } = setup;
+        if shard.worker >= shard.workers {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "border shard: worker {} is not below the worker count {}",
+                    shard.worker, shard.workers
+                ),
+            ));
+        }
         let peer_addrs = &peers[..];
         let mut listener = match listener {
             Some(l) => {
@@ -183,6 +207,7 @@ impl BgEndpoint {
         let mut endpoint = BgEndpoint {
             tls: tls.clone(),
             settings,
+            shard,
             listener,
             slots: (0..settings.max_links).map(|_| None).collect(),
             dialers: Vec::new(),
@@ -224,6 +249,11 @@ impl BgEndpoint {
     /// The address the listener is bound to.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Which worker of its gateway this endpoint is, of how many.
+    pub fn shard(&self) -> LinkHello {
+        self.shard
     }
 
     /// The name of the peer at `peer` in the current generation.
@@ -629,6 +659,7 @@ impl BgEndpoint {
             let link = match Link::accept(
                 self.tls.server_config().clone(),
                 self.tls.generation(),
+                self.shard,
                 &self.settings.link,
                 now,
             ) {
@@ -675,6 +706,7 @@ impl BgEndpoint {
             peer,
             &dialer.network,
             self.tls.generation(),
+            self.shard,
             &self.settings.link,
             now,
         );

@@ -10,16 +10,19 @@
 //! close_notify, clock advances. Properties:
 //! - the link never panics and never reads past an error: once it returns
 //!   one, the session is over;
+//! - its first record is its hello (§6.1);
 //! - every frame it hands on is exactly what the §6 reference parser finds
 //!   in the plaintext sent so far, in order, attributed to peer A, never
-//!   empty and never over the maximum;
-//! - it fails with a stream error exactly when the reference parser does.
+//!   empty and never over the maximum, less the peer's first hello (kept as
+//!   [`Link::peer_shard`], never handed on);
+//! - it fails with a stream error exactly when the reference parser does,
+//!   and with a bad hello exactly at a second or malformed hello.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::{Arc, OnceLock};
 
-use presence_codec::split_stream_frame;
+use presence_codec::{encode_stream_frame, split_stream_frame, LinkHello};
 use rustls::ClientConnection;
 
 use crate::counters::BgCounters;
@@ -84,6 +87,12 @@ fn pump(client: &mut ClientConnection, to_server: &mut Pipe, to_client: &mut Pip
     }
 }
 
+/// The accepting link's end: worker 1 of 2.
+const SERVER_SHARD: LinkHello = LinkHello {
+    worker: 1,
+    workers: 2,
+};
+
 /// The property described in the module documentation.
 pub fn bg_inbound(data: &[u8]) {
     let setup = setup();
@@ -96,7 +105,13 @@ pub fn bg_inbound(data: &[u8]) {
     };
     let counters = BgCounters::default();
     let mut now = 0u64;
-    let Ok(mut server) = Link::accept(setup.b.server_config().clone(), 1, &settings, now) else {
+    let Ok(mut server) = Link::accept(
+        setup.b.server_config().clone(),
+        1,
+        SERVER_SHARD,
+        &settings,
+        now,
+    ) else {
         return;
     };
     let Some(config) = setup.a.client_config(PeerIndex(0)) else {
@@ -140,6 +155,13 @@ pub fn bg_inbound(data: &[u8]) {
     }
     assert!(server.is_established(), "handshake completes");
     pump(&mut client, &mut to_server, &mut to_client);
+    let mut hello = Vec::new();
+    let _ = encode_stream_frame(&SERVER_SHARD.encode(), &mut hello);
+    let mut first = [0u8; 8];
+    assert!(
+        client.reader().read_exact(&mut first).is_ok() && first[..] == hello[..],
+        "the acceptor's first record is its hello"
+    );
 
     let mut plaintext: Vec<u8> = Vec::new();
     let mut tampered = false;
@@ -195,21 +217,29 @@ pub fn bg_inbound(data: &[u8]) {
         }
     }
 
-    // Reference: the §6 parser over everything sent in plaintext.
+    // Reference: the §6 parser over everything sent in plaintext; the first
+    // good hello is kept, any other hello ends the link (§6.1).
     let mut expected: Vec<&[u8]> = Vec::new();
     let mut rest = &plaintext[..];
-    let mut reference_error = false;
+    let mut reference_end: Option<CloseReason> = None;
+    let mut peer_hello: Option<LinkHello> = None;
     loop {
         match split_stream_frame(rest, settings.max_frame_len) {
             Ok(Some((frame, consumed))) => {
-                if !frame.is_empty() {
-                    expected.push(frame);
+                match LinkHello::decode(frame) {
+                    _ if frame.is_empty() => {}
+                    None => expected.push(frame),
+                    Some(Ok(hello)) if peer_hello.is_none() => peer_hello = Some(hello),
+                    Some(_) => {
+                        reference_end = Some(CloseReason::BadHello);
+                        break;
+                    }
                 }
                 rest = &rest[consumed..];
             }
             Ok(None) => break,
             Err(_) => {
-                reference_error = true;
+                reference_end = Some(CloseReason::StreamError);
                 break;
             }
         }
@@ -224,27 +254,35 @@ pub fn bg_inbound(data: &[u8]) {
         assert!(delivered.iter().zip(&expected).all(|(d, e)| d == e));
         return;
     }
-    let stream_error = matches!(
-        outcome,
+    let fatal = match outcome {
         Some(LinkError::Closed {
-            reason: CloseReason::StreamError,
+            reason: reason @ (CloseReason::StreamError | CloseReason::BadHello),
             ..
-        })
-    );
+        }) => Some(reason),
+        _ => None,
+    };
     match outcome {
-        // The session ended (close_notify, dead-peer timer, stream error):
-        // everything before the end was handed on.
+        // The session ended (close_notify, dead-peer timer, stream error,
+        // bad hello): everything before the end was handed on.
         Some(_) => {
             assert!(delivered.len() <= expected.len());
             assert!(delivered.iter().zip(&expected).all(|(d, e)| d == e));
-            if stream_error {
-                assert!(reference_error, "a stream error only where §6 says so");
+            if let Some(reason) = fatal {
+                assert_eq!(
+                    Some(reason),
+                    reference_end,
+                    "a stream error or bad hello only where §6 says so"
+                );
                 assert_eq!(delivered.len(), expected.len());
+                if reason == CloseReason::BadHello {
+                    assert_eq!(server.peer_shard(), peer_hello);
+                }
             }
         }
         None => {
-            assert!(!reference_error, "a §6 error closes the link");
+            assert!(reference_end.is_none(), "a §6 error closes the link");
             assert_eq!(delivered, expected, "every whole frame, in order");
+            assert_eq!(server.peer_shard(), peer_hello, "the peer's hello kept");
         }
     }
 }

@@ -31,7 +31,9 @@ pub mod tls;
 
 pub use config::{BorderConfig, ConfigError, PeerConfig};
 pub use counters::BgCounters;
-pub use endpoint::{bind_listener, BgEndpoint, EndpointSettings, EndpointSetup, SendError};
+pub use endpoint::{
+    bind_listener, BgEndpoint, EndpointSettings, EndpointSetup, SendError, SOLE_WORKER,
+};
 pub use identity::{NetworkName, NetworkNameError, PeerIndex};
 pub use link::{CloseReason, Deliver, Direction, Link, LinkError, LinkSettings, Millis};
 pub use tls::{BgTls, Identity, PeerSet, PeerTrust, Refusal, TlsSetupError, Trust, TrustFile};

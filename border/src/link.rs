@@ -7,6 +7,17 @@
 //!   the peer is authenticated; the peer of an established link never changes.
 //! - The link reads only the stream framing (`docs/wire-format.md` §6): frames
 //!   are handed on whole and unparsed, keepalives are swallowed.
+//! - Each side's first record once the link is established is its hello
+//!   ([`LinkHello`], §6.1: which worker of its gateway this end belongs to,
+//!   of how many), queued before any frame. The acceptor's hello is what
+//!   tells a dialer it has been accepted: a dialed link is established when
+//!   the acceptor's first whole record arrives (a hello, or from an older
+//!   peer a keepalive), never before. The peer's hello is kept
+//!   ([`Link::peer_shard`]) and never handed on as a frame; a frame is a
+//!   hello exactly when its first byte is `LINK_HELLO_MAGIC` (presence frames
+//!   start with `0x50` and are handed on unchanged). A second hello, or a
+//!   malformed one, closes the link ([`CloseReason::BadHello`]). A peer that
+//!   sends no hello (an older one) is served as before, its end unknown.
 //! - A stream error (a length out of bounds), a TLS error after the handshake,
 //!   or an end of stream inside a frame closes this link and only this link.
 //! - The send queue holds at most `send_queue_bytes` of framed plaintext; a
@@ -15,7 +26,9 @@
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use presence_codec::{encode_stream_frame, DecodeError, StreamReassembler, STREAM_KEEPALIVE};
+use presence_codec::{
+    encode_stream_frame, DecodeError, LinkHello, StreamReassembler, STREAM_KEEPALIVE,
+};
 use rustls::pki_types::UnixTime;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
@@ -74,11 +87,14 @@ pub enum CloseReason {
     Untrusted,
     /// This gateway is stopping.
     Shutdown,
+    /// The peer sent a second link hello, or a malformed one (§6.1): the
+    /// link's ends can no longer be trusted to be what routing thinks.
+    BadHello,
 }
 
 impl CloseReason {
     /// Every reason, in counter order.
-    pub const ALL: [CloseReason; 9] = [
+    pub const ALL: [CloseReason; 10] = [
         CloseReason::PeerClosed,
         CloseReason::DeadPeer,
         CloseReason::StreamError,
@@ -88,6 +104,7 @@ impl CloseReason {
         CloseReason::Rotated,
         CloseReason::Untrusted,
         CloseReason::Shutdown,
+        CloseReason::BadHello,
     ];
 
     /// Stable counter and log label.
@@ -102,6 +119,7 @@ impl CloseReason {
             CloseReason::Rotated => "rotated",
             CloseReason::Untrusted => "untrusted",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::BadHello => "bad_hello",
         }
     }
 
@@ -167,6 +185,8 @@ pub struct Received {
     pub frames: u64,
     /// The read budget ran out before the socket was empty: call again.
     pub more: bool,
+    /// The peer's hello arrived during this call ([`Link::peer_shard`]).
+    pub hello: bool,
 }
 
 /// Frame handed on from a link: the authenticated peer and the frame bytes.
@@ -200,6 +220,10 @@ pub const RECEIVE_BUDGET_BYTES: usize = 256 * 1024;
 pub struct Link {
     tls: Connection,
     direction: Direction,
+    /// Our end: sent as the first record once established.
+    hello: LinkHello,
+    /// The peer's end, once its hello has arrived.
+    peer_hello: Option<LinkHello>,
     /// Set once the peer is authenticated *and* has accepted us: on accepted
     /// links when the handshake finishes, on dialed links when the first
     /// record arrives after it (see [`Link::receive`]).
@@ -237,12 +261,13 @@ pub struct Link {
 
 impl Link {
     /// A link we dial to `peer`, named `name`, with generation `generation`'s
-    /// client configuration.
+    /// client configuration; `hello` says which worker of ours it ends at.
     pub fn dial(
         config: Arc<ClientConfig>,
         peer: PeerIndex,
         name: &NetworkName,
         generation: u64,
+        hello: LinkHello,
         settings: &LinkSettings,
         now: Millis,
     ) -> Result<Link, LinkError> {
@@ -252,15 +277,18 @@ impl Link {
             tls.into(),
             Direction::Dialed(peer),
             generation,
+            hello,
             settings,
             now,
         ))
     }
 
-    /// A link a peer dialed to us.
+    /// A link a peer dialed to us; `hello` says which worker of ours it ends
+    /// at.
     pub fn accept(
         config: Arc<ServerConfig>,
         generation: u64,
+        hello: LinkHello,
         settings: &LinkSettings,
         now: Millis,
     ) -> Result<Link, LinkError> {
@@ -270,6 +298,7 @@ impl Link {
             tls.into(),
             Direction::Accepted,
             generation,
+            hello,
             settings,
             now,
         ))
@@ -279,6 +308,7 @@ impl Link {
         mut tls: Connection,
         direction: Direction,
         generation: u64,
+        hello: LinkHello,
         settings: &LinkSettings,
         now: Millis,
     ) -> Link {
@@ -287,6 +317,8 @@ impl Link {
         Link {
             tls,
             direction,
+            hello,
+            peer_hello: None,
             peer: None,
             tls_done: false,
             generation,
@@ -317,6 +349,18 @@ impl Link {
     /// Which side dialed.
     pub fn direction(&self) -> Direction {
         self.direction
+    }
+
+    /// Our end of the link: the hello we send.
+    pub fn own_shard(&self) -> LinkHello {
+        self.hello
+    }
+
+    /// The peer's end of the link: which worker of its gateway, of how
+    /// many, from its hello. `None` until the hello arrives, and for ever
+    /// from a peer that sends none (an older one).
+    pub fn peer_shard(&self) -> Option<LinkHello> {
+        self.peer_hello
     }
 
     /// The TLS generation this link was made with.
@@ -375,8 +419,10 @@ impl Link {
     ) -> Result<Received, LinkError> {
         let mut received = Received::default();
         let mut tally = Tally::default();
+        let had_hello = self.peer_hello.is_some();
         let result = self.receive_inner(io, now, peers, deliver, &mut received, &mut tally);
         tally.flush(counters);
+        received.hello = !had_hello && self.peer_hello.is_some();
         result.map(|()| received)
     }
 
@@ -488,8 +534,9 @@ impl Link {
     /// In TLS 1.3 the client sends its certificate in its last flight and
     /// considers the handshake done before the server has checked it. So a
     /// dialed link is not established until the server has said something
-    /// (the acceptor sends a keepalive first thing): frames are never sent
-    /// into a connection the peer is about to refuse.
+    /// (the acceptor sends its hello first thing; an older acceptor a
+    /// keepalive): frames are never sent into a connection the peer is about
+    /// to refuse.
     fn on_handshake_done(&mut self, peers: &PeerSet, now: Millis) -> Result<(), LinkError> {
         if self.tls.alpn_protocol() != Some(ALPN_BORDER_V1) {
             return Err(LinkError::refused(
@@ -523,17 +570,18 @@ impl Link {
         self.reassembler = Some(StreamReassembler::new(self.max_frame_len));
         self.queue.reserve_exact(self.send_queue_bytes);
         if let Some(peer) = peer {
+            // Our hello tells the dialer it has been accepted.
             self.set_established(peer, now);
-            // Tell the dialer it has been accepted.
-            self.queue.extend_from_slice(&STREAM_KEEPALIVE);
         }
         Ok(())
     }
 
+    /// Established: the peer is known, and our hello goes first.
     fn set_established(&mut self, peer: PeerIndex, now: Millis) {
         self.peer = Some(peer);
         self.established_at = now;
         self.last_write_progress = now;
+        queue_hello(&mut self.queue, self.hello);
     }
 
     /// Drains decrypted bytes into the reassembler and hands frames on.
@@ -564,10 +612,8 @@ impl Link {
             };
             let peer = match (self.peer, self.direction) {
                 (Some(peer), _) => peer,
-                (None, Direction::Dialed(peer)) => {
-                    self.set_established(peer, now);
-                    peer
-                }
+                // Established at the acceptor's first whole record, below.
+                (None, Direction::Dialed(peer)) => peer,
                 (None, Direction::Accepted) => {
                     return Err(LinkError::refused(Refusal::Protocol, "data before auth"))
                 }
@@ -578,19 +624,43 @@ impl Link {
             reassembler.commit(n);
             tally.bytes = tally.bytes.saturating_add(n as u64);
             loop {
-                match reassembler.next_frame() {
-                    Ok(Some([])) => tally.keepalives = tally.keepalives.saturating_add(1),
-                    Ok(Some(frame)) => {
-                        tally.frames = tally.frames.saturating_add(1);
-                        if !deliver.deliver(peer, frame) {
-                            tally.dropped = tally.dropped.saturating_add(1);
-                        }
-                    }
+                let record = match reassembler.next_frame() {
+                    Ok(Some(record)) => record,
                     Ok(None) => break,
                     Err(error) => {
                         return Err(LinkError::Closed {
                             reason: CloseReason::StreamError,
                             stream: Some(error),
+                        })
+                    }
+                };
+                if self.peer.is_none() {
+                    // The acceptor has spoken: it accepted us (the fields of
+                    // `set_established`, with the reassembler borrowed).
+                    self.peer = Some(peer);
+                    self.established_at = now;
+                    self.last_write_progress = now;
+                    queue_hello(&mut self.queue, self.hello);
+                }
+                if record.is_empty() {
+                    tally.keepalives = tally.keepalives.saturating_add(1);
+                    continue;
+                }
+                match LinkHello::decode(record) {
+                    None => {
+                        tally.frames = tally.frames.saturating_add(1);
+                        if !deliver.deliver(peer, record) {
+                            tally.dropped = tally.dropped.saturating_add(1);
+                        }
+                    }
+                    Some(Ok(hello)) if self.peer_hello.is_none() => {
+                        self.peer_hello = Some(hello);
+                    }
+                    // A second hello, or a malformed one.
+                    Some(_) => {
+                        return Err(LinkError::Closed {
+                            reason: CloseReason::BadHello,
+                            stream: Some(DecodeError::BadLinkHello),
                         })
                     }
                 }
@@ -771,6 +841,14 @@ impl Link {
             self.send_close_notify(now, reason);
         }
     }
+}
+
+/// Queues our hello as one stream frame. Queued before anything else (and
+/// outside the queue's bound, like the keepalive it replaces): the queue is
+/// empty when a link becomes established.
+fn queue_hello(queue: &mut Vec<u8>, hello: LinkHello) {
+    // Six bytes always frame: at least the stream minimum, below its maximum.
+    let _ = encode_stream_frame(&hello.encode(), queue);
 }
 
 /// Per-call tallies, added to the shared counters once per call.

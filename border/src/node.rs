@@ -17,7 +17,7 @@ use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 use mio::{Events, Poll, Token, Waker};
 
 use crate::counters::BgCounters;
-use crate::endpoint::{bind_listener, BgEndpoint, EndpointSettings, EndpointSetup};
+use crate::endpoint::{bind_listener, BgEndpoint, EndpointSettings, EndpointSetup, SOLE_WORKER};
 use crate::identity::{NetworkName, PeerIndex};
 use crate::link::Millis;
 use crate::tls::BgTls;
@@ -122,6 +122,9 @@ impl BgNode {
                     peers: config.peers.clone(),
                     token_base: ENDPOINT_TOKENS,
                     counters: counters.clone(),
+                    // Not sharded: every worker serves any subscriber, so each
+                    // says it is the only one (peers dial it once).
+                    shard: SOLE_WORKER,
                 },
                 poll.registry(),
                 0,

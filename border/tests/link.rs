@@ -13,7 +13,7 @@ use common::*;
 use presence_border::pki::{
     issue_bg_certificate, sign_bg_certificate, NetworkMaterial, PemPair, Validity,
 };
-use presence_border::{BgCounters, BgTls, CloseReason, PeerIndex, Refusal};
+use presence_border::{BgCounters, BgTls, CloseReason, Refusal};
 
 #[test]
 fn a_trusted_peer_exchanges_frames_both_ways_over_one_link_per_worker() {
@@ -241,24 +241,6 @@ fn plain_tcp_garbage_and_silence_are_refused_without_reading_presence_data() {
 
     assert_eq!(BgCounters::get(&node_b.counters().frames_in), 0);
     assert!(node_b.inbound().is_empty());
-}
-
-/// A hand-driven TLS client holding A's identity, for sending what a real BG
-/// never would.
-pub(crate) fn raw_client(
-    a_tls: &BgTls,
-    b: &NetworkMaterial,
-    addr: std::net::SocketAddr,
-) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    let config = a_tls.client_config(PeerIndex(0)).unwrap().clone();
-    let conn = rustls::ClientConnection::new(config, b.network.server_name()).unwrap();
-    let sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(SECONDS_5)).unwrap();
-    let mut stream = rustls::StreamOwned::new(conn, sock);
-    while stream.conn.is_handshaking() {
-        stream.conn.complete_io(&mut stream.sock).unwrap();
-    }
-    stream
 }
 
 #[test]

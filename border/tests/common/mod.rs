@@ -1,14 +1,14 @@
 //! Shared setup for the border tests: generated networks, nodes on loopback.
 #![allow(dead_code, unreachable_pub)]
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use presence_border::endpoint::EndpointSettings;
 use presence_border::node::{BgNode, InboundFrame, NodeConfig};
 use presence_border::pki::NetworkMaterial;
-use presence_border::{BgTls, LinkSettings, NetworkName};
+use presence_border::{BgTls, LinkSettings, NetworkName, PeerIndex};
 
 pub fn name(s: &str) -> NetworkName {
     s.parse().unwrap()
@@ -108,3 +108,21 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 pub const SECONDS_5: Duration = Duration::from_secs(5);
+
+/// A hand-driven TLS client holding A's identity, for sending what a real BG
+/// never would.
+pub fn raw_client(
+    a_tls: &BgTls,
+    b: &NetworkMaterial,
+    addr: SocketAddr,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let config = a_tls.client_config(PeerIndex(0)).unwrap().clone();
+    let conn = rustls::ClientConnection::new(config, b.network.server_name()).unwrap();
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(SECONDS_5)).unwrap();
+    let mut stream = rustls::StreamOwned::new(conn, sock);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock).unwrap();
+    }
+    stream
+}
