@@ -203,7 +203,17 @@ impl BgEndpoint {
         if let Some(l) = listener.as_mut() {
             registry.register(l, Token(token_base), Interest::READABLE)?;
         }
-        let seed = (now ^ (token_base as u64).rotate_left(32)) | 1;
+        // Seeded apart per endpoint and per process: workers of one gateway
+        // (started at the same instant, with the same token base) must not
+        // draw the same numbers (their reconnects would jitter in step).
+        let seed = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(now);
+            hasher.write_usize(token_base);
+            hasher.write_u16(shard.worker);
+            hasher.finish() | 1
+        };
         let mut endpoint = BgEndpoint {
             tls: tls.clone(),
             settings,
