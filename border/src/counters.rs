@@ -37,6 +37,12 @@ pub struct BgCounters {
     pub dial_attempts: AtomicU64,
     /// Accepted connections dropped because every link slot was taken.
     pub accept_full: AtomicU64,
+    /// Frames sent for one peer worker over a link that does not end at it
+    /// (no usable link to that worker: the peer's worker hands them across).
+    pub sends_off_worker: AtomicU64,
+    /// Links dialed for one peer worker whose hello said another (a NAT
+    /// rewrote the source port, or the peer steers without it).
+    pub dials_off_worker: AtomicU64,
     /// Handshakes refused, by [`Refusal::index`].
     pub refused: [AtomicU64; Refusal::ALL.len()],
     /// Established links closed, by [`CloseReason::index`].
@@ -138,6 +144,16 @@ impl BgCounters {
                 "accept_full_total",
                 &self.accept_full,
                 "Connections dropped: no link slot.",
+            ),
+            (
+                "sends_off_worker_total",
+                &self.sends_off_worker,
+                "Frames sent over a link that does not end at the worker they were for.",
+            ),
+            (
+                "dials_off_worker_total",
+                &self.dials_off_worker,
+                "Links dialed for one peer worker that reached another.",
             ),
         ];
         for (name, counter, help) in plain {

@@ -1,8 +1,30 @@
 //! A border gateway's links on one worker thread: its share of inbound
 //! connections (the listener is bound with `SO_REUSEPORT`, so the kernel
-//! spreads peers' connections over the workers), one dialed connection per
-//! peer, reconnection with backoff and jitter, keepalives, dead-peer
+//! spreads peers' connections over the workers), its dialed connections to
+//! each peer, reconnection with backoff and jitter, keepalives, dead-peer
 //! detection, and rotation to new TLS material.
+//!
+//! Shard-aware links. The endpoint is worker `shard.worker` of
+//! `shard.workers` of its gateway, and every link starts with each end's
+//! hello (`docs/wire-format.md` §6.1), so both ends know which worker is at
+//! the other. Invariants:
+//! - Before a peer's worker count *n* is known, the endpoint dials that peer
+//!   once, as an unsharded gateway would. Once any link's hello tells *n*
+//!   ([`BgEndpoint::peer_workers`]), it keeps one dialed link per peer worker
+//!   *k* below `min(n, MAX_PEER_WORKERS)`, dialed from a local port *p* in
+//!   [`AIMED_PORTS`] with `p % n == k` (the peer's listener steers a
+//!   connection to worker `source_port % n`). A link dialed for *k* that
+//!   reaches another worker is kept (it serves the worker it reached;
+//!   `dials_off_worker` counts it), and *k* is not dialed again until it
+//!   closes. Each such dial target has its own backoff and jitter, and
+//!   reload replaces every one of them.
+//! - [`BgEndpoint::send`] with `Some(k)` queues on an established,
+//!   non-draining link whose peer hello says worker *k* (our dialed link of
+//!   the newest generation first); with none, on the peer's route as for
+//!   `None` (any link), counted in `sends_off_worker`. The per-worker table
+//!   is rebuilt when links come and go, never per frame.
+//! - The border never reads presence messages: which peer worker a frame is
+//!   for is the caller's to say.
 //!
 //! The endpoint registers its sockets on the worker's `mio` registry under
 //! tokens `token_base ..= token_base + 1 + max_links`, and is driven by the
@@ -13,7 +35,8 @@
 //! per-frame path allocates or locks.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
 use mio::net::{TcpListener, TcpStream};
@@ -31,9 +54,10 @@ use crate::tls::BgTls;
 pub struct EndpointSettings {
     /// Per-link limits and timers.
     pub link: LinkSettings,
-    /// Most links (inbound and outbound) this worker holds. One slot per peer
-    /// is kept for our own dialing; unauthenticated inbound connections may
-    /// hold at most a quarter of the slots.
+    /// Most links (inbound and outbound) this worker holds. A slot is kept
+    /// for each link we should have dialed and have not (at most half the
+    /// slots); unauthenticated inbound connections may hold at most a
+    /// quarter of the slots.
     pub max_links: usize,
     /// First reconnect delay; doubles per failure.
     pub backoff_min_ms: Millis,
@@ -77,6 +101,17 @@ pub const SOLE_WORKER: LinkHello = LinkHello {
     workers: 1,
 };
 
+/// Most workers of one peer that an endpoint dials a link to, and routes
+/// frames to by worker; a frame for a worker beyond goes over any link.
+pub const MAX_PEER_WORKERS: u16 = 64;
+
+/// Local ports a link aimed at one peer worker is dialed from (Linux's
+/// default ephemeral range).
+pub const AIMED_PORTS: RangeInclusive<u16> = 32_768..=60_999;
+
+/// Ports tried, each chosen at random, before an aimed dial gives up.
+const AIMED_PORT_TRIES: usize = 8;
+
 /// Binds a TCP listener with `SO_REUSEADDR` and, when `reuse_port`,
 /// `SO_REUSEPORT`, so every worker can bind the same address.
 pub fn bind_listener(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::TcpListener> {
@@ -97,6 +132,30 @@ struct Slot {
     peer_addr: Option<SocketAddr>,
     /// Counted in `links_up` (so closing uncounts it exactly once).
     counted_up: bool,
+    /// The peer worker a dialed link was aimed at (its source port's residue
+    /// modulo the peer's worker count), when that count was known.
+    aimed_at: Option<u16>,
+}
+
+/// One link we keep dialed to a peer: before the peer's worker count is
+/// known, the only one; after, the one for peer worker `k` (its index).
+#[derive(Clone, Copy, Debug)]
+struct DialTarget {
+    /// The slot of the dialed link serving this target, if one exists.
+    current: Option<usize>,
+    /// When to dial next, if no current link.
+    next_dial: Millis,
+    backoff: Millis,
+}
+
+impl DialTarget {
+    fn due(now: Millis, backoff: Millis) -> DialTarget {
+        DialTarget {
+            current: None,
+            next_dial: now,
+            backoff,
+        }
+    }
 }
 
 /// Dial state for one peer network, kept by name across reloads.
@@ -104,11 +163,83 @@ struct Slot {
 struct Dialer {
     network: NetworkName,
     addr: Option<SocketAddr>,
-    /// The slot of our current dialed link, if one exists.
-    current: Option<usize>,
-    /// When to dial next, if no current link.
-    next_dial: Millis,
-    backoff: Millis,
+    /// The peer's worker count, from the hello that last changed it.
+    workers: Option<u16>,
+    /// One target until `workers` is known, then one per peer worker below
+    /// `min(workers, MAX_PEER_WORKERS)`.
+    targets: Vec<DialTarget>,
+    /// A link dialed before `workers` was known (learnt from another link)
+    /// and not yet established: it is placed by the hello it brings, and no
+    /// other dial to this peer starts before, so that two links do not go
+    /// to one worker.
+    blind: Option<usize>,
+}
+
+impl Dialer {
+    fn new(network: NetworkName, addr: Option<SocketAddr>, now: Millis, backoff: Millis) -> Dialer {
+        Dialer {
+            network,
+            addr,
+            workers: None,
+            targets: vec![DialTarget::due(now, backoff)],
+            blind: None,
+        }
+    }
+
+    /// The target `index` serves.
+    fn target_of(&self, index: usize) -> Option<usize> {
+        self.targets.iter().position(|t| t.current == Some(index))
+    }
+
+    /// A target without a link: `preferred` if it is one, else the first.
+    fn free_target(&self, preferred: Option<u16>) -> Option<usize> {
+        preferred
+            .map(usize::from)
+            .filter(|&k| self.targets.get(k).is_some_and(|t| t.current.is_none()))
+            .or_else(|| self.targets.iter().position(|t| t.current.is_none()))
+    }
+
+    /// Whether `index` is one of this dialer's links (a target's or the
+    /// blind one).
+    fn holds(&self, index: usize) -> bool {
+        self.blind == Some(index) || self.target_of(index).is_some()
+    }
+}
+
+/// Where [`BgEndpoint::send`] puts frames for one peer.
+#[derive(Debug, Default)]
+struct Route {
+    /// Any worker: an established, non-draining link (our dialed link of the
+    /// newest generation first), or while the peer's only links drain, one
+    /// of those.
+    any: Option<usize>,
+    /// Per peer worker below `min(workers, MAX_PEER_WORKERS)`: an
+    /// established, non-draining link whose peer hello names that worker.
+    by_worker: Vec<Option<usize>>,
+}
+
+/// One link, as [`BgEndpoint::links`] shows it (for metrics and tests).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkView {
+    /// The authenticated peer, once established.
+    pub peer: Option<PeerIndex>,
+    /// Who dialed.
+    pub direction: Direction,
+    /// Established (the handshake finished and the peer accepted us).
+    pub established: bool,
+    /// Takes no new frames.
+    pub draining: bool,
+    /// The TLS generation it was made with.
+    pub generation: u64,
+    /// The peer's end, from its hello.
+    pub peer_shard: Option<LinkHello>,
+    /// For a dialed link: the peer worker it was aimed at, if the peer's
+    /// worker count was known when it was dialed.
+    pub aimed_at: Option<u16>,
+    /// Our socket's address.
+    pub local_addr: Option<SocketAddr>,
+    /// The peer's socket address.
+    pub peer_addr: Option<SocketAddr>,
 }
 
 /// What a worker's endpoint is made from.
@@ -141,8 +272,8 @@ pub struct BgEndpoint {
     slots: Vec<Option<Slot>>,
     /// Indexed by the current generation's [`PeerIndex`].
     dialers: Vec<Dialer>,
-    /// Per peer: the slot `send` uses (an established, non-draining link).
-    routes: Vec<Option<usize>>,
+    /// Per peer (as `dialers`): the slots `send` uses.
+    routes: Vec<Route>,
     /// Slots with frames queued since the last flush (each at most once:
     /// `dirty_mark`; a mark outlives its link, so a reused slot is not
     /// listed twice).
@@ -266,6 +397,28 @@ impl BgEndpoint {
         self.shard
     }
 
+    /// How many workers `peer`'s gateway has, as the hello of one of its
+    /// links said (the newest that changed it); `None` until a link to it
+    /// has brought a hello (and for ever for a peer that sends none).
+    pub fn peer_workers(&self, peer: PeerIndex) -> Option<u16> {
+        self.dialers.get(peer.get()).and_then(|d| d.workers)
+    }
+
+    /// Every link of this endpoint, handshaking ones included.
+    pub fn links(&self) -> impl Iterator<Item = LinkView> + '_ {
+        self.slots.iter().flatten().map(|slot| LinkView {
+            peer: slot.link.peer(),
+            direction: slot.link.direction(),
+            established: slot.link.is_established(),
+            draining: slot.link.is_draining(),
+            generation: slot.link.generation(),
+            peer_shard: slot.link.peer_shard(),
+            aimed_at: slot.aimed_at,
+            local_addr: slot.socket.local_addr().ok(),
+            peer_addr: slot.peer_addr,
+        })
+    }
+
     /// The name of the peer at `peer` in the current generation.
     pub fn peer_name(&self, peer: PeerIndex) -> Option<&NetworkName> {
         self.tls.peers().name(peer)
@@ -380,16 +533,14 @@ impl BgEndpoint {
                 .iter()
                 .position(|d| &d.network == network)
                 .map(|pos| old_dialers.swap_remove(pos));
-            let mut dialer = kept.unwrap_or(Dialer {
-                network: network.clone(),
-                addr,
-                current: None,
-                next_dial: now,
-                backoff: self.settings.backoff_min_ms,
+            let mut dialer = kept.unwrap_or_else(|| {
+                Dialer::new(network.clone(), addr, now, self.settings.backoff_min_ms)
             });
             if dialer.addr != addr {
                 dialer.addr = addr;
-                dialer.next_dial = now;
+                for target in &mut dialer.targets {
+                    target.next_dial = now;
+                }
             }
             dialers.push(dialer);
         }
@@ -413,24 +564,112 @@ impl BgEndpoint {
             {
                 let stale = slot.link.generation() != generation || dialer.addr != slot.peer_addr;
                 if stale {
-                    // Replace: drain this one, dial anew now.
+                    // Replace: drain this one, dial its target anew now.
                     slot.link.begin_drain();
-                    if dialer.current == Some(index) {
-                        dialer.current = None;
-                        dialer.next_dial = now;
+                    if let Some(target) = dialer
+                        .target_of(index)
+                        .and_then(|t| dialer.targets.get_mut(t))
+                    {
+                        target.current = None;
+                        target.next_dial = now;
                     }
-                } else if !slot.link.is_draining() {
-                    dialer.current = Some(index);
+                    if dialer.blind == Some(index) {
+                        dialer.blind = None;
+                    }
+                } else if !slot.link.is_draining() && !dialer.holds(index) {
+                    // A link of ours no target holds: it serves a free one.
+                    let preferred = slot.link.peer_shard().map(|h| h.worker).or(slot.aimed_at);
+                    if let Some(target) = dialer
+                        .free_target(preferred)
+                        .and_then(|t| dialer.targets.get_mut(t))
+                    {
+                        target.current = Some(index);
+                    }
                 }
             }
         }
         self.refresh_routes();
     }
 
+    /// `peer`'s hello says it has `workers` workers, not what we knew: one
+    /// dial target per worker from now on (capped), and our live dialed
+    /// links placed on them: each by the worker its hello names, else the
+    /// one it was aimed at, else any free one; one still handshaking that
+    /// was dialed blind waits for its hello ([`Dialer::blind`]). A link left
+    /// over (the count shrank) stays up, serving the worker it reached, and
+    /// is not redialed. Targets left free are dialed now.
+    fn learn_peer_workers(&mut self, peer: PeerIndex, workers: u16, now: Millis) {
+        let backoff = self.settings.backoff_min_ms;
+        let Some(dialer) = self.dialers.get_mut(peer.get()) else {
+            return;
+        };
+        dialer.workers = Some(workers);
+        dialer.blind = None;
+        dialer.targets.clear();
+        dialer.targets.resize(
+            usize::from(workers.clamp(1, MAX_PEER_WORKERS)),
+            DialTarget::due(now, backoff),
+        );
+        let live = |slot: &Slot| {
+            matches!(slot.link.direction(), Direction::Dialed(p) if p == peer)
+                && !slot.link.is_draining()
+        };
+        // 1. By the worker a hello names; 2. by the worker aimed at.
+        for by_hello in [true, false] {
+            for (index, slot) in self.slots.iter().enumerate() {
+                let Some(slot) = slot.as_ref().filter(|s| live(s)) else {
+                    continue;
+                };
+                let wanted = if by_hello {
+                    slot.link.peer_shard().map(|h| h.worker)
+                } else {
+                    slot.aimed_at
+                };
+                let Some(k) = wanted.map(usize::from) else {
+                    continue;
+                };
+                if dialer.holds(index) {
+                    continue;
+                }
+                if let Some(target) = dialer.targets.get_mut(k).filter(|t| t.current.is_none()) {
+                    target.current = Some(index);
+                }
+            }
+        }
+        // 3. The rest: a blind one still handshaking waits for its hello;
+        //    others take any free target.
+        for (index, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot.as_ref().filter(|s| live(s)) else {
+                continue;
+            };
+            if dialer.holds(index) {
+                continue;
+            }
+            if !slot.link.is_established() && slot.aimed_at.is_none() && dialer.blind.is_none() {
+                dialer.blind = Some(index);
+            } else if let Some(target) = dialer
+                .free_target(None)
+                .and_then(|t| dialer.targets.get_mut(t))
+            {
+                target.current = Some(index);
+            }
+        }
+        tracing::info!(
+            peer = %dialer.network,
+            workers,
+            dialed = dialer.targets.len(),
+            "border peer's worker count learnt"
+        );
+    }
+
     fn refresh_routes(&mut self) {
-        let peers = self.dialers.len();
-        self.routes.clear();
-        self.routes.resize(peers, None);
+        self.routes.resize_with(self.dialers.len(), Route::default);
+        for (route, dialer) in self.routes.iter_mut().zip(&self.dialers) {
+            route.any = None;
+            route.by_worker.clear();
+            let workers = dialer.workers.map_or(0, |n| n.min(MAX_PEER_WORKERS));
+            route.by_worker.resize(usize::from(workers), None);
+        }
         for (index, slot) in self.slots.iter().enumerate() {
             let Some(slot) = slot else { continue };
             let Some(peer) = slot.link.peer() else {
@@ -442,31 +681,22 @@ impl BgEndpoint {
             let Some(route) = self.routes.get_mut(peer.get()) else {
                 continue;
             };
-            // Prefer our own dialed link of the newest generation.
-            let rank = |link: &Link| {
-                (
-                    link.generation(),
-                    matches!(link.direction(), Direction::Dialed(_)),
-                )
-            };
-            let better = match *route {
-                None => true,
-                Some(current) => self
-                    .slots
-                    .get(current)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|c| rank(&slot.link) > rank(&c.link)),
-            };
-            if better {
-                *route = Some(index);
+            if outranks(&self.slots, &slot.link, route.any) {
+                route.any = Some(index);
+            }
+            let worker = slot.link.peer_shard().map(|h| usize::from(h.worker));
+            if let Some(entry) = worker.and_then(|k| route.by_worker.get_mut(k)) {
+                if outranks(&self.slots, &slot.link, *entry) {
+                    *entry = Some(index);
+                }
             }
         }
         // A peer whose only links are being replaced keeps using them until
         // the replacement is up: rotation drops nothing. (Links closing or
         // closed by the peer take no frames at all.)
         for (peer, route) in self.routes.iter_mut().enumerate() {
-            if route.is_none() {
-                *route = self.slots.iter().position(|s| {
+            if route.any.is_none() {
+                route.any = self.slots.iter().position(|s| {
                     s.as_ref().is_some_and(|s| {
                         s.link.peer().map(PeerIndex::get) == Some(peer)
                             && s.link.closing_reason().is_none()
@@ -477,8 +707,18 @@ impl BgEndpoint {
         }
     }
 
-    /// Queues `frame` for `peer` on this worker's link to it.
-    pub fn send(&mut self, peer: PeerIndex, frame: &[u8]) -> Result<(), SendError> {
+    /// Queues `frame` for `peer` on one of this worker's links to it. With
+    /// `to_worker` `Some(k)`: on a link that ends at the peer's worker `k`
+    /// (as its hello said) when one takes frames, else on any (counted in
+    /// `sends_off_worker`: the peer's worker that gets it hands it across).
+    /// With `None`: on any link. Which worker a frame is for is the caller's
+    /// to say; the border does not read it.
+    pub fn send(
+        &mut self,
+        peer: PeerIndex,
+        to_worker: Option<u16>,
+        frame: &[u8],
+    ) -> Result<(), SendError> {
         if !(presence_codec::STREAM_FRAME_LEN_MIN..=self.settings.link.max_frame_len)
             .contains(&frame.len())
         {
@@ -487,7 +727,9 @@ impl BgEndpoint {
         let Some(route) = self.routes.get(peer.get()) else {
             return Err(SendError::UnknownPeer);
         };
-        let Some(index) = *route else {
+        let on_worker =
+            to_worker.and_then(|k| route.by_worker.get(usize::from(k)).copied().flatten());
+        let Some(index) = on_worker.or(route.any) else {
             BgCounters::add(&self.counters.send_no_link, 1);
             return Err(SendError::NoLink);
         };
@@ -498,6 +740,9 @@ impl BgEndpoint {
         if !slot.link.queue_frame(frame) {
             BgCounters::add(&self.counters.send_overloaded, 1);
             return Err(SendError::Overloaded);
+        }
+        if to_worker.is_some() && slot.link.peer_shard().map(|h| h.worker) != to_worker {
+            BgCounters::add(&self.counters.sends_off_worker, 1);
         }
         BgCounters::add(&self.counters.frames_out, 1);
         BgCounters::add(
@@ -575,8 +820,13 @@ impl BgEndpoint {
             .and_then(|received| slot.link.transmit(&mut slot.socket, now).map(|_| received));
         match result {
             Ok(received) => {
+                if received.hello {
+                    self.on_hello(index, now);
+                }
                 if received.established {
                     self.on_established(index);
+                } else if received.hello {
+                    self.refresh_routes();
                 }
                 if received.more {
                     if let Some(mark) = self.ready_mark.get_mut(index) {
@@ -609,6 +859,30 @@ impl BgEndpoint {
         }
     }
 
+    /// A link's peer hello arrived: learn the peer's worker count, and count
+    /// a dial that was aimed at one worker and reached another.
+    fn on_hello(&mut self, index: usize, now: Millis) {
+        let Some(slot) = self.slots.get(index).and_then(Option::as_ref) else {
+            return;
+        };
+        let (Some(peer), Some(hello)) = (slot.link.peer(), slot.link.peer_shard()) else {
+            return;
+        };
+        if let Some(aimed) = slot.aimed_at.filter(|&k| k != hello.worker) {
+            BgCounters::add(&self.counters.dials_off_worker, 1);
+            tracing::info!(
+                peer = self.tls.peers().name(peer).map(NetworkName::as_str),
+                addr = ?slot.peer_addr,
+                aimed_at = aimed,
+                reached = hello.worker,
+                "border link dialed for one peer worker reached another"
+            );
+        }
+        if self.peer_workers(peer) != Some(hello.workers) {
+            self.learn_peer_workers(peer, hello.workers, now);
+        }
+    }
+
     fn on_established(&mut self, index: usize) {
         let Some(slot) = self.slots.get_mut(index).and_then(Option::as_mut) else {
             return;
@@ -624,8 +898,26 @@ impl BgEndpoint {
             addr = ?slot.peer_addr,
             direction = ?slot.link.direction(),
             generation = slot.link.generation(),
+            peer_shard = ?slot.link.peer_shard(),
             "border link established"
         );
+        // A link dialed blind before the peer's worker count was known takes
+        // the target of the worker it reached, and the others may be dialed.
+        let preferred = slot.link.peer_shard().map(|h| h.worker);
+        if let Some(dialer) = slot
+            .link
+            .peer()
+            .and_then(|p| self.dialers.get_mut(p.get()))
+            .filter(|d| d.blind == Some(index))
+        {
+            dialer.blind = None;
+            if let Some(target) = dialer
+                .free_target(preferred)
+                .and_then(|t| dialer.targets.get_mut(t))
+            {
+                target.current = Some(index);
+            }
+        }
         self.refresh_routes();
     }
 
@@ -655,7 +947,14 @@ impl BgEndpoint {
                 .filter(|s| !s.link.is_established() && s.link.direction() == Direction::Accepted)
                 .count();
             let free = self.slots.iter().filter(|s| s.is_none()).count();
-            let reserved = self.dialers.iter().filter(|d| d.current.is_none()).count();
+            // One slot for each link we should have dialed and have not.
+            let reserved = self
+                .dialers
+                .iter()
+                .filter(|d| d.addr.is_some())
+                .map(|d| d.targets.iter().filter(|t| t.current.is_none()).count())
+                .sum::<usize>()
+                .min(self.settings.max_links / 2);
             let index = self.slots.iter().position(Option::is_none);
             let (Some(index), true, true) = (
                 index,
@@ -693,18 +992,25 @@ impl BgEndpoint {
                     socket,
                     peer_addr: Some(addr),
                     counted_up: false,
+                    aimed_at: None,
                 });
             }
         }
     }
 
-    fn dial(&mut self, peer: PeerIndex, registry: &Registry, now: Millis) {
+    /// Dials `peer`'s target `target`: once the peer's worker count `n` is
+    /// known, from a local port whose residue modulo `n` is `target` (when
+    /// `n` > 1), so that the peer's listener steers it to that worker.
+    fn dial(&mut self, peer: PeerIndex, target: usize, registry: &Registry, now: Millis) {
         let Some(dialer) = self.dialers.get(peer.get()) else {
             return;
         };
         let Some(addr) = dialer.addr else { return };
+        let aim = dialer
+            .workers
+            .and_then(|n| u16::try_from(target).ok().map(|k| (k, n)));
         let Some(index) = self.slots.iter().position(Option::is_none) else {
-            self.schedule_redial(peer, now);
+            self.schedule_redial(peer, target, now);
             return;
         };
         BgCounters::add(&self.counters.dial_attempts, 1);
@@ -720,17 +1026,20 @@ impl BgEndpoint {
             &self.settings.link,
             now,
         );
-        let socket = TcpStream::connect(addr);
+        let socket = match aim {
+            Some((k, n)) if n > 1 => connect_aimed(addr, k, n, &mut self.rng),
+            _ => TcpStream::connect(addr),
+        };
         let (link, mut socket) = match (link, socket) {
             (Ok(link), Ok(socket)) => (link, socket),
             (Err(error), _) => {
                 log_end(Some(peer), Some(addr), &error, self.tls.peers());
-                self.schedule_redial(peer, now);
+                self.schedule_redial(peer, target, now);
                 return;
             }
             (_, Err(e)) => {
                 tracing::warn!(peer = %dialer.network, %addr, error = %e, "border dial failed");
-                self.schedule_redial(peer, now);
+                self.schedule_redial(peer, target, now);
                 return;
             }
         };
@@ -740,7 +1049,7 @@ impl BgEndpoint {
             .register(&mut socket, token, Interest::READABLE | Interest::WRITABLE)
             .is_err()
         {
-            self.schedule_redial(peer, now);
+            self.schedule_redial(peer, target, now);
             return;
         }
         if let Some(free) = self.slots.get_mut(index) {
@@ -749,29 +1058,35 @@ impl BgEndpoint {
                 socket,
                 peer_addr: Some(addr),
                 counted_up: false,
+                aimed_at: aim.map(|(k, _)| k),
             });
         }
-        if let Some(dialer) = self.dialers.get_mut(peer.get()) {
-            dialer.current = Some(index);
+        if let Some(t) = self
+            .dialers
+            .get_mut(peer.get())
+            .and_then(|d| d.targets.get_mut(target))
+        {
+            t.current = Some(index);
         }
     }
 
-    /// Next delay: the backoff with jitter in its upper half, then the
-    /// backoff doubles up to the cap.
-    fn schedule_redial(&mut self, peer: PeerIndex, now: Millis) {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let rng = self.rng;
+    /// Next delay of `peer`'s target `target`: its backoff with jitter in
+    /// its upper half, then the backoff doubles up to the cap.
+    fn schedule_redial(&mut self, peer: PeerIndex, target: usize, now: Millis) {
+        let rng = next_random(&mut self.rng);
         let max = self.settings.backoff_max_ms.max(1);
-        let Some(dialer) = self.dialers.get_mut(peer.get()) else {
+        let Some(target) = self
+            .dialers
+            .get_mut(peer.get())
+            .and_then(|d| d.targets.get_mut(target))
+        else {
             return;
         };
-        let half = (dialer.backoff / 2).max(1);
+        let half = (target.backoff / 2).max(1);
         let delay = half.saturating_add(rng % half.saturating_add(1));
-        dialer.next_dial = now.saturating_add(delay);
-        dialer.backoff = dialer.backoff.saturating_mul(2).min(max);
-        dialer.current = None;
+        target.next_dial = now.saturating_add(delay);
+        target.backoff = target.backoff.saturating_mul(2).min(max);
+        target.current = None;
     }
 
     /// Ends a link for `error`: an alert or close_notify is attempted, the
@@ -825,10 +1140,15 @@ impl BgEndpoint {
             Direction::Accepted => None,
         });
         if let Direction::Dialed(p) = slot.link.direction() {
-            let is_current = self
+            if let Some(dialer) = self
                 .dialers
-                .get(p.get())
-                .is_some_and(|d| d.current == Some(index));
+                .get_mut(p.get())
+                .filter(|d| d.blind == Some(index))
+            {
+                // Its targets are due: they are dialed now.
+                dialer.blind = None;
+            }
+            let target = self.dialers.get(p.get()).and_then(|d| d.target_of(index));
             let replaced = matches!(
                 error,
                 LinkError::Closed {
@@ -836,18 +1156,33 @@ impl BgEndpoint {
                     ..
                 }
             );
-            if is_current && !replaced && !self.shutting_down {
-                // A link that stayed up a while starts the backoff afresh; a
-                // flapping peer keeps backing off.
-                let stable = slot.link.is_established()
-                    && now.saturating_sub(slot.link.established_at())
-                        >= self.settings.backoff_max_ms;
-                if let (true, Some(dialer)) = (stable, self.dialers.get_mut(p.get())) {
-                    dialer.backoff = self.settings.backoff_min_ms;
+            match target {
+                Some(t) if !replaced && !self.shutting_down => {
+                    // A link that stayed up a while starts the backoff
+                    // afresh; a flapping peer keeps backing off.
+                    let stable = slot.link.is_established()
+                        && now.saturating_sub(slot.link.established_at())
+                            >= self.settings.backoff_max_ms;
+                    if let (true, Some(target)) = (
+                        stable,
+                        self.dialers
+                            .get_mut(p.get())
+                            .and_then(|d| d.targets.get_mut(t)),
+                    ) {
+                        target.backoff = self.settings.backoff_min_ms;
+                    }
+                    self.schedule_redial(p, t, now);
                 }
-                self.schedule_redial(p, now);
-            } else if let (true, Some(dialer)) = (is_current, self.dialers.get_mut(p.get())) {
-                dialer.current = None;
+                Some(t) => {
+                    if let Some(target) = self
+                        .dialers
+                        .get_mut(p.get())
+                        .and_then(|d| d.targets.get_mut(t))
+                    {
+                        target.current = None;
+                    }
+                }
+                None => {}
             }
         }
         self.refresh_routes();
@@ -887,8 +1222,7 @@ impl BgEndpoint {
                 let replacement_up = peer.is_some_and(|p| {
                     self.routes
                         .get(p.get())
-                        .copied()
-                        .flatten()
+                        .and_then(|r| r.any)
                         .is_some_and(|r| r != index)
                 });
                 if self.shutting_down {
@@ -908,12 +1242,20 @@ impl BgEndpoint {
             return;
         }
         for p in 0..self.dialers.len() {
-            let Some(dialer) = self.dialers.get(p) else {
+            let (Some(dialer), Ok(peer)) = (self.dialers.get(p), u16::try_from(p)) else {
                 continue;
             };
-            if dialer.current.is_none() && dialer.addr.is_some() && dialer.next_dial <= now {
-                if let Ok(p) = u16::try_from(p) {
-                    self.dial(PeerIndex(p), registry, now);
+            if dialer.addr.is_none() || dialer.blind.is_some() {
+                continue;
+            }
+            for t in 0..dialer.targets.len() {
+                let due = self
+                    .dialers
+                    .get(p)
+                    .and_then(|d| d.targets.get(t))
+                    .is_some_and(|t| t.current.is_none() && t.next_dial <= now);
+                if due {
+                    self.dial(PeerIndex(peer), t, registry, now);
                 }
             }
         }
@@ -967,6 +1309,100 @@ impl BgEndpoint {
     }
 }
 
+/// Whether `candidate` should replace the link at `current` as a route:
+/// our own dialed link of the newest generation first.
+fn outranks(slots: &[Option<Slot>], candidate: &Link, current: Option<usize>) -> bool {
+    let rank = |link: &Link| {
+        (
+            link.generation(),
+            matches!(link.direction(), Direction::Dialed(_)),
+        )
+    };
+    match current {
+        None => true,
+        Some(current) => slots
+            .get(current)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| rank(candidate) > rank(&c.link)),
+    }
+}
+
+/// The next number of the endpoint's xorshift generator (jitter, ports).
+fn next_random(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+/// A port of [`AIMED_PORTS`] whose residue modulo `workers` is `worker`,
+/// picked by `random`.
+fn aimed_port(random: u64, worker: u16, workers: u16) -> u16 {
+    let (lo, hi) = (
+        u64::from(*AIMED_PORTS.start()),
+        u64::from(*AIMED_PORTS.end()),
+    );
+    let n = u64::from(workers.max(1));
+    let k = u64::from(worker) % n;
+    let p = lo.saturating_add(random % hi.saturating_sub(lo).saturating_add(1));
+    let mut p = p.saturating_sub(p % n).saturating_add(k);
+    if p > hi {
+        p = p.saturating_sub(n);
+    }
+    if p < lo {
+        p = p.saturating_add(n);
+    }
+    u16::try_from(p).unwrap_or(*AIMED_PORTS.start())
+}
+
+/// Starts a non-blocking connect to `addr` from a local port aimed at peer
+/// worker `worker` of `workers` ([`aimed_port`]), bound on the unspecified
+/// address of `addr`'s family; another port is tried when one is taken.
+fn connect_aimed(
+    addr: SocketAddr,
+    worker: u16,
+    workers: u16,
+    rng: &mut u64,
+) -> io::Result<TcpStream> {
+    let any = match addr.ip() {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let mut last = io::Error::from(io::ErrorKind::AddrInUse);
+    for _ in 0..AIMED_PORT_TRIES {
+        let port = aimed_port(next_random(rng), worker, workers);
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_nonblocking(true)?;
+        match socket.bind(&SocketAddr::new(any, port).into()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                last = e;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            // Non-blocking: under way.
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            // The four-tuple is taken (a connection from that port to this
+            // peer lingers in TIME_WAIT): another port.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::AddrInUse | io::ErrorKind::AddrNotAvailable
+                ) =>
+            {
+                last = e;
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+        return Ok(TcpStream::from_std(socket.into()));
+    }
+    Err(last)
+}
+
 fn log_end(
     peer: Option<PeerIndex>,
     addr: Option<SocketAddr>,
@@ -989,5 +1425,28 @@ fn log_end(
             stream_error = stream.map(|e| e.name()),
             "border link closed"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_aimed_port_has_the_workers_residue_and_stays_in_range() {
+        let mut rng = 0x2545_F491_4F6C_DD1D_u64;
+        for workers in [2u16, 3, 7, 8, 63, 64, 1000] {
+            for worker in (0..workers).take(70) {
+                for _ in 0..200 {
+                    let port = aimed_port(next_random(&mut rng), worker, workers);
+                    assert!(AIMED_PORTS.contains(&port), "{port}");
+                    assert_eq!(port % workers, worker);
+                }
+            }
+        }
+        // Both ends of the range are reachable residues.
+        assert_eq!(aimed_port(0, 0, 2), 32_768);
+        assert_eq!(aimed_port(u64::from(60_999u16 - 32_768), 1, 2), 60_999);
+        assert_eq!(aimed_port(u64::from(60_999u16 - 32_768), 0, 2), 60_998);
     }
 }

@@ -14,8 +14,10 @@
 //! - [`pki`]: making a network's CA and BG certificates (`presence-gw pki`).
 //! - [`tls`]: the trust list, certificate checks and rustls configurations.
 //! - [`link`]: one connection as a state machine over `Read`/`Write`.
-//! - [`endpoint`]: one worker's links on a `mio` registry: accept, dial,
-//!   reconnect, keepalive, rotation.
+//! - [`endpoint`]: one worker's links on a `mio` registry: accept, dial
+//!   (one link per peer worker once the peer's hello tells how many),
+//!   reconnect, keepalive, rotation, and routing each frame to the link that
+//!   ends at the peer worker the caller names.
 //! - [`node`]: a BG on its own threads, for tests, benchmarks and the demo.
 
 pub mod config;
@@ -32,7 +34,8 @@ pub mod tls;
 pub use config::{BorderConfig, ConfigError, PeerConfig};
 pub use counters::BgCounters;
 pub use endpoint::{
-    bind_listener, BgEndpoint, EndpointSettings, EndpointSetup, SendError, SOLE_WORKER,
+    bind_listener, BgEndpoint, EndpointSettings, EndpointSetup, LinkView, SendError,
+    MAX_PEER_WORKERS, SOLE_WORKER,
 };
 pub use identity::{NetworkName, NetworkNameError, PeerIndex};
 pub use link::{CloseReason, Deliver, Direction, Link, LinkError, LinkSettings, Millis};

@@ -328,7 +328,7 @@ fn run_worker(
             match command {
                 Command::Send { peer, frame } => {
                     if let Some(index) = endpoint.tls().peers().index_of(&peer) {
-                        let _ = endpoint.send(index, &frame);
+                        let _ = endpoint.send(index, None, &frame);
                     }
                 }
                 Command::Reload { tls, peers } => {

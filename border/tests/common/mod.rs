@@ -5,10 +5,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mio::{Events, Poll};
 use presence_border::endpoint::EndpointSettings;
 use presence_border::node::{BgNode, InboundFrame, NodeConfig};
 use presence_border::pki::NetworkMaterial;
-use presence_border::{BgTls, LinkSettings, NetworkName, PeerIndex};
+use presence_border::{
+    BgCounters, BgEndpoint, BgTls, Direction, EndpointSetup, LinkSettings, LinkView, NetworkName,
+    PeerIndex,
+};
+use presence_codec::LinkHello;
 
 pub fn name(s: &str) -> NetworkName {
     s.parse().unwrap()
@@ -125,4 +130,179 @@ pub fn raw_client(
         stream.conn.complete_io(&mut stream.sock).unwrap();
     }
     stream
+}
+
+/// Worker `worker` of `workers`.
+pub fn shard(worker: u16, workers: u16) -> LinkHello {
+    LinkHello { worker, workers }
+}
+
+/// One endpoint of a [`Mesh`], with the frames it received.
+pub struct Ep {
+    pub endpoint: BgEndpoint,
+    pub inbox: Vec<(PeerIndex, Vec<u8>)>,
+    poll: Poll,
+    events: Events,
+}
+
+impl Ep {
+    pub fn counters(&self) -> &Arc<BgCounters> {
+        self.endpoint.counters()
+    }
+
+    /// Established links this endpoint dialed to `peer`.
+    pub fn dialed(&self, peer: PeerIndex) -> Vec<LinkView> {
+        self.endpoint
+            .links()
+            .filter(|l| l.established && l.direction == Direction::Dialed(peer))
+            .collect()
+    }
+
+    /// Established, usable links to or from `peer` whose peer hello names
+    /// `worker`.
+    pub fn ends_at(&self, peer: PeerIndex, worker: u16) -> usize {
+        self.endpoint
+            .links()
+            .filter(|l| l.established && !l.draining && l.peer == Some(peer))
+            .filter(|l| l.peer_shard.map(|h| h.worker) == Some(worker))
+            .count()
+    }
+
+    pub fn seqs(&self) -> Vec<u32> {
+        self.inbox.iter().map(|(_, f)| seq_of(f)).collect()
+    }
+}
+
+/// Border endpoints driven by hand on this thread, each on its own `mio`
+/// poll, as a runtime's worker loops would drive them: so that a test can
+/// give each its own shard identity and look at its links between turns.
+pub struct Mesh {
+    eps: Vec<Option<Ep>>,
+    start: Instant,
+}
+
+impl Mesh {
+    pub fn new() -> Mesh {
+        Mesh {
+            eps: Vec::new(),
+            start: Instant::now(),
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap()
+    }
+
+    /// Adds an endpoint; returns its index.
+    pub fn add(
+        &mut self,
+        tls: Arc<BgTls>,
+        listener: Option<std::net::TcpListener>,
+        peers: Vec<(NetworkName, SocketAddr)>,
+        shard: LinkHello,
+    ) -> usize {
+        let poll = Poll::new().unwrap();
+        let endpoint = BgEndpoint::new(
+            EndpointSetup {
+                tls,
+                settings: settings(),
+                listener,
+                peers,
+                token_base: 0,
+                counters: Arc::new(BgCounters::default()),
+                shard,
+            },
+            poll.registry(),
+            self.now(),
+        )
+        .unwrap();
+        self.eps.push(Some(Ep {
+            endpoint,
+            inbox: Vec::new(),
+            poll,
+            events: Events::with_capacity(256),
+        }));
+        self.eps.len() - 1
+    }
+
+    pub fn ep(&self, i: usize) -> &Ep {
+        self.eps[i].as_ref().expect("endpoint killed")
+    }
+
+    pub fn ep_mut(&mut self, i: usize) -> &mut Ep {
+        self.eps[i].as_mut().expect("endpoint killed")
+    }
+
+    /// Drops endpoint `i` with its sockets, as a killed process would.
+    pub fn kill(&mut self, i: usize) {
+        self.eps[i] = None;
+    }
+
+    /// Reloads endpoint `i`.
+    pub fn reload(&mut self, i: usize, tls: Arc<BgTls>, peers: &[(NetworkName, SocketAddr)]) {
+        let now = self.now();
+        let ep = self.ep_mut(i);
+        ep.endpoint.reload(tls, peers, ep.poll.registry(), now);
+    }
+
+    /// Queues a frame at endpoint `i`.
+    pub fn send(
+        &mut self,
+        i: usize,
+        peer: PeerIndex,
+        to_worker: Option<u16>,
+        frame: &[u8],
+    ) -> Result<(), presence_border::SendError> {
+        self.ep_mut(i).endpoint.send(peer, to_worker, frame)
+    }
+
+    /// Starts a clean stop of endpoint `i`.
+    pub fn begin_shutdown(&mut self, i: usize) {
+        let now = self.now();
+        let ep = self.ep_mut(i);
+        ep.endpoint.begin_shutdown(ep.poll.registry(), now);
+    }
+
+    /// One loop turn of every endpoint: events, leftover reads, writes,
+    /// timers.
+    pub fn step(&mut self) {
+        let now = self.now();
+        for ep in self.eps.iter_mut().flatten() {
+            let _ = ep.poll.poll(&mut ep.events, Some(Duration::ZERO));
+            let inbox = &mut ep.inbox;
+            let mut deliver = |peer: PeerIndex, frame: &[u8]| {
+                inbox.push((peer, frame.to_vec()));
+                true
+            };
+            let registry = ep.poll.registry();
+            for event in ep.events.iter() {
+                ep.endpoint
+                    .handle_event(registry, event.token(), now, &mut deliver);
+            }
+            ep.endpoint.poll_ready(registry, now, &mut deliver);
+            ep.endpoint.flush(registry, now);
+            ep.endpoint.tick(registry, now);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    /// Turns until `cond` holds (true) or `timeout` passes (false).
+    pub fn run_until(&mut self, timeout: Duration, mut cond: impl FnMut(&Mesh) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if cond(self) {
+                return true;
+            }
+            self.step();
+        }
+        cond(self)
+    }
+
+    /// Turns for `duration`.
+    pub fn run_for(&mut self, duration: Duration) {
+        let deadline = Instant::now() + duration;
+        while Instant::now() < deadline {
+            self.step();
+        }
+    }
 }
