@@ -20,6 +20,7 @@
 
 pub mod metrics;
 mod shard;
+pub mod steer;
 pub mod udp;
 
 use std::net::SocketAddr;
