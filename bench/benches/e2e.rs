@@ -17,7 +17,7 @@ use presence_bench::load::plan::{Mix, Workload};
 use presence_bench::load::population::Population;
 use presence_bench::load::topology::{ApplianceSettings, Networks, Topology, A_NAME, B_NAME};
 use presence_bench::shared_table_path;
-use presence_engine::demo::TwoNetworkSettings;
+use presence_engine::lab::TwoNetworkSettings;
 
 const BURST: u64 = 1024;
 const SUBSCRIBERS: usize = 10_000;
@@ -32,6 +32,7 @@ fn e2e(c: &mut Criterion) {
             poll_mode: false,
             window_slots: 1 << 20,
             metrics: false,
+            steering: true,
         },
         cpus: Vec::new(),
     };

@@ -15,11 +15,8 @@ const BATCH: usize = 10_000;
 
 fn roles(c: &mut Criterion) {
     let world = Arc::new(NumberingTable::load(&shared_table_path(), None).expect("shared table"));
-    let csv = std::fs::read_to_string(shared_table_path()).expect("shared table");
-    let (a, b) = (
-        SimNetwork::from_table_csv(&csv, "o2.gb"),
-        SimNetwork::from_table_csv(&csv, "t-mobile.de"),
-    );
+    let network = |name| SimNetwork::from_table(&world, name).expect("network in the table");
+    let (a, b) = (network("o2.gb"), network("t-mobile.de"));
     let mut group = c.benchmark_group("roles");
     group.throughput(Throughput::Elements(BATCH as u64));
     // 1,000 watchers and 1,000 targets: every role's state in the caches, so

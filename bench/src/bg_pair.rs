@@ -64,6 +64,7 @@ impl BgPair {
                     peers: Vec::new(),
                     token_base: 0,
                     counters: Arc::new(BgCounters::default()),
+                    shard: presence_border::SOLE_WORKER,
                 };
                 let mut endpoint = BgEndpoint::new(setup, poll.registry(), 0).expect("endpoint");
                 let mut events = Events::with_capacity(256);
@@ -102,6 +103,7 @@ impl BgPair {
                     peers: vec![("b.example".parse().expect("name"), b_addr)],
                     token_base: 0,
                     counters: Arc::new(BgCounters::default()),
+                    shard: presence_border::SOLE_WORKER,
                 };
                 let mut endpoint = BgEndpoint::new(setup, poll.registry(), 0).expect("endpoint");
                 let mut events = Events::with_capacity(256);
@@ -121,7 +123,7 @@ impl BgPair {
                         endpoint.handle_event(poll.registry(), event.token(), now, &mut ignore);
                     }
                     while sent < want {
-                        match endpoint.send(PeerIndex(0), &frame) {
+                        match endpoint.send(PeerIndex(0), None, &frame) {
                             Ok(()) => sent += 1,
                             Err(SendError::Overloaded | SendError::NoLink) => break,
                             Err(SendError::UnknownPeer | SendError::InvalidFrame(_)) => return,

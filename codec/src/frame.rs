@@ -189,6 +189,72 @@ impl<'b, B: BufMut> FrameWriter<'b, B> {
     }
 }
 
+/// A frame being filled in a buffer it owns, kept open across calls: a
+/// sender keeps one per destination and closes it when the next message
+/// would not fit, or at the end of its turn. The same rules as
+/// [`FrameWriter`]: the bytes are always a header followed by whole
+/// messages, never more than `max_len`. The buffer is reserved to `max_len`
+/// when the frame opens, so pushing never reallocates.
+#[derive(Debug)]
+pub struct OpenFrame {
+    bytes: Vec<u8>,
+    max_len: usize,
+    messages: usize,
+}
+
+impl OpenFrame {
+    /// Opens a frame of at most `max_len` bytes (between the header and
+    /// 65535) in `bytes` (cleared; a buffer given back for reuse).
+    pub fn new(mut bytes: Vec<u8>, max_len: usize) -> OpenFrame {
+        let max_len = max_len.clamp(FRAME_HEADER_LEN, FRAME_LEN_ABSOLUTE_MAX);
+        bytes.clear();
+        bytes.reserve(max_len);
+        bytes.extend_from_slice(&[FRAME_MAGIC, FRAME_VERSION]);
+        OpenFrame {
+            bytes,
+            max_len,
+            messages: 0,
+        }
+    }
+
+    /// Appends a message, or fails without writing anything when it would
+    /// not fit.
+    #[inline]
+    pub fn push(&mut self, message: &Message<'_>) -> Result<(), EncodeError> {
+        let needed = message.encoded_len();
+        if !self.fits(needed) {
+            return Err(EncodeError::FrameFull {
+                needed,
+                max: self.max_len,
+            });
+        }
+        message.encode(&mut self.bytes)?;
+        self.messages = self.messages.saturating_add(1);
+        Ok(())
+    }
+
+    /// Whether a message of `encoded_len` bytes still fits.
+    #[inline]
+    pub fn fits(&self, encoded_len: usize) -> bool {
+        self.bytes.len().saturating_add(encoded_len) <= self.max_len
+    }
+
+    /// Messages written so far.
+    pub fn message_count(&self) -> usize {
+        self.messages
+    }
+
+    /// Whether no message has been written (such a frame is not sent).
+    pub fn is_empty(&self) -> bool {
+        self.messages == 0
+    }
+
+    /// The frame's bytes, to send.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+}
+
 /// Encodes `messages` as one frame into `buf`; fails if they do not fit in
 /// `max_len` or `buf`, or if there are none.
 pub fn encode_frame<B: BufMut>(

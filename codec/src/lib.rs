@@ -45,7 +45,7 @@ pub mod fuzzing;
 
 pub use error::{DecodeError, EncodeError, ErrorScope, MsisdnField};
 pub use frame::{
-    encode_frame, FrameReader, FrameWriter, FRAME_HEADER_LEN, FRAME_LEN_ABSOLUTE_MAX,
+    encode_frame, FrameReader, FrameWriter, OpenFrame, FRAME_HEADER_LEN, FRAME_LEN_ABSOLUTE_MAX,
     FRAME_LEN_DEFAULT_MAX, FRAME_MAGIC, FRAME_VERSION,
 };
 pub use message::{

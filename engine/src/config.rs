@@ -53,6 +53,8 @@ struct RawNetwork {
     poll_mode: bool,
     #[serde(default)]
     pin_workers: Option<bool>,
+    /// Steer traffic to its owner's worker in the kernel (default true).
+    steering: Option<bool>,
     /// This network's number ranges, overriding what the numbering table says.
     own_ranges: Option<Vec<String>>,
 }
@@ -141,6 +143,11 @@ pub struct ApplianceConfig {
     pub poll_mode: bool,
     /// Pin worker `i` to CPU `i`.
     pub pin_workers: bool,
+    /// Steer each device datagram and border connection to the worker
+    /// owning it with reuseport BPF programs (`docs/architecture.md`,
+    /// "Ownership and steering"); off, the kernel hashes and workers hand
+    /// messages over.
+    pub steering: bool,
     /// This network's number ranges, if configured; otherwise the numbering
     /// table's prefixes of `network` (with other networks' longer prefixes
     /// inside them carved out).
@@ -285,6 +292,7 @@ impl ApplianceConfig {
             workers,
             poll_mode: raw.network.poll_mode,
             pin_workers: raw.network.pin_workers.unwrap_or(true),
+            steering: raw.network.steering.unwrap_or(true),
             own_ranges,
             client_listen,
             metrics_listen,
@@ -374,22 +382,7 @@ pub fn load_hss_ranges(path: &Path) -> Result<Vec<(Prefix, PsId)>, ConfigError> 
     Ok(ranges)
 }
 
-/// One subscriber as provisioned.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Provisioned {
-    /// The secret the subscriber's devices present.
-    pub credential: Vec<u8>,
-    /// Prepaid credit for queries (new subscribers start with it; a reload
-    /// keeps the balance of existing ones).
-    pub credit: u64,
-    /// Whether the subscriber lets buddies watch at all.
-    pub consent: bool,
-    /// Who may watch the subscriber.
-    pub buddies: Vec<Msisdn>,
-}
-
-/// Provisioned subscribers by MSISDN.
-pub type Subscribers = HashMap<Msisdn, Provisioned>;
+pub use crate::node::{Provisioned, Subscribers};
 
 /// Most subscribers one provisioning file holds.
 pub const SUBSCRIBERS_MAX: usize = 50_000_000;

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use presence_codec::{Msisdn, Outcome};
-use presence_engine::demo::{
+use presence_engine::lab::{
     self, DemoNetwork, DeviceAnswer, DeviceClient, SpawnedAppliance, DEMO_BUDDIES,
 };
 
@@ -82,14 +82,14 @@ fn cdr_lines(dir: &Path) -> Vec<String> {
 fn two_networks_answer_charge_reload_and_stop_cleanly() {
     let root = scratch("two");
     let (a, b) =
-        demo::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", 100, 100).unwrap();
-    let b_config = demo::write_config(&b, &a, &table(), 2, None, false).unwrap();
+        lab::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", 100, 100).unwrap();
+    let b_config = lab::write_config(&b, &a, &table(), 2, None, false).unwrap();
     let mut node_b = start(&b_config);
-    let a_config = demo::write_config(&a, &b, &table(), 2, Some(node_b.border), true).unwrap();
+    let a_config = lab::write_config(&a, &b, &table(), 2, Some(node_b.border), true).unwrap();
     let a_text = std::fs::read_to_string(&a_config).unwrap();
     let mut node_a = start(&a_config);
     // B learns A's address on a reload: both sides dial now.
-    demo::write_config(&b, &a, &table(), 2, Some(node_a.border), false).unwrap();
+    lab::write_config(&b, &a, &table(), 2, Some(node_a.border), false).unwrap();
     node_b.signal(libc::SIGHUP).unwrap();
 
     // B's devices: even subscribers are attached.
@@ -273,8 +273,8 @@ fn two_networks_answer_charge_reload_and_stop_cleanly() {
 #[test]
 fn a_bad_configuration_is_refused_with_file_field_and_reason() {
     let root = scratch("bad");
-    let (a, b) = demo::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", 40, 40).unwrap();
-    let config = demo::write_config(&a, &b, &table(), 1, None, false).unwrap();
+    let (a, b) = lab::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", 40, 40).unwrap();
+    let config = lab::write_config(&a, &b, &table(), 1, None, false).unwrap();
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("workers = 1", "workers = 0");
@@ -295,7 +295,7 @@ fn a_bad_configuration_is_refused_with_file_field_and_reason() {
     );
 
     // A subscriber line that does not parse names its line.
-    let config = demo::write_config(&a, &b, &table(), 1, None, false).unwrap();
+    let config = lab::write_config(&a, &b, &table(), 1, None, false).unwrap();
     let mut subscribers = std::fs::read_to_string(a.dir.join("subscribers.csv")).unwrap();
     subscribers.push_str("12ab,x,1,1,\n");
     std::fs::write(a.dir.join("subscribers.csv"), subscribers).unwrap();

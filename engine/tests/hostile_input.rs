@@ -29,7 +29,7 @@ use presence_codec::{
     encode_frame, Answer, BuddyAction, BuddyList, BuddyUpdate, ClientOperation, ClientRequest,
     Credential, ErrorReason, FrameReader, Message, Msisdn, Outcome, Query, FRAME_LEN_DEFAULT_MAX,
 };
-use presence_engine::demo::{self, SpawnedAppliance};
+use presence_engine::lab::{self, SpawnedAppliance};
 
 fn frame(messages: &[Message<'_>]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -190,8 +190,8 @@ fn every_port_survives_hostile_input_and_spoofing_is_refused_with_an_alarm() {
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let n = 60;
-    let (a, b) = demo::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", n, n).unwrap();
-    let b_config = demo::write_config(&b, &a, &table(), 1, None, true).unwrap();
+    let (a, b) = lab::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", n, n).unwrap();
+    let b_config = lab::write_config(&b, &a, &table(), 1, None, true).unwrap();
     // B takes border frames of at most 16 KiB, so 20 KB is oversized.
     let text = std::fs::read_to_string(&b_config).unwrap().replace(
         "listen = \"127.0.0.1:0\"\ncertificate",

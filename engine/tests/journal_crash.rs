@@ -26,8 +26,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use presence_codec::{Msisdn, Outcome};
-use presence_engine::demo::{self, DeviceClient, SpawnedAppliance, DEMO_BUDDIES};
 use presence_engine::journal;
+use presence_engine::lab::{self, DeviceClient, SpawnedAppliance, DEMO_BUDDIES};
 use presence_engine::sim::SimRng;
 
 fn start(config: &Path, log: &Path) -> SpawnedAppliance {
@@ -48,13 +48,13 @@ fn kill_9_of_b_under_load_loses_no_charge_record_and_duplicates_none() {
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let n = 200;
-    let (a, b) = demo::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", n, n).unwrap();
-    let b_config = demo::write_config(&b, &a, &table(), 1, None, false).unwrap();
+    let (a, b) = lab::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", n, n).unwrap();
+    let b_config = lab::write_config(&b, &a, &table(), 1, None, false).unwrap();
     let mut node_b = start(&b_config, &root.join("b-0.log"));
-    let a_config = demo::write_config(&a, &b, &table(), 1, Some(node_b.border), false).unwrap();
+    let a_config = lab::write_config(&a, &b, &table(), 1, Some(node_b.border), false).unwrap();
     let node_a = start(&a_config, &root.join("a.log"));
     // B knows A's address from now on, so a restarted B dials A itself.
-    demo::write_config(&b, &a, &table(), 1, Some(node_a.border), false).unwrap();
+    lab::write_config(&b, &a, &table(), 1, Some(node_a.border), false).unwrap();
     node_b.signal(libc::SIGHUP).unwrap();
 
     // Every permitted (watcher, target) pair: B's subscriber j is watched
@@ -147,9 +147,9 @@ fn kill_9_of_b_under_load_loses_no_charge_record_and_duplicates_none() {
     }
     // (Answers to the warm-up queries are not counted.)
     told.retain(|id, _| asked.contains_key(id));
-    let answers: Vec<demo::DeviceAnswer> = told
+    let answers: Vec<lab::DeviceAnswer> = told
         .iter()
-        .map(|(&txid, &outcome)| demo::DeviceAnswer {
+        .map(|(&txid, &outcome)| lab::DeviceAnswer {
             txid,
             target: asked[&txid].1,
             outcome,
@@ -197,7 +197,7 @@ type PairCounts = HashMap<(String, String), u64>;
 /// Status answers A's devices got, per (watcher, target), and the outcomes.
 fn status_by_pair(
     asked: &HashMap<u64, (Msisdn, Msisdn)>,
-    told: &[demo::DeviceAnswer],
+    told: &[lab::DeviceAnswer],
 ) -> (PairCounts, HashMap<&'static str, u64>) {
     let mut shown = HashMap::new();
     let mut outcomes = HashMap::new();
@@ -209,7 +209,7 @@ fn status_by_pair(
             Outcome::Error(presence_codec::ErrorReason::ChargingUnavailable) => {
                 "charging_unavailable"
             }
-            ref o => demo::outcome_name(o),
+            ref o => o.class().name(),
         };
         *outcomes.entry(name).or_default() += 1;
         if matches!(
@@ -229,8 +229,8 @@ fn a_full_disk_refuses_chargeable_queries_and_never_answers_without_a_record() {
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let n = 100;
-    let (a, b) = demo::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", n, n).unwrap();
-    let b_config = demo::write_config(&b, &a, &table(), 1, None, false).unwrap();
+    let (a, b) = lab::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", n, n).unwrap();
+    let b_config = lab::write_config(&b, &a, &table(), 1, None, false).unwrap();
     // B's files may not grow past 4 KiB: its journal segments fill after
     // about fifty records, as on a full disk (EFBIG instead of ENOSPC).
     let limited = |command: &mut std::process::Command| {
@@ -252,7 +252,7 @@ fn a_full_disk_refuses_chargeable_queries_and_never_answers_without_a_record() {
     };
     let binary = Path::new(env!("CARGO_BIN_EXE_presence-gw"));
     let mut node_b = SpawnedAppliance::start(binary, &b_config, None, limited).unwrap();
-    let a_config = demo::write_config(&a, &b, &table(), 1, Some(node_b.border), false).unwrap();
+    let a_config = lab::write_config(&a, &b, &table(), 1, Some(node_b.border), false).unwrap();
     let mut node_a = start(&a_config, &root.join("a.log"));
 
     let pairs: Vec<(usize, usize)> = (0..n)

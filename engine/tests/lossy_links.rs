@@ -34,8 +34,8 @@ use presence_border::node::BgNode;
 use presence_codec::{
     encode_frame, ClientOperation, ClientRequest, Credential, FrameReader, Message, Outcome,
 };
-use presence_engine::demo::{self, SpawnedAppliance, DEMO_BUDDIES};
 use presence_engine::journal;
+use presence_engine::lab::{self, SpawnedAppliance, DEMO_BUDDIES};
 use presence_engine::sim::SimRng;
 
 const LOSS: f64 = 0.10;
@@ -165,11 +165,11 @@ fn ten_percent_loss_and_five_percent_duplication_on_every_hop_lose_and_double_no
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let n = 200;
-    let (a, b) = demo::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", n, n).unwrap();
+    let (a, b) = lab::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", n, n).unwrap();
     let (a_material, b_material) = (a.material().unwrap(), b.material().unwrap());
     let binary = Path::new(env!("CARGO_BIN_EXE_presence-gw"));
     // B only accepts; A dials the border gateway in the middle.
-    let b_config = demo::write_config(&b, &a, &table(), 1, None, false).unwrap();
+    let b_config = lab::write_config(&b, &a, &table(), 1, None, false).unwrap();
     let mut node_b =
         SpawnedAppliance::start(binary, &b_config, Some(&root.join("b.log")), |_| {}).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -195,7 +195,7 @@ fn ten_percent_loss_and_five_percent_duplication_on_every_hop_lose_and_double_no
         ),
     ];
     let a_config =
-        demo::write_config(&a, &b, &table(), 1, Some(toward_a.local_addr()), true).unwrap();
+        lab::write_config(&a, &b, &table(), 1, Some(toward_a.local_addr()), true).unwrap();
     let mut node_a =
         SpawnedAppliance::start(binary, &a_config, Some(&root.join("a.log")), |_| {}).unwrap();
     assert!(toward_b.wait_for_links(&b_material.network, 1, Duration::from_secs(10)));

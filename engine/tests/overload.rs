@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use presence_border::node::BgNode;
 use presence_border::pki::NetworkMaterial;
 use presence_codec::{encode_frame, FrameReader, Message, Msisdn, Outcome, Query};
-use presence_engine::demo::{self, SpawnedAppliance, DEMO_BUDDIES};
 use presence_engine::journal;
+use presence_engine::lab::{self, SpawnedAppliance, DEMO_BUDDIES};
 use presence_engine::table::NumberingTable;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -159,7 +159,7 @@ fn a_flooding_peer_is_held_to_its_limit_and_the_innocent_peer_keeps_its_goodput(
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
     let n = 200;
-    let (a, b) = demo::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", n, n).unwrap();
+    let (a, b) = lab::write_two_networks(&root, &table(), "o2.gb", "t-mobile.de", n, n).unwrap();
     // The innocent peer: vodafone.de, trusted by B too.
     let vodafone = NetworkMaterial::generate(&"vodafone.de".parse().unwrap()).unwrap();
     std::fs::write(
@@ -167,7 +167,7 @@ fn a_flooding_peer_is_held_to_its_limit_and_the_innocent_peer_keeps_its_goodput(
         &vodafone.ca.cert_pem,
     )
     .unwrap();
-    let b_config = demo::write_config(&b, &a, &table(), 1, None, true).unwrap();
+    let b_config = lab::write_config(&b, &a, &table(), 1, None, true).unwrap();
     let mut text = std::fs::read_to_string(&b_config).unwrap();
     text = text.replace(
         "[border]",
@@ -201,8 +201,7 @@ fn a_flooding_peer_is_held_to_its_limit_and_the_innocent_peer_keeps_its_goodput(
         .map(|(w, t)| (a.subscribers[w].0, b.subscribers[t].0))
         .collect();
     let world = NumberingTable::load(&table(), None).unwrap();
-    let csv = std::fs::read_to_string(table()).unwrap();
-    let vodafone_numbers = demo::draw_numbers(&world, &csv, "vodafone.de", 50, 0xC).unwrap();
+    let vodafone_numbers = lab::draw_numbers(&world, "vodafone.de", 50, 0xC).unwrap();
     let innocent_pairs: Vec<(Msisdn, Msisdn)> = (0..n)
         .map(|j| (vodafone_numbers[j % 50], b.subscribers[j].0))
         .collect();

@@ -87,7 +87,7 @@ fn a_query_is_charged_to_the_network_whose_certificate_carried_it() {
     let net_b = id(&b.network);
     let hss = Arc::new(Hss::new(&[(Prefix::parse("49151").unwrap(), PsId(1))]));
     let mut igps = Igps::new(net_b, &hss, &world);
-    let mut ps = PresenceServer::new(PsId(1), net_b, 4, 10_000, 1024);
+    let mut ps = PresenceServer::new(PsId(1), net_b, 10_000, 1024);
     ps.provision(
         target_in_b,
         SubscriberRecord::new(b"secret-b".to_vec(), vec![watcher_of_a]),
@@ -125,10 +125,7 @@ fn a_query_is_charged_to_the_network_whose_certificate_carried_it() {
         FrameReader::for_each_accepted(&inbound.frame, FRAME_LEN_DEFAULT_MAX, |message| {
             igps.handle(
                 5_000,
-                Addr::Border {
-                    network: origin,
-                    ingress: 0,
-                },
+                Addr::Border { network: origin },
                 origin,
                 &message,
                 &mut out,
@@ -144,7 +141,7 @@ fn a_query_is_charged_to_the_network_whose_certificate_carried_it() {
             }
             ps.handle(
                 5_001,
-                Addr::Igps(0),
+                Addr::Igps,
                 transmit.origin,
                 &transmit.message,
                 &mut out,

@@ -41,11 +41,10 @@ static GLOBAL: Counting = Counting;
 fn steady_state_queries_allocate_nothing() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv");
     let world = Arc::new(NumberingTable::load(&path, None).unwrap());
-    let text = std::fs::read_to_string(&path).unwrap();
     let mut pipeline = Pipeline::new(
         &world,
-        &SimNetwork::from_table_csv(&text, "o2.gb"),
-        &SimNetwork::from_table_csv(&text, "t-mobile.de"),
+        &SimNetwork::from_table(&world, "o2.gb").unwrap(),
+        &SimNetwork::from_table(&world, "t-mobile.de").unwrap(),
         1000,
         1000,
     );

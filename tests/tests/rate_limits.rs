@@ -3,12 +3,11 @@
 //! and tells it when to retry; A's OGPS honours that retry-after for all of
 //! A's queries to B. Roles only, on the shared numbering table.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use presence_codec::{Message, Msisdn, Outcome, Query};
-use presence_engine::roles::{Addr, Hss, Igps, IngressPoint, Ogps, Outbox, PsId, Rate};
+use presence_engine::roles::{Addr, Hss, Igps, Ogps, Outbox, PsId, Rate};
 use presence_engine::table::{NetworkId, NumberingTable, Prefix};
 
 fn world() -> Arc<NumberingTable> {
@@ -63,10 +62,7 @@ fn a_flooding_peer_is_held_to_its_rate_and_another_peer_is_untouched() {
     // One second: the flooder offers 10,000, the innocent peer 500.
     for i in 0..10_000u64 {
         let now = 1_000 + i / 10;
-        let from = |network| Addr::Border {
-            network,
-            ingress: 0,
-        };
+        let from = |network| Addr::Border { network };
         igps.handle(
             now,
             from(flooder),
@@ -117,8 +113,7 @@ fn the_ogps_honours_a_peers_retry_after_for_every_query_to_it() {
     let world = world();
     let names = world.snapshot().names().clone();
     let (a, b) = (names.id("o2.gb").unwrap(), names.id("t-mobile.de").unwrap());
-    let peers = HashMap::from([(b, vec![IngressPoint { id: 0, up: true }])]);
-    let mut ogps = Ogps::new(a, 1, &world, peers);
+    let mut ogps = Ogps::new(a, &world, [b]);
     let (watcher, target) = (m("447700900123"), m("4915112345678"));
     let mut out = Outbox::default();
     ogps.handle(1_000, Addr::Wa(0), &query(1, watcher, target), &mut out);

@@ -1,5 +1,6 @@
-//! The presence flow under faults: the real roles of several networks in a
-//! deterministic simulation (`presence_engine::sim`), many seeds.
+//! The presence flow under faults: several networks of two nodes each —
+//! the code the appliance ships — in a deterministic simulation
+//! (`presence_engine::sim`), many seeds.
 //!
 //! `SIM_SEED=<n> cargo test -p presence-tests --test simulation` replays one
 //! seed; `SIM_SEEDS=<count>` runs more than the default 200.
@@ -15,10 +16,9 @@ const NETWORKS: [&str; 3] = ["o2.gb", "t-mobile.de", "batelco.bs"];
 fn world() -> (Arc<NumberingTable>, Vec<SimNetwork>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv");
     let table = NumberingTable::load(&path, None).expect("shared table");
-    let text = std::fs::read_to_string(&path).unwrap();
     let networks = NETWORKS
         .iter()
-        .map(|name| SimNetwork::from_table_csv(&text, name))
+        .map(|name| SimNetwork::from_table(&table, name).expect("network in the table"))
         .collect();
     (Arc::new(table), networks)
 }
@@ -44,7 +44,7 @@ fn assert_clean(report: &SimReport) {
 }
 
 #[test]
-fn one_seed_exercises_every_outcome() {
+fn one_seed_exercises_every_outcome_and_every_fault() {
     let report = run_seed(1);
     assert_clean(&report);
     eprintln!("{report:?}");
@@ -52,9 +52,10 @@ fn one_seed_exercises_every_outcome() {
         "attached",
         "detached",
         "not_available",
-        "timeout",
         "unknown_network",
         "unauthenticated",
+        "credit_exhausted",
+        "charging_unavailable",
     ] {
         assert!(
             report.outcomes.get(outcome).copied().unwrap_or(0) > 0,
@@ -62,7 +63,31 @@ fn one_seed_exercises_every_outcome() {
             report.outcomes
         );
     }
+    for fault in [
+        "restart",
+        "ingress_down",
+        "move",
+        "range_reassignment",
+        "port",
+        "consent",
+        "buddies",
+        "journal_failure",
+    ] {
+        assert!(
+            report.faults.get(fault).copied().unwrap_or(0) > 0,
+            "seed 1 never injected {fault}: {:?}",
+            report.faults
+        );
+    }
     assert!(report.charges > 0 && report.lost > 0 && report.retransmissions > 0);
+    assert!(
+        report.cross_worker > 0,
+        "the steering's misses are handed over"
+    );
+    assert!(
+        report.attempts > report.queries,
+        "devices asked again after a restart"
+    );
 }
 
 #[test]
@@ -71,8 +96,20 @@ fn a_seed_replays_exactly() {
     let b = run_seed(7);
     assert_eq!(a.outcomes, b.outcomes);
     assert_eq!(
-        (a.charges, a.network_messages, a.lost),
-        (b.charges, b.network_messages, b.lost)
+        (
+            a.charges,
+            a.border_frames,
+            a.lost,
+            a.cross_worker,
+            a.attempts
+        ),
+        (
+            b.charges,
+            b.border_frames,
+            b.lost,
+            b.cross_worker,
+            b.attempts
+        )
     );
 }
 

@@ -1,183 +1,201 @@
 //! One query walked through the thirteen steps of the seed's sequence, with
-//! the real roles and the shared numbering table, asserting each step.
-//! A (447700900123, network o2.gb) asks about B (4915112345678, t-mobile.de).
+//! two networks' [`Node`]s — the code the appliance runs — on the shared
+//! numbering table, asserting each step at the node's inputs and outputs.
+//! A (447700900123, network o2.gb) asks about B (4915112345678,
+//! t-mobile.de). Only bytes pass between the nodes, as on the wire.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use presence_codec::{
-    ClientOperation, ClientRequest, Credential, Message, Msisdn, Outcome, PresenceState, Publish,
-    Reachability,
+    ClientOperation, ClientRequest, Credential, FrameReader, Message, Msisdn, OpenFrame, Outcome,
+    PresenceState, Publish, Reachability, FRAME_LEN_ABSOLUTE_MAX, FRAME_LEN_DEFAULT_MAX,
 };
-use presence_engine::roles::{
-    Addr, Hss, Igps, IngressPoint, Ogps, Outbox, PresenceServer, PsId, Subscriber,
-    SubscriberRecord, WaConfig, WatcherApp,
-};
-use presence_engine::sim::SimNetwork;
-use presence_engine::table::{NumberingTable, Prefix};
+use presence_engine::journal::{Durability, JournalSink};
+use presence_engine::node::{BorderDest, Destination, Node, NodeConfig, Outgoing, Provisioned};
+use presence_engine::roles::{DecisionRecord, Hss, PsId};
+use presence_engine::table::{NetworkId, NumberingTable, Prefix};
 
 fn m(text: &str) -> Msisdn {
     text.parse().unwrap()
 }
 
+/// A journal that keeps what it is given.
+#[derive(Default)]
+struct Journal {
+    records: Vec<(u64, DecisionRecord)>,
+    tickets: Vec<u64>,
+}
+
+impl JournalSink for Journal {
+    fn append(&mut self, seq: u64, _at_unix_ms: u64, _origin: &str, record: &DecisionRecord) {
+        self.records.push((seq, *record));
+    }
+    fn sync(&mut self, ticket: u64) {
+        self.tickets.push(ticket);
+    }
+}
+
+fn frame(message: &Message<'_>) -> Vec<u8> {
+    let mut frame = OpenFrame::new(Vec::new(), FRAME_LEN_DEFAULT_MAX);
+    frame.push(message).unwrap();
+    frame.into_bytes()
+}
+
+fn messages(frame: &[u8]) -> Vec<Message<'_>> {
+    FrameReader::new(frame, FRAME_LEN_ABSOLUTE_MAX)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn drain(node: &mut Node) -> Vec<Outgoing> {
+    std::iter::from_fn(|| node.poll_transmit()).collect()
+}
+
+fn provisioned(credential: &[u8], buddies: Vec<Msisdn>) -> Provisioned {
+    Provisioned {
+        credential: credential.to_vec(),
+        credit: 10,
+        consent: true,
+        buddies,
+    }
+}
+
+fn node(network: NetworkId, peer: NetworkId, world: &Arc<NumberingTable>, hss: &Arc<Hss>) -> Node {
+    let mut config = NodeConfig::new(network, 0, 1);
+    config.peers = vec![peer];
+    let mut node = Node::new(config, world, hss);
+    // The peer's border links said: one worker.
+    node.set_peer_workers(peer, 1);
+    node
+}
+
 #[test]
-fn a_query_walks_the_thirteen_steps() {
+fn a_query_walks_the_thirteen_steps_through_two_nodes() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv");
     let world = Arc::new(NumberingTable::load(&path, None).unwrap());
     let names = world.snapshot().names().clone();
     let (net_a, net_b) = (names.id("o2.gb").unwrap(), names.id("t-mobile.de").unwrap());
     let (a, b) = (m("447700900123"), m("4915112345678"));
+    let a_device: SocketAddr = "10.0.0.1:4000".parse().unwrap();
+    let b_device: SocketAddr = "10.0.1.1:4000".parse().unwrap();
 
-    // Network A: the WA (A provisioned with a credential and 10 units of
-    // credit) and the OGPS (B's network has two ingress points, one down).
-    let o2 = SimNetwork::from_table_csv(&std::fs::read_to_string(&path).unwrap(), "o2.gb");
-    let mut config = WaConfig::new(net_a, o2.prefixes);
-    config.foreign_ranges = o2.foreign_inside;
-    // A number of a carve-out inside o2's 44770 block is external (step 3).
-    assert!(config
-        .foreign_ranges
-        .contains(&Prefix::parse("4477000").unwrap()));
-    let mut wa = WatcherApp::new(
-        config,
-        HashMap::from([(
-            a,
-            Subscriber {
-                credential: b"secret-a".to_vec(),
-                credit: 10,
-            },
-        )]),
+    // Network A: A provisioned with a credential and 10 units of credit.
+    let hss_a = Arc::new(Hss::new(&[(Prefix::parse("447700").unwrap(), PsId(0))]));
+    let mut node_a = node(net_a, net_b, &world, &hss_a);
+    node_a.provision(
+        0,
+        &HashMap::from([(a, provisioned(b"secret-a", vec![]))]),
+        &hss_a,
     );
-    let mut ogps = Ogps::new(
-        net_a,
-        1,
-        &world,
-        HashMap::from([(
-            net_b,
-            vec![
-                IngressPoint { id: 0, up: false },
-                IngressPoint { id: 1, up: true },
-            ],
-        )]),
+    // Network B: B's range on presence server 1; B lets A watch and is
+    // attached.
+    let hss_b = Arc::new(Hss::new(&[(Prefix::parse("49151").unwrap(), PsId(1))]));
+    let mut node_b = node(net_b, net_a, &world, &hss_b);
+    node_b.provision(
+        0,
+        &HashMap::from([(b, provisioned(b"secret-b", vec![a]))]),
+        &hss_b,
     );
-    // Network B: HSS (B's range on presence server 1), an IGPS, and the
-    // presence server holding B, who lets A watch and is attached.
-    let hss = Arc::new(Hss::new(&[(Prefix::parse("49151").unwrap(), PsId(1))]));
-    let mut igps = Igps::new(net_b, &hss, &world);
-    let mut ps = PresenceServer::new(PsId(1), net_b, 4, 10_000, 1024);
-    ps.provision(b, SubscriberRecord::new(b"secret-b".to_vec(), vec![a]));
-    let mut out = Outbox::default();
-    ps.handle(
-        1_000,
-        Addr::Device(b),
-        net_b,
-        &Message::Publish(Publish {
+    node_b.handle_datagram(
+        1_000_000,
+        b_device,
+        &frame(&Message::Publish(Publish {
             txid: 1,
             subscriber: b,
             state: PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS),
             credential: Credential::new(b"secret-b").unwrap(),
-        }),
-        &mut out,
+        })),
     );
-    out.clear();
+    let acks = drain(&mut node_b);
+    assert_eq!(
+        acks[0].to,
+        Destination::Device(b_device),
+        "the publication is acked"
+    );
 
-    // Step 1: A asks the WA "is B attached?", naming B by MSISDN.
-    let now = 5_000;
-    let request = ClientRequest {
-        txid: 42,
-        watcher: a,
-        target: b,
-        operation: ClientOperation::Query,
-        credential: Credential::new(b"secret-a").unwrap(),
-    };
-    wa.handle(
+    // Step 1: A asks "is B attached?", naming B by MSISDN.
+    let now = 5_000_000;
+    node_a.handle_datagram(
         now,
-        Addr::Device(a),
-        &Message::ClientRequest(request),
-        &mut out,
+        a_device,
+        &frame(&Message::ClientRequest(ClientRequest {
+            txid: 42,
+            watcher: a,
+            target: b,
+            operation: ClientOperation::Query,
+            credential: Credential::new(b"secret-a").unwrap(),
+        })),
     );
     // Step 2: the WA authenticated A and debited the credit.
-    assert_eq!(wa.counters().accepted, 1);
-    assert_eq!(wa.credit(a), Some(9));
-    // Step 3: B's number is not in A's network.
-    assert!(!wa.is_home(b));
-    assert!(wa.is_home(a));
-    assert!(!wa.is_home(m("447700012345")), "carved out of o2's block");
-    // Step 4: the query goes to A's OGPS.
-    assert_eq!(out.transmits.len(), 1);
-    let step4 = out.transmits.pop().unwrap();
-    assert_eq!(step4.to, Addr::Ogps);
-    let Message::Query(query) = step4.message else {
-        panic!("step 4 sends a query")
+    assert_eq!(node_a.credit(a), Some(9));
+    // Step 3: B's number is not A's network's (the numbering table says;
+    // a number carved out of o2's 44770 block is not o2's either).
+    assert_eq!(world.snapshot().lookup(b), Some(net_b));
+    assert_ne!(world.snapshot().lookup(m("447700012345")), Some(net_a));
+    // Steps 4–6: the query went to A's OGPS, which found B's network
+    // (step 5) and sent it out through the border (step 6), one hop used,
+    // the table version stamped, to the worker of B's gateway owning B.
+    let out = drain(&mut node_a);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].to,
+        Destination::Border(BorderDest {
+            network: net_b,
+            worker: Some(0)
+        })
+    );
+    let step6 = out[0].frame.clone();
+    let Message::Query(query) = messages(&step6)[0] else {
+        panic!("step 6 forwards a query")
     };
-    assert_eq!((query.watcher, query.target, query.hop_limit), (a, b, 8));
+    assert_eq!((query.watcher, query.target, query.hop_limit), (a, b, 7));
+    assert_eq!(query.route_version, 1);
     assert_eq!(query.budget_ms, 1500);
 
-    // Step 5: the OGPS derives B's network from B's MSISDN.
-    assert_eq!(world.snapshot().lookup(b), Some(net_b));
-    ogps.handle(now, Addr::Wa(0), &step4.message, &mut out);
-    // Step 6: the query goes out through the border to B's IGPS (the ingress
-    // point that is up), one hop used, the table version stamped.
-    let step6 = out.transmits.pop().unwrap();
-    assert_eq!(
-        step6.to,
-        Addr::Border {
-            network: net_b,
-            ingress: 1
-        }
-    );
-    let Message::Query(forwarded) = step6.message else {
-        panic!("step 6 forwards the query")
-    };
-    assert_eq!(forwarded.hop_limit, 7);
-    assert_eq!(forwarded.route_version, 1);
-    assert_eq!(forwarded.txid, query.txid);
-
-    // Steps 7–8: B's IGPS asks the HSS for B's presence server. The origin is
-    // the border link's authenticated peer: network A.
-    assert_eq!(hss.lookup(b), Some(PsId(1)));
-    igps.handle(
-        now + 10,
-        Addr::Border {
-            network: net_a,
-            ingress: 1,
-        },
-        net_a,
-        &step6.message,
-        &mut out,
-    );
-    // Step 9: the query goes to that presence server, origin carried beside it.
-    let step9 = out.transmits.pop().unwrap();
-    assert_eq!(step9.to, Addr::Ps(PsId(1)));
-    assert_eq!(step9.origin, net_a);
-
-    // Step 10: A is one of B's buddies and B still consents.
-    assert!(ps.subscriber(b).unwrap().permits(a));
-    ps.handle(
-        now + 11,
-        Addr::Igps(1),
-        step9.origin,
-        &step9.message,
-        &mut out,
+    // Steps 7–10: B's IGPS takes the origin from the border link (network
+    // A, passed beside the frame: the message names no network), asks the
+    // HSS for B's presence server (7–8) and forwards there (9), which finds
+    // A on B's buddy list with B's consent (10). The answer waits for the
+    // journal: nothing leaves yet.
+    node_b.handle_border_frame(now + 10_000, net_a, &step6);
+    assert!(
+        drain(&mut node_b).is_empty(),
+        "held until the charge is durable"
     );
     // Step 11: one charge record, for A, against A's network.
-    assert_eq!(out.records.len(), 1);
-    let record = out.records[0];
+    let mut journal = Journal::default();
+    node_b.poll_journal(&mut journal);
+    assert_eq!(journal.records.len(), 1);
+    let (seq, record) = journal.records[0];
     assert!(record.chargeable());
     assert_eq!(
-        (record.origin, record.watcher, record.target),
-        (net_a, a, b)
+        (record.origin, record.watcher, record.target, record.ps),
+        (net_a, a, b, PsId(1))
     );
-    // Step 12: B's status goes back to A's WA through the border.
-    let step12 = out.transmits.pop().unwrap();
+    // Step 12: once the record is durable, B's status goes back to A's WA
+    // through the border, to the worker that asked.
+    node_b.handle_durable(
+        now + 11_000,
+        Durability {
+            durable_seq: seq,
+            synced_ticket: journal.tickets[0],
+            healthy: true,
+        },
+    );
+    let out = drain(&mut node_b);
     assert_eq!(
-        step12.to,
-        Addr::BorderReply {
+        out[0].to,
+        Destination::Border(BorderDest {
             network: net_a,
-            reply_node: 0
-        }
+            worker: Some(0)
+        })
     );
-    let Message::Answer(answer) = step12.message else {
+    let step12 = out[0].frame.clone();
+    let Message::Answer(answer) = messages(&step12)[0] else {
         panic!("step 12 is an answer")
     };
     assert_eq!(
@@ -187,30 +205,33 @@ fn a_query_walks_the_thirteen_steps() {
             confirmed_age_s: 4
         }
     );
-    out.clear();
 
-    // Step 13: the WA answers A, once.
-    wa.handle(now + 20, Addr::Ogps, &step12.message, &mut out);
-    let step13 = out.transmits.pop().unwrap();
-    assert_eq!(step13.to, Addr::Device(a));
-    let Message::Answer(final_answer) = step13.message else {
+    // Step 13: A's WA answers A, once, with A's own request id.
+    node_a.handle_border_frame(now + 20_000, net_b, &step12);
+    let out = drain(&mut node_a);
+    assert_eq!(out[0].to, Destination::Device(a_device));
+    let Message::Answer(final_answer) = messages(&out[0].frame)[0] else {
         panic!("step 13 is an answer")
     };
-    assert_eq!(final_answer.txid, 42, "A's own request id");
+    assert_eq!(final_answer.txid, 42);
     assert_eq!(final_answer.outcome, answer.outcome);
-    assert_eq!(wa.pending_len(), 0);
-    assert_eq!(wa.credit(a), Some(9), "an answered query is paid");
-    // A duplicate of the answer changes nothing: A was answered exactly once.
-    wa.handle(now + 21, Addr::Ogps, &step12.message, &mut out);
-    assert!(out.transmits.is_empty());
-    // And a retransmitted query is answered again without a second charge.
-    ps.handle(
-        now + 30,
-        Addr::Igps(0),
-        step9.origin,
-        &step9.message,
-        &mut out,
+    assert_eq!(node_a.pending(), 0);
+    assert_eq!(node_a.credit(a), Some(9), "an answered query is paid");
+    // A duplicate of the answer changes nothing: A was answered once.
+    node_a.handle_border_frame(now + 21_000, net_b, &step12);
+    assert!(drain(&mut node_a).is_empty());
+    // A retransmitted query is answered again without a second charge.
+    node_b.handle_border_frame(now + 30_000, net_a, &step6);
+    node_b.poll_journal(&mut journal);
+    assert_eq!(journal.records.len(), 1, "no second record");
+    node_b.handle_durable(
+        now + 31_000,
+        Durability {
+            durable_seq: seq,
+            synced_ticket: *journal.tickets.last().unwrap(),
+            healthy: true,
+        },
     );
-    assert!(out.records.is_empty());
-    assert_eq!(out.transmits.len(), 1);
+    let again = drain(&mut node_b);
+    assert_eq!(messages(&again[0].frame), messages(&step12));
 }

@@ -18,7 +18,7 @@ use presence_bench::load::topology::{
     original_cpus, process_cpu_us, with_cpus, ApplianceSettings, Networks, Topology, A_NAME, B_NAME,
 };
 use presence_bench::load::{find_max, wait_until_answering, Search, SearchResult};
-use presence_engine::demo::TwoNetworkSettings;
+use presence_engine::lab::TwoNetworkSettings;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -62,6 +62,11 @@ struct Cli {
     /// Appliance workers spin instead of sleeping in epoll.
     #[arg(long)]
     poll_mode: bool,
+    /// Start the appliances with `network.steering = false`: the kernel
+    /// hashes datagrams and connections over the workers, which hand
+    /// messages to their owners (to measure what steering saves).
+    #[arg(long)]
+    no_steering: bool,
     /// Duplicate-window ring size of the appliances the harness starts
     /// (default 2^22 / workers, at least 2^19).
     #[arg(long)]
@@ -256,11 +261,15 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let ceiling = if cli.ceiling {
         // The echo stands in for the appliances: it runs where they will.
         let echo = with_cpus(&cli.appliance_cpus, || EchoServer::start(workers))?;
+        // The same grouping of requests by owner as the appliances get.
+        let grouping = u16::try_from(workers).unwrap_or(1);
         let mut driver = Driver::new(
             &population,
             Targets {
                 a: echo.addr(),
                 b: Some(echo.addr()),
+                a_workers: grouping,
+                b_workers: grouping,
             },
             Responder::Echo,
             sockets,
@@ -311,17 +320,30 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 .window_slots
                 .unwrap_or(((1usize << 22) / workers).max(1 << 19)),
             metrics: false,
+            steering: !cli.no_steering,
         },
         cpus: cli.appliance_cpus.clone(),
     };
     let (topology, targets) = match (&networks, &cli.spawn) {
-        (None, _) => (
-            Topology::External,
-            Targets {
-                a: cli.target.ok_or("no --target")?,
-                b: cli.target_b,
-            },
-        ),
+        (None, _) => {
+            // A running appliance's worker count, from its configuration
+            // in --networks, groups the requests by owner.
+            let workers_of = |name: &str| {
+                presence_engine::config::ApplianceConfig::load(
+                    &population_dir.join(name).join("gw.toml"),
+                )
+                .map_or(1, |c| u16::try_from(c.workers).unwrap_or(1))
+            };
+            (
+                Topology::External,
+                Targets {
+                    a: cli.target.ok_or("no --target")?,
+                    b: cli.target_b,
+                    a_workers: workers_of(A_NAME),
+                    b_workers: workers_of(B_NAME),
+                },
+            )
+        }
         (Some(networks), Some(binary)) => Topology::processes(binary, networks, &settings)?,
         (Some(networks), None) => Topology::embedded(networks, &settings)?,
     };
@@ -330,7 +352,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         measure(
             cli,
             &population,
-            (targets, &watched),
+            (targets, &watched, &topology),
             mix,
             timeout,
             ceiling,
@@ -349,7 +371,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
 fn measure(
     cli: &Cli,
     population: &Population,
-    (targets, watched): (Targets, &[(&str, u32)]),
+    (targets, watched, topology): (Targets, &[(&str, u32)], &Topology),
     mix: Mix,
     timeout: Duration,
     ceiling: Option<f64>,
@@ -408,6 +430,7 @@ fn measure(
     }
     let workload = Workload::Mix(mix, cli.seed);
     let mut cpu_per_query: Vec<(String, f64)> = Vec::new();
+    let mut cross_per_query: Option<(f64, f64)> = None;
     let result = if cli.max {
         writeln!(
             out,
@@ -443,6 +466,7 @@ fn measure(
             .iter()
             .map(|(_, pid)| process_cpu_us(*pid))
             .collect();
+        let cross_before = topology.cross_worker();
         let step = driver.run(
             &StepSpec {
                 rate: cli.rate,
@@ -452,6 +476,15 @@ fn measure(
             },
             &mut progress,
         )?;
+        // Hand-offs between workers per query, each appliance (their
+        // counters are published every 100 ms: let the last publication in).
+        std::thread::sleep(Duration::from_millis(250));
+        if let (Some((a0, b0)), Some((a1, b1))) = (cross_before, topology.cross_worker()) {
+            let per = |before: u64, after: u64| {
+                after.saturating_sub(before) as f64 / step.answered.max(1) as f64
+            };
+            cross_per_query = Some((per(a0, a1), per(b0, b1)));
+        }
         // CPU per answered query, over the step (drain included).
         for ((name, pid), before) in watched.iter().zip(cpu_before) {
             if let (Some(before), Some(after)) = (before, process_cpu_us(*pid)) {
@@ -489,6 +522,12 @@ fn measure(
             cells.join("  ")
         )?;
     }
+    if let Some((a, b)) = cross_per_query {
+        writeln!(
+            out,
+            "  hand-offs between workers per query: A {a:.4}  B {b:.4}   (presence_cross_worker_total over the step)"
+        )?;
+    }
     if let Some(path) = &cli.percentiles {
         report::write_percentiles(path, &headline.latency)?;
         writeln!(out, "  percentiles  {}", path.display())?;
@@ -514,6 +553,13 @@ fn measure(
                 .map(|(name, us)| (name.clone(), ((us * 100.0).round() / 100.0).into()))
                 .collect();
             extra.insert("cpu_us_per_query".into(), map.into());
+        }
+        if let Some((a, b)) = cross_per_query {
+            let round = |x: f64| (x * 1e4).round() / 1e4;
+            extra.insert(
+                "cross_worker_per_query".into(),
+                serde_json::json!({ "A": round(a), "B": round(b) }),
+            );
         }
         extra.insert("send_errors".into(), headline.send_errors.into());
         extra.insert("not_sent".into(), headline.not_sent.into());

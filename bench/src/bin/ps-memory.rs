@@ -46,7 +46,7 @@ fn main() {
     let pool = random_msisdns(&rows, 1_000_000, 0xb0dd);
     let (before, _) = rss_kib();
     let started = Instant::now();
-    let mut ps = PresenceServer::new(PsId(0), NetworkId(1), 1, 1700, 1 << 10);
+    let mut ps = PresenceServer::new(PsId(0), NetworkId(1), 1700, 1 << 10);
     let mut rng = XorShift::new(0x5eed);
     // Subscribers drawn in slices so the generator's own memory stays
     // small, until exactly N distinct numbers are held.

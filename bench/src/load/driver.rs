@@ -6,8 +6,11 @@
 //!
 //! IO habits are the appliance's own: requests packed into full datagrams,
 //! `sendmmsg`/`recvmmsg` in batches of 64 ([`presence_engine::runtime::udp`]),
-//! several source sockets so the kernel spreads them over the appliance's
-//! workers, one thread, no allocation per request.
+//! several source sockets, one thread, no allocation per request. Like a
+//! device gateway that batches, the driver packs each datagram with the
+//! requests of one owning worker only (`presence_codec::shard::owner` of the
+//! watcher, or of the publishing subscriber): the appliance's steering then
+//! delivers the whole datagram to that worker.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,6 +19,7 @@ use bytes::BufMut;
 use hdrhistogram::Histogram;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
+use presence_codec::shard::owner;
 use presence_codec::{FrameReader, FrameWriter, Message, FRAME_LEN_DEFAULT_MAX};
 use presence_engine::runtime::udp::{RecvBatch, SendBatch, BATCH};
 
@@ -29,6 +33,23 @@ pub struct Targets {
     pub a: SocketAddr,
     /// B's devices' address (publications), if known.
     pub b: Option<SocketAddr>,
+    /// Workers of A's appliance: a datagram to A holds the requests of one
+    /// owner only.
+    pub a_workers: u16,
+    /// Workers of B's appliance, likewise.
+    pub b_workers: u16,
+}
+
+impl Targets {
+    /// A and B, each with one worker (no grouping).
+    pub fn new(a: SocketAddr, b: Option<SocketAddr>) -> Targets {
+        Targets {
+            a,
+            b,
+            a_workers: 1,
+            b_workers: 1,
+        }
+    }
 }
 
 /// What answers the requests.
@@ -201,8 +222,10 @@ pub struct Driver<'p> {
     events: Events,
     next_socket: usize,
     next_base: u64,
-    frame_a: Vec<u8>,
-    frame_b: Vec<u8>,
+    /// Open frames for A, one per owning worker.
+    frames_a: Vec<Vec<u8>>,
+    /// Open frames for B, one per owning worker.
+    frames_b: Vec<Vec<u8>>,
     timer: Timer,
 }
 
@@ -367,8 +390,12 @@ impl<'p> Driver<'p> {
             events: Events::with_capacity(256),
             next_socket: 0,
             next_base: 0,
-            frame_a: Vec::with_capacity(FRAME_MAX),
-            frame_b: Vec::with_capacity(FRAME_MAX),
+            frames_a: (0..targets.a_workers.max(1))
+                .map(|_| Vec::with_capacity(FRAME_MAX))
+                .collect(),
+            frames_b: (0..targets.b_workers.max(1))
+                .map(|_| Vec::with_capacity(FRAME_MAX))
+                .collect(),
             timer: Timer::new(&poll)?,
             poll,
         })
@@ -404,8 +431,9 @@ impl<'p> Driver<'p> {
             }
         }
         // Nothing of an earlier step goes out in this one.
-        self.frame_a.clear();
-        self.frame_b.clear();
+        for frame in self.frames_a.iter_mut().chain(&mut self.frames_b) {
+            frame.clear();
+        }
         for batch in &mut self.sends {
             batch.clear();
         }
@@ -483,8 +511,7 @@ impl<'p> Driver<'p> {
             }
             if state.result.sent == total {
                 // Whatever the last burst could not queue goes now.
-                self.close_frame(Destination::A, &mut state);
-                self.close_frame(Destination::B, &mut state);
+                self.close_all(&mut state);
             }
             if !state.window_closed && now_ns >= state.window_ns {
                 state.window_closed = true;
@@ -527,8 +554,10 @@ impl<'p> Driver<'p> {
     /// Frames not yet handed to the kernel: open frames and queued
     /// datagrams.
     fn queued(&self) -> u64 {
-        let open = [&self.frame_a, &self.frame_b]
+        let open = self
+            .frames_a
             .iter()
+            .chain(&self.frames_b)
             .filter(|f| !f.is_empty())
             .count();
         (open + self.sends.iter().map(SendBatch::len).sum::<usize>()) as u64
@@ -551,26 +580,37 @@ impl<'p> Driver<'p> {
     }
 
     /// Encodes requests up to sequence `upto` (exclusive, step-relative)
-    /// into frames and queues the frames, as far as the batches take them.
+    /// into frames, one open frame per destination and owning worker, and
+    /// queues the frames, as far as the batches take them.
     fn send_burst(&mut self, workload: &Workload, state: &mut StepState, upto: u64) {
         let population = self.population;
         while state.result.sent < upto {
             let seq = state.base + state.result.sent;
             let (destination, message) = workload.request(population, seq, state.result.sent);
-            let frame = match destination {
-                Destination::A => &mut self.frame_a,
-                Destination::B => &mut self.frame_b,
+            let owner = match (&message, destination) {
+                (Message::ClientRequest(r), Destination::A) => {
+                    owner(r.watcher, self.targets.a_workers)
+                }
+                (Message::Publish(p), Destination::B) => {
+                    owner(p.subscriber, self.targets.b_workers)
+                }
+                (Message::ClientRequest(r), Destination::B) => {
+                    owner(r.watcher, self.targets.b_workers)
+                }
+                (Message::Publish(p), Destination::A) => {
+                    owner(p.subscriber, self.targets.a_workers)
+                }
+                _ => 0,
             };
             let len = message.encoded_len();
-            if !frame.is_empty()
-                && frame.len() + len > FRAME_MAX
-                && !self.close_frame(destination, state)
-            {
+            let full = self
+                .frame(destination, owner)
+                .is_some_and(|f| !f.is_empty() && f.len() + len > FRAME_MAX);
+            if full && !self.close_frame(destination, owner, state) {
                 return;
             }
-            let frame = match destination {
-                Destination::A => &mut self.frame_a,
-                Destination::B => &mut self.frame_b,
+            let Some(frame) = self.frame(destination, owner) else {
+                return;
             };
             if frame.is_empty() && FrameWriter::new(frame, FRAME_MAX).is_err() {
                 return;
@@ -580,17 +620,43 @@ impl<'p> Driver<'p> {
             }
             state.result.sent += 1;
         }
-        for destination in [Destination::A, Destination::B] {
-            self.close_frame(destination, state);
+        self.close_all(state);
+    }
+
+    /// The open frame for `destination`'s worker `owner`.
+    fn frame(&mut self, destination: Destination, owner: u16) -> Option<&mut Vec<u8>> {
+        match destination {
+            Destination::A => self.frames_a.get_mut(usize::from(owner)),
+            Destination::B => self.frames_b.get_mut(usize::from(owner)),
         }
     }
 
-    /// Queues the open frame for `destination` on the next socket; `false`
-    /// if every batch is full (the frame stays open).
-    fn close_frame(&mut self, destination: Destination, state: &mut StepState) -> bool {
-        let (frame, to) = match destination {
-            Destination::A => (&mut self.frame_a, Some(self.targets.a)),
-            Destination::B => (&mut self.frame_b, self.targets.b),
+    /// Queues every open frame (those the batches take).
+    fn close_all(&mut self, state: &mut StepState) {
+        for (destination, workers) in [
+            (Destination::A, self.frames_a.len()),
+            (Destination::B, self.frames_b.len()),
+        ] {
+            for owner in 0..workers {
+                let owner = u16::try_from(owner).unwrap_or(0);
+                self.close_frame(destination, owner, state);
+            }
+        }
+    }
+
+    /// Queues the open frame for `destination`'s worker `owner` on the next
+    /// socket; `false` if every batch is full (the frame stays open).
+    fn close_frame(&mut self, destination: Destination, owner: u16, state: &mut StepState) -> bool {
+        let to = match destination {
+            Destination::A => Some(self.targets.a),
+            Destination::B => self.targets.b,
+        };
+        let frame = match destination {
+            Destination::A => self.frames_a.get_mut(usize::from(owner)),
+            Destination::B => self.frames_b.get_mut(usize::from(owner)),
+        };
+        let Some(frame) = frame else {
+            return true;
         };
         if frame.is_empty() {
             return true;

@@ -3,7 +3,7 @@
 //! spawns, or appliances already running somewhere (`--target`).
 //!
 //! The first two generate the networks' folders with
-//! [`presence_engine::demo::write_two_networks`]: certificates, configuration,
+//! [`presence_engine::lab::write_two_networks`]: certificates, configuration,
 //! HSS ranges and subscribers drawn from the shipped numbering table's
 //! ranges. A folder made once is reused by later runs with the same
 //! population (generating a million subscribers each takes a while).
@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use presence_engine::demo::{
+use presence_engine::lab::{
     self, DemoError, NetworkFolder, SpawnedAppliance, TwoAppliances, TwoNetworkSettings,
 };
 use presence_engine::runtime::StartOptions;
@@ -66,7 +66,7 @@ impl Networks {
                 std::fs::remove_dir_all(root)?;
             }
             std::fs::create_dir_all(root)?;
-            demo::write_two_networks(root, table, A_NAME, B_NAME, watchers, targets)?;
+            lab::write_two_networks(root, table, A_NAME, B_NAME, watchers, targets)?;
             std::fs::write(root.join(MARKER), marker)?;
         }
         let folder = |name: &str| NetworkFolder {
@@ -120,7 +120,7 @@ impl Topology {
     ) -> Result<(Topology, Targets), DemoError> {
         // Worker threads inherit the affinity of the thread starting them.
         let two = with_cpus(&settings.cpus, || {
-            demo::start_two_appliances(
+            lab::start_two_appliances(
                 &networks.a,
                 &networks.b,
                 &networks.table,
@@ -131,9 +131,12 @@ impl Topology {
                 StartOptions::default(),
             )
         })?;
+        let workers = u16::try_from(settings.appliance.workers).unwrap_or(1);
         let targets = Targets {
             a: two.a.client_addr(),
             b: Some(two.b.client_addr()),
+            a_workers: workers,
+            b_workers: workers,
         };
         Ok((Topology::Embedded(Box::new(two)), targets))
     }
@@ -150,7 +153,7 @@ impl Topology {
             ..settings.appliance
         };
         let write = |me: &NetworkFolder, peer: &NetworkFolder, addr| {
-            demo::write_config_with(me, &peer.name, &networks.table, addr, &appliance)
+            lab::write_config_with(me, &peer.name, &networks.table, addr, &appliance)
         };
         let cpus = settings.cpus.clone();
         let spawn = |config: &Path, log: &str| {
@@ -177,9 +180,12 @@ impl Topology {
                 "B did not finish its reload (see b.log)".into(),
             ));
         }
+        let workers = u16::try_from(settings.appliance.workers).unwrap_or(1);
         let targets = Targets {
             a: a.client,
             b: Some(b.client),
+            a_workers: workers,
+            b_workers: workers,
         };
         Ok((
             Topology::Processes {
@@ -201,6 +207,22 @@ impl Topology {
             }
             Topology::Embedded(_) => vec![("harness with A and B", me)],
             Topology::External => vec![("harness", me)],
+        }
+    }
+
+    /// Messages each appliance has handed between its workers so far
+    /// (`presence_cross_worker_total`), A's and B's; `None` for appliances
+    /// the harness did not start.
+    pub fn cross_worker(&self) -> Option<(u64, u64)> {
+        match self {
+            Topology::Embedded(two) => {
+                Some((two.a.report().cross_worker(), two.b.report().cross_worker()))
+            }
+            Topology::Processes { a, b } => Some((
+                scrape_sum(a.metrics?, "presence_cross_worker_total")?,
+                scrape_sum(b.metrics?, "presence_cross_worker_total")?,
+            )),
+            Topology::External => None,
         }
     }
 
@@ -324,4 +346,28 @@ pub fn pin_current(cpus: &[usize]) -> bool {
         }
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
+}
+
+/// The sum of every sample of metric `name` on the Prometheus endpoint at
+/// `addr` (`GET /metrics`; appliances publish their counters every 100 ms).
+pub fn scrape_sum(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body).ok()?;
+    Some(
+        body.lines()
+            .filter(|line| {
+                line.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum(),
+    )
 }

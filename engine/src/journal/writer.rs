@@ -1,13 +1,17 @@
 //! One worker's journal writer and its syncer thread.
 //!
-//! The worker appends records to a buffer during a turn
-//! ([`JournalWriter::append`]), writes the buffer with one `write` at the
-//! turn's end ([`JournalWriter::end_turn`]) and asks its syncer thread to
-//! make it durable. The syncer takes every request waiting, `fdatasync`s
-//! each file they name once (and the directory after a rotation), then
-//! publishes the highest sequence number now durable and wakes the worker,
-//! which releases the answers that waited for it. Nothing on the worker's
-//! side blocks on the disk except opening a segment.
+//! The node numbers its decision records and hands them over each turn
+//! ([`JournalSink::append`]), with a ticket for the sync it wants
+//! ([`JournalSink::sync`]). At the turn's end the worker calls
+//! [`JournalWriter::end_turn`]: one `write` of the turn's records (rotating
+//! first if the segment is full or old) and one request to the syncer
+//! thread, which takes every request waiting, `fdatasync`s the newest file
+//! once, publishes the highest sequence number and ticket now durable and
+//! wakes the worker; the worker reports that to its node
+//! ([`JournalWriter::durability`]), which releases the answers that waited
+//! for it. Nothing on the worker's side blocks on the disk except opening a
+//! segment. The writer reads no clock: every method that needs the time
+//! takes a [`JournalTime`].
 
 use std::fs::File;
 use std::io::Write;
@@ -15,11 +19,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
 
-use super::{create_segment, encode_record, sync_dir, JournalError, SegmentHeader};
+use super::{
+    create_segment, encode_record, sync_dir, Durability, JournalError, JournalSink, SegmentHeader,
+};
 use crate::roles::DecisionRecord;
 
 /// When a segment is closed and the next one opened.
@@ -40,12 +46,22 @@ impl Default for SegmentLimits {
     }
 }
 
+/// The time, as the writer's caller reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalTime {
+    /// Milliseconds on the caller's monotonic clock (rotation age, sync
+    /// stalls, retries).
+    pub ms: u64,
+    /// Milliseconds since the Unix epoch (segment headers).
+    pub unix_ms: u64,
+}
+
 /// How long a failed journal waits before trying a new segment.
-const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+const RETRY_AFTER_FAILURE_MS: u64 = 1_000;
 /// Records written but not durable for this long, with no sync completing,
 /// count as a failed disk: a hung `fdatasync` (a dead NFS server, a path
 /// queueing I/O forever) must not hold answers without bound.
-const SYNC_STALL: Duration = Duration::from_secs(5);
+const SYNC_STALL_MS: u64 = 5_000;
 /// Most sync requests waiting for the syncer (one per turn that wrote).
 const SYNC_QUEUE: usize = 1024;
 
@@ -63,8 +79,8 @@ pub enum SyncState {
 struct SyncRequest {
     upto: u64,
     file: Arc<File>,
-    /// Numbers the requests: once a sync that started after request `n`
-    /// was sent completes, every ticket up to `n` is synced.
+    /// The node's ticket: once this sync completes, every ticket up to it
+    /// is synced.
     ticket: u64,
 }
 
@@ -76,30 +92,30 @@ pub struct JournalWriter {
     limits: SegmentLimits,
     file: Option<Arc<File>>,
     segment_bytes: u64,
-    segment_opened: Instant,
+    segment_opened_ms: u64,
     buf: Vec<u8>,
-    next_seq: u64,
-    /// Highest sequence number appended (in `buf` or written).
+    /// Highest sequence number the node appended (taken or, while failed,
+    /// refused).
     appended: u64,
     /// Highest sequence number handed to the file system.
     written: u64,
+    /// The ticket the node asked for this turn, and the last one sent.
+    ticket_wanted: Option<u64>,
+    last_ticket: u64,
     /// A request the syncer's queue had no room for, retried next turn.
     unsent: Option<SyncRequest>,
     durable: Arc<AtomicU64>,
-    /// The ticket the next sync request carries, whether one was asked for
-    /// this turn, and the highest ticket a completed sync covered.
-    next_ticket: u64,
-    ticket_wanted: bool,
     synced_ticket: Arc<AtomicU64>,
     /// The last value [`durable_seq`](Self::durable_seq) returned.
     confirmed: u64,
     sync_failed: Arc<AtomicBool>,
     requests: Option<Sender<SyncRequest>>,
     syncer: Option<JoinHandle<()>>,
-    failed_at: Option<Instant>,
-    /// The durable sequence number last seen, and since when it has not
-    /// moved while records were outstanding.
-    progress: (u64, Instant),
+    /// When the journal failed (ms), while it is failed.
+    failed_at: Option<u64>,
+    /// The durable sequence number last seen, and since when (ms) it has
+    /// not moved while records were outstanding.
+    progress: (u64, u64),
     /// Records written to the file system (cumulative).
     pub records_written: u64,
 }
@@ -125,6 +141,7 @@ impl JournalWriter {
         worker: u16,
         next_seq: u64,
         limits: SegmentLimits,
+        time: JournalTime,
         wake: impl Fn() + Send + 'static,
     ) -> Result<JournalWriter, JournalError> {
         let next_seq = next_seq.max(1);
@@ -139,31 +156,27 @@ impl JournalWriter {
             limits,
             file: None,
             segment_bytes: 0,
-            segment_opened: Instant::now(),
+            segment_opened_ms: time.ms,
             buf: Vec::with_capacity(256 * 1024),
-            next_seq,
             appended: next_seq - 1,
             written: next_seq - 1,
+            ticket_wanted: None,
+            last_ticket: 0,
             unsent: None,
             durable: durable.clone(),
-            next_ticket: 1,
-            ticket_wanted: false,
             synced_ticket: synced_ticket.clone(),
             confirmed: next_seq - 1,
             sync_failed: sync_failed.clone(),
             requests: Some(tx),
             syncer: None,
             failed_at: None,
-            progress: (next_seq - 1, Instant::now()),
+            progress: (next_seq - 1, time.ms),
             records_written: 0,
         };
-        writer.open_segment()?;
+        writer.open_segment(time, 0)?;
         let thread = std::thread::Builder::new()
             .name(format!("journal-{worker}"))
-            .spawn({
-                let synced_ticket = writer.synced_ticket.clone();
-                move || run_syncer(rx, durable, synced_ticket, sync_failed, wake)
-            })
+            .spawn(move || run_syncer(rx, durable, synced_ticket, sync_failed, wake))
             .map_err(|source| JournalError::Io {
                 path: dir.to_path_buf(),
                 source,
@@ -172,11 +185,12 @@ impl JournalWriter {
         Ok(writer)
     }
 
-    fn open_segment(&mut self) -> Result<(), JournalError> {
-        self.open_segment_voiding(0)
+    /// The sequence number the node numbers its next record with.
+    pub fn next_seq(&self) -> u64 {
+        self.appended + 1
     }
 
-    fn open_segment_voiding(&mut self, void_from: u64) -> Result<(), JournalError> {
+    fn open_segment(&mut self, time: JournalTime, void_from: u64) -> Result<(), JournalError> {
         let io = |dir: &Path| {
             let dir = dir.to_path_buf();
             move |source| JournalError::Io { path: dir, source }
@@ -193,7 +207,7 @@ impl JournalWriter {
             network: self.network.clone(),
             worker: self.worker,
             first_seq: self.written + 1,
-            created_unix_ms: unix_ms(),
+            created_unix_ms: time.unix_ms,
             void_from,
         };
         let path = self.dir.join(header.file_name());
@@ -211,48 +225,9 @@ impl JournalWriter {
             return Err(e);
         }
         self.segment_bytes = header.encode().len() as u64;
-        self.segment_opened = Instant::now();
+        self.segment_opened_ms = time.ms;
         self.file = Some(Arc::new(file));
         Ok(())
-    }
-
-    /// Appends a decision to the turn's buffer and returns its sequence
-    /// number; `None` while the journal has failed (nothing is taken).
-    pub fn append(
-        &mut self,
-        record: &DecisionRecord,
-        at_unix_ms: u64,
-        origin: &str,
-    ) -> Option<u64> {
-        if self.failed_at.is_some() {
-            return None;
-        }
-        let seq = self.next_seq;
-        encode_record(&mut self.buf, seq, at_unix_ms, origin, record);
-        self.next_seq += 1;
-        self.appended = seq;
-        Some(seq)
-    }
-
-    /// The highest sequence number appended so far: an answer decided now
-    /// may be released once [`durable_seq`](Self::durable_seq) reaches it.
-    pub fn appended_seq(&self) -> u64 {
-        self.appended
-    }
-
-    /// A ticket for something closed now (a frame of answers): it is
-    /// synced ([`synced_ticket`](Self::synced_ticket)) once a sync that
-    /// started after this turn completes, whether or not the turn wrote
-    /// a record. Answers with and without records of their own so wait
-    /// alike.
-    pub fn ticket(&mut self) -> u64 {
-        self.ticket_wanted = true;
-        self.next_ticket
-    }
-
-    /// The highest ticket a completed sync covers.
-    pub fn synced_ticket(&self) -> u64 {
-        self.synced_ticket.load(Ordering::Acquire)
     }
 
     /// The highest sequence number known to be on disk, as far as the
@@ -266,6 +241,17 @@ impl JournalWriter {
         self.confirmed
     }
 
+    /// What to tell the node: durable records, synced tickets, health.
+    pub fn durability(&mut self) -> Durability {
+        // The ticket first: the syncer publishes records, then tickets.
+        let synced_ticket = self.synced_ticket.load(Ordering::Acquire);
+        Durability {
+            durable_seq: self.durable_seq(),
+            synced_ticket,
+            healthy: self.failed_at.is_none(),
+        }
+    }
+
     /// Whether records are being made durable.
     pub fn state(&self) -> SyncState {
         if self.failed_at.is_some() {
@@ -276,18 +262,18 @@ impl JournalWriter {
     }
 
     /// Ends a turn: writes what was appended (rotating first if the
-    /// segment is full or old) and asks for it to be synced. Notices a
-    /// failed sync. Returns the state after.
-    pub fn end_turn(&mut self) -> SyncState {
+    /// segment is full or old) and asks for it, and the node's ticket, to
+    /// be synced. Notices a failed or stalled sync. Returns the state after.
+    pub fn end_turn(&mut self, time: JournalTime) -> SyncState {
         if self.sync_failed.load(Ordering::Acquire) && self.failed_at.is_none() {
-            self.fail("a sync failed");
+            self.fail(time, "a sync failed");
         }
         if self.failed_at.is_none() {
             let durable = self.durable.load(Ordering::Acquire);
             if durable != self.progress.0 || durable >= self.written {
-                self.progress = (durable, Instant::now());
-            } else if self.progress.1.elapsed() >= SYNC_STALL {
-                self.fail("no sync completed for 5 s");
+                self.progress = (durable, time.ms);
+            } else if time.ms.saturating_sub(self.progress.1) >= SYNC_STALL_MS {
+                self.fail(time, "no sync completed for 5 s");
                 // The syncer may still be stuck in that sync: whatever it
                 // reports later is ignored until a new segment opens.
                 self.sync_failed.store(true, Ordering::Release);
@@ -297,67 +283,71 @@ impl JournalWriter {
             return SyncState::Failed;
         }
         if let Some(request) = self.unsent.take() {
-            self.request(request);
+            self.request(time, request);
         }
         if self.buf.is_empty() {
-            if std::mem::take(&mut self.ticket_wanted) {
-                if let Some(file) = self.file.clone() {
-                    let ticket = self.next_ticket;
-                    self.next_ticket += 1;
-                    self.request(SyncRequest {
+            if let (Some(ticket), Some(file)) = (self.ticket_wanted.take(), self.file.clone()) {
+                self.last_ticket = ticket;
+                self.request(
+                    time,
+                    SyncRequest {
                         upto: self.written,
                         file,
                         ticket,
-                    });
-                }
+                    },
+                );
             }
             return SyncState::Healthy;
         }
         let full = self.segment_bytes + self.buf.len() as u64 > self.limits.max_bytes;
-        let old = self.segment_opened.elapsed() >= self.limits.max_age;
+        let age_ms = u64::try_from(self.limits.max_age.as_millis()).unwrap_or(u64::MAX);
+        let old = time.ms.saturating_sub(self.segment_opened_ms) >= age_ms;
         if (full || old) && self.segment_bytes > 0 {
-            if let Err(e) = self.open_segment() {
-                self.fail(&e.to_string());
+            if let Err(e) = self.open_segment(time, 0) {
+                self.fail(time, &e.to_string());
                 return SyncState::Failed;
             }
         }
         let Some(file) = self.file.clone() else {
-            self.fail("no segment open");
+            self.fail(time, "no segment open");
             return SyncState::Failed;
         };
         if let Err(e) = (&*file).write_all(&self.buf) {
-            self.fail(&format!("write: {e}"));
+            self.fail(time, &format!("write: {e}"));
             return SyncState::Failed;
         }
         self.segment_bytes += self.buf.len() as u64;
         self.records_written += self.appended - self.written;
         self.written = self.appended;
         self.buf.clear();
-        self.ticket_wanted = false;
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        self.request(SyncRequest {
-            upto: self.written,
-            file,
-            ticket,
-        });
+        let ticket = self.ticket_wanted.take().unwrap_or(self.last_ticket);
+        self.last_ticket = ticket;
+        self.request(
+            time,
+            SyncRequest {
+                upto: self.written,
+                file,
+                ticket,
+            },
+        );
         SyncState::Healthy
     }
 
-    fn request(&mut self, request: SyncRequest) {
+    fn request(&mut self, time: JournalTime, request: SyncRequest) {
         let Some(tx) = &self.requests else { return };
         match tx.try_send(request) {
             Ok(()) => {}
             Err(TrySendError::Full(r)) => self.unsent = Some(r),
-            Err(TrySendError::Disconnected(_)) => self.fail("the syncer stopped"),
+            Err(TrySendError::Disconnected(_)) => self.fail(time, "the syncer stopped"),
         }
     }
 
-    fn fail(&mut self, why: &str) {
-        self.failed_at = Some(Instant::now());
+    fn fail(&mut self, time: JournalTime, why: &str) {
+        self.failed_at = Some(time.ms);
         self.file = None;
         self.buf.clear();
         self.unsent = None;
+        self.ticket_wanted = None;
         tracing::error!(
             worker = self.worker,
             durable = self.confirmed,
@@ -369,32 +359,29 @@ impl JournalWriter {
 
     /// While failed, at most once a second: tries a new segment. Returns
     /// whether the journal is healthy again.
-    pub fn try_recover(&mut self) -> bool {
+    pub fn try_recover(&mut self, time: JournalTime) -> bool {
         let Some(at) = self.failed_at else {
             return true;
         };
-        if at.elapsed() < RETRY_AFTER_FAILURE {
+        if time.ms.saturating_sub(at) < RETRY_AFTER_FAILURE_MS {
             return false;
         }
-        self.failed_at = Some(Instant::now());
+        self.failed_at = Some(time.ms);
         // Numbering skips what may have been lost, so no number is reused;
         // the answers waiting on those numbers were refused when the
         // failure was noticed, and the new header voids their records.
-        self.next_seq = self.appended + 1;
         self.written = self.appended;
         let void_from = if self.appended > self.confirmed {
             self.confirmed + 1
         } else {
             0
         };
-        match self.open_segment_voiding(void_from) {
+        match self.open_segment(time, void_from) {
             Ok(()) => {
                 self.sync_failed.store(false, Ordering::Release);
-                self.progress = (self.appended, Instant::now());
+                self.progress = (self.appended, time.ms);
                 self.durable.store(self.appended, Ordering::Release);
                 self.confirmed = self.appended;
-                self.synced_ticket
-                    .fetch_max(self.next_ticket - 1, Ordering::AcqRel);
                 self.failed_at = None;
                 tracing::info!(worker = self.worker, "charge-record journal writable again");
                 true
@@ -409,8 +396,8 @@ impl JournalWriter {
 
     /// On a clean stop: writes what is left, syncs it on this thread, and
     /// stops the syncer. Returns whether everything appended is durable.
-    pub fn close(&mut self) -> bool {
-        let _ = self.end_turn();
+    pub fn close(&mut self, time: JournalTime) -> bool {
+        let _ = self.end_turn(time);
         self.requests = None;
         if let Some(thread) = self.syncer.take() {
             let _ = thread.join();
@@ -425,6 +412,29 @@ impl JournalWriter {
                 true
             }
             _ => false,
+        }
+    }
+}
+
+impl JournalSink for JournalWriter {
+    /// Encodes the record into the turn's buffer; while the journal has
+    /// failed, nothing is taken (the node charges nothing meanwhile, and
+    /// the next segment's header voids the numbers).
+    fn append(&mut self, seq: u64, at_unix_ms: u64, origin: &str, record: &DecisionRecord) {
+        assert_eq!(
+            seq,
+            self.appended + 1,
+            "the node numbers records consecutively from the writer's next_seq"
+        );
+        self.appended = seq;
+        if self.failed_at.is_none() {
+            encode_record(&mut self.buf, seq, at_unix_ms, origin, record);
+        }
+    }
+
+    fn sync(&mut self, ticket: u64) {
+        if self.failed_at.is_none() {
+            self.ticket_wanted = Some(ticket);
         }
     }
 }
@@ -472,19 +482,14 @@ fn run_syncer(
     }
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{recover, scan_segment, segment_paths, test_dir};
+    use crate::journal::{recover, scan_segment, segment_paths, test_dir, JournalSink};
     use crate::roles::PsId;
     use crate::table::NetworkId;
     use presence_codec::{Msisdn, Outcome};
+    use std::time::Instant;
 
     fn record(txid: u64) -> DecisionRecord {
         DecisionRecord {
@@ -497,6 +502,20 @@ mod tests {
             ps: PsId(1),
             outcome: Outcome::Detached { confirmed_age_s: 1 },
         }
+    }
+
+    fn at(ms: u64) -> JournalTime {
+        JournalTime {
+            ms,
+            unix_ms: 1_700_000_000_000 + ms,
+        }
+    }
+
+    /// Appends `record(txid)` as the writer's next number.
+    fn append(w: &mut JournalWriter, txid: u64) -> u64 {
+        let seq = w.next_seq();
+        w.append(seq, 1, "o2.gb", &record(txid));
+        seq
     }
 
     fn wait_durable(w: &mut JournalWriter, seq: u64) {
@@ -514,18 +533,15 @@ mod tests {
             max_bytes: 1_000,
             max_age: Duration::from_secs(3600),
         };
-        let mut w = JournalWriter::open(&dir, "t-mobile.de", 0, 1, limits, || {}).unwrap();
+        let mut w = JournalWriter::open(&dir, "t-mobile.de", 0, 1, limits, at(0), || {}).unwrap();
         for turn in 0..20u64 {
             for i in 0..5 {
-                assert_eq!(
-                    w.append(&record(turn * 5 + i), 1, "o2.gb"),
-                    Some(turn * 5 + i + 1)
-                );
+                assert_eq!(append(&mut w, turn * 5 + i), turn * 5 + i + 1);
             }
-            assert_eq!(w.end_turn(), SyncState::Healthy);
+            assert_eq!(w.end_turn(at(turn)), SyncState::Healthy);
         }
         wait_durable(&mut w, 100);
-        assert!(w.close());
+        assert!(w.close(at(100)));
         let paths = segment_paths(&dir, Some("t-mobile.de")).unwrap();
         assert!(paths.len() >= 5, "rotated by size: {}", paths.len());
         let mut seqs = Vec::new();
@@ -545,17 +561,24 @@ mod tests {
     #[test]
     fn a_ticket_waits_for_a_sync_even_in_a_turn_without_records() {
         let dir = test_dir("ticket");
-        let mut w = JournalWriter::open(&dir, "t-mobile.de", 0, 1, SegmentLimits::default(), || {})
-            .unwrap();
+        let mut w = JournalWriter::open(
+            &dir,
+            "t-mobile.de",
+            0,
+            1,
+            SegmentLimits::default(),
+            at(0),
+            || {},
+        )
+        .unwrap();
         // A turn with a record, then one with none (a repeat's answer).
-        w.append(&record(1), 1, "o2.gb");
-        let first = w.ticket();
-        assert_eq!(w.end_turn(), SyncState::Healthy);
-        let second = w.ticket();
-        assert!(second > first, "each turn's ticket is a new sync");
-        assert_eq!(w.end_turn(), SyncState::Healthy);
+        append(&mut w, 1);
+        w.sync(1);
+        assert_eq!(w.end_turn(at(1)), SyncState::Healthy);
+        w.sync(2);
+        assert_eq!(w.end_turn(at(2)), SyncState::Healthy);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while w.synced_ticket() < second {
+        while w.durability().synced_ticket < 2 {
             assert!(Instant::now() < deadline, "the empty turn was never synced");
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -570,13 +593,13 @@ mod tests {
             max_bytes: 64 << 20,
             max_age: Duration::from_millis(30),
         };
-        let mut w = JournalWriter::open(&dir, "t-mobile.de", 3, 41, limits, || {}).unwrap();
+        let mut w = JournalWriter::open(&dir, "t-mobile.de", 3, 41, limits, at(0), || {}).unwrap();
         for turn in 0..3u64 {
-            w.append(&record(turn), 1, "o2.gb");
-            assert_eq!(w.end_turn(), SyncState::Healthy);
-            std::thread::sleep(Duration::from_millis(40));
+            append(&mut w, turn);
+            // Forty milliseconds pass between turns.
+            assert_eq!(w.end_turn(at(turn * 40)), SyncState::Healthy);
         }
-        assert!(w.close());
+        assert!(w.close(at(120)));
         let names: Vec<String> = segment_paths(&dir, None)
             .unwrap()
             .iter()
@@ -600,26 +623,30 @@ mod tests {
         // RLIMIT_FSIZE would signal the whole test process; a read-only
         // file descriptor makes the write fail instead.
         let dir = test_dir("fail");
-        let mut w = JournalWriter::open(&dir, "t-mobile.de", 0, 1, SegmentLimits::default(), || {})
-            .unwrap();
+        let mut w = JournalWriter::open(
+            &dir,
+            "t-mobile.de",
+            0,
+            1,
+            SegmentLimits::default(),
+            at(0),
+            || {},
+        )
+        .unwrap();
         let path = segment_paths(&dir, None).unwrap().remove(0);
         w.file = Some(Arc::new(File::open(&path).unwrap()));
-        assert_eq!(w.append(&record(1), 1, "o2.gb"), Some(1));
-        assert_eq!(w.end_turn(), SyncState::Failed);
+        assert_eq!(append(&mut w, 1), 1);
+        assert_eq!(w.end_turn(at(10)), SyncState::Failed);
         assert_eq!(w.durable_seq(), 0, "the record never became durable");
-        assert_eq!(
-            w.append(&record(2), 1, "o2.gb"),
-            None,
-            "failed: nothing taken"
-        );
-        w.failed_at = Some(Instant::now() - RETRY_AFTER_FAILURE);
-        assert!(w.try_recover());
+        assert!(!w.durability().healthy);
+        assert!(!w.try_recover(at(500)), "a second has not passed");
+        assert!(w.try_recover(at(1_010)));
         // The new segment voids record 1: its answer was refused.
         let newest = segment_paths(&dir, None).unwrap().pop().unwrap();
         let scan = scan_segment(&newest, &std::fs::read(&newest).unwrap()).unwrap();
         assert_eq!((scan.header.first_seq, scan.header.void_from), (2, 1));
-        assert_eq!(w.append(&record(3), 1, "o2.gb"), Some(2));
-        assert_eq!(w.end_turn(), SyncState::Healthy);
+        assert_eq!(append(&mut w, 3), 2);
+        assert_eq!(w.end_turn(at(1_020)), SyncState::Healthy);
         wait_durable(&mut w, 2);
         let _ = std::fs::remove_dir_all(&dir);
     }

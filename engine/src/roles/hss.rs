@@ -8,13 +8,12 @@
 //! That is what lets a network add presence servers and move subscribers
 //! without telling any other network (the IGPS hides it).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use presence_codec::Msisdn;
 
 use crate::table::{
-    NetworkId, NetworkNames, NumberingTable, PortedMap, Prefix, PrefixIndex, TableReader,
-    UpdateError,
+    lookup, lookup_batch, Numbered, PortedMap, Prefix, PrefixIndex, Reader, TableId, Versioned,
 };
 
 /// A presence server of this network.
@@ -24,39 +23,71 @@ pub struct PsId(pub u16);
 /// Most presence servers one network's HSS can name.
 pub const PS_PER_NETWORK_MAX: u16 = 256;
 
-fn ps_name(ps: PsId) -> String {
-    format!("ps-{}", ps.0)
-}
-
-/// Names `ps-0` … `ps-255` interned in order, so a presence server's id in
-/// the underlying table is its number.
-fn ps_names() -> NetworkNames {
-    let mut names = NetworkNames::default();
-    for n in 0..PS_PER_NETWORK_MAX {
-        let _ = names.intern(&ps_name(PsId(n)));
+impl TableId for PsId {
+    fn index(self) -> u16 {
+        self.0
     }
-    names
+    fn from_index(index: u16) -> PsId {
+        PsId(index)
+    }
 }
 
 /// Why an HSS change was refused; nothing changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum HssError {
     /// A presence server number at or above [`PS_PER_NETWORK_MAX`].
     #[error("presence server {0} is beyond the {PS_PER_NETWORK_MAX} a network may have")]
     NoSuchServer(u16),
-    /// The table refused the update.
-    #[error(transparent)]
-    Update(#[from] UpdateError),
 }
 
-/// MSISDN → presence server, shared by the IGPS instances of a network.
+/// One immutable version of the HSS: ranges of numbers assigned to presence
+/// servers, and single subscribers moved off their range's server.
+#[derive(Debug, Clone)]
+pub struct HssVersion {
+    number: u64,
+    ranges: Arc<PrefixIndex<PsId>>,
+    moves: PortedMap<PsId>,
+}
+
+impl Numbered for HssVersion {
+    fn number(&self) -> u64 {
+        self.number
+    }
+    fn set_number(&mut self, number: u64) {
+        self.number = number;
+    }
+}
+
+impl HssVersion {
+    /// Steps 7–8: the presence server of `msisdn`, if this network has one.
+    #[inline]
+    pub fn lookup(&self, msisdn: Msisdn) -> Option<PsId> {
+        lookup(&self.ranges, &self.moves, msisdn)
+    }
+
+    /// Many lookups at once, with prefetching ([`crate::table::lookup_batch`]).
+    pub fn lookup_batch(&self, msisdns: &[Msisdn], out: &mut [Option<PsId>]) {
+        lookup_batch(&self.ranges, &self.moves, msisdns, out);
+    }
+
+    /// The version number.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+}
+
+/// MSISDN → presence server, shared by the nodes of a network.
 #[derive(Debug)]
 pub struct Hss {
-    table: NumberingTable,
+    versions: Versioned<HssVersion>,
     /// Range assignments, kept to rebuild the range index on a change
-    /// (writers only).
+    /// (writers only; every writer holds this lock, so a range change built
+    /// from a snapshot cannot undo a move published meanwhile).
     ranges: Mutex<Vec<(Prefix, PsId)>>,
 }
+
+/// Hash seed of the moved-subscriber map.
+const MOVES_SEED: u64 = 0x4853_5300;
 
 impl Hss {
     /// An HSS assigning these ranges (servers beyond the limit are left out).
@@ -67,31 +98,28 @@ impl Hss {
             .filter(|(_, ps)| ps.0 < PS_PER_NETWORK_MAX)
             .collect();
         Hss {
-            table: NumberingTable::new(
-                Hss::index(&ranges),
-                PortedMap::empty(0x4853_5300),
-                ps_names(),
-            ),
+            versions: Versioned::new(HssVersion {
+                number: 1,
+                ranges: Arc::new(PrefixIndex::build(&ranges)),
+                moves: PortedMap::empty(MOVES_SEED),
+            }),
             ranges: Mutex::new(ranges),
         }
     }
 
-    fn index(ranges: &[(Prefix, PsId)]) -> PrefixIndex {
-        let entries: Vec<(Prefix, NetworkId)> =
-            ranges.iter().map(|&(p, ps)| (p, NetworkId(ps.0))).collect();
-        PrefixIndex::build(&entries)
-    }
-
     /// A reader for one thread.
     pub fn reader(&self) -> HssReader {
-        HssReader {
-            reader: self.table.reader(),
-        }
+        self.versions.reader()
+    }
+
+    /// The current version.
+    pub fn snapshot(&self) -> Arc<HssVersion> {
+        self.versions.snapshot()
     }
 
     /// Steps 7–8: the presence server of `msisdn`, if this network has one.
     pub fn lookup(&self, msisdn: Msisdn) -> Option<PsId> {
-        self.table.snapshot().lookup(msisdn).map(to_ps)
+        self.versions.snapshot().lookup(msisdn)
     }
 
     /// Moves one subscriber to `ps`.
@@ -99,10 +127,14 @@ impl Hss {
         if ps.0 >= PS_PER_NETWORK_MAX {
             return Err(HssError::NoSuchServer(ps.0));
         }
-        // Every HSS writer holds the ranges lock, so a range change built
-        // from a snapshot cannot undo a move published meanwhile.
         let _writers = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(self.table.set_ported(msisdn, &ps_name(ps))?)
+        self.versions.publish(|old| {
+            Ok(HssVersion {
+                number: 0,
+                ranges: old.ranges.clone(),
+                moves: old.moves.apply(&[(msisdn, Some(ps))]),
+            })
+        })
     }
 
     /// Assigns a whole range to `ps` (adding or replacing that prefix). Single
@@ -116,48 +148,82 @@ impl Hss {
             Some(entry) => entry.1 = ps,
             None => ranges.push((prefix, ps)),
         }
-        let current = self.table.snapshot();
-        Ok(self.table.replace(
-            Hss::index(&ranges),
-            current.ported().clone(),
-            current.names().clone(),
-        )?)
+        self.publish_ranges(&ranges)
     }
-}
 
-impl Hss {
     /// Replaces every range at once (a reload): one index build, published
     /// atomically. Single moves ([`Hss::move_subscriber`]) are kept.
-    pub fn replace_ranges(&self, ranges: &[(Prefix, PsId)]) -> Result<u64, HssError> {
-        if let Some((_, ps)) = ranges.iter().find(|(_, ps)| ps.0 >= PS_PER_NETWORK_MAX) {
+    pub fn replace_ranges(&self, new: &[(Prefix, PsId)]) -> Result<u64, HssError> {
+        if let Some((_, ps)) = new.iter().find(|(_, ps)| ps.0 >= PS_PER_NETWORK_MAX) {
             return Err(HssError::NoSuchServer(ps.0));
         }
-        let mut current_ranges = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
-        *current_ranges = ranges.to_vec();
-        let current = self.table.snapshot();
-        Ok(self.table.replace(
-            Hss::index(&current_ranges),
-            current.ported().clone(),
-            current.names().clone(),
-        )?)
+        let mut ranges = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
+        *ranges = new.to_vec();
+        self.publish_ranges(&ranges)
     }
-}
 
-fn to_ps(id: NetworkId) -> PsId {
-    PsId(id.0)
+    /// A new HSS starting from this one's current ranges and moves: a
+    /// candidate to change and provision against before it is published
+    /// ([`Hss::publish`]), so subscribers move before queries are routed to
+    /// their new server.
+    pub fn fork(&self) -> Hss {
+        let ranges = self
+            .ranges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let current = self.versions.snapshot();
+        Hss {
+            versions: Versioned::new(HssVersion {
+                number: 1,
+                ranges: current.ranges.clone(),
+                moves: current.moves.clone(),
+            }),
+            ranges: Mutex::new(ranges),
+        }
+    }
+
+    /// Publishes `candidate`'s current ranges and moves as this HSS's next
+    /// version.
+    pub fn publish(&self, candidate: &Hss) -> u64 {
+        let ranges = candidate
+            .ranges
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let next = candidate.versions.snapshot();
+        let mut mine = self.ranges.lock().unwrap_or_else(|p| p.into_inner());
+        *mine = ranges;
+        let published: Result<u64, HssError> = self.versions.publish(|_| {
+            Ok(HssVersion {
+                number: 0,
+                ranges: next.ranges.clone(),
+                moves: next.moves.clone(),
+            })
+        });
+        published.unwrap_or(0)
+    }
+
+    fn publish_ranges(&self, ranges: &[(Prefix, PsId)]) -> Result<u64, HssError> {
+        let index = Arc::new(PrefixIndex::build(ranges));
+        self.versions.publish(|old| {
+            Ok(HssVersion {
+                number: 0,
+                ranges: index,
+                moves: old.moves.clone(),
+            })
+        })
+    }
 }
 
 /// A per-thread HSS reader: one atomic load per lookup.
-#[derive(Debug)]
-pub struct HssReader {
-    reader: TableReader,
-}
+pub type HssReader = Reader<HssVersion>;
 
-impl HssReader {
+impl Reader<HssVersion> {
     /// Steps 7–8 on the current version.
     #[inline]
     pub fn lookup(&mut self, msisdn: Msisdn) -> Option<PsId> {
-        self.reader.lookup(msisdn).map(to_ps)
+        self.current().lookup(msisdn)
     }
 }
 

@@ -13,13 +13,25 @@
 
 use std::sync::Arc;
 
-use presence_codec::{ErrorReason, Message, Outcome};
+use presence_codec::{ErrorReason, Message, Outcome, Query};
 
-use super::hss::HssReader;
+use super::hss::{HssReader, PsId};
 use super::limit::{Bucket, Rate};
 use super::{answer_to, one_hop_on, Addr, DropCounters, Hss, Millis, Outbox};
 use crate::table::{NetworkId, NumberingTable, TableReader};
 use ahash::AHashMap;
+
+/// What the node looked up for a query reaching the IGPS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IgpsLookup {
+    /// The watcher's network by the numbering table.
+    pub watcher_network: Option<NetworkId>,
+    /// The target's presence server by the HSS (steps 7–8).
+    pub server: Option<PsId>,
+    /// The target's presence server has already decided this transaction
+    /// (a retransmission).
+    pub decided: bool,
+}
 
 /// Counters of the IGPS's decisions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,6 +52,18 @@ pub struct IgpsCounters {
     pub drops: DropCounters,
 }
 
+impl IgpsCounters {
+    /// Adds `other` to these.
+    pub fn add(&mut self, other: &IgpsCounters) {
+        self.forwarded += other.forwarded;
+        self.unknown_subscriber += other.unknown_subscriber;
+        self.hop_limit_exceeded += other.hop_limit_exceeded;
+        self.throttled += other.throttled;
+        self.spoofed_watcher += other.spoofed_watcher;
+        self.drops.add(&other.drops);
+    }
+}
+
 /// One IGPS ingress point of a network.
 #[derive(Debug)]
 pub struct Igps {
@@ -55,7 +79,7 @@ pub struct Igps {
 
 /// Where the answer to a query from `origin` goes: back through the border to
 /// the origin network's WA, or to this network's own WA.
-pub(crate) fn reply_addr(own: NetworkId, origin: NetworkId, reply_node: u16) -> Addr {
+pub fn reply_addr(own: NetworkId, origin: NetworkId, reply_node: u16) -> Addr {
     if origin == own {
         Addr::Wa(reply_node)
     } else {
@@ -99,7 +123,8 @@ impl Igps {
     }
 
     /// Handles a query arriving from the border (`origin`: the authenticated
-    /// peer network) or from this network's WA (`origin`: this network).
+    /// peer network) or from this network's WA (`origin`: this network),
+    /// looking the watcher and the target up itself.
     pub fn handle(
         &mut self,
         now: Millis,
@@ -116,6 +141,34 @@ impl Igps {
         // for foreign that is ours after all) must say so; anything else came
         // through a border link, whose authenticated peer is `origin`.
         let from_border = !matches!(from, Addr::Wa(_) | Addr::Ogps);
+        let lookup = IgpsLookup {
+            watcher_network: if from_border {
+                self.table.lookup(query.watcher)
+            } else {
+                Some(self.network)
+            },
+            server: self.hss.lookup(query.target),
+            decided: false,
+        };
+        self.route(now, from_border, origin, query, lookup, out);
+    }
+
+    /// Steps 7–9 for `query`, with what the node looked up for it (for a
+    /// whole frame at once).
+    pub fn route(
+        &mut self,
+        now: Millis,
+        from_border: bool,
+        origin: NetworkId,
+        query: &Query,
+        lookup: IgpsLookup,
+        out: &mut Outbox,
+    ) {
+        let IgpsLookup {
+            watcher_network,
+            server: ps,
+            decided,
+        } = lookup;
         if from_border == (origin == self.network) {
             self.counters.drops.unexpected += 1;
             return;
@@ -137,8 +190,11 @@ impl Igps {
         // (After the rate limit: a flood of spoofed queries is limited
         // too.) A peer speaks for its own subscribers only: a watcher the table
         // places in another network (or nowhere) is a peer claiming to be
-        // that network, or probing on someone else's behalf.
-        if from_border && self.table.lookup(query.watcher) != Some(origin) {
+        // that network, or probing on someone else's behalf. A transaction
+        // already decided passed this check when it was: its retransmission
+        // gets that decision again, even if the watcher's number was ported
+        // away meanwhile (one transaction, one answer).
+        if from_border && !decided && watcher_network != Some(origin) {
             self.counters.spoofed_watcher += 1;
             return reply(out, Outcome::Error(ErrorReason::Refused));
         }
@@ -147,7 +203,7 @@ impl Igps {
             return reply(out, Outcome::Error(ErrorReason::HopLimitExceeded));
         }
         // Steps 7–8.
-        let Some(ps) = self.hss.lookup(query.target) else {
+        let Some(ps) = ps else {
             self.counters.unknown_subscriber += 1;
             return reply(out, Outcome::NotAvailable);
         };

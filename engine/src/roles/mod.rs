@@ -32,12 +32,10 @@ mod wa;
 
 use presence_codec::{Answer, Message, Outcome, Query};
 
-pub use hss::{Hss, HssError, HssReader, PsId, PS_PER_NETWORK_MAX};
-pub(crate) use igps::reply_addr;
-pub use igps::{Igps, IgpsCounters};
+pub use hss::{Hss, HssError, HssReader, HssVersion, PsId, PS_PER_NETWORK_MAX};
+pub use igps::{reply_addr, Igps, IgpsCounters, IgpsLookup};
 pub use limit::{Bucket, Rate};
-pub use ogps::{IngressPoint, Ogps, OgpsCounters};
-pub(crate) use ps::shard_index;
+pub use ogps::{Ogps, OgpsCounters};
 pub use ps::{
     ChargeRecord, Charging, DecisionRecord, DecisionWindowEntry, PresenceServer, PsCounters,
     SubscriberRecord, BUDDIES_MAX, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX,
@@ -56,21 +54,21 @@ pub type Millis = u64;
 pub enum Addr {
     /// A subscriber's device, by its MSISDN (A asking, or B publishing).
     Device(presence_codec::Msisdn),
-    /// A Watcher Application instance of this network (`reply_node`).
+    /// A Watcher Application instance of this network (`reply_node`: the
+    /// worker it runs on).
     Wa(u16),
     /// This network's Outgoing Gateway Presence Server.
     Ogps,
-    /// One of this network's Incoming Gateway Presence Server ingress points.
-    Igps(u16),
+    /// This network's Incoming Gateway Presence Server (on the node that
+    /// owns the query's target).
+    Igps,
     /// One of this network's presence servers.
     Ps(PsId),
-    /// Out through the border gateways to an IGPS ingress point of another
-    /// network (step 6).
+    /// Out through the border gateways to the IGPS of another network
+    /// (step 6).
     Border {
         /// The destination network.
         network: NetworkId,
-        /// Which of its ingress points.
-        ingress: u16,
     },
     /// Out through the border gateways back to a WA of another network (step 12).
     BorderReply {
@@ -131,12 +129,6 @@ impl Outbox {
     }
 }
 
-/// Whether an answer with `outcome` shows B's status: what a charge record
-/// is raised for (step 11).
-pub fn shows_status(outcome: &Outcome) -> bool {
-    matches!(outcome, Outcome::Attached { .. } | Outcome::Detached { .. })
-}
-
 /// The answer to `query` with `outcome`: the same transaction, return
 /// address and target (step 12, or an error on the way).
 pub(crate) fn answer_to(query: &Query, outcome: Outcome) -> Message<'static> {
@@ -167,4 +159,13 @@ pub struct DropCounters {
     pub unmatched: u64,
     /// Refused for load (a bounded table was full).
     pub overloaded: u64,
+}
+
+impl DropCounters {
+    /// Adds `other` to these.
+    pub fn add(&mut self, other: &DropCounters) {
+        self.unexpected += other.unexpected;
+        self.unmatched += other.unmatched;
+        self.overloaded += other.overloaded;
+    }
 }

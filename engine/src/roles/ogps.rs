@@ -1,39 +1,28 @@
 //! Outgoing Gateway Presence Server (steps 5–6).
 //!
 //! Stateless per query. Step 5: B's network by longest-prefix match of B's
-//! MSISDN over the numbering table with ported-number overrides (so no WA needs
-//! a world-wide table). Step 6: forward to one of that network's IGPS ingress
-//! points (spread by transaction id, skipping points marked down) through the
-//! border gateways, with the hop limit decremented and the table version
-//! stamped. A number of no known network, or a network this one has no border
-//! relationship with, is answered `Error(UnknownNetwork)`; a query arriving with
-//! hop limit 0 is answered `Error(HopLimitExceeded)`; a network whose ingress
-//! points are all down is answered `Overloaded` with a retry-after. A peer
-//! network that answered `Overloaded` (its rate limit for us) is not sent
-//! to again before its retry-after: its queries are answered `Overloaded`
-//! here with what is left of the wait.
+//! MSISDN over the numbering table with ported-number overrides (so no WA
+//! needs a world-wide table); the node looks a whole frame's targets up in
+//! one batch and hands the OGPS each answer ([`Ogps::route`]), while
+//! [`Ogps::handle`] looks one up itself (retransmissions). Step 6: forward
+//! through the border gateways to that network's IGPS, with the hop limit
+//! decremented and the table version stamped; the node picks the border
+//! link that ends at the peer's worker owning B. A number of no known
+//! network, or a network this one has no border relationship with, is
+//! answered `Error(UnknownNetwork)`; a query arriving with hop limit 0 is
+//! answered `Error(HopLimitExceeded)`. A peer network that answered
+//! `Overloaded` (its rate limit for us) is not sent to again before its
+//! retry-after: its queries are answered `Overloaded` here with what is
+//! left of the wait.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use ahash::AHashMap;
+use ahash::{AHashMap, AHashSet};
 
 use presence_codec::{ErrorReason, Message, Outcome, Query};
 
 use super::{answer_to, one_hop_on, Addr, DropCounters, Millis, Outbox};
 use crate::table::{NetworkId, NumberingTable, TableReader};
-
-/// One IGPS ingress point of a peer network, as this OGPS sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IngressPoint {
-    /// Its number within the peer network.
-    pub id: u16,
-    /// Whether to send to it (health checks mark it down).
-    pub up: bool,
-}
-
-/// Retry-after given when every ingress point of a network is down.
-const ALL_DOWN_RETRY_MS: u32 = 1000;
 
 /// Counters of the OGPS's decisions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,21 +35,31 @@ pub struct OgpsCounters {
     pub unknown_network: u64,
     /// Answered `HopLimitExceeded`.
     pub hop_limit_exceeded: u64,
-    /// Answered `Overloaded`: every ingress point down.
-    pub all_ingress_down: u64,
     /// Answered `Overloaded` here: the network told us to hold off.
     pub held_off: u64,
     /// Dropped.
     pub drops: DropCounters,
 }
 
+impl OgpsCounters {
+    /// Adds `other` (counters of a replaced instance) to these.
+    pub fn add(&mut self, other: &OgpsCounters) {
+        self.forwarded += other.forwarded;
+        self.looped_home += other.looped_home;
+        self.unknown_network += other.unknown_network;
+        self.hop_limit_exceeded += other.hop_limit_exceeded;
+        self.held_off += other.held_off;
+        self.drops.add(&other.drops);
+    }
+}
+
 /// The OGPS of one network.
 #[derive(Debug)]
 pub struct Ogps {
     network: NetworkId,
-    own_igps_count: u16,
     table: TableReader,
-    peers: AHashMap<NetworkId, Vec<IngressPoint>>,
+    /// Networks this one has a border relationship with.
+    peers: AHashSet<NetworkId>,
     /// Until when each peer network asked us not to send (its last
     /// `Overloaded` answer's retry-after); one entry per peer at most.
     hold_off: AHashMap<NetworkId, Millis>,
@@ -68,16 +67,14 @@ pub struct Ogps {
 }
 
 impl Ogps {
-    /// An OGPS routing with `table` to these peer networks' ingress points.
+    /// An OGPS routing with `table` to these peer networks.
     pub fn new(
         network: NetworkId,
-        own_igps_count: u16,
         table: &Arc<NumberingTable>,
-        peers: HashMap<NetworkId, Vec<IngressPoint>>,
+        peers: impl IntoIterator<Item = NetworkId>,
     ) -> Ogps {
         Ogps {
             network,
-            own_igps_count: own_igps_count.max(1),
             table: table.reader(),
             peers: peers.into_iter().collect(),
             hold_off: AHashMap::new(),
@@ -85,22 +82,19 @@ impl Ogps {
         }
     }
 
-    /// Marks an ingress point of a peer network up or down.
-    pub fn set_ingress_up(&mut self, network: NetworkId, id: u16, up: bool) {
-        if let Some(point) = self
-            .peers
-            .get_mut(&network)
-            .and_then(|points| points.iter_mut().find(|p| p.id == id))
-        {
-            point.up = up;
-        }
+    /// Replaces the peer networks (a reload); hold-offs of peers that stay
+    /// are kept.
+    pub fn set_peers(&mut self, peers: impl IntoIterator<Item = NetworkId>) {
+        self.peers = peers.into_iter().collect();
+        let peers = &self.peers;
+        self.hold_off.retain(|n, _| peers.contains(n));
     }
 
     /// A peer network answered `Overloaded` with `retry_after_ms`: until
     /// then its queries are answered `Overloaded` here (with what is left
     /// of the wait) instead of crossing the border to be refused there.
     pub fn hold_off(&mut self, now: Millis, network: NetworkId, retry_after_ms: u32) {
-        if !self.peers.contains_key(&network) {
+        if !self.peers.contains(&network) {
             return;
         }
         let until = now + u64::from(retry_after_ms);
@@ -113,28 +107,38 @@ impl Ogps {
         self.counters
     }
 
-    /// Handles a query from a WA of this network.
+    /// Handles a query from a WA of this network, looking B up itself.
     pub fn handle(&mut self, now: Millis, from: Addr, message: &Message<'_>, out: &mut Outbox) {
         let (Addr::Wa(_), Message::Query(query)) = (from, message) else {
             self.counters.drops.unexpected += 1;
             return;
         };
-        let network = self.network;
+        let version = self.table.current();
+        let route_version = version.version() as u32;
+        let network = version.lookup(query.target);
+        self.route(now, query, network, route_version, out);
+    }
+
+    /// Steps 5–6 for a query whose target the numbering table (version
+    /// `route_version`) placed in `network`.
+    pub fn route(
+        &mut self,
+        now: Millis,
+        query: &Query,
+        network: Option<NetworkId>,
+        route_version: u32,
+        out: &mut Outbox,
+    ) {
+        let own = self.network;
         let reply = |out: &mut Outbox, outcome| {
-            out.send(
-                Addr::Wa(query.reply_node),
-                network,
-                answer_to(query, outcome),
-            )
+            out.send(Addr::Wa(query.reply_node), own, answer_to(query, outcome))
         };
         if query.hop_limit == 0 {
             self.counters.hop_limit_exceeded += 1;
             return reply(out, Outcome::Error(ErrorReason::HopLimitExceeded));
         }
         // Step 5.
-        let version = self.table.current();
-        let route_version = version.version() as u32;
-        let Some(network) = version.lookup(query.target) else {
+        let Some(network) = network else {
             self.counters.unknown_network += 1;
             return reply(out, Outcome::Error(ErrorReason::UnknownNetwork));
         };
@@ -142,16 +146,15 @@ impl Ogps {
             route_version,
             ..one_hop_on(query)
         };
-        if network == self.network {
+        if network == own {
             self.counters.looped_home += 1;
-            let igps = (query.txid % u64::from(self.own_igps_count)) as u16;
-            out.send(Addr::Igps(igps), self.network, Message::Query(forwarded));
+            out.send(Addr::Igps, own, Message::Query(forwarded));
             return;
         }
-        let Some(points) = self.peers.get(&network) else {
+        if !self.peers.contains(&network) {
             self.counters.unknown_network += 1;
             return reply(out, Outcome::Error(ErrorReason::UnknownNetwork));
-        };
+        }
         if let Some(&until) = self.hold_off.get(&network) {
             if until > now {
                 self.counters.held_off += 1;
@@ -160,31 +163,8 @@ impl Ogps {
             }
             self.hold_off.remove(&network);
         }
-        // Step 6: spread by transaction id; skip points marked down.
-        let n = points.len();
-        let start = (query.txid % n.max(1) as u64) as usize;
-        let chosen = (0..n).map(|i| points[(start + i) % n]).find(|p| p.up);
-        match chosen {
-            Some(point) => {
-                self.counters.forwarded += 1;
-                out.send(
-                    Addr::Border {
-                        network,
-                        ingress: point.id,
-                    },
-                    self.network,
-                    Message::Query(forwarded),
-                );
-            }
-            None => {
-                self.counters.all_ingress_down += 1;
-                reply(
-                    out,
-                    Outcome::Overloaded {
-                        retry_after_ms: ALL_DOWN_RETRY_MS,
-                    },
-                );
-            }
-        }
+        // Step 6.
+        self.counters.forwarded += 1;
+        out.send(Addr::Border { network }, own, Message::Query(forwarded));
     }
 }

@@ -1,6 +1,7 @@
-//! Metrics: each worker keeps its counters and latency histogram locally
-//! (no shared write per message) and publishes them every 100 ms under its
-//! own mutex; `/metrics` sums the workers' reports into Prometheus text.
+//! Metrics: each worker's node keeps its counters and latency histogram
+//! locally (no shared write per message); the worker publishes them every
+//! 100 ms under its own mutex; `/metrics` sums the workers' reports into
+//! Prometheus text. Every labelled family iterates an enum's `ALL`.
 //!
 //! Latency is an HDR histogram (`hdrhistogram`), recorded per answered
 //! device request from its arrival to its answer leaving the appliance,
@@ -14,8 +15,9 @@ use std::thread::JoinHandle;
 
 use presence_border::BgCounters;
 
-use super::WorkerStats;
+use crate::node::{Alarm, CrossKind, DropReason, Node, NodeCounters, PeerEvent, RoleCounters};
 use crate::table::NumberingTable;
+use presence_codec::OutcomeClass;
 
 /// Latency bucket bounds, in microseconds.
 const LATENCY_BOUNDS_US: [u64; 14] = [
@@ -23,87 +25,17 @@ const LATENCY_BOUNDS_US: [u64; 14] = [
     1_500_000,
 ];
 
-/// Spoofing alarms: a peer's query for a watcher not its own (refused by
-/// the IGPS), a query or answer sent to the device port (skipping the WA),
-/// a peer's answer about another network's number (dropped).
-pub const ALARMS: [&str; 3] = [
-    "watcher_not_of_origin",
-    "query_skipped_wa",
-    "answer_from_wrong_network",
-];
-
-/// The role events counted per worker, as `(role, event)` labels; a
-/// report's `roles` array follows this order.
-pub const ROLE_EVENTS: [(&str, &str); 26] = [
-    ("wa", "accepted"),
-    ("wa", "internal"),
-    ("wa", "unauthenticated"),
-    ("wa", "credit_exhausted"),
-    ("wa", "retransmissions"),
-    ("wa", "final_answers"),
-    ("wa", "timeouts"),
-    ("ogps", "forwarded"),
-    ("ogps", "looped_home"),
-    ("ogps", "unknown_network"),
-    ("ogps", "hop_limit_exceeded"),
-    ("ogps", "all_ingress_down"),
-    ("igps", "forwarded"),
-    ("igps", "unknown_subscriber"),
-    ("igps", "hop_limit_exceeded"),
-    ("ps", "answered_status"),
-    ("ps", "not_available"),
-    ("ps", "charged"),
-    ("ps", "duplicates"),
-    ("ps", "publications"),
-    ("ps", "refused"),
-    ("ps", "window_full"),
-    ("wa", "throttled"),
-    ("ogps", "held_off"),
-    ("igps", "throttled"),
-    ("ps", "charging_refused"),
-];
-
-/// Per peer network: queries in, answers in, frames out, frames refused.
-pub const PEER_EVENTS: [&str; 4] = ["queries_in", "answers_in", "frames_out", "frames_refused"];
-
 /// What one worker last published (or all workers, summed).
 #[derive(Debug, Clone, Default)]
 pub struct WorkerReport {
-    /// Requests from devices.
-    pub requests: u64,
-    /// Status publications from devices.
-    pub publications: u64,
-    /// Final answers to devices: attached, detached, not available,
-    /// overloaded, error.
-    pub outcomes: [u64; 5],
-    /// Queries from peer networks.
-    pub border_queries_in: u64,
-    /// Answers from peer networks.
-    pub border_answers_in: u64,
-    /// Frames sent to peer networks.
-    pub border_frames_out: u64,
-    /// Queries answered overloaded because the border refused their frame.
-    pub border_shed_queries: u64,
-    /// Charge records raised.
-    pub charged: u64,
-    /// Charge records written to the CDR file.
+    /// The node's counters.
+    pub node: NodeCounters,
+    /// What the node's roles decided.
+    pub roles: RoleCounters,
+    /// Charge records written to the journal's files.
     pub cdr_written: u64,
-    /// Charge records lost to failed CDR writes.
-    pub cdr_lost: u64,
-    /// Answers bound for another network dropped with a refused border frame.
-    pub border_shed_other: u64,
-    /// Drops, by reason.
-    pub bad_datagrams: u64,
-    /// Messages that did not decode or had no business here.
-    pub bad_messages: u64,
-    /// Bad frames from peer networks.
-    pub bad_border_frames: u64,
-    /// Requests shed because a worker's inbox was full.
-    pub shed: u64,
-    /// Answers for a device whose address was unknown.
-    pub no_device_addr: u64,
-    /// Messages handed between workers.
-    pub cross: u64,
+    /// Datagrams the client socket would not take.
+    pub udp_send_errors: u64,
     /// Pending WA transactions now.
     pub pending: usize,
     /// Inbox depth now.
@@ -112,54 +44,17 @@ pub struct WorkerReport {
     pub subscribers: usize,
     /// Request-to-answer latency, µs.
     pub latency: Option<hdrhistogram::Histogram<u64>>,
-    /// Role events, in [`ROLE_EVENTS`] order.
-    pub roles: [u64; ROLE_EVENTS.len()],
-    /// Spoofing alarms, in [`ALARMS`] order.
-    pub alarms: [u64; ALARMS.len()],
-    /// Per peer network, [`PEER_EVENTS`].
-    pub peers: Vec<(crate::table::NetworkId, [u64; PEER_EVENTS.len()])>,
 }
 
 impl WorkerReport {
     fn add(&mut self, other: &WorkerReport) {
-        self.requests += other.requests;
-        self.publications += other.publications;
-        for (a, b) in self.alarms.iter_mut().zip(other.alarms) {
-            *a += b;
-        }
-        for (a, b) in self.outcomes.iter_mut().zip(other.outcomes) {
-            *a += b;
-        }
-        self.border_queries_in += other.border_queries_in;
-        self.border_answers_in += other.border_answers_in;
-        self.border_frames_out += other.border_frames_out;
-        self.border_shed_queries += other.border_shed_queries;
-        self.charged += other.charged;
+        self.node.add(&other.node);
+        self.roles.add(&other.roles);
         self.cdr_written += other.cdr_written;
-        self.cdr_lost += other.cdr_lost;
-        self.border_shed_other += other.border_shed_other;
-        self.bad_datagrams += other.bad_datagrams;
-        self.bad_messages += other.bad_messages;
-        self.bad_border_frames += other.bad_border_frames;
-        self.shed += other.shed;
-        self.no_device_addr += other.no_device_addr;
-        self.cross += other.cross;
+        self.udp_send_errors += other.udp_send_errors;
         self.pending += other.pending;
         self.inbox += other.inbox;
         self.subscribers += other.subscribers;
-        for (a, b) in self.roles.iter_mut().zip(other.roles) {
-            *a += b;
-        }
-        for (network, events) in &other.peers {
-            match self.peers.iter_mut().find(|(n, _)| n == network) {
-                Some((_, mine)) => {
-                    for (a, b) in mine.iter_mut().zip(events) {
-                        *a += b;
-                    }
-                }
-                None => self.peers.push((*network, *events)),
-            }
-        }
         match (&mut self.latency, &other.latency) {
             (Some(mine), Some(theirs)) => {
                 let _ = mine.add(theirs);
@@ -169,9 +64,14 @@ impl WorkerReport {
         }
     }
 
-    /// Final answers in all.
+    /// Final answers to devices in all.
     pub fn answered(&self) -> u64 {
-        self.outcomes.iter().sum()
+        self.node.answers.total()
+    }
+
+    /// Hand-offs between workers in all.
+    pub fn cross_worker(&self) -> u64 {
+        self.node.cross_worker.total()
     }
 }
 
@@ -192,17 +92,15 @@ impl Metrics {
         }
     }
 
-    /// Replaces worker `index`'s report; its local latency samples move in.
-    #[allow(clippy::too_many_arguments)]
+    /// Replaces worker `index`'s report with its node's counters; the
+    /// node's latency samples move in.
     pub(crate) fn publish(
         &self,
         index: usize,
-        stats: &mut WorkerStats,
-        pending: usize,
+        node: &mut Node,
         inbox: usize,
-        subscribers: usize,
-        cdr: (u64, u64),
-        roles: [u64; ROLE_EVENTS.len()],
+        cdr_written: u64,
+        udp_send_errors: u64,
     ) {
         let Some(slot) = self.workers.get(index) else {
             return;
@@ -210,42 +108,25 @@ impl Metrics {
         let Ok(mut report) = slot.lock() else {
             return;
         };
-        report.requests = stats.requests;
-        report.publications = stats.publications;
-        report.alarms = stats.alarms;
-        report.outcomes = stats.outcomes;
-        report.border_queries_in = stats.border_queries_in;
-        report.border_answers_in = stats.border_answers_in;
-        report.border_frames_out = stats.border_frames_out;
-        report.border_shed_queries = stats.border_shed_queries;
-        report.charged = stats.charged;
-        (report.cdr_written, report.cdr_lost) = cdr;
-        report.border_shed_other = stats.border_shed_other;
-        report.bad_datagrams = stats.bad_datagrams;
-        report.bad_messages = stats.bad_messages;
-        report.bad_border_frames = stats.bad_border_frames;
-        report.shed = stats.shed;
-        report.no_device_addr = stats.no_device_addr;
-        report.cross = stats.cross;
-        report.pending = pending;
-        report.inbox = inbox;
-        report.subscribers = subscribers;
+        report.node.clone_from(node.counters());
+        let mut roles = node.role_counters();
+        // The IGPS's spoofing refusals are an alarm too.
+        report.node.alarms.0[Alarm::WatcherNotOfOrigin as usize] += roles.igps.spoofed_watcher;
+        roles.igps.spoofed_watcher = 0;
         report.roles = roles;
-        report.peers.clear();
-        report.peers.extend(
-            stats
-                .peers
-                .iter()
-                .map(|(network, events)| (*network, *events)),
-        );
-        if let Some(local) = stats.latency.as_mut() {
-            match report.latency.as_mut() {
-                Some(total) => {
-                    let _ = total.add(&*local);
+        report.cdr_written = cdr_written;
+        report.udp_send_errors = udp_send_errors;
+        report.pending = node.pending();
+        report.inbox = inbox;
+        report.subscribers = node.subscriber_count();
+        match report.latency.as_mut() {
+            Some(total) => node.take_latency(total),
+            None => {
+                if let Ok(mut h) = hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3) {
+                    node.take_latency(&mut h);
+                    report.latency = Some(h);
                 }
-                None => report.latency = Some(local.clone()),
             }
-            local.reset();
         }
     }
 
@@ -272,66 +153,64 @@ impl Metrics {
         for report in &reports {
             total.add(report);
         }
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+        let node = &total.node;
+        let header = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP presence_{name} {help}");
-            let _ = writeln!(out, "# TYPE presence_{name} counter");
+            let _ = writeln!(out, "# TYPE presence_{name} {kind}");
+        };
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            header(out, name, "counter", help);
             let _ = writeln!(out, "presence_{name} {value}");
         };
         counter(
             &mut out,
             "wa_requests_total",
             "Requests from devices to the WA.",
-            total.requests,
+            node.requests,
         );
         counter(
             &mut out,
             "ps_publications_total",
             "Status publications from devices.",
-            total.publications,
+            node.publications,
         );
-        let _ = writeln!(
-            out,
-            "# HELP presence_wa_answers_total Final answers to devices, by outcome."
+        header(
+            &mut out,
+            "wa_answers_total",
+            "counter",
+            "Final answers to devices, by outcome.",
         );
-        let _ = writeln!(out, "# TYPE presence_wa_answers_total counter");
-        for (outcome, n) in [
-            "attached",
-            "detached",
-            "not_available",
-            "overloaded",
-            "error",
-        ]
-        .iter()
-        .zip(total.outcomes)
-        {
+        for class in OutcomeClass::ALL {
             let _ = writeln!(
                 out,
-                "presence_wa_answers_total{{outcome=\"{outcome}\"}} {n}"
+                "presence_wa_answers_total{{outcome=\"{}\"}} {}",
+                class.name(),
+                node.answers_of(class)
             );
         }
         counter(
             &mut out,
             "igps_queries_total",
             "Queries from peer networks at the IGPS.",
-            total.border_queries_in,
+            node.border_queries_in,
         );
         counter(
             &mut out,
             "wa_border_answers_total",
             "Answers from peer networks.",
-            total.border_answers_in,
+            node.border_answers_in,
         );
         counter(
             &mut out,
             "ogps_border_frames_total",
             "Frames sent to peer networks.",
-            total.border_frames_out,
+            node.border_frames_out,
         );
         counter(
             &mut out,
             "ps_charge_records_total",
             "Charge records raised.",
-            total.charged,
+            node.charged,
         );
         counter(
             &mut out,
@@ -341,64 +220,89 @@ impl Metrics {
         );
         counter(
             &mut out,
-            "worker_handoffs_total",
-            "Messages handed between workers.",
-            total.cross,
+            "cdr_voided_total",
+            "Answers refused because their charge record did not become durable.",
+            node.voided,
         );
-        let _ = writeln!(
-            out,
-            "# HELP presence_drops_total Messages dropped or shed, by reason."
+        header(
+            &mut out,
+            "cross_worker_total",
+            "counter",
+            "Messages handed from the worker they reached to the worker that owns them, by kind (docs/architecture.md, ownership and steering).",
         );
-        let _ = writeln!(out, "# TYPE presence_drops_total counter");
-        for (reason, n) in [
-            ("bad_datagram", total.bad_datagrams),
-            ("bad_message", total.bad_messages),
-            ("bad_border_frame", total.bad_border_frames),
-            ("inbox_full", total.shed),
-            ("border_refused", total.border_shed_queries),
-            ("no_device_address", total.no_device_addr),
-            ("border_refused_answer", total.border_shed_other),
-            ("cdr_write_failed", total.cdr_lost),
-        ] {
-            let _ = writeln!(out, "presence_drops_total{{reason=\"{reason}\"}} {n}");
+        for kind in CrossKind::ALL {
+            let _ = writeln!(
+                out,
+                "presence_cross_worker_total{{kind=\"{}\"}} {}",
+                kind.name(),
+                node.cross_worker.0[kind as usize]
+            );
+        }
+        header(
+            &mut out,
+            "drops_total",
+            "counter",
+            "Messages dropped or shed, by reason.",
+        );
+        for reason in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "presence_drops_total{{reason=\"{}\"}} {}",
+                reason.name(),
+                node.drops.0[reason as usize]
+            );
         }
         let _ = writeln!(
             out,
-            "# HELP presence_alarms_total Spoofing refused, by kind (docs/reliability.md)."
+            "presence_drops_total{{reason=\"udp_send_failed\"}} {}",
+            total.udp_send_errors
         );
-        let _ = writeln!(out, "# TYPE presence_alarms_total counter");
-        for (kind, n) in ALARMS.iter().zip(total.alarms) {
-            let _ = writeln!(out, "presence_alarms_total{{kind=\"{kind}\"}} {n}");
+        header(
+            &mut out,
+            "alarms_total",
+            "counter",
+            "Spoofing refused, by kind (docs/reliability.md).",
+        );
+        for alarm in Alarm::ALL {
+            let _ = writeln!(
+                out,
+                "presence_alarms_total{{kind=\"{}\"}} {}",
+                alarm.name(),
+                node.alarms.0[alarm as usize]
+            );
         }
-        let _ = writeln!(
-            out,
-            "# HELP presence_role_events_total What each role decided, by role and event."
+        header(
+            &mut out,
+            "role_events_total",
+            "counter",
+            "What each role decided, by role and event.",
         );
-        let _ = writeln!(out, "# TYPE presence_role_events_total counter");
-        for ((role, event), n) in ROLE_EVENTS.iter().zip(total.roles) {
+        for (role, event, n) in total.roles.events() {
             let _ = writeln!(
                 out,
                 "presence_role_events_total{{role=\"{role}\",event=\"{event}\"}} {n}"
             );
         }
         let names = self.table.snapshot();
-        let _ = writeln!(
-            out,
-            "# HELP presence_peer_events_total Traffic with each peer network."
+        header(
+            &mut out,
+            "peer_events_total",
+            "counter",
+            "Traffic with each peer network.",
         );
-        let _ = writeln!(out, "# TYPE presence_peer_events_total counter");
-        for (network, events) in &total.peers {
-            for (event, n) in PEER_EVENTS.iter().zip(events) {
+        for (network, counts) in &node.peers {
+            for event in PeerEvent::ALL {
                 let _ = writeln!(
                     out,
-                    "presence_peer_events_total{{peer=\"{}\",event=\"{event}\"}} {n}",
-                    names.names().name(*network)
+                    "presence_peer_events_total{{peer=\"{}\",event=\"{}\"}} {}",
+                    names.names().name(*network),
+                    event.name(),
+                    counts.0[event as usize]
                 );
             }
         }
         let gauge = |out: &mut String, name: &str, help: &str, values: &[(usize, usize)]| {
-            let _ = writeln!(out, "# HELP presence_{name} {help}");
-            let _ = writeln!(out, "# TYPE presence_{name} gauge");
+            header(out, name, "gauge", help);
             for (worker, v) in values {
                 let _ = writeln!(out, "presence_{name}{{worker=\"{worker}\"}} {v}");
             }
@@ -409,7 +313,7 @@ impl Metrics {
         gauge(
             &mut out,
             "inbox_depth",
-            "Messages waiting in a worker's inbox.",
+            "Hand-offs waiting in a worker's inbox.",
             &per(|r| r.inbox),
         );
         gauge(
@@ -424,19 +328,20 @@ impl Metrics {
             "Subscribers held by a worker's presence-server slices.",
             &per(|r| r.subscribers),
         );
-        let _ = writeln!(
-            out,
-            "# HELP presence_table_version Numbering table version in use."
+        header(
+            &mut out,
+            "table_version",
+            "gauge",
+            "Numbering table version in use.",
         );
-        let _ = writeln!(out, "# TYPE presence_table_version gauge");
-        let _ = writeln!(
-            out,
-            "presence_table_version {}",
-            self.table.snapshot().version()
-        );
+        let _ = writeln!(out, "presence_table_version {}", names.version());
         if let Some(h) = &total.latency {
-            let _ = writeln!(out, "# HELP presence_answer_latency_seconds Device request to answer, inside the appliance (1 request in 16, by request id).");
-            let _ = writeln!(out, "# TYPE presence_answer_latency_seconds histogram");
+            header(
+                &mut out,
+                "answer_latency_seconds",
+                "histogram",
+                "Device request to answer, inside the appliance (1 request in 16, by request id).",
+            );
             for bound in LATENCY_BOUNDS_US {
                 let n = h.count_between(0, bound);
                 let _ = writeln!(

@@ -30,13 +30,15 @@
 mod load;
 pub mod ported;
 pub mod prefix;
+pub mod versioned;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use arc_swap::{ArcSwap, Cache};
 use presence_codec::Msisdn;
+
+pub use versioned::{Numbered, Reader, Versioned};
 
 pub use load::{LoadError, RowError, ROW_LEN_MAX};
 pub use ported::{PortedChange, PortedMap, PORTED_NETWORKS_MAX};
@@ -45,6 +47,28 @@ pub use prefix::{Prefix, PrefixIndex};
 /// A network, interned: index into the version's [`NetworkNames`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NetworkId(pub u16);
+
+/// What a prefix table maps numbers to: a network in the numbering table, a
+/// presence server in the HSS. Contract: every id's index is below
+/// [`PORTED_NETWORKS_MAX`] (the ported map packs it in 14 bits), and
+/// `from_index(id.index()) == id`.
+pub trait TableId:
+    Copy + Eq + Ord + std::hash::Hash + std::fmt::Debug + Send + Sync + 'static
+{
+    /// The id's number.
+    fn index(self) -> u16;
+    /// The id numbered `index`.
+    fn from_index(index: u16) -> Self;
+}
+
+impl TableId for NetworkId {
+    fn index(self) -> u16 {
+        self.0
+    }
+    fn from_index(index: u16) -> NetworkId {
+        NetworkId(index)
+    }
+}
 
 /// Network names and their ids. Append-only across versions: an id, once
 /// given, names the same network in every later version.
@@ -152,13 +176,74 @@ pub struct TableVersion {
     names: Arc<NetworkNames>,
 }
 
-/// How many lookups ahead [`TableVersion::lookup_batch`] prefetches: enough
-/// misses in flight to cover memory latency, few enough not to queue behind
-/// the core's line-fill buffers.
+impl Numbered for TableVersion {
+    fn number(&self) -> u64 {
+        self.version
+    }
+    fn set_number(&mut self, number: u64) {
+        self.version = number;
+    }
+}
+
+/// How many lookups ahead [`lookup_batch`] prefetches: enough misses in
+/// flight to cover memory latency, few enough not to queue behind the
+/// core's line-fill buffers.
 pub const PREFETCH_DISTANCE: usize = 16;
 
-/// The batch size the runtime and `route` use for [`TableVersion::lookup_batch`].
+/// The batch size the node and `route` use for [`TableVersion::lookup_batch`].
 pub const LOOKUP_BATCH_MAX: usize = 64;
+
+/// The id of `msisdn`: its single-number override if there is one, else its
+/// longest matching prefix's, else none. (The numbering table's and the
+/// HSS's lookup.)
+#[inline]
+pub fn lookup<I: TableId>(
+    prefixes: &PrefixIndex<I>,
+    overrides: &PortedMap<I>,
+    msisdn: Msisdn,
+) -> Option<I> {
+    if !overrides.is_empty() {
+        if let Some(id) = overrides.get(msisdn) {
+            return Some(id);
+        }
+    }
+    prefixes.lookup(msisdn)
+}
+
+/// [`lookup`] of many MSISDNs: `out[i]` is the id of `msisdns[i]` (only the
+/// first `min(msisdns.len(), out.len())` are looked up).
+///
+/// Software-pipelined: while resolving number `i` it prefetches the memory
+/// number `i + PREFETCH_DISTANCE` will read, so about that many cache misses
+/// are in flight at once instead of one at a time (the override map is far
+/// larger than the caches; the prefix index fits in them).
+pub fn lookup_batch<I: TableId>(
+    prefixes: &PrefixIndex<I>,
+    overrides: &PortedMap<I>,
+    msisdns: &[Msisdn],
+    out: &mut [Option<I>],
+) {
+    let n = msisdns.len().min(out.len());
+    let (msisdns, out) = (&msisdns[..n], &mut out[..n]);
+    if overrides.is_empty() {
+        // The prefix index fits in the caches: prefetching only costs.
+        for (result, &msisdn) in out.iter_mut().zip(msisdns) {
+            *result = prefixes.lookup(msisdn);
+        }
+        return;
+    }
+    for &msisdn in msisdns.iter().take(PREFETCH_DISTANCE) {
+        overrides.prefetch(msisdn);
+        prefixes.prefetch(msisdn);
+    }
+    for (i, result) in out.iter_mut().enumerate() {
+        if let Some(&ahead) = msisdns.get(i + PREFETCH_DISTANCE) {
+            overrides.prefetch(ahead);
+            prefixes.prefetch(ahead);
+        }
+        *result = lookup(prefixes, overrides, msisdns[i]);
+    }
+}
 
 impl TableVersion {
     /// The version number (1 for the first published table).
@@ -170,42 +255,12 @@ impl TableVersion {
     /// matching prefix, else none.
     #[inline]
     pub fn lookup(&self, msisdn: Msisdn) -> Option<NetworkId> {
-        if !self.ported.is_empty() {
-            if let Some(network) = self.ported.get(msisdn) {
-                return Some(network);
-            }
-        }
-        self.prefixes.lookup(msisdn)
+        lookup(&self.prefixes, &self.ported, msisdn)
     }
 
-    /// Looks up many MSISDNs: `out[i]` is the network of `msisdns[i]` (only
-    /// the first `min(msisdns.len(), out.len())` are looked up).
-    ///
-    /// Software-pipelined: while resolving number `i` it prefetches the memory
-    /// number `i + PREFETCH_DISTANCE` will read, so about that many cache
-    /// misses are in flight at once instead of one at a time (the ported map
-    /// is far larger than the caches; the prefix index fits in them).
+    /// Many lookups at once, with prefetching ([`lookup_batch`]).
     pub fn lookup_batch(&self, msisdns: &[Msisdn], out: &mut [Option<NetworkId>]) {
-        let n = msisdns.len().min(out.len());
-        let (msisdns, out) = (&msisdns[..n], &mut out[..n]);
-        if self.ported.is_empty() {
-            // The prefix index fits in the caches: prefetching only costs.
-            for (result, &msisdn) in out.iter_mut().zip(msisdns) {
-                *result = self.prefixes.lookup(msisdn);
-            }
-            return;
-        }
-        for &msisdn in msisdns.iter().take(PREFETCH_DISTANCE) {
-            self.ported.prefetch(msisdn);
-            self.prefixes.prefetch(msisdn);
-        }
-        for i in 0..n {
-            if let Some(&ahead) = msisdns.get(i + PREFETCH_DISTANCE) {
-                self.ported.prefetch(ahead);
-                self.prefixes.prefetch(ahead);
-            }
-            out[i] = self.lookup(msisdns[i]);
-        }
+        lookup_batch(&self.prefixes, &self.ported, msisdns, out);
     }
 
     /// The network names of this version.
@@ -232,11 +287,7 @@ impl TableVersion {
 /// The live table: the current version, replaced atomically by updates.
 #[derive(Debug)]
 pub struct NumberingTable {
-    current: Arc<ArcSwap<TableVersion>>,
-    /// Serialises writers (readers never take it), and holds the versions
-    /// replaced so far until no reader holds them, so that the memory is
-    /// freed on a writer's thread, never on a reader's.
-    retired: Mutex<Vec<Arc<TableVersion>>>,
+    versions: Versioned<TableVersion>,
 }
 
 /// Why an update was refused; the table is unchanged.
@@ -260,13 +311,12 @@ impl NumberingTable {
     /// ported numbers.
     pub fn new(prefixes: PrefixIndex, ported: PortedMap, names: NetworkNames) -> NumberingTable {
         NumberingTable {
-            current: Arc::new(ArcSwap::from_pointee(TableVersion {
+            versions: Versioned::new(TableVersion {
                 version: 1,
                 prefixes: Arc::new(prefixes),
                 ported,
                 names: Arc::new(names),
-            })),
-            retired: Mutex::new(Vec::new()),
+            }),
         }
     }
 
@@ -285,50 +335,26 @@ impl NumberingTable {
 
     /// The current version, to hold as long as needed.
     pub fn snapshot(&self) -> Arc<TableVersion> {
-        self.current.load_full()
+        self.versions.snapshot()
     }
 
     /// A per-thread reader that caches the current version. It shares the
     /// table's publication point, so it may outlive this handle.
     pub fn reader(&self) -> TableReader {
-        TableReader {
-            cache: Cache::new(self.current.clone()),
-        }
-    }
-
-    /// Builds the next version from the current one and publishes it, all
-    /// under the writers' lock.
-    fn publish<E>(
-        &self,
-        build: impl FnOnce(&TableVersion) -> Result<TableVersion, E>,
-    ) -> Result<u64, E> {
-        // A poisoned lock only means another writer panicked; the table
-        // itself is always a whole version, so carry on.
-        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        let old = self.current.load_full();
-        let mut next = build(&old)?;
-        next.version = old.version + 1;
-        let version = next.version;
-        self.current.store(Arc::new(next));
-        // arc-swap has turned every reader's borrow of `old` into a count
-        // before `store` returned: a count of one means only we hold it.
-        retired.push(old);
-        retired.retain(|v| Arc::strong_count(v) > 1);
-        Ok(version)
+        self.versions.reader()
     }
 
     /// Frees replaced versions that no reader holds any more. Publishing does
     /// this too; call it now and then when updates are rare, so a version a
     /// reader has just let go of does not wait for the next update.
     pub fn reclaim(&self) {
-        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        retired.retain(|v| Arc::strong_count(v) > 1);
+        self.versions.reclaim();
     }
 
     /// Applies ported-number changes by network name, all in one new version.
     /// `None` removes the override.
     pub fn update_ported(&self, changes: &[(Msisdn, Option<&str>)]) -> Result<u64, UpdateError> {
-        self.publish(|old| {
+        self.versions.publish(|old| {
             let mut names: Option<NetworkNames> = None;
             let mut resolved: Vec<PortedChange> = Vec::with_capacity(changes.len());
             for &(msisdn, network) in changes {
@@ -363,19 +389,20 @@ impl NumberingTable {
     /// a bulk build on the calling thread. Returns the new version, or `None`
     /// when there was too little to gain.
     pub fn compact_ported(&self, dead_fraction: f64) -> Option<u64> {
-        self.publish(|old| {
-            let dead = old.ported.dead_bytes() as f64;
-            if dead <= dead_fraction * old.ported.memory_bytes() as f64 {
-                return Err(());
-            }
-            Ok(TableVersion {
-                version: 0,
-                prefixes: old.prefixes.clone(),
-                ported: old.ported.compacted(),
-                names: old.names.clone(),
+        self.versions
+            .publish(|old| {
+                let dead = old.ported.dead_bytes() as f64;
+                if dead <= dead_fraction * old.ported.memory_bytes() as f64 {
+                    return Err(());
+                }
+                Ok(TableVersion {
+                    version: 0,
+                    prefixes: old.prefixes.clone(),
+                    ported: old.ported.compacted(),
+                    names: old.names.clone(),
+                })
             })
-        })
-        .ok()
+            .ok()
     }
 
     /// Ports one number to a network (by name).
@@ -394,7 +421,7 @@ impl NumberingTable {
     pub fn reload(&self, prefixes_csv: &Path, ported_csv: Option<&Path>) -> Result<u64, LoadError> {
         // Loaded under the writers' lock, on top of the current names, so no
         // concurrent update can hand an id to another network meanwhile.
-        self.publish(|old| {
+        self.versions.publish(|old| {
             let loaded = load::load_files(prefixes_csv, ported_csv, Some(old.names()))?;
             Ok(TableVersion {
                 version: 0,
@@ -414,7 +441,7 @@ impl NumberingTable {
         ported: PortedMap,
         names: NetworkNames,
     ) -> Result<u64, UpdateError> {
-        self.publish(|old| {
+        self.versions.publish(|old| {
             let current = old.names();
             let keeps_ids = names.len() >= current.len()
                 && (0..current.len()).all(|i| {
@@ -434,20 +461,10 @@ impl NumberingTable {
     }
 }
 
-/// A reader for one thread: caches the current version and refreshes it
-/// only when a new one was published.
-#[derive(Debug)]
-pub struct TableReader {
-    cache: Cache<Arc<ArcSwap<TableVersion>>, Arc<TableVersion>>,
-}
+/// A numbering-table reader for one thread.
+pub type TableReader = Reader<TableVersion>;
 
-impl TableReader {
-    /// The current version (cheap: one atomic load when nothing changed).
-    #[inline]
-    pub fn current(&mut self) -> &TableVersion {
-        self.cache.load()
-    }
-
+impl Reader<TableVersion> {
     /// [`TableVersion::lookup`] on the current version.
     #[inline]
     pub fn lookup(&mut self, msisdn: Msisdn) -> Option<NetworkId> {

@@ -20,7 +20,9 @@ use std::sync::Arc;
 
 use presence_codec::Msisdn;
 
-use super::NetworkId;
+use std::marker::PhantomData;
+
+use super::{NetworkId, TableId};
 
 const FANOUT_BITS: u32 = 7;
 const FANOUT: usize = 1 << FANOUT_BITS;
@@ -123,22 +125,35 @@ struct Root {
     nodes: [Arc<Node>; FANOUT],
 }
 
-/// An immutable ported-number map; cloning shares everything.
-#[derive(Clone)]
-pub struct PortedMap {
+/// An immutable map of single numbers to ids of type `I` (ported numbers
+/// to networks; in the HSS, moved subscribers to presence servers); cloning
+/// shares everything.
+pub struct PortedMap<I: TableId = NetworkId> {
     root: Arc<Root>,
     len: usize,
+    ids: PhantomData<I>,
     seed: u64,
 }
 
-impl std::fmt::Debug for PortedMap {
+impl<I: TableId> Clone for PortedMap<I> {
+    fn clone(&self) -> PortedMap<I> {
+        PortedMap {
+            root: self.root.clone(),
+            len: self.len,
+            ids: PhantomData,
+            seed: self.seed,
+        }
+    }
+}
+
+impl<I: TableId> std::fmt::Debug for PortedMap<I> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PortedMap").field("len", &self.len).finish()
     }
 }
 
-/// A change to one ported number: `Some(network)` sets, `None` removes.
-pub type PortedChange = (Msisdn, Option<NetworkId>);
+/// A change to one ported number: `Some(id)` sets, `None` removes.
+pub type PortedChange<I = NetworkId> = (Msisdn, Option<I>);
 
 /// A bulk build found the same MSISDN twice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -164,17 +179,23 @@ fn home_bucket(h: u64, len: usize) -> usize {
     (((h & 0xFFFF_FFFF) * len as u64) >> 32) as usize
 }
 
-/// Packs an entry. Network ids come from [`NetworkNames`](super::NetworkNames),
-/// which never gives one at or above [`PORTED_NETWORKS_MAX`]; a larger one
-/// would corrupt the MSISDN bits, so it is a programming error.
+/// Packs an entry. Ids are below [`PORTED_NETWORKS_MAX`] by their types'
+/// contracts ([`TableId`]); a larger one would corrupt the MSISDN bits, so
+/// it is a programming error.
 #[inline]
-fn pack(msisdn: Msisdn, network: NetworkId) -> u64 {
+fn pack<I: TableId>(msisdn: Msisdn, id: I) -> u64 {
+    let index = id.index();
     assert!(
-        usize::from(network.0) < PORTED_NETWORKS_MAX,
-        "network id {} does not fit a ported entry",
-        network.0
+        usize::from(index) < PORTED_NETWORKS_MAX,
+        "id {index} does not fit a ported entry",
     );
-    msisdn.as_u64() << NETWORK_BITS | u64::from(network.0)
+    msisdn.as_u64() << NETWORK_BITS | u64::from(index)
+}
+
+/// The id of a packed entry (its low [`NETWORK_BITS`] bits).
+#[inline]
+fn unpack<I: TableId>(entry: u64) -> I {
+    I::from_index((entry & NETWORK_MASK) as u16)
 }
 
 /// Fills empty buckets with distinct packed entries.
@@ -224,10 +245,10 @@ fn shard_entries(shard: &Shard) -> impl Iterator<Item = u64> + '_ {
         .filter(|&e| e != EMPTY)
 }
 
-impl PortedMap {
+impl<I: TableId> PortedMap<I> {
     /// An empty map with a hash seed (vary it per process so nobody can
     /// precompute colliding numbers).
-    pub fn empty(seed: u64) -> PortedMap {
+    pub fn empty(seed: u64) -> PortedMap<I> {
         let empty = Shard::own(vec![EMPTY_BUCKET]);
         let node = Arc::new(Node {
             shards: std::array::from_fn(|_| empty.clone()),
@@ -237,12 +258,13 @@ impl PortedMap {
                 nodes: std::array::from_fn(|_| node.clone()),
             }),
             len: 0,
+            ids: PhantomData,
             seed,
         }
     }
 
     /// Builds a map from distinct entries; fails on the first MSISDN seen twice.
-    pub fn build(entries: &[(Msisdn, NetworkId)], seed: u64) -> Result<PortedMap, DuplicateMsisdn> {
+    pub fn build(entries: &[(Msisdn, I)], seed: u64) -> Result<PortedMap<I>, DuplicateMsisdn> {
         // Counting sort by shard: two passes, one allocation.
         let mut counts = vec![0usize; SHARD_COUNT + 1];
         for (msisdn, _) in entries {
@@ -302,6 +324,7 @@ impl PortedMap {
         Ok(PortedMap {
             root: Arc::new(Root { nodes }),
             len: entries.len(),
+            ids: PhantomData,
             seed,
         })
     }
@@ -312,9 +335,9 @@ impl PortedMap {
         &self.root.nodes[s >> FANOUT_BITS].shards[s & (FANOUT - 1)]
     }
 
-    /// The network `msisdn` is ported to, if it is.
+    /// The id `msisdn` is mapped to (the network it is ported to), if any.
     #[inline]
-    pub fn get(&self, msisdn: Msisdn) -> Option<NetworkId> {
+    pub fn get(&self, msisdn: Msisdn) -> Option<I> {
         let key = msisdn.as_u64();
         let h = hash(key, self.seed);
         let buckets = self.shard(h).buckets();
@@ -335,7 +358,7 @@ impl PortedMap {
                 has_empty |= slot == EMPTY;
             }
             if found != EMPTY {
-                return Some(NetworkId((found & NETWORK_MASK) as u16));
+                return Some(unpack(found));
             }
             if has_empty {
                 return None;
@@ -357,7 +380,7 @@ impl PortedMap {
 
     /// A new map with `changes` applied in order (a later change to the same
     /// MSISDN wins). Only the touched shards are rebuilt.
-    pub fn apply(&self, changes: &[PortedChange]) -> PortedMap {
+    pub fn apply(&self, changes: &[PortedChange<I>]) -> PortedMap<I> {
         let seed = self.seed;
         let mut ordered: Vec<(usize, usize)> = changes
             .iter()
@@ -412,6 +435,7 @@ impl PortedMap {
         PortedMap {
             root: Arc::new(root),
             len,
+            ids: PhantomData,
             seed,
         }
     }
@@ -427,7 +451,7 @@ impl PortedMap {
     }
 
     /// Every entry, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (Msisdn, NetworkId)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (Msisdn, I)> + '_ {
         self.root
             .nodes
             .iter()
@@ -436,7 +460,7 @@ impl PortedMap {
             .map(|e| {
                 (
                     Msisdn::from_u64(e >> NETWORK_BITS).unwrap_or(Msisdn::MIN),
-                    NetworkId((e & NETWORK_MASK) as u16),
+                    unpack(e),
                 )
             })
     }
@@ -463,8 +487,8 @@ impl PortedMap {
     /// The same entries rebuilt into one fresh block, dropping the dead room
     /// updates left behind ([`dead_bytes`](Self::dead_bytes)). A bulk build:
     /// run by a writer, off the readers' path.
-    pub fn compacted(&self) -> PortedMap {
-        let entries: Vec<(Msisdn, NetworkId)> = self.iter().collect();
+    pub fn compacted(&self) -> PortedMap<I> {
+        let entries: Vec<(Msisdn, I)> = self.iter().collect();
         // Entries of one map are distinct, so the build cannot fail.
         PortedMap::build(&entries, self.seed).unwrap_or_else(|_| self.clone())
     }
@@ -505,7 +529,7 @@ mod tests {
 
     #[test]
     fn set_override_and_remove() {
-        let map = PortedMap::empty(7);
+        let map: PortedMap = PortedMap::empty(7);
         let a = map.apply(&[(m(447700900123), Some(NetworkId(5)))]);
         assert_eq!(a.get(m(447700900123)), Some(NetworkId(5)));
         assert_eq!(
@@ -527,7 +551,7 @@ mod tests {
 
     #[test]
     fn later_change_to_the_same_number_wins() {
-        let map = PortedMap::empty(1).apply(&[
+        let map: PortedMap = PortedMap::empty(1).apply(&[
             (m(99), Some(NetworkId(1))),
             (m(99), None),
             (m(99), Some(NetworkId(3))),
@@ -586,7 +610,7 @@ mod tests {
     #[test]
     fn the_largest_msisdn_and_network_id_pack_without_loss() {
         let top = NetworkId((PORTED_NETWORKS_MAX - 1) as u16);
-        let map = PortedMap::empty(3).apply(&[(Msisdn::MAX, Some(top))]);
+        let map: PortedMap = PortedMap::empty(3).apply(&[(Msisdn::MAX, Some(top))]);
         assert_eq!(map.get(Msisdn::MAX), Some(top));
     }
 }

@@ -27,7 +27,7 @@
 
 use presence_codec::{Msisdn, MSISDN_DIGITS_MAX};
 
-use super::NetworkId;
+use super::{NetworkId, TableId};
 
 /// Digits of the key used for the direct index: 10^5 buckets.
 const BUCKET_DIGITS: u32 = 5;
@@ -113,20 +113,22 @@ impl std::fmt::Display for Prefix {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct Entry {
-    network: NetworkId,
+struct Entry<I> {
+    id: I,
     len: u8,
     parent: u32,
 }
 
-/// An immutable longest-prefix-match index.
+/// An immutable longest-prefix-match index from number prefixes to ids of
+/// type `I` (networks in the numbering table, presence servers in the HSS).
 #[derive(Debug, Clone)]
-pub struct PrefixIndex {
-    prefix_count: usize,
+pub struct PrefixIndex<I: TableId = NetworkId> {
+    /// The prefixes it was built from, sorted, each once.
+    prefixes: Box<[(Prefix, I)]>,
     bounds: Box<[u64]>,
     segment_entry: Box<[u32]>,
     buckets: Box<[u32]>,
-    entries: Box<[Entry]>,
+    entries: Box<[Entry<I>]>,
 }
 
 /// The key of an MSISDN: its digits padded with zeros to 15.
@@ -135,11 +137,11 @@ fn key_of(msisdn: Msisdn) -> u64 {
     msisdn.as_u64() * POW10[MSISDN_DIGITS_MAX - msisdn.digit_count()]
 }
 
-impl PrefixIndex {
+impl<I: TableId> PrefixIndex<I> {
     /// Builds the index from distinct prefixes (duplicates are the loader's
     /// error to report; here the last one wins).
-    pub fn build(prefixes: &[(Prefix, NetworkId)]) -> PrefixIndex {
-        let mut sorted: Vec<(Prefix, NetworkId)> = prefixes.to_vec();
+    pub fn build(prefixes: &[(Prefix, I)]) -> PrefixIndex<I> {
+        let mut sorted: Vec<(Prefix, I)> = prefixes.to_vec();
         // Ranges sorted by start, enclosing (shorter) ones first.
         sorted.sort_by_key(|(p, _)| (p.key_start(), p.len));
         sorted.dedup_by(|later, earlier| {
@@ -151,8 +153,8 @@ impl PrefixIndex {
             }
         });
 
-        let mut entries: Vec<Entry> = Vec::with_capacity(sorted.len());
-        let mut shared: std::collections::HashMap<Entry, u32> = Default::default();
+        let mut entries: Vec<Entry<I>> = Vec::with_capacity(sorted.len());
+        let mut shared: std::collections::HashMap<Entry<I>, u32> = Default::default();
         let mut bounds: Vec<u64> = vec![0];
         let mut segment_entry: Vec<u32> = vec![NO_ENTRY];
         // Stack of open prefixes (entry index, range end): a chain of nested ranges.
@@ -175,7 +177,7 @@ impl PrefixIndex {
             owners.push(entry);
         }
 
-        for (prefix, network) in &sorted {
+        for (prefix, id) in &sorted {
             let start = prefix.key_start();
             // Close the open prefixes that end at or before this one starts.
             while let Some(&(_, end)) = open.last() {
@@ -190,7 +192,7 @@ impl PrefixIndex {
             // Equal entries are shared, so neighbouring prefixes of one
             // network (441, 442, 443) make one segment, not three.
             let entry = Entry {
-                network: *network,
+                id: *id,
                 len: prefix.len,
                 parent,
             };
@@ -222,19 +224,22 @@ impl PrefixIndex {
         bounds.extend([u64::MAX; SCAN_WIDTH]);
 
         let index = PrefixIndex {
-            prefix_count: sorted.len(),
+            prefixes: sorted.into_boxed_slice(),
             bounds: bounds.into_boxed_slice(),
             segment_entry: segment_entry.into_boxed_slice(),
             buckets: buckets.into_boxed_slice(),
             entries: entries.into_boxed_slice(),
         };
-        debug_assert!(index.bounds[..segments].windows(2).all(|w| w[0] < w[1]));
+        assert!(
+            index.bounds[..segments].windows(2).all(|w| w[0] < w[1]),
+            "segment bounds strictly increase"
+        );
         index
     }
 
-    /// The network of the longest prefix of `msisdn`, if any.
+    /// The id of the longest prefix of `msisdn`, if any.
     #[inline]
-    pub fn lookup(&self, msisdn: Msisdn) -> Option<NetworkId> {
+    pub fn lookup(&self, msisdn: Msisdn) -> Option<I> {
         self.lookup_key(key_of(msisdn), msisdn.digit_count())
     }
 
@@ -250,7 +255,7 @@ impl PrefixIndex {
     }
 
     #[inline]
-    fn lookup_key(&self, key: u64, digits: usize) -> Option<NetworkId> {
+    fn lookup_key(&self, key: u64, digits: usize) -> Option<I> {
         let bucket = (key / BUCKET_WIDTH) as usize;
         // In range: key < 10^15, so bucket < BUCKET_COUNT; bounds is never empty.
         let mut lo = self.buckets[bucket] as usize;
@@ -269,7 +274,7 @@ impl PrefixIndex {
         while entry != NO_ENTRY {
             let e = self.entries[entry as usize];
             if usize::from(e.len) <= digits {
-                return Some(e.network);
+                return Some(e.id);
             }
             entry = e.parent;
         }
@@ -278,12 +283,18 @@ impl PrefixIndex {
 
     /// Number of distinct prefixes.
     pub fn len(&self) -> usize {
-        self.prefix_count
+        self.prefixes.len()
     }
 
     /// Whether there is no prefix.
     pub fn is_empty(&self) -> bool {
-        self.prefix_count == 0
+        self.prefixes.is_empty()
+    }
+
+    /// The prefixes, sorted by their range (enclosing ones first), each
+    /// with its id.
+    pub fn prefixes(&self) -> &[(Prefix, I)] {
+        &self.prefixes
     }
 
     /// Number of segments (for sizing and tests).
@@ -296,7 +307,8 @@ impl PrefixIndex {
         self.bounds.len() * 8
             + self.segment_entry.len() * 4
             + self.buckets.len() * 4
-            + self.entries.len() * std::mem::size_of::<Entry>()
+            + self.entries.len() * std::mem::size_of::<Entry<I>>()
+            + self.prefixes.len() * std::mem::size_of::<(Prefix, I)>()
     }
 }
 
@@ -308,7 +320,7 @@ mod tests {
         text.parse().unwrap()
     }
 
-    fn index(rows: &[(&str, u16)]) -> PrefixIndex {
+    fn index(rows: &[(&str, u16)]) -> PrefixIndex<NetworkId> {
         let prefixes: Vec<(Prefix, NetworkId)> = rows
             .iter()
             .map(|(p, n)| (Prefix::parse(p).unwrap(), NetworkId(*n)))

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use presence_border::BgCounters;
-use presence_engine::demo::{self, DeviceClient};
+use presence_engine::lab::{self, DeviceClient};
 use presence_engine::runtime::{Appliance, StartOptions, TraceSink};
 
 const A: &str = "o2.gb";
@@ -42,7 +42,7 @@ pub(crate) fn run(
         root.display()
     )?;
     out.flush()?;
-    let (a, b) = demo::write_two_networks(&root, table, A, B, subscribers, subscribers)?;
+    let (a, b) = lab::write_two_networks(&root, table, A, B, subscribers, subscribers)?;
     let (watcher, watcher_secret) = a.subscribers[0].clone();
     let (target, _) = b.subscribers[0].clone();
 
@@ -62,15 +62,16 @@ pub(crate) fn run(
         trace: Some(watcher),
         trace_sink: Some(sink),
     };
-    let demo::TwoAppliances { a: a_app, b: b_app } = demo::start_two_appliances(
+    let lab::TwoAppliances { a: a_app, b: b_app } = lab::start_two_appliances(
         &a.folder(),
         &b.folder(),
         table,
-        demo::TwoNetworkSettings {
+        lab::TwoNetworkSettings {
             workers,
             poll_mode,
             window_slots: 1 << 20,
             metrics: true,
+            steering: true,
         },
         options,
     )?;
@@ -150,8 +151,9 @@ pub(crate) fn run(
         "Load: {seconds} s of queries from A's subscribers about B's (each asked by a buddy)"
     )?;
     out.flush()?;
-    let summary = demo::run_load(
+    let summary = lab::run_load(
         a_app.client_addr(),
+        u16::try_from(workers).unwrap_or(1),
         &a.subscribers,
         &b.subscribers,
         Duration::from_secs(seconds),
@@ -185,12 +187,19 @@ pub(crate) fn run(
     writeln!(
         out,
         "  B raised {} charge records against {A} (journal in {}; `presence-gw cdr dump` prints it); A's border sent {} frames, B's received {}",
-        b_report.charged,
+        b_report.node.charged,
         b.dir.join("cdr").display(),
         BgCounters::get(&a_app.border_counters().frames_out),
         BgCounters::get(&b_app.border_counters().frames_in),
     )?;
     out.flush()?;
+    let a_report = a_app.report();
+    writeln!(
+        out,
+        "  hand-offs between workers: {} at A, {} at B (each subscriber's traffic is steered to the worker that owns it)",
+        a_report.cross_worker(),
+        b_report.cross_worker()
+    )?;
     a_app.stop();
     b_app.stop();
     writeln!(out, "stopped cleanly")?;

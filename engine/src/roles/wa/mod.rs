@@ -6,10 +6,13 @@
 //!   credit. Credit is an unsigned balance debited only when it covers the
 //!   cost: it can never go negative. A failed query (timeout, error,
 //!   overload) is refunded; an answer, including NotAvailable, is not.
-//! - Step 3: internal or external: B's number is in this network's own
-//!   ranges or ported in (and not ported out).
-//! - Step 4: the query goes to the OGPS, or for an internal B straight to an
-//!   IGPS of this network.
+//! - Step 3: internal or external: the numbering table (own ranges, other
+//!   networks' longer prefixes carved out of them, ported numbers both
+//!   ways) places B in this network or not. The node looks the targets of a
+//!   whole frame up in one batch ([`crate::table::lookup_batch`]) and hands
+//!   each request its answer, so the WA keeps no table of its own.
+//! - Step 4: the query goes to the OGPS, or for an internal B straight to
+//!   this node's IGPS.
 //! - Step 13: the WA answers A exactly once: the first final answer from the
 //!   network, or an explicit `Error(Timeout)` at the deadline.
 //!
@@ -23,6 +26,9 @@
 //! Subscriptions (`ClientOperation::Subscribe`/`Unsubscribe`) are refused with
 //! `Error(Refused)`: watching with an expiry is not built in the roles yet.
 
+mod device;
+mod pending;
+
 use std::collections::HashMap;
 
 use ahash::AHashMap;
@@ -32,10 +38,12 @@ use presence_codec::{
 };
 use subtle::ConstantTimeEq;
 
+use self::device::{DeviceRequest, DeviceRequests};
+use self::pending::{Pending, PendingTable};
 use super::limit::{Bucket, Rate};
 use super::timer::{Timer, TimerWheel};
 use super::{Addr, DropCounters, Millis, Outbox};
-use crate::table::{NetworkId, PortedMap, Prefix, PrefixIndex};
+use crate::table::NetworkId;
 
 /// What the WA knows of one of its subscribers (from provisioning).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,21 +99,9 @@ impl Account {
 pub struct WaConfig {
     /// This network.
     pub network: NetworkId,
-    /// This WA instance: the `reply_node` answers come back to.
+    /// This WA instance: the `reply_node` answers come back to (the node's
+    /// worker index).
     pub instance: u16,
-    /// How many IGPS ingress points this network has (internal queries are
-    /// spread over them).
-    pub igps_count: u16,
-    /// This network's own number ranges.
-    pub own_ranges: Vec<Prefix>,
-    /// Longer prefixes inside the own ranges that belong to other networks
-    /// (carved out of a block, e.g. to an MVNO): external, though they start
-    /// like an own range.
-    pub foreign_ranges: Vec<Prefix>,
-    /// Numbers of other ranges ported into this network.
-    pub ported_in: Vec<Msisdn>,
-    /// Numbers of the own ranges ported out to other networks.
-    pub ported_out: Vec<Msisdn>,
     /// Time A waits for an answer, in milliseconds.
     pub deadline_ms: u16,
     /// First retransmission after this many milliseconds; doubled each time.
@@ -133,15 +129,10 @@ pub struct WaConfig {
 impl WaConfig {
     /// Defaults for a network: 1.5 s deadline, retransmit after 200 ms, hop
     /// limit 8, 65,536 pending transactions, one unit per query.
-    pub fn new(network: NetworkId, own_ranges: Vec<Prefix>) -> WaConfig {
+    pub fn new(network: NetworkId) -> WaConfig {
         WaConfig {
             network,
             instance: 0,
-            igps_count: 1,
-            own_ranges,
-            foreign_ranges: Vec::new(),
-            ported_in: Vec::new(),
-            ported_out: Vec::new(),
             deadline_ms: 1500,
             retransmit_initial_ms: 200,
             hop_limit: 8,
@@ -159,191 +150,12 @@ impl WaConfig {
 const COUNTER_MASK: u64 = (1 << 48) - 1;
 /// A restarted WA's counter starts this many bits of ids per second ahead.
 const TXIDS_PER_SECOND_BITS: u32 = 22;
-const HOME: NetworkId = NetworkId(0);
-const AWAY: NetworkId = NetworkId(1);
 /// A device request is remembered this many deadlines: a device sending
 /// the same request again within them gets its one answer, never a second
 /// query (docs/reliability.md).
 pub const DEVICE_REPEAT_DEADLINES: u64 = 4;
 /// Retry-after told to A when the pending table is full.
 const PENDING_FULL_RETRY_MS: u32 = 100;
-
-#[derive(Clone, Copy, Debug)]
-struct Pending {
-    device: Msisdn,
-    client_txid: u64,
-    target: Msisdn,
-    watcher: Msisdn,
-    deadline: Millis,
-    retransmit_ms: u64,
-    next_send: Millis,
-    /// Bumped whenever the timer is re-armed, so stale heap entries are skipped.
-    timer_generation: u32,
-    internal: bool,
-    cost: u64,
-}
-
-/// Pending transactions, indexed directly by transaction id. The WA numbers
-/// its transactions consecutively, so slot `txid % slots` is free unless a
-/// transaction issued `slots` ids ago is still pending: then the table counts
-/// as full. No hashing, no allocation after start-up.
-#[derive(Debug)]
-struct PendingTable {
-    slots: Vec<Option<(u64, Pending)>>,
-    mask: u64,
-    len: usize,
-}
-
-impl PendingTable {
-    fn new(capacity: usize) -> PendingTable {
-        let slots = capacity.max(1).next_power_of_two();
-        PendingTable {
-            slots: vec![None; slots],
-            mask: slots as u64 - 1,
-            len: 0,
-        }
-    }
-
-    fn slot(&self, txid: u64) -> usize {
-        (txid & self.mask) as usize
-    }
-
-    fn is_free(&self, txid: u64) -> bool {
-        self.slots[self.slot(txid)].is_none()
-    }
-
-    fn insert(&mut self, txid: u64, pending: Pending) {
-        let slot = self.slot(txid);
-        debug_assert!(self.slots[slot].is_none());
-        self.len += usize::from(self.slots[slot].is_none());
-        self.slots[slot] = Some((txid, pending));
-    }
-
-    fn get(&self, txid: u64) -> Option<&Pending> {
-        match &self.slots[self.slot(txid)] {
-            Some((id, p)) if *id == txid => Some(p),
-            _ => None,
-        }
-    }
-
-    fn get_mut(&mut self, txid: u64) -> Option<&mut Pending> {
-        let slot = self.slot(txid);
-        match &mut self.slots[slot] {
-            Some((id, p)) if *id == txid => Some(p),
-            _ => None,
-        }
-    }
-
-    fn remove(&mut self, txid: u64) -> Option<Pending> {
-        let slot = self.slot(txid);
-        match self.slots[slot] {
-            Some((id, p)) if id == txid => {
-                self.slots[slot] = None;
-                self.len -= 1;
-                Some(p)
-            }
-            _ => None,
-        }
-    }
-}
-
-/// What became of a device's request (by watcher and device request id).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DeviceRequest {
-    /// Accepted; its query is pending.
-    Pending,
-    /// Answered with this outcome.
-    Answered(Outcome),
-}
-
-/// A remembered device request: about whom, what became of it, and until
-/// when it is remembered.
-#[derive(Clone, Copy, Debug)]
-struct DeviceEntry {
-    target: Msisdn,
-    state: DeviceRequest,
-    expires: Millis,
-}
-
-/// Recent device requests, so a request a device sends again (its answer
-/// was lost, or it gave up waiting) is not a second query: while pending it
-/// is ignored, once answered the same answer is sent again. Remembered for
-/// [`DEVICE_REPEAT_DEADLINES`] deadlines, and at most `capacity` of them (the pending
-/// table's size): past that the oldest is forgotten first, so at the
-/// highest rates a device repeating itself late may start a second query
-/// (charged once more; docs/reliability.md). Sized at start-up: the map
-/// holds twice `capacity` so its tombstones are cleared in place, and
-/// nothing is allocated after.
-#[derive(Debug)]
-struct DeviceRequests {
-    map: AHashMap<(Msisdn, u64), DeviceEntry>,
-    order: std::collections::VecDeque<((Msisdn, u64), Millis)>,
-    capacity: usize,
-}
-
-impl DeviceRequests {
-    fn new(capacity: usize) -> DeviceRequests {
-        let mut map = AHashMap::default();
-        map.reserve(capacity.saturating_mul(2));
-        DeviceRequests {
-            map,
-            order: std::collections::VecDeque::with_capacity(capacity),
-            capacity,
-        }
-    }
-
-    fn expire(&mut self, now: Millis) {
-        while let Some(&(key, expires)) = self.order.front() {
-            if expires > now {
-                break;
-            }
-            self.order.pop_front();
-            // Unless the id was reused since (a restarted device).
-            if self.map.get(&key).is_some_and(|e| e.expires == expires) {
-                self.map.remove(&key);
-            }
-        }
-    }
-
-    /// The request's state, if this is a repeat: same id, same target.
-    fn get(&mut self, now: Millis, key: (Msisdn, u64), target: Msisdn) -> Option<DeviceRequest> {
-        self.expire(now);
-        self.map
-            .get(&key)
-            .filter(|e| e.target == target)
-            .map(|e| e.state)
-    }
-
-    /// Records a newly accepted request, forgetting the oldest if full.
-    fn insert(&mut self, now: Millis, key: (Msisdn, u64), target: Msisdn, keep_ms: u64) {
-        self.expire(now);
-        if self.order.len() >= self.capacity {
-            if let Some((old, expires)) = self.order.pop_front() {
-                if self.map.get(&old).is_some_and(|e| e.expires == expires) {
-                    self.map.remove(&old);
-                }
-            }
-        }
-        let expires = now + keep_ms;
-        self.map.insert(
-            key,
-            DeviceEntry {
-                target,
-                state: DeviceRequest::Pending,
-                expires,
-            },
-        );
-        self.order.push_back((key, expires));
-    }
-
-    /// The request `key` about `target` was answered (a reused id about
-    /// another target is left alone).
-    fn answered(&mut self, key: (Msisdn, u64), target: Msisdn, outcome: Outcome) {
-        if let Some(entry) = self.map.get_mut(&key).filter(|e| e.target == target) {
-            entry.state = DeviceRequest::Answered(outcome);
-        }
-    }
-}
 
 /// Counters of what the WA decided, for metrics and the simulation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -371,12 +183,26 @@ pub struct WaCounters {
     pub drops: DropCounters,
 }
 
+impl WaCounters {
+    /// Adds `other` to these.
+    pub fn add(&mut self, other: &WaCounters) {
+        self.accepted += other.accepted;
+        self.internal += other.internal;
+        self.unauthenticated += other.unauthenticated;
+        self.credit_exhausted += other.credit_exhausted;
+        self.throttled += other.throttled;
+        self.device_repeats += other.device_repeats;
+        self.retransmissions += other.retransmissions;
+        self.final_answers += other.final_answers;
+        self.timeouts += other.timeouts;
+        self.drops.add(&other.drops);
+    }
+}
+
 /// The Watcher Application of one network (one instance).
 #[derive(Debug)]
 pub struct WatcherApp {
     config: WaConfig,
-    own: PrefixIndex,
-    ported: PortedMap,
     subscribers: AHashMap<Msisdn, Account>,
     pending: PendingTable,
     device_requests: DeviceRequests,
@@ -396,20 +222,9 @@ impl WatcherApp {
             .into_iter()
             .map(|(m, s)| (m, Account::of(&s)))
             .collect();
-        let own_ranges: Vec<(Prefix, NetworkId)> = config
-            .own_ranges
-            .iter()
-            .map(|&p| (p, HOME))
-            .chain(config.foreign_ranges.iter().map(|&p| (p, AWAY)))
-            .collect();
-        let mut changes: Vec<(Msisdn, Option<NetworkId>)> = Vec::new();
-        changes.extend(config.ported_in.iter().map(|&m| (m, Some(HOME))));
-        changes.extend(config.ported_out.iter().map(|&m| (m, Some(AWAY))));
         let pending = PendingTable::new(config.pending_max);
         let slots = pending.slots.len();
         WatcherApp {
-            own: PrefixIndex::build(&own_ranges),
-            ported: PortedMap::empty(0x5741).apply(&changes),
             subscribers,
             pending,
             device_requests: DeviceRequests::new(slots),
@@ -450,11 +265,6 @@ impl WatcherApp {
         self.subscribers.contains_key(&msisdn)
     }
 
-    /// Step 3: whether `msisdn` belongs to this network.
-    pub fn is_home(&self, msisdn: Msisdn) -> bool {
-        self.ported.get(msisdn).or_else(|| self.own.lookup(msisdn)) == Some(HOME)
-    }
-
     /// What the WA has decided so far.
     pub fn counters(&self) -> WaCounters {
         self.counters
@@ -472,6 +282,19 @@ impl WatcherApp {
         self.pending.get(txid).map(|p| p.device)
     }
 
+    /// Pins transaction `txid` to `network`, where the OGPS sent it: its
+    /// retransmissions are routed there (see [`WatcherApp::pinned_route`]).
+    pub fn pin_route(&mut self, txid: u64, network: NetworkId) {
+        if let Some(pending) = self.pending.get_mut(txid) {
+            pending.route = Some(network);
+        }
+    }
+
+    /// The network transaction `txid` was first sent to, if pinned.
+    pub fn pinned_route(&self, txid: u64) -> Option<NetworkId> {
+        self.pending.get(txid).and_then(|p| p.route)
+    }
+
     /// A's remaining credit.
     pub fn credit(&self, msisdn: Msisdn) -> Option<u64> {
         self.subscribers.get(&msisdn).map(|s| s.credit)
@@ -485,19 +308,6 @@ impl WatcherApp {
     /// When [`handle_timeout`](Self::handle_timeout) should next be called.
     pub fn poll_timeout(&self) -> Option<Millis> {
         self.timers.next_at()
-    }
-
-    /// Handles one message from a device (steps 1–4) or from the network
-    /// (the answer of step 12).
-    pub fn handle(&mut self, now: Millis, from: Addr, message: &Message<'_>, out: &mut Outbox) {
-        match (from, message) {
-            (Addr::Device(device), Message::ClientRequest(request)) => {
-                self.handle_request(now, device, request, out)
-            }
-            (Addr::Device(_), _) => self.counters.drops.unexpected += 1,
-            (_, Message::Answer(answer)) => self.handle_answer(now, answer, out),
-            _ => self.counters.drops.unexpected += 1,
-        }
     }
 
     fn reply_to_device(
@@ -520,11 +330,15 @@ impl WatcherApp {
         );
     }
 
-    fn handle_request(
+    /// Steps 1–4 for a request from `device`. `target_network` is the
+    /// numbering table's network for B (step 3: internal when it is this
+    /// network).
+    pub fn handle_request(
         &mut self,
         now: Millis,
         device: Msisdn,
         request: &ClientRequest<'_>,
+        target_network: Option<NetworkId>,
         out: &mut Outbox,
     ) {
         let refuse = |wa: &mut WatcherApp, outcome, out: &mut Outbox| {
@@ -600,7 +414,7 @@ impl WatcherApp {
             }
         }
         // Step 3.
-        let internal = self.is_home(request.target);
+        let internal = target_network == Some(self.config.network);
         let txid = self.next_txid;
         // The counter wraps within this instance's 48 bits.
         self.next_txid = (txid & !COUNTER_MASK) | (txid.wrapping_add(1) & COUNTER_MASK);
@@ -615,6 +429,7 @@ impl WatcherApp {
             next_send: now + self.config.retransmit_initial_ms.max(1),
             timer_generation: 0,
             internal,
+            route: None,
             cost,
         };
         self.counters.accepted += 1;
@@ -631,7 +446,7 @@ impl WatcherApp {
             .saturating_sub(now)
             .min(u64::from(u16::MAX)) as u16;
         let to = if pending.internal {
-            Addr::Igps((txid % u64::from(self.config.igps_count.max(1))) as u16)
+            Addr::Igps
         } else {
             Addr::Ogps
         };
@@ -650,7 +465,10 @@ impl WatcherApp {
         );
     }
 
-    fn handle_answer(&mut self, now: Millis, answer: &Answer, out: &mut Outbox) {
+    /// Step 12 arriving: an answer from the network, for a pending
+    /// transaction of this WA — the final answer to A, or a retry-after to
+    /// honour.
+    pub fn handle_answer(&mut self, now: Millis, answer: &Answer, out: &mut Outbox) {
         let Some(pending) = self.pending.get_mut(answer.txid) else {
             self.counters.drops.unmatched += 1;
             return;
@@ -661,6 +479,12 @@ impl WatcherApp {
             return;
         }
         if let Outcome::Overloaded { retry_after_ms } = answer.outcome {
+            if pending.deadline <= now {
+                // No time is left to ask again: A gets the timeout now, not
+                // a millisecond late from a timer armed in the past.
+                self.finish(answer.txid, Outcome::Error(ErrorReason::Timeout), out);
+                return;
+            }
             // Honour the retry-after: ask again then, not before; if that is
             // past the deadline, A gets the timeout at the deadline.
             let retry_at = now + u64::from(retry_after_ms);
@@ -773,7 +597,7 @@ mod tests {
 
     fn wa(credit: u64) -> WatcherApp {
         WatcherApp::new(
-            WaConfig::new(NetworkId(1), vec![Prefix::parse("4477").unwrap()]),
+            WaConfig::new(NetworkId(1)),
             HashMap::from([(
                 m(A),
                 Subscriber {
@@ -800,12 +624,8 @@ mod tests {
             operation: ClientOperation::Query,
             credential: Credential::new(credential).unwrap(),
         };
-        wa.handle(
-            now,
-            Addr::Device(m(A)),
-            &Message::ClientRequest(request),
-            out,
-        );
+        // B is of another network (7).
+        wa.handle_request(now, m(A), &request, Some(NetworkId(7)), out);
     }
 
     fn outcome_to_device(out: &Outbox) -> Option<Outcome> {
@@ -817,7 +637,7 @@ mod tests {
 
     #[test]
     fn a_watcher_over_its_rate_is_told_when_to_retry_and_not_debited() {
-        let mut config = WaConfig::new(NetworkId(1), vec![Prefix::parse("4477").unwrap()]);
+        let mut config = WaConfig::new(NetworkId(1));
         config.watcher_rate = Some(Rate {
             per_second: 10,
             burst: 2,
@@ -878,7 +698,7 @@ mod tests {
             target: m(B),
             outcome: Outcome::Detached { confirmed_age_s: 3 },
         };
-        wa.handle(100, Addr::Ogps, &Message::Answer(answer), &mut out);
+        wa.handle_answer(100, &answer, &mut out);
         assert_eq!(outcome_to_device(&out), Some(answer.outcome));
         out.clear();
         // Again once answered: the same answer, still one query.
@@ -973,7 +793,7 @@ mod tests {
                 retry_after_ms: 700,
             },
         };
-        wa.handle(50, Addr::Ogps, &Message::Answer(overloaded), &mut out);
+        wa.handle_answer(50, &overloaded, &mut out);
         assert!(out.transmits.is_empty(), "not final: retried later");
         wa.handle_timeout(200, &mut out);
         assert!(
@@ -986,7 +806,7 @@ mod tests {
 
     #[test]
     fn wa_numbers_transactions_ahead_of_its_previous_life() {
-        let mut config = WaConfig::new(NetworkId(1), vec![]);
+        let mut config = WaConfig::new(NetworkId(1));
         config.instance = 3;
         config.boot_time_s = 1_000;
         let before = WatcherApp::new(config.clone(), HashMap::new()).next_txid;
@@ -1011,12 +831,8 @@ mod tests {
             operation: ClientOperation::Query,
             credential: Credential::new(b"pw").unwrap(),
         };
-        wa.handle(
-            0,
-            Addr::Device(m(A)),
-            &Message::ClientRequest(request),
-            &mut out,
-        );
-        assert!(matches!(out.transmits[0].to, Addr::Igps(_)));
+        // The numbering table placed B in this network (1).
+        wa.handle_request(0, m(A), &request, Some(NetworkId(1)), &mut out);
+        assert_eq!(out.transmits[0].to, Addr::Igps);
     }
 }

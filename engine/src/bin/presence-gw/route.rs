@@ -13,11 +13,11 @@ use std::io::{self, BufRead, Write};
 
 use presence_codec::{Msisdn, MsisdnError};
 
-use crate::table::{NetworkId, TableVersion, LOOKUP_BATCH_MAX};
+use presence_engine::table::{NetworkId, TableVersion, LOOKUP_BATCH_MAX};
 
 /// What a routing run saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct RouteSummary {
+pub(crate) struct RouteSummary {
     /// Lines read.
     pub lines: u64,
     /// Lines that were not a valid MSISDN.
@@ -29,13 +29,13 @@ pub struct RouteSummary {
 /// Longest input line read: an MSISDN has at most 15 digits, so anything
 /// near this is not one; the rest of a longer line is skipped unread into
 /// memory, so no input can exhaust it.
-pub const LINE_LEN_MAX: usize = 64;
+pub(crate) const LINE_LEN_MAX: usize = 64;
 /// Most bytes of an invalid line echoed back.
 const ECHO_LEN_MAX: usize = 24;
 
 /// Why a line is not routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum LineError {
+pub(crate) enum LineError {
     /// Not a valid MSISDN.
     #[error("invalid MSISDN: {0}")]
     Msisdn(MsisdnError),
@@ -96,7 +96,7 @@ fn echo_invalid(text: &[u8], out: &mut impl Write) -> io::Result<()> {
 }
 
 /// Routes every line of `input`; see the module docs for the formats.
-pub fn route(
+pub(crate) fn route(
     table: &TableVersion,
     mut input: impl BufRead,
     out: &mut impl Write,
@@ -164,7 +164,7 @@ pub fn route(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::{NetworkNames, NumberingTable, PortedMap, Prefix, PrefixIndex};
+    use presence_engine::table::{NetworkNames, NumberingTable, PortedMap, Prefix, PrefixIndex};
 
     fn table() -> NumberingTable {
         let mut names = NetworkNames::default();

@@ -10,7 +10,7 @@ use presence_codec::{encode_frame, FrameReader, FRAME_LEN_ABSOLUTE_MAX};
 
 /// Why a line of hex could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HexError {
+pub(crate) enum HexError {
     /// An odd number of hex digits.
     #[error("odd number of hex digits")]
     OddLength,
@@ -20,7 +20,7 @@ pub enum HexError {
 }
 
 /// Parses hex digits, ignoring whitespace and `:` separators.
-pub fn parse_hex(text: &str) -> Result<Vec<u8>, HexError> {
+pub(crate) fn parse_hex(text: &str) -> Result<Vec<u8>, HexError> {
     let digits: Vec<u8> = text
         .chars()
         .filter(|c| !c.is_whitespace() && *c != ':')
@@ -33,7 +33,7 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, HexError> {
 }
 
 /// Lowercase hex with a space between bytes.
-pub fn to_hex(bytes: &[u8]) -> String {
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 3);
     for (i, b) in bytes.iter().enumerate() {
         if i > 0 {
@@ -45,7 +45,7 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 /// Describes one frame: one line per message, `ok` or `error`.
-pub fn describe_frame(frame: &[u8], max_len: usize) -> Vec<String> {
+pub(crate) fn describe_frame(frame: &[u8], max_len: usize) -> Vec<String> {
     match FrameReader::new(frame, max_len) {
         Err(e) => vec![format!("frame error [{}]: {e}", e.name())],
         Ok(reader) => reader
@@ -60,7 +60,7 @@ pub fn describe_frame(frame: &[u8], max_len: usize) -> Vec<String> {
 
 /// `wire sample`: one frame per sample message, as `name hex`; with
 /// `decoded`, each followed by a `#` comment line showing it decoded.
-pub fn write_samples(out: &mut impl Write, decoded: bool) -> io::Result<()> {
+pub(crate) fn write_samples(out: &mut impl Write, decoded: bool) -> io::Result<()> {
     for (name, message) in one_of_each() {
         let mut frame = Vec::new();
         encode_frame(&[message], FRAME_LEN_ABSOLUTE_MAX, &mut frame).map_err(io::Error::other)?;
@@ -77,7 +77,7 @@ pub fn write_samples(out: &mut impl Write, decoded: bool) -> io::Result<()> {
 /// `wire decode`: reads hex frames, one per line (a leading `name ` word is
 /// allowed, as `wire sample` prints), and describes each. Returns how many lines
 /// held a bad frame or bad hex.
-pub fn decode_lines(
+pub(crate) fn decode_lines(
     input: impl BufRead,
     out: &mut impl Write,
     max_len: usize,

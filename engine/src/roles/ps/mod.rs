@@ -1,4 +1,5 @@
-//! Presence Server (steps 10–12), state sharded by MSISDN.
+//! Presence Server (steps 10–12). In the appliance each node holds a slice
+//! of every presence server: the subscribers it owns.
 //!
 //! Per subscriber B it holds B's status (attached with how B is reachable, or
 //! detached, and when a device of B last confirmed it), B's buddy list (who
@@ -9,10 +10,11 @@
 //! - Step 10: a query is answered with B's status only if the watcher is one
 //!   of B's buddies and B still consents. Unknown subscriber and not permitted
 //!   get the same `NotAvailable`.
-//! - Step 11: every decision on a query from another network is recorded in a
-//!   [`DecisionRecord`]; those that answered with B's status are the charge
-//!   records, charging A's network, which is the origin carried beside the
-//!   query (the border's authenticated peer), never a field of the message.
+//! - Step 11: every fresh decision is a [`DecisionRecord`]; those on queries
+//!   from another network are journaled, and those that answered with B's
+//!   status are the charge records, charging A's network, which is the
+//!   origin carried beside the query (the border's authenticated peer),
+//!   never a field of the message.
 //! - Step 12: the answer goes back to the origin network's WA.
 //!
 //! Exactly once: the first decision for a transaction (origin network, txid)
@@ -35,6 +37,10 @@ use presence_codec::{
 };
 use subtle::ConstantTimeEq;
 
+mod window;
+
+use self::window::{DecisionWindow, WindowLookup};
+pub use self::window::{DecisionWindowEntry, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX};
 use super::igps::reply_addr;
 use super::store::{SubscriberStore, SubscriberView};
 use super::{answer_to, one_hop_on, Addr, DropCounters, Millis, Outbox, PsId};
@@ -87,9 +93,9 @@ impl SubscriberRecord {
     }
 }
 
-/// A decision on a query from another network (step 11). The chargeable ones
-/// are the charge records; all are journaled so that duplicate suppression
-/// survives a restart.
+/// A fresh decision on a query (step 11). Those on queries from another
+/// network are journaled, so that duplicate suppression survives a restart;
+/// of those, the chargeable ones are the charge records.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecisionRecord {
     /// A's network: the authenticated origin of the query.
@@ -113,268 +119,12 @@ pub struct DecisionRecord {
 impl DecisionRecord {
     /// Whether this decision is charged to A's network: it showed B's status.
     pub fn chargeable(&self) -> bool {
-        super::shows_status(&self.outcome)
+        self.outcome.shows_status()
     }
 }
 
 /// The charge records are the chargeable decisions.
 pub type ChargeRecord = DecisionRecord;
-
-/// The duplicate-suppression window: the decisions of the last window, per
-/// transaction stream.
-///
-/// A WA numbers its transactions consecutively (`instance << 48 | counter`,
-/// the instance being its `reply_node`), so each (origin network, WA
-/// instance) stream gets a ring indexed directly by the counter, like an
-/// anti-replay window: recording a decision is a write to the next slots in
-/// order, finding one is a single indexed read, no hashing and no random
-/// insert into a large table. Rules:
-/// - a slot still holding a live decision of an *older* transaction means the
-///   ring is full for that stream: the server answers `Overloaded`;
-/// - a transaction older than the slot's occupant, or more than a ring behind
-///   the newest transaction seen on its stream (the high-water mark), is older
-///   than the window: dropped, never decided a second time;
-/// - decisions that cannot take their slot (moved in with a subscriber, or
-///   rebuilt after a restart, colliding with a live one) go to a small
-///   overflow map, checked first while it is not empty.
-///
-/// Bounded: at most [`WINDOW_STREAMS_PER_ORIGIN_MAX`] streams per origin
-/// network and [`WINDOW_STREAMS_MAX`] in all, each of `slots` entries,
-/// allocated on first use; a stream beyond the quota is answered
-/// `Overloaded`, so one network cannot take the window from the others.
-#[derive(Debug)]
-struct DecisionWindow {
-    slots: usize,
-    streams: HashMap<(NetworkId, u16), usize>,
-    streams_per_origin: HashMap<NetworkId, usize>,
-    rings: Vec<Ring>,
-    overflow: HashMap<(NetworkId, u64), DecisionWindowEntry>,
-}
-
-/// A stream's ring, in chunks of [`RING_CHUNK`] slots allocated when a
-/// transaction first lands in them: a new stream costs a few hundred bytes,
-/// not the whole ring at once (2^22 slots are about 200 MB, which would
-/// stall the first query of a new WA instance for a tenth of a second);
-/// after the first lap the ring is complete and nothing more is allocated.
-#[derive(Debug)]
-struct Ring {
-    chunks: Box<[Option<RingChunk>]>,
-    chunk_len: usize,
-    /// The newest transaction recorded on the stream, once there is one.
-    high_water: Option<u64>,
-}
-
-/// A chunk of a ring's slots.
-type RingChunk = Box<[Option<DecisionWindowEntry>]>;
-
-/// Slots per ring chunk.
-const RING_CHUNK: usize = 4096;
-
-impl Ring {
-    fn new(slots: usize) -> Ring {
-        let chunk_len = RING_CHUNK.min(slots).max(1);
-        Ring {
-            chunks: (0..slots.div_ceil(chunk_len)).map(|_| None).collect(),
-            chunk_len,
-            high_water: None,
-        }
-    }
-
-    fn get(&self, slot: usize) -> Option<DecisionWindowEntry> {
-        self.chunks
-            .get(slot / self.chunk_len)?
-            .as_ref()?
-            .get(slot % self.chunk_len)
-            .copied()
-            .flatten()
-    }
-
-    fn set(&mut self, slot: usize, entry: DecisionWindowEntry) {
-        let len = self.chunk_len;
-        if let Some(chunk) = self.chunks.get_mut(slot / len) {
-            let chunk = chunk.get_or_insert_with(|| vec![None; len].into_boxed_slice());
-            if let Some(cell) = chunk.get_mut(slot % len) {
-                *cell = Some(entry);
-            }
-        }
-    }
-
-    fn slots_mut(&mut self) -> impl Iterator<Item = &mut Option<DecisionWindowEntry>> {
-        self.chunks.iter_mut().flatten().flat_map(|c| c.iter_mut())
-    }
-
-    fn clear(&mut self) {
-        self.chunks.iter_mut().for_each(|c| *c = None);
-        self.high_water = None;
-    }
-}
-
-/// Most transaction streams (origin network × WA instance) one presence
-/// server tracks.
-pub const WINDOW_STREAMS_MAX: usize = 256;
-/// Most transaction streams (WA instances) of one origin network.
-pub const WINDOW_STREAMS_PER_ORIGIN_MAX: usize = 16;
-
-/// How far transaction `txid` is behind `newer` on their stream: the
-/// 48-bit counters compared in serial-number arithmetic (RFC 1982), so a
-/// counter that wrapped is still ahead. 0 when `txid` is not behind.
-fn counter_behind(newer: u64, txid: u64) -> u64 {
-    const COUNTER_MASK: u64 = (1 << 48) - 1;
-    let behind = newer.wrapping_sub(txid) & COUNTER_MASK;
-    if behind < 1 << 47 {
-        behind
-    } else {
-        0
-    }
-}
-
-enum WindowLookup {
-    Decided(DecisionWindowEntry),
-    New,
-    Stale,
-    Full,
-}
-
-impl DecisionWindow {
-    fn new(slots: usize) -> DecisionWindow {
-        DecisionWindow {
-            slots: slots.max(1).next_power_of_two(),
-            streams: HashMap::default(),
-            streams_per_origin: HashMap::default(),
-            rings: Vec::new(),
-            overflow: HashMap::default(),
-        }
-    }
-
-    fn slot(&self, txid: u64) -> usize {
-        (txid as usize) & (self.slots - 1)
-    }
-
-    fn ring(&mut self, origin: NetworkId, txid: u64) -> Option<&mut Ring> {
-        let stream = (origin, (txid >> 48) as u16);
-        let index = match self.streams.get(&stream) {
-            Some(&i) => i,
-            None => {
-                let of_origin = self.streams_per_origin.entry(origin).or_default();
-                if self.rings.len() >= WINDOW_STREAMS_MAX
-                    || *of_origin >= WINDOW_STREAMS_PER_ORIGIN_MAX
-                {
-                    return None;
-                }
-                *of_origin += 1;
-                self.rings.push(Ring::new(self.slots));
-                self.streams.insert(stream, self.rings.len() - 1);
-                self.rings.len() - 1
-            }
-        };
-        Some(&mut self.rings[index])
-    }
-
-    fn lookup(&mut self, now: Millis, origin: NetworkId, txid: u64) -> WindowLookup {
-        if !self.overflow.is_empty() {
-            if let Some(e) = self.overflow.get(&(origin, txid)) {
-                return WindowLookup::Decided(*e);
-            }
-        }
-        let slot = self.slot(txid);
-        let span = self.slots as u64;
-        let Some(ring) = self.ring(origin, txid) else {
-            return WindowLookup::Full;
-        };
-        if ring
-            .high_water
-            .is_some_and(|newest| counter_behind(newest, txid) >= span)
-        {
-            return WindowLookup::Stale;
-        }
-        match ring.get(slot) {
-            Some(e) if e.txid == txid && e.origin == origin => WindowLookup::Decided(e),
-            Some(e) if counter_behind(e.txid, txid) > 0 => WindowLookup::Stale,
-            Some(e) if e.expires > now => WindowLookup::Full,
-            _ => WindowLookup::New,
-        }
-    }
-
-    /// Records a decision; if its slot holds a live decision of another
-    /// transaction, the new one goes to the overflow map instead.
-    fn insert(&mut self, now: Millis, entry: DecisionWindowEntry) {
-        let slot = self.slot(entry.txid);
-        let Some(ring) = self.ring(entry.origin, entry.txid) else {
-            self.overflow_insert(now, entry);
-            return;
-        };
-        if ring
-            .high_water
-            .is_none_or(|newest| counter_behind(entry.txid, newest) > 0)
-        {
-            ring.high_water = Some(entry.txid);
-        }
-        let free = ring
-            .get(slot)
-            .is_none_or(|e| e.expires <= now || e.txid == entry.txid);
-        if free {
-            ring.set(slot, entry);
-        } else {
-            self.overflow_insert(now, entry);
-        }
-    }
-
-    fn overflow_insert(&mut self, now: Millis, entry: DecisionWindowEntry) {
-        self.overflow.retain(|_, e| e.expires > now);
-        self.overflow.insert((entry.origin, entry.txid), entry);
-    }
-
-    /// Removes and returns the decisions about `target`.
-    fn take_target(&mut self, target: Msisdn) -> Vec<DecisionWindowEntry> {
-        let mut taken = Vec::new();
-        for ring in &mut self.rings {
-            for slot in ring.slots_mut() {
-                if slot.is_some_and(|e| e.target == target) {
-                    taken.extend(slot.take());
-                }
-            }
-        }
-        self.overflow.retain(|_, e| {
-            let moving = e.target == target;
-            if moving {
-                taken.push(*e);
-            }
-            !moving
-        });
-        taken
-    }
-
-    fn clear(&mut self) {
-        for ring in &mut self.rings {
-            ring.clear();
-        }
-        self.overflow.clear();
-    }
-
-    /// Changes the outcome of a decision still in the window; returns
-    /// whether it was there.
-    fn revise(&mut self, origin: NetworkId, txid: u64, outcome: Outcome) -> bool {
-        if let Some(e) = self.overflow.get_mut(&(origin, txid)) {
-            e.outcome = outcome;
-            return true;
-        }
-        let slot = self.slot(txid);
-        let stream = (origin, (txid >> 48) as u16);
-        let Some(&index) = self.streams.get(&stream) else {
-            return false;
-        };
-        let Some(ring) = self.rings.get_mut(index) else {
-            return false;
-        };
-        match ring.get(slot) {
-            Some(e) if e.txid == txid && e.origin == origin => {
-                ring.set(slot, DecisionWindowEntry { outcome, ..e });
-                true
-            }
-            _ => false,
-        }
-    }
-}
 
 /// Whether a presence server can make charge records durable, as its
 /// caller's journal reports it.
@@ -385,8 +135,10 @@ pub enum Charging {
     Available,
     /// The journal failed (a full or failing disk): a query that would
     /// show B's status to another network is refused with
-    /// `Error(ChargingUnavailable)` and not remembered, so it can be
-    /// decided once charging is back (fail closed).
+    /// `Error(ChargingUnavailable)` (fail closed). The refusal is
+    /// remembered like any decision: the WA takes it as final, so a
+    /// retransmission or a duplicate arriving once charging is back gets
+    /// the same refusal, never a second, charged answer.
     Unavailable,
     /// Answers waiting for their records to become durable are at their
     /// bound: new queries from other networks are answered `Overloaded`.
@@ -417,12 +169,26 @@ pub struct PsCounters {
     pub drops: DropCounters,
 }
 
+impl PsCounters {
+    /// Adds `other` to these.
+    pub fn add(&mut self, other: &PsCounters) {
+        self.answered_status += other.answered_status;
+        self.not_available += other.not_available;
+        self.charged += other.charged;
+        self.duplicates += other.duplicates;
+        self.publications += other.publications;
+        self.refused += other.refused;
+        self.charging_refused += other.charging_refused;
+        self.drops.add(&other.drops);
+    }
+}
+
 /// One presence server.
 #[derive(Debug)]
 pub struct PresenceServer {
     id: PsId,
     network: NetworkId,
-    shards: Vec<SubscriberStore>,
+    store: SubscriberStore,
     window: DecisionWindow,
     /// Subscribers moved away, with where to and until when queries still in
     /// flight are forwarded after them.
@@ -432,32 +198,22 @@ pub struct PresenceServer {
     counters: PsCounters,
 }
 
-/// Bits of the MSISDN hash choosing a shard (of a presence server's
-/// state, and of the runtime's workers).
-pub(crate) fn shard_index(msisdn: Msisdn, shards: usize) -> usize {
-    let h = msisdn.as_u64().wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    ((h >> 32) as usize) % shards.max(1)
-}
-
 impl PresenceServer {
-    /// A presence server of `network` with `shards` state shards (one per
-    /// core in the runtime), remembering decisions for `window_ms` (longer
-    /// than any deadline) in rings of `window_slots` (rounded up to a power
-    /// of two) per transaction stream: a WA may issue that many transactions
-    /// per window before this server sheds its queries with `Overloaded`.
+    /// A presence server (or a node's slice of one) of `network`,
+    /// remembering decisions for `window_ms` (longer than any deadline) in
+    /// rings of `window_slots` (rounded up to a power of two) per
+    /// transaction stream: a WA may issue that many transactions per window
+    /// before this server sheds its queries with `Overloaded`.
     pub fn new(
         id: PsId,
         network: NetworkId,
-        shards: usize,
         window_ms: u64,
         window_slots: usize,
     ) -> PresenceServer {
         PresenceServer {
             id,
             network,
-            shards: (0..shards.max(1))
-                .map(|_| SubscriberStore::default())
-                .collect(),
+            store: SubscriberStore::default(),
             window: DecisionWindow::new(window_slots),
             moved: HashMap::default(),
             window_ms,
@@ -476,27 +232,18 @@ impl PresenceServer {
         self.counters
     }
 
-    fn shard(&self, msisdn: Msisdn) -> &SubscriberStore {
-        &self.shards[shard_index(msisdn, self.shards.len())]
-    }
-
-    fn shard_mut(&mut self, msisdn: Msisdn) -> &mut SubscriberStore {
-        let n = self.shards.len();
-        &mut self.shards[shard_index(msisdn, n)]
-    }
-
     /// Provisions (or replaces) a subscriber. A record larger than the
     /// packed store indexes (more than 2^32 buddies in one shard) is
     /// refused and counted in `refused`.
     pub fn provision(&mut self, msisdn: Msisdn, record: SubscriberRecord) {
-        if self.shard_mut(msisdn).insert(msisdn, &record).is_err() {
+        if self.store.insert(msisdn, &record).is_err() {
             self.counters.refused += 1;
         }
     }
 
     /// The subscriber, if held here.
     pub fn subscriber(&self, msisdn: Msisdn) -> Option<SubscriberView<'_>> {
-        self.shard(msisdn).get(msisdn)
+        self.store.get(msisdn)
     }
 
     /// The first buddy of `msisdn`'s list, if held: read ahead of a batch,
@@ -507,7 +254,7 @@ impl PresenceServer {
 
     /// Number of subscribers held.
     pub fn subscriber_count(&self) -> usize {
-        self.shards.iter().map(|s| s.len()).sum()
+        self.store.len()
     }
 
     /// Takes a subscriber out, with the decisions in the window about it, to
@@ -521,7 +268,7 @@ impl PresenceServer {
         msisdn: Msisdn,
         to: PsId,
     ) -> Option<(SubscriberRecord, Vec<DecisionWindowEntry>)> {
-        let record = self.shard_mut(msisdn).remove(msisdn)?;
+        let record = self.store.remove(msisdn)?;
         self.moved.retain(|_, (_, until)| *until > now);
         self.moved.insert(msisdn, (to, now + self.window_ms));
         let entries = self.window.take_target(msisdn);
@@ -540,7 +287,7 @@ impl PresenceServer {
         let mut fresh = SubscriberRecord::new(credential, buddies);
         fresh.consent_all = consent_all;
         match self
-            .shard_mut(msisdn)
+            .store
             .update(msisdn, &fresh.credential, &fresh.buddies, consent_all)
         {
             Ok(true) => {}
@@ -551,12 +298,12 @@ impl PresenceServer {
 
     /// Removes a subscriber; returns whether it was here.
     pub fn deprovision(&mut self, msisdn: Msisdn) -> bool {
-        self.shard_mut(msisdn).remove(msisdn).is_some()
+        self.store.remove(msisdn).is_some()
     }
 
     /// The subscribers held here.
     pub fn subscriber_numbers(&self) -> impl Iterator<Item = Msisdn> + '_ {
-        self.shards.iter().flat_map(SubscriberStore::numbers)
+        self.store.numbers()
     }
 
     /// Takes over a subscriber exported by another server.
@@ -612,7 +359,7 @@ impl PresenceServer {
     /// too. A decision that charged nothing is left as it was. Returns
     /// whether a decision was changed.
     pub fn refuse_undurable(&mut self, origin: NetworkId, txid: u64, was: &Outcome) -> bool {
-        if !super::shows_status(was) {
+        if !was.shows_status() {
             return false;
         }
         self.window.revise(
@@ -620,6 +367,20 @@ impl PresenceServer {
             txid,
             Outcome::Error(ErrorReason::ChargingUnavailable),
         )
+    }
+
+    /// Whether `query` of `origin` was decided here already (its decision,
+    /// for the same watcher and target, is in the duplicate window).
+    pub fn has_decided(&self, origin: NetworkId, query: &Query) -> bool {
+        self.window
+            .decided(origin, query.txid)
+            .is_some_and(|e| e.watcher == query.watcher && e.target == query.target)
+    }
+
+    /// The outcome decided for transaction `txid` of `origin`, while it is
+    /// in the duplicate window (after any revision).
+    pub fn decided(&self, origin: NetworkId, txid: u64) -> Option<Outcome> {
+        self.window.decided(origin, txid).map(|e| e.outcome)
     }
 
     /// Handles a query (from an IGPS, with its origin network), a status
@@ -633,7 +394,7 @@ impl PresenceServer {
         out: &mut Outbox,
     ) {
         match (from, message) {
-            (Addr::Igps(_) | Addr::Wa(_) | Addr::Ps(_), Message::Query(query)) => {
+            (Addr::Igps | Addr::Wa(_) | Addr::Ps(_), Message::Query(query)) => {
                 self.handle_query(now, origin, query, out)
             }
             (Addr::Device(device), Message::Publish(publish)) => {
@@ -728,16 +489,16 @@ impl PresenceServer {
             }
             _ => Outcome::NotAvailable,
         };
-        if foreign && self.charging == Charging::Unavailable && outcome != Outcome::NotAvailable {
+        let outcome = if foreign
+            && self.charging == Charging::Unavailable
+            && outcome != Outcome::NotAvailable
+        {
             // Fail closed: no status without a durable charge record.
             self.counters.charging_refused += 1;
-            out.send(
-                reply_to,
-                origin,
-                answer(Outcome::Error(ErrorReason::ChargingUnavailable)),
-            );
-            return;
-        }
+            Outcome::Error(ErrorReason::ChargingUnavailable)
+        } else {
+            outcome
+        };
         self.window.insert(
             now,
             DecisionWindowEntry {
@@ -749,25 +510,24 @@ impl PresenceServer {
                 expires: now + self.window_ms,
             },
         );
-        if origin != self.network {
-            // Step 11: recorded before the answer is released.
-            let record = DecisionRecord {
-                origin,
-                txid: query.txid,
-                watcher: query.watcher,
-                target: query.target,
-                reply_node: query.reply_node,
-                at: now,
-                ps: self.id,
-                outcome,
-            };
-            self.counters.charged += u64::from(record.chargeable());
-            out.records.push(record);
-        }
-        if outcome == Outcome::NotAvailable {
-            self.counters.not_available += 1;
-        } else {
-            self.counters.answered_status += 1;
+        // Step 11: recorded before the answer is released (the node
+        // journals those of other networks' queries).
+        let record = DecisionRecord {
+            origin,
+            txid: query.txid,
+            watcher: query.watcher,
+            target: query.target,
+            reply_node: query.reply_node,
+            at: now,
+            ps: self.id,
+            outcome,
+        };
+        self.counters.charged += u64::from(foreign && record.chargeable());
+        out.records.push(record);
+        match outcome {
+            Outcome::NotAvailable => self.counters.not_available += 1,
+            o if o.shows_status() => self.counters.answered_status += 1,
+            _ => {}
         }
         // Step 12.
         out.send(reply_to, origin, answer(outcome));
@@ -780,22 +540,15 @@ impl PresenceServer {
         publish: &Publish<'_>,
         out: &mut Outbox,
     ) {
-        let authentic = self
-            .shard(publish.subscriber)
-            .get(publish.subscriber)
-            .map(|b| {
-                device == publish.subscriber
-                    && bool::from(b.credential().ct_eq(publish.credential.as_bytes()))
-            });
+        let authentic = self.store.get(publish.subscriber).map(|b| {
+            device == publish.subscriber
+                && bool::from(b.credential().ct_eq(publish.credential.as_bytes()))
+        });
         let status = match authentic {
             None => AckStatus::UnknownSubscriber,
             Some(false) => AckStatus::Unauthenticated,
             Some(true) => {
-                self.shard_mut(publish.subscriber).set_state(
-                    publish.subscriber,
-                    publish.state,
-                    now,
-                );
+                self.store.set_state(publish.subscriber, publish.state, now);
                 AckStatus::Ok
             }
         };
@@ -815,7 +568,7 @@ impl PresenceServer {
     }
 
     fn apply_buddies(&mut self, update: &BuddyUpdate<'_>) -> AckStatus {
-        let Some(b) = self.shard(update.owner).get(update.owner) else {
+        let Some(b) = self.store.get(update.owner) else {
             return AckStatus::UnknownSubscriber;
         };
         let mut buddies: SmallVec<[Msisdn; 24]> = match update.action {
@@ -831,10 +584,7 @@ impl PresenceServer {
         if buddies.len() > BUDDIES_MAX {
             return AckStatus::TooManyBuddies;
         }
-        match self
-            .shard_mut(update.owner)
-            .set_buddies(update.owner, &buddies)
-        {
+        match self.store.set_buddies(update.owner, &buddies) {
             Ok(true) => AckStatus::Ok,
             Ok(false) => AckStatus::UnknownSubscriber,
             Err(_) => AckStatus::TooManyBuddies,
@@ -843,7 +593,7 @@ impl PresenceServer {
 
     fn apply_consent(&mut self, update: &ConsentUpdate) -> AckStatus {
         let owner = update.owner;
-        let store = self.shard_mut(owner);
+        let store = &mut self.store;
         let known = match (update.scope, update.consent) {
             (ConsentScope::All, consent) => store.set_consent_all(owner, consent == Consent::Grant),
             (ConsentScope::Watcher(w), Consent::Withdraw) => store.set_withdrawn(owner, w, true),
@@ -857,26 +607,9 @@ impl PresenceServer {
     }
 }
 
-/// A decision in the duplicate-suppression window, moved with its subscriber.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DecisionWindowEntry {
-    /// Origin network of the transaction.
-    pub origin: NetworkId,
-    /// Its id.
-    pub txid: u64,
-    /// A: a transaction id reused for another watcher (a WA restarted within
-    /// a window) never gets this watcher's answer.
-    pub watcher: Msisdn,
-    /// B.
-    pub target: Msisdn,
-    /// The answer given.
-    pub outcome: Outcome,
-    /// When it leaves the window.
-    pub expires: Millis,
-}
-
 #[cfg(test)]
 mod tests {
+    use super::window::counter_behind;
     use super::*;
 
     const HOME: NetworkId = NetworkId(2);
@@ -887,7 +620,7 @@ mod tests {
     }
 
     fn server(slots: usize) -> PresenceServer {
-        let mut ps = PresenceServer::new(PsId(0), HOME, 2, 10_000, slots);
+        let mut ps = PresenceServer::new(PsId(0), HOME, 10_000, slots);
         ps.provision(
             m("4915100000001"),
             SubscriberRecord::new(b"b".to_vec(), vec![m("447700900123")]),
@@ -909,7 +642,7 @@ mod tests {
 
     fn ask(ps: &mut PresenceServer, now: Millis, q: Message<'static>) -> (Option<Outcome>, usize) {
         let mut out = Outbox::default();
-        ps.handle(now, Addr::Igps(0), PEER, &q, &mut out);
+        ps.handle(now, Addr::Igps, PEER, &q, &mut out);
         let outcome = out.transmits.iter().find_map(|t| match t.message {
             Message::Answer(a) => Some(a.outcome),
             _ => None,
@@ -1011,13 +744,7 @@ mod tests {
     fn ps_window_survives_a_restart_through_the_journal() {
         let mut ps = server(64);
         let mut out = Outbox::default();
-        ps.handle(
-            10,
-            Addr::Igps(0),
-            PEER,
-            &query(0, 1, "447700900123"),
-            &mut out,
-        );
+        ps.handle(10, Addr::Igps, PEER, &query(0, 1, "447700900123"), &mut out);
         let journal = out.records.clone();
         ps.restart(100, journal.iter());
         assert_eq!(

@@ -1,7 +1,9 @@
-//! Two networks on loopback: the files an operator would write for each
-//! (certificates, configuration, HSS table, provisioning), generated, and a
-//! device-side client that speaks the wire format over UDP. Used by
-//! `presence-gw demo` and by the integration tests.
+//! A two-network laboratory on loopback: the files an operator would write
+//! for each network (certificates, configuration, HSS table, provisioning),
+//! generated; their appliances started in this process or as processes; and
+//! a device-side client that speaks the wire format over UDP. Used by
+//! `presence-gw demo`, the load harness and the integration tests; no
+//! production layer imports it.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -15,8 +17,41 @@ use presence_codec::{
     PresenceState, Publish, Reachability, FRAME_LEN_DEFAULT_MAX,
 };
 
-use crate::sim::{extend, SimNetwork, SimRng};
-use crate::table::{NetworkId, NumberingTable};
+use crate::table::{NetworkId, NumberingTable, Prefix};
+
+/// A small deterministic generator (splitmix64): generated networks are
+/// the same for the same seed.
+#[derive(Debug, Clone)]
+struct Draw(u64);
+
+impl Draw {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// The prefixes the numbering table gives `network`.
+pub fn network_prefixes(table: &NumberingTable, network: &str) -> Vec<Prefix> {
+    let version = table.snapshot();
+    let Some(id) = version.names().id(network) else {
+        return Vec::new();
+    };
+    version
+        .prefixes()
+        .prefixes()
+        .iter()
+        .filter(|(_, n)| *n == id)
+        .map(|(p, _)| *p)
+        .collect()
+}
 
 /// Buddies on each of network B's subscribers' lists.
 pub const DEMO_BUDDIES: usize = 20;
@@ -95,24 +130,24 @@ pub enum DemoError {
     Other(String),
 }
 
-/// Subscriber numbers of `network` drawn from its ranges in `table_csv`.
+/// `count` subscriber numbers of `network` (12 digits), drawn from the
+/// prefixes `table` gives it and routed to it by `table`.
 pub fn draw_numbers(
     table: &NumberingTable,
-    table_csv: &str,
     network: &str,
     count: usize,
     seed: u64,
 ) -> Result<Vec<Msisdn>, DemoError> {
-    let ranges = SimNetwork::from_table_csv(table_csv, network);
+    let prefixes = network_prefixes(table, network);
     let version = table.snapshot();
     let id: NetworkId = version
         .names()
         .id(network)
         .ok_or_else(|| DemoError::Table(format!("{network} is not in the table")))?;
-    if ranges.prefixes.is_empty() {
+    if prefixes.is_empty() {
         return Err(DemoError::Table(format!("{network} has no prefixes")));
     }
-    let mut rng = SimRng::new(seed);
+    let mut rng = Draw(seed);
     let mut out = std::collections::BTreeSet::new();
     let mut attempts = 0usize;
     while out.len() < count {
@@ -122,8 +157,14 @@ pub fn draw_numbers(
                 "cannot draw {count} numbers of {network}"
             )));
         }
-        let prefix = ranges.prefixes[rng.below(ranges.prefixes.len() as u64) as usize];
-        let m = extend(prefix, 12, &mut rng);
+        let prefix = prefixes[rng.below(prefixes.len() as u64) as usize];
+        let mut value = prefix.value();
+        for _ in prefix.len()..12 {
+            value = value * 10 + rng.below(10);
+        }
+        let Ok(m) = Msisdn::from_u64(value) else {
+            continue;
+        };
         if version.lookup(m) == Some(id) {
             out.insert(m);
         }
@@ -146,9 +187,8 @@ pub fn write_two_networks(
 ) -> Result<(DemoNetwork, DemoNetwork), DemoError> {
     let table =
         NumberingTable::load(table_path, None).map_err(|e| DemoError::Table(e.to_string()))?;
-    let csv = std::fs::read_to_string(table_path)?;
-    let a_numbers = draw_numbers(&table, &csv, a_name, watchers, 0xA)?;
-    let b_numbers = draw_numbers(&table, &csv, b_name, targets, 0xB)?;
+    let a_numbers = draw_numbers(&table, a_name, watchers, 0xA)?;
+    let b_numbers = draw_numbers(&table, b_name, targets, 0xB)?;
     let secret = |m: Msisdn| format!("s{:x}", m.as_u64().wrapping_mul(0x9E37_79B9) & 0xffff_ffff);
     let mut networks = Vec::new();
     let mut materials = Vec::new();
@@ -180,9 +220,8 @@ pub fn write_two_networks(
         }
         std::fs::write(dir.join("subscribers.csv"), subscribers_csv)?;
         // B's ranges split over two presence servers; A's on one.
-        let ranges = SimNetwork::from_table_csv(&csv, name);
         let mut hss = String::from("prefix,presence_server\n");
-        for (i, p) in ranges.prefixes.iter().enumerate() {
+        for (i, p) in network_prefixes(&table, name).iter().enumerate() {
             let ps = if name == b_name { i % 2 } else { 0 };
             let _ = writeln!(hss, "{},{ps}", prefix_digits(p.value(), p.len()));
         }
@@ -231,6 +270,7 @@ pub fn write_config(
         poll_mode: false,
         window_slots: 1 << 16,
         metrics,
+        steering: true,
     };
     write_config_with(
         &network.folder(),
@@ -254,6 +294,7 @@ pub fn write_config_with(
         poll_mode,
         window_slots,
         metrics,
+        steering,
     } = *settings;
     let table = std::fs::canonicalize(table_path)?;
     let address = peer_addr
@@ -271,6 +312,7 @@ name = "{name}"
 workers = {workers}
 pin_workers = false
 poll_mode = {poll_mode}
+steering = {steering}
 
 [listen]
 client = "127.0.0.1:0"
@@ -321,6 +363,9 @@ pub struct TwoNetworkSettings {
     pub window_slots: usize,
     /// Serve `/metrics` on an OS-chosen loopback port.
     pub metrics: bool,
+    /// Steer traffic to its owner's worker in the kernel
+    /// (`network.steering`).
+    pub steering: bool,
 }
 
 /// Both networks' appliances, running in this process.
@@ -619,9 +664,11 @@ pub struct LoadSummary {
 
 /// Runs `duration` of queries from A's `watchers` about B's `targets` (each
 /// asked by one of its buddies, so permitted), keeping at most `window`
-/// outstanding.
+/// outstanding. Each datagram holds 32 requests of watchers one worker of
+/// A's `workers` owns, as a batching device gateway sends them.
 pub fn run_load(
     client_addr: SocketAddr,
+    workers: u16,
     watchers: &[(Msisdn, String)],
     targets: &[(Msisdn, String)],
     duration: Duration,
@@ -638,19 +685,28 @@ pub fn run_load(
     let (mut sent, mut answered) = (0u64, 0u64);
     let start = Instant::now();
     let mut i = 0usize;
+    let mut by_owner: Vec<Vec<(Msisdn, &str, Msisdn)>> = (0..workers.max(1))
+        .map(|_| Vec::with_capacity(32))
+        .collect();
     while start.elapsed() < duration
         || (!sent_at.is_empty() && start.elapsed() < duration + Duration::from_secs(3))
     {
         if start.elapsed() < duration && sent_at.len() + 32 <= window {
-            let mut asks = Vec::with_capacity(32);
-            for _ in 0..32 {
+            let asks = loop {
                 let j = (i.wrapping_mul(0x9E37_79B9)) % targets.len().max(1);
                 let k = i % DEMO_BUDDIES.min(watchers.len()).max(1);
                 let (watcher, credential) = &watchers[(j * 7 + k) % watchers.len()];
                 let (target, _) = &targets[j];
-                asks.push((*watcher, credential.as_str(), *target));
                 i += 1;
-            }
+                let owner = presence_codec::shard::owner(*watcher, workers);
+                let Some(asks) = by_owner.get_mut(usize::from(owner)) else {
+                    continue;
+                };
+                asks.push((*watcher, credential.as_str(), *target));
+                if asks.len() == 32 {
+                    break std::mem::take(asks);
+                }
+            };
             let ids = client.query(&asks)?;
             let now = Instant::now();
             for id in ids {
@@ -666,7 +722,7 @@ pub fn run_load(
                         .unwrap_or(u64::MAX)
                         .max(1),
                 );
-                *outcomes.entry(outcome_name(&answer.outcome)).or_default() += 1;
+                *outcomes.entry(answer.outcome.class().name()).or_default() += 1;
             }
         }
     }
@@ -677,15 +733,4 @@ pub fn run_load(
         elapsed: start.elapsed(),
         latency,
     })
-}
-
-/// A short name for an outcome.
-pub fn outcome_name(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Attached { .. } => "attached",
-        Outcome::Detached { .. } => "detached",
-        Outcome::NotAvailable => "not_available",
-        Outcome::Overloaded { .. } => "overloaded",
-        Outcome::Error(_) => "error",
-    }
 }

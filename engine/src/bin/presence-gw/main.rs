@@ -1,4 +1,7 @@
-//! `presence-gw`: the presence gateway appliance's one binary.
+//! `presence-gw`: the presence gateway appliance's one binary. The
+//! appliance itself (`run`) is the library's runtime; this folder holds the
+//! commands around it: the demo, routing and wire-format tools, the border
+//! gateway's checks, certificates and charge records.
 
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
@@ -6,10 +9,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use presence_engine::table::NumberingTable;
-use presence_engine::{route, wire};
 
-mod border_cmd;
-mod demo_cmd;
+mod border;
+mod demo;
+mod route;
+mod wire;
 
 /// Fewest subscribers per network the demo runs with (buddy lists need 20).
 const DEMO_MIN: usize = 40;
@@ -262,7 +266,7 @@ fn run(cli: Cli) -> io::Result<ExitCode> {
             poll_mode,
         } => {
             init_logs_quiet();
-            match demo_cmd::run(
+            match demo::run(
                 &table,
                 seconds,
                 subscribers.max(DEMO_MIN),
@@ -282,8 +286,8 @@ fn run(cli: Cli) -> io::Result<ExitCode> {
         Command::Border { command } => {
             init_logs();
             let result = match command {
-                BorderCommand::Check { config } => border_cmd::check(&config, &mut out),
-                BorderCommand::Probe { config, timeout_ms } => border_cmd::probe(
+                BorderCommand::Check { config } => border::check(&config, &mut out),
+                BorderCommand::Probe { config, timeout_ms } => border::probe(
                     &config,
                     std::time::Duration::from_millis(timeout_ms),
                     &mut out,
@@ -292,7 +296,7 @@ fn run(cli: Cli) -> io::Result<ExitCode> {
                     config,
                     seconds,
                     workers,
-                } => border_cmd::listen(&config, seconds, workers.max(1), &mut out),
+                } => border::listen(&config, seconds, workers.max(1), &mut out),
             };
             match result {
                 Ok(true) => ExitCode::SUCCESS,

@@ -1,0 +1,589 @@
+//! One worker thread: its node and the IO around it. Nothing here decides
+//! anything about presence; it moves bytes between the sockets, the border
+//! links, the journal and the node, in the node's documented poll order.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam::channel::{Receiver, Sender};
+use crossbeam::queue::ArrayQueue;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use presence_border::endpoint::{BgEndpoint, EndpointSetup};
+use presence_border::{BgCounters, BgTls, NetworkName, PeerIndex, SendError};
+
+use super::metrics::Metrics;
+use super::udp::{RecvBatch, SendBatch, BATCH};
+use super::{io_error, shard_identity, Shared, SharedSubscribers, StartError};
+use crate::config::ApplianceConfig;
+use crate::journal::{Durability, JournalEntry, JournalWriter};
+use crate::node::{Destination, Node, NodeConfig};
+use crate::roles::Hss;
+use crate::table::{NetworkId, NetworkNames, NumberingTable};
+
+pub(super) const WAKER: Token = Token(0);
+const UDP: Token = Token(1);
+const BORDER_TOKENS: usize = 2;
+/// Hand-offs a worker takes from its inbox per turn.
+const INBOX_BUDGET: usize = 4096;
+/// Datagram batches a worker reads per turn before turning to other work.
+const RECV_BATCHES_PER_TURN: usize = 16;
+/// How often a worker publishes its counters.
+const REPORT_MS: u64 = 100;
+/// How often a worker runs border timers.
+const TICK_MS: u64 = 10;
+/// How long a clean stop waits for border peers to answer close_notify.
+const STOP_LINGER_MS: u64 = 2_000;
+
+/// What the appliance asks of a worker.
+pub(super) enum Command {
+    /// Provision the node against a candidate HSS (reload, step 2).
+    Provision {
+        subscribers: SharedSubscribers,
+        hss: Arc<Hss>,
+        done: Sender<()>,
+    },
+    /// New TLS material, dial list and peer networks (reload, step 3).
+    Border {
+        tls: Arc<BgTls>,
+        dial: Vec<(NetworkName, SocketAddr)>,
+        peers: Vec<NetworkId>,
+    },
+    /// Stop cleanly.
+    Stop,
+}
+
+/// What building a worker takes.
+pub(super) struct WorkerSetup<'a> {
+    pub(super) index: usize,
+    pub(super) poll: Poll,
+    pub(super) udp: std::net::UdpSocket,
+    pub(super) tcp: std::net::TcpListener,
+    pub(super) node_config: NodeConfig,
+    pub(super) table: Arc<NumberingTable>,
+    pub(super) hss: Arc<Hss>,
+    pub(super) subscribers: &'a SharedSubscribers,
+    pub(super) recent: &'a [JournalEntry],
+    pub(super) config: &'a ApplianceConfig,
+    pub(super) tls: Arc<BgTls>,
+    pub(super) shared: Arc<Shared>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) border_counters: Arc<BgCounters>,
+    pub(super) commands: Receiver<Command>,
+}
+
+/// The border endpoint's peers (of its current TLS generation) as
+/// numbering-table networks, and back: rebuilt when the generation
+/// changes, so no frame pays a name lookup.
+#[derive(Debug, Default)]
+struct PeerMap {
+    origins: Vec<Option<NetworkId>>,
+    peers: ahash::AHashMap<NetworkId, PeerIndex>,
+    /// The worker count each peer last told us (via its links' hellos).
+    workers: Vec<Option<u16>>,
+}
+
+impl PeerMap {
+    fn build(tls: &BgTls, names: &NetworkNames) -> PeerMap {
+        let set = tls.peers();
+        let mut map = PeerMap::default();
+        for i in 0..set.len() {
+            let Ok(index) = u16::try_from(i) else { break };
+            let network = set
+                .name(PeerIndex(index))
+                .and_then(|n| names.id(n.as_str()));
+            map.origins.push(network);
+            map.workers.push(None);
+            if let Some(network) = network {
+                map.peers.insert(network, PeerIndex(index));
+            }
+        }
+        map
+    }
+}
+
+/// Hands each inbound border frame to the node with its origin network.
+struct BorderInbound<'a> {
+    node: &'a mut Node,
+    origins: &'a [Option<NetworkId>],
+    now_us: u64,
+}
+
+impl presence_border::Deliver for BorderInbound<'_> {
+    fn deliver(&mut self, peer: PeerIndex, frame: &[u8]) -> bool {
+        match self.origins.get(peer.get()).copied().flatten() {
+            Some(origin) => {
+                self.node.handle_border_frame(self.now_us, origin, frame);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+pub(super) struct Worker {
+    index: usize,
+    poll: Poll,
+    udp: UdpSocket,
+    recv: RecvBatch,
+    send: SendBatch,
+    endpoint: BgEndpoint,
+    node: Node,
+    journal: JournalWriter,
+    /// The durability last reported to the node.
+    durability: Durability,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    commands: Receiver<Command>,
+    pin: bool,
+    /// The last read stopped at its budget with datagrams left.
+    udp_more: bool,
+    peer_map: PeerMap,
+    /// Workers whose inbox got messages this turn (woken once at its end).
+    wake: Vec<bool>,
+    /// Datagrams the socket would not take.
+    udp_send_errors: u64,
+}
+
+impl Worker {
+    pub(super) fn build(setup: WorkerSetup<'_>) -> Result<Worker, StartError> {
+        let WorkerSetup {
+            index,
+            poll,
+            udp,
+            tcp,
+            node_config,
+            table,
+            hss,
+            subscribers,
+            recent,
+            config,
+            tls,
+            shared,
+            metrics,
+            border_counters,
+            commands,
+        } = setup;
+        let clock = shared.clock;
+        let waker = shared
+            .wakers
+            .get(index)
+            .cloned()
+            .ok_or_else(|| io_error("worker")(std::io::Error::other("no waker")))?;
+        let journal = JournalWriter::open(
+            &config.cdr_directory,
+            &config.network,
+            node_config.worker,
+            node_config.first_record_seq,
+            config.segment_limits,
+            clock.journal_time(),
+            move || {
+                let _ = waker.wake();
+            },
+        )
+        .map_err(|e| StartError::Journal(Box::new(e)))?;
+        let mut node = Node::new(node_config, &table, &hss);
+        let now_us = clock.now_us();
+        node.provision(now_us, subscribers, &hss);
+        node.rebuild_windows(now_us, recent);
+        let endpoint = BgEndpoint::new(
+            EndpointSetup {
+                tls: tls.clone(),
+                settings: config.border.settings,
+                listener: Some(tcp),
+                peers: config.border.dial_list(),
+                token_base: BORDER_TOKENS,
+                counters: border_counters,
+                shard: shard_identity(index, shared.workers),
+            },
+            poll.registry(),
+            now_us / 1000,
+        )
+        .map_err(io_error("border endpoint"))?;
+        let mut worker = Worker {
+            index,
+            udp: UdpSocket::from_std(udp),
+            recv: RecvBatch::new(),
+            send: SendBatch::new(),
+            endpoint,
+            durability: journal_durability_start(&journal),
+            journal,
+            peer_map: PeerMap::build(&tls, &shared.names.load()),
+            wake: vec![false; shared.workers],
+            node,
+            poll,
+            metrics,
+            commands,
+            pin: config.pin_workers,
+            udp_more: false,
+            udp_send_errors: 0,
+            shared,
+        };
+        worker
+            .poll
+            .registry()
+            .register(&mut worker.udp, UDP, Interest::READABLE)
+            .map_err(io_error("registering the client socket"))?;
+        let gso = worker.send.enable_gso(&worker.udp);
+        if index == 0 {
+            tracing::info!(gso, "UDP segmentation offload");
+        }
+        Ok(worker)
+    }
+
+    pub(super) fn index(&self) -> usize {
+        self.index
+    }
+
+    fn now_us(&self) -> u64 {
+        self.shared.clock.now_us()
+    }
+
+    pub(super) fn run(mut self) {
+        if self.pin {
+            pin_to_cpu(self.index);
+        }
+        let mut events = Events::with_capacity(1024);
+        let mut last_tick = 0;
+        let mut last_report = 0;
+        // A clean stop has two phases: draining (no new device requests;
+        // the WA's transactions in flight get their answers or time out),
+        // then closing (border links closed gracefully, records synced).
+        let mut draining_since: Option<u64> = None;
+        let mut stopping_since: Option<u64> = None;
+        let mut closed = false;
+        loop {
+            let now_ms = self.now_us() / 1000;
+            let timeout = if self.shared.poll_mode
+                || self.udp_more
+                || self.endpoint.has_ready()
+                || !self
+                    .shared
+                    .inboxes
+                    .get(self.index)
+                    .is_none_or(ArrayQueue::is_empty)
+            {
+                Duration::ZERO
+            } else if self.node.holding() {
+                // Answers wait for the journal's syncer, which wakes us; a
+                // short nap bounds the wait should a wake-up be missed.
+                Duration::from_millis(1)
+            } else {
+                let until_timer = self
+                    .node
+                    .poll_timeout()
+                    .map_or(TICK_MS, |at| (at / 1000).saturating_sub(now_ms));
+                Duration::from_millis(until_timer.clamp(1, TICK_MS))
+            };
+            if self.poll.poll(&mut events, Some(timeout)).is_err() {
+                continue;
+            }
+            let now_us = self.now_us();
+            let now_ms = now_us / 1000;
+            let mut udp_ready = self.shared.poll_mode || self.udp_more;
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    UDP => udp_ready = true,
+                    token => {
+                        let mut inbound = BorderInbound {
+                            node: &mut self.node,
+                            origins: &self.peer_map.origins,
+                            now_us,
+                        };
+                        self.endpoint.handle_event(
+                            self.poll.registry(),
+                            token,
+                            now_ms,
+                            &mut inbound,
+                        );
+                    }
+                }
+            }
+            let mut inbound = BorderInbound {
+                node: &mut self.node,
+                origins: &self.peer_map.origins,
+                now_us,
+            };
+            self.endpoint
+                .poll_ready(self.poll.registry(), now_ms, &mut inbound);
+            if udp_ready && draining_since.is_none() {
+                self.read_datagrams();
+            }
+            self.read_inbox(now_us);
+            if self.node.poll_timeout().is_some_and(|at| at <= now_us) {
+                self.node.handle_timeout(now_us);
+            }
+            let stop = self.read_commands(now_us);
+            if stop && draining_since.is_none() {
+                draining_since = Some(now_ms);
+            }
+            // Draining is collective: every worker keeps serving its inbox
+            // and its links until no worker has a transaction in flight (or
+            // the deadline passed), so no worker strands another's query.
+            if let (Some(since), None) = (draining_since, stopping_since) {
+                if let Some(mine) = self.shared.stop_pending.get(self.index) {
+                    mine.store(self.node.pending(), Ordering::Relaxed);
+                }
+                let all_drained = self
+                    .shared
+                    .stop_pending
+                    .iter()
+                    .all(|p| p.load(Ordering::Relaxed) == 0);
+                let overdue =
+                    now_ms.saturating_sub(since) > u64::from(self.shared.deadline_ms) + 100;
+                if all_drained || overdue {
+                    stopping_since = Some(now_ms);
+                    self.endpoint.begin_shutdown(self.poll.registry(), now_ms);
+                }
+            }
+            self.write_out();
+            if now_ms.saturating_sub(last_tick) >= TICK_MS {
+                self.endpoint.tick(self.poll.registry(), now_ms);
+                self.learn_peer_workers();
+                last_tick = now_ms;
+            }
+            if now_ms.saturating_sub(last_report) >= REPORT_MS || stopping_since.is_some() {
+                self.report();
+                last_report = now_ms;
+            }
+            if let Some(since) = stopping_since {
+                let lingered = now_ms.saturating_sub(since) >= STOP_LINGER_MS;
+                if (self.endpoint.is_idle() || lingered) && !closed {
+                    closed = true;
+                    self.shared.closed_workers.fetch_add(1, Ordering::SeqCst);
+                }
+                // Leave together (or at the hard limit): until then a closed
+                // worker still takes what others hand it.
+                let everyone =
+                    self.shared.closed_workers.load(Ordering::SeqCst) >= self.shared.workers;
+                if (closed && everyone) || now_ms.saturating_sub(since) >= 2 * STOP_LINGER_MS {
+                    self.endpoint.shutdown(self.poll.registry(), now_ms);
+                    if !self.journal.close(self.shared.clock.journal_time()) {
+                        tracing::error!(
+                            worker = self.index,
+                            "charge records not all durable at stop"
+                        );
+                    }
+                    self.report();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads up to [`RECV_BATCHES_PER_TURN`] batches; if the budget runs
+    /// out with the socket still full, `udp_more` makes the next turn read
+    /// again (edge-triggered readiness will not say so).
+    fn read_datagrams(&mut self) {
+        self.udp_more = false;
+        for _ in 0..RECV_BATCHES_PER_TURN {
+            let n = match self.recv.recv(&self.udp) {
+                Ok(n) => n,
+                Err(_) => return,
+            };
+            if n == 0 {
+                return;
+            }
+            let now_us = self.now_us();
+            for i in 0..n {
+                if let Some((bytes, from)) = self.recv.get(i) {
+                    self.node.handle_datagram(now_us, from, bytes);
+                }
+            }
+            self.write_out();
+            if n < BATCH {
+                return;
+            }
+        }
+        self.udp_more = true;
+    }
+
+    fn read_inbox(&mut self, now_us: u64) {
+        let Some(inbox) = self.shared.inboxes.get(self.index) else {
+            return;
+        };
+        for _ in 0..INBOX_BUDGET {
+            let Some(message) = inbox.pop() else {
+                break;
+            };
+            self.node.handle_cross(now_us, message);
+        }
+    }
+
+    /// Returns whether a stop was asked for.
+    fn read_commands(&mut self, now_us: u64) -> bool {
+        let mut stop = false;
+        while let Ok(command) = self.commands.try_recv() {
+            match command {
+                Command::Provision {
+                    subscribers,
+                    hss,
+                    done,
+                } => {
+                    self.node.provision(now_us, &subscribers, &hss);
+                    let _ = done.send(());
+                }
+                Command::Border { tls, dial, peers } => {
+                    self.endpoint
+                        .reload(tls, &dial, self.poll.registry(), now_us / 1000);
+                    self.peer_map = PeerMap::build(self.endpoint.tls(), &self.shared.names.load());
+                    self.node.set_peers(&peers);
+                }
+                Command::Stop => stop = true,
+            }
+        }
+        stop
+    }
+
+    /// The worker counts peers' links told (their hellos), for the node's
+    /// choice of the link that ends at a target's owner.
+    fn learn_peer_workers(&mut self) {
+        for (i, known) in self.peer_map.workers.iter_mut().enumerate() {
+            let Ok(peer) = u16::try_from(i).map(PeerIndex) else {
+                break;
+            };
+            let told = self.endpoint.peer_workers(peer);
+            if told != *known {
+                *known = told;
+                if let (Some(workers), Some(Some(network))) = (told, self.peer_map.origins.get(i)) {
+                    self.node.set_peer_workers(*network, workers);
+                }
+            }
+        }
+    }
+
+    /// Moves what the node produced, in its poll order: the journal's
+    /// durability in, then datagrams and border frames, hand-offs, records
+    /// and their sync; and wakes the workers handed messages.
+    fn write_out(&mut self) {
+        let now_us = self.now_us();
+        let durability = self.journal.durability();
+        if durability != self.durability {
+            self.durability = durability;
+            self.node.handle_durable(now_us, durability);
+        }
+        // A refused frame or hand-off makes the node answer for it, which
+        // may produce more to send: loop until nothing is left.
+        loop {
+            while let Some(out) = self.node.poll_transmit() {
+                match out.to {
+                    Destination::Device(to) => {
+                        if self.send.is_full() && self.send.flush(&self.udp).is_err() {
+                            self.udp_send_errors += 1;
+                        }
+                        if !self.send.push(to, &out.frame) {
+                            self.udp_send_errors += 1;
+                        }
+                        self.node.recycle(out.frame);
+                    }
+                    Destination::Border(dest) => {
+                        let sent = match self.peer_map.peers.get(&dest.network) {
+                            Some(peer) => self.endpoint.send(*peer, dest.worker, &out.frame),
+                            None => Err(SendError::UnknownPeer),
+                        };
+                        match sent {
+                            Ok(()) => self.node.recycle(out.frame),
+                            Err(_) => self.node.handle_border_refused(now_us, dest, out.frame),
+                        }
+                    }
+                }
+            }
+            let mut refused = false;
+            while let Some((to, message)) = self.node.poll_cross() {
+                let pushed = match self.shared.inboxes.get(usize::from(to)) {
+                    Some(inbox) => inbox.push(message),
+                    None => Err(message),
+                };
+                match pushed {
+                    Ok(()) => {
+                        if let Some(w) = self.wake.get_mut(usize::from(to)) {
+                            *w = true;
+                        }
+                    }
+                    Err(message) => {
+                        self.node.handle_cross_refused(now_us, to, message);
+                        refused = true;
+                    }
+                }
+            }
+            if !refused && !self.node.has_transmit() {
+                break;
+            }
+        }
+        while !self.send.is_empty() {
+            match self.send.flush(&self.udp) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => self.udp_send_errors += 1,
+            }
+        }
+        self.node.poll_journal(&mut self.journal);
+        let time = self.shared.clock.journal_time();
+        if self.journal.end_turn(time) == crate::journal::SyncState::Failed {
+            self.journal.try_recover(time);
+        }
+        let durability = self.journal.durability();
+        if durability != self.durability {
+            self.durability = durability;
+            self.node.handle_durable(now_us, durability);
+        }
+        self.endpoint.flush(self.poll.registry(), now_us / 1000);
+        for (worker, wake) in self.wake.iter_mut().enumerate() {
+            if std::mem::take(wake) {
+                if let Some(waker) = self.shared.wakers.get(worker) {
+                    let _ = waker.wake();
+                }
+            }
+        }
+    }
+
+    fn report(&mut self) {
+        let inbox = self
+            .shared
+            .inboxes
+            .get(self.index)
+            .map_or(0, ArrayQueue::len);
+        let cdr_written = self.journal.records_written;
+        self.metrics.publish(
+            self.index,
+            &mut self.node,
+            inbox,
+            cdr_written,
+            self.udp_send_errors,
+        );
+    }
+}
+
+/// The journal's state at start: everything recovered is durable.
+fn journal_durability_start(journal: &JournalWriter) -> Durability {
+    Durability {
+        durable_seq: journal.next_seq() - 1,
+        synced_ticket: 0,
+        healthy: true,
+    }
+}
+
+fn pin_to_cpu(index: usize) {
+    // SAFETY: `set` is a plain bit set on the stack; sched_getaffinity and
+    // sched_setaffinity read and write `size_of::<cpu_set_t>()` bytes of it.
+    // A failure is harmless (the worker is not pinned).
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut allowed) != 0 {
+            return;
+        }
+        // The index-th CPU this process may run on (cycling if fewer).
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &allowed))
+            .collect();
+        let Some(&cpu) = cpus.get(index % cpus.len().max(1)) else {
+            return;
+        };
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
