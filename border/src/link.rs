@@ -189,6 +189,14 @@ pub struct Received {
     pub hello: bool,
 }
 
+/// What one read of ciphertext gave.
+enum Ciphertext {
+    /// The peer closed its side of the stream.
+    Eof,
+    /// `n` bytes went to rustls; `drained`: the socket had nothing more.
+    Bytes { n: usize, drained: bool },
+}
+
 /// Frame handed on from a link: the authenticated peer and the frame bytes.
 /// The consumer returns `false` when it cannot take the frame (counted).
 pub trait Deliver {
@@ -206,6 +214,13 @@ impl<F: FnMut(PeerIndex, &[u8]) -> bool> Deliver for F {
 /// a peer sending faster than we process cannot hold a worker: the endpoint
 /// comes back to the link on its next loop turn.
 pub const RECEIVE_BUDGET_BYTES: usize = 256 * 1024;
+
+/// Bytes an established link reads from its socket in one call. rustls on
+/// its own reads 4 KiB at a time; one larger read takes what the socket
+/// holds with one system call, and a read that comes back short shows the
+/// socket drained, so no second call is needed to see `WouldBlock`
+/// (edge-triggered readiness fires again for data arriving later).
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
 
 /// One TLS connection to a peer network.
 ///
@@ -236,6 +251,11 @@ pub struct Link {
     /// Allocated once authenticated: a peer that never authenticates costs
     /// only the TLS state.
     reassembler: Option<StreamReassembler>,
+    /// Ciphertext read from the socket and not yet handed to rustls
+    /// (`inbox[inbox_at..inbox_len]`); allocated with the reassembler.
+    inbox: Box<[u8]>,
+    inbox_at: usize,
+    inbox_len: usize,
     /// Framed plaintext waiting for rustls; `queue[handed..]` not yet handed.
     /// Capacity reserved once established, never grown past `send_queue_bytes`.
     queue: Vec<u8>,
@@ -324,6 +344,9 @@ impl Link {
             generation,
             max_frame_len: settings.max_frame_len,
             reassembler: None,
+            inbox: Box::default(),
+            inbox_at: 0,
+            inbox_len: 0,
             queue: Vec::new(),
             handed: 0,
             send_queue_bytes: settings.send_queue_bytes,
@@ -440,12 +463,12 @@ impl Link {
             if self.eof || self.peer_closed {
                 return Ok(());
             }
-            let (eof, would_block) = match self.tls.read_tls(io) {
-                Ok(0) => (true, false),
-                Ok(n) => {
+            let (eof, would_block) = match self.read_ciphertext(io) {
+                Ok(Ciphertext::Eof) => (true, false),
+                Ok(Ciphertext::Bytes { n, drained }) => {
                     self.last_rx = now;
                     budget = budget.saturating_sub(n);
-                    (false, false)
+                    (false, drained)
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => (false, true),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -509,6 +532,37 @@ impl Link {
         }
     }
 
+    /// Hands rustls the next piece of ciphertext. Before the handshake
+    /// ends rustls reads the socket itself (an unauthenticated peer gets no
+    /// buffer of ours); after it, one read of up to [`READ_CHUNK_BYTES`]
+    /// fills the link's inbox, which rustls then takes from without system
+    /// calls. `drained` says the socket had no more when last read.
+    fn read_ciphertext<R: Read>(&mut self, io: &mut R) -> io::Result<Ciphertext> {
+        if self.inbox.is_empty() {
+            return match self.tls.read_tls(io)? {
+                0 => Ok(Ciphertext::Eof),
+                n => Ok(Ciphertext::Bytes { n, drained: false }),
+            };
+        }
+        if self.inbox_at == self.inbox_len {
+            let n = io.read(&mut self.inbox)?;
+            if n == 0 {
+                return Ok(Ciphertext::Eof);
+            }
+            self.inbox_at = 0;
+            self.inbox_len = n;
+        }
+        let pending = self
+            .inbox
+            .get(self.inbox_at..self.inbox_len)
+            .unwrap_or_default();
+        let mut cursor = pending;
+        let n = self.tls.read_tls(&mut cursor)?;
+        self.inbox_at += n;
+        let drained = self.inbox_at == self.inbox_len && self.inbox_len < self.inbox.len();
+        Ok(Ciphertext::Bytes { n, drained })
+    }
+
     fn socket_error(&self, error: &io::Error) -> LinkError {
         if self.is_established() {
             LinkError::closed(CloseReason::Io)
@@ -568,6 +622,7 @@ impl Link {
         // Authenticated: now the link may hold buffers.
         self.tls_done = true;
         self.reassembler = Some(StreamReassembler::new(self.max_frame_len));
+        self.inbox = vec![0u8; READ_CHUNK_BYTES].into_boxed_slice();
         self.queue.reserve_exact(self.send_queue_bytes);
         if let Some(peer) = peer {
             // Our hello tells the dialer it has been accepted.
