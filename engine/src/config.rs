@@ -91,6 +91,8 @@ struct RawCdr {
     directory: PathBuf,
     segment_max_bytes: Option<u64>,
     segment_max_age_s: Option<u64>,
+    group_commit_records: Option<u64>,
+    group_commit_wait_us: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -166,8 +168,9 @@ pub struct ApplianceConfig {
     pub subscribers: PathBuf,
     /// Where charge records are written.
     pub cdr_directory: PathBuf,
-    /// When the journal opens a new segment.
-    pub segment_limits: crate::journal::SegmentLimits,
+    /// When the journal opens a new segment and how many records one
+    /// `fdatasync` gathers under load.
+    pub journal: crate::journal::JournalSettings,
     /// WA deadline for a query, in ms.
     pub deadline_ms: u16,
     /// Credit one query costs.
@@ -279,13 +282,34 @@ impl ApplianceConfig {
         if !(1..=7 * 86_400).contains(&segment_max_age_s) {
             return Err(error("cdr.segment_max_age_s", "must be 1 to 604800".into()));
         }
+        let defaults = crate::journal::GroupCommit::default();
+        let group_commit_records = raw.cdr.group_commit_records.unwrap_or(defaults.records);
+        if !(1..=65_536).contains(&group_commit_records) {
+            return Err(error(
+                "cdr.group_commit_records",
+                "must be 1 to 65536".into(),
+            ));
+        }
+        let group_commit_wait_us = raw.cdr.group_commit_wait_us.unwrap_or(defaults.wait_us);
+        if group_commit_wait_us > 100_000 {
+            return Err(error(
+                "cdr.group_commit_wait_us",
+                "must be 0 to 100000".into(),
+            ));
+        }
         let limits = raw.limits.validate(&error)?;
         Ok(ApplianceConfig {
-            limits,
-            segment_limits: crate::journal::SegmentLimits {
-                max_bytes: segment_max_bytes,
-                max_age: std::time::Duration::from_secs(segment_max_age_s),
+            journal: crate::journal::JournalSettings {
+                segments: crate::journal::SegmentLimits {
+                    max_bytes: segment_max_bytes,
+                    max_age: std::time::Duration::from_secs(segment_max_age_s),
+                },
+                group_commit: crate::journal::GroupCommit {
+                    records: group_commit_records,
+                    wait_us: group_commit_wait_us,
+                },
             },
+            limits,
             window_slots,
             file: file.to_path_buf(),
             network: raw.network.name,
@@ -520,6 +544,10 @@ private_key = "pki/bg.key"
         assert_eq!(config.network, "o2.gb");
         assert_eq!(config.workers, 1);
         assert_eq!(config.deadline_ms, 1500);
+        assert_eq!(
+            config.journal.group_commit,
+            crate::journal::GroupCommit::default()
+        );
         assert!(config.own_ranges.is_none());
         assert!(config.numbering.ends_with("table.csv") && config.numbering.is_absolute());
     }
@@ -543,6 +571,10 @@ private_key = "pki/bg.key"
                 "border.network",
             ),
             (MINIMAL.replace("[cdr]", "[cdr]\nsize = 3"), "line 19"),
+            (
+                MINIMAL.replace("[cdr]", "[cdr]\ngroup_commit_records = 0"),
+                "cdr.group_commit_records",
+            ),
         ];
         for (text, field) in cases {
             let error = load(&text).unwrap_err();

@@ -69,7 +69,9 @@ pub use format::{encode_entry, encode_record, SegmentHeader};
 pub use scan::{
     fuzz_scan, read_header, recover, scan_segment, segment_paths, Damage, Recovery, SegmentScan,
 };
-pub use writer::{JournalTime, JournalWriter, SegmentLimits, SyncState};
+pub use writer::{
+    GroupCommit, JournalSettings, JournalTime, JournalWriter, SegmentLimits, SyncState,
+};
 
 /// First bytes of every segment.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"PGWCDRJ1";

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+use std::sync::{Condvar, Mutex};
 
 use super::{
     create_segment, encode_record, sync_dir, Durability, JournalError, JournalSink, SegmentHeader,
@@ -37,6 +37,41 @@ pub struct SegmentLimits {
     pub max_age: Duration,
 }
 
+/// How many records a sync should cover under load: group commit.
+///
+/// A sync costs the same however many records it covers (about 50 µs of
+/// CPU per `fdatasync` on the project's VM, `BENCHMARKS.md`), so under load
+/// the writer lets records gather: after a sync was asked for, the next is
+/// asked for once `records` more are written, or `wait_us` after the last,
+/// whichever comes first. An idle journal syncs at once (the wait runs from
+/// the previous sync request, so the first record after a quiet spell does
+/// not wait). `records = 1` syncs every turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupCommit {
+    /// Records a sync waits for under load.
+    pub records: u64,
+    /// Longest a written record waits for its sync request, in µs.
+    pub wait_us: u64,
+}
+
+/// How a journal writer rotates and syncs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalSettings {
+    /// When a new segment opens.
+    pub segments: SegmentLimits,
+    /// How many records one sync gathers under load.
+    pub group_commit: GroupCommit,
+}
+
+impl Default for GroupCommit {
+    fn default() -> GroupCommit {
+        GroupCommit {
+            records: 64,
+            wait_us: 1_000,
+        }
+    }
+}
+
 impl Default for SegmentLimits {
     fn default() -> SegmentLimits {
         SegmentLimits {
@@ -49,11 +84,18 @@ impl Default for SegmentLimits {
 /// The time, as the writer's caller reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JournalTime {
-    /// Milliseconds on the caller's monotonic clock (rotation age, sync
-    /// stalls, retries).
-    pub ms: u64,
+    /// Microseconds on the caller's monotonic clock (rotation age, sync
+    /// stalls, retries, group commit).
+    pub us: u64,
     /// Milliseconds since the Unix epoch (segment headers).
     pub unix_ms: u64,
+}
+
+impl JournalTime {
+    /// Milliseconds on the monotonic clock.
+    pub fn ms(&self) -> u64 {
+        self.us / 1000
+    }
 }
 
 /// How long a failed journal waits before trying a new segment.
@@ -62,8 +104,6 @@ const RETRY_AFTER_FAILURE_MS: u64 = 1_000;
 /// count as a failed disk: a hung `fdatasync` (a dead NFS server, a path
 /// queueing I/O forever) must not hold answers without bound.
 const SYNC_STALL_MS: u64 = 5_000;
-/// Most sync requests waiting for the syncer (one per turn that wrote).
-const SYNC_QUEUE: usize = 1024;
 
 /// What the worker must do about charging.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +124,60 @@ struct SyncRequest {
     ticket: u64,
 }
 
+/// The worker's requests to its syncer: one slot, since a sync covers
+/// every request before it (a segment is synced by the worker before it
+/// rotates away, so only the newest request's file has unsynced records).
+/// A mutex and a condition variable, not a channel: the syncer sleeps in
+/// the kernel until asked, and never spins waiting.
+#[derive(Default)]
+struct Mailbox {
+    state: Mutex<MailboxState>,
+    asked: Condvar,
+}
+
+#[derive(Default)]
+struct MailboxState {
+    request: Option<SyncRequest>,
+    closed: bool,
+}
+
+impl Mailbox {
+    /// Merges `request` into the waiting one (newest file, highest record
+    /// and ticket) and wakes the syncer.
+    fn post(&self, request: SyncRequest) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.request = Some(match state.request.take() {
+            Some(waiting) => SyncRequest {
+                upto: waiting.upto.max(request.upto),
+                ticket: waiting.ticket.max(request.ticket),
+                file: request.file,
+            },
+            None => request,
+        });
+        drop(state);
+        self.asked.notify_one();
+    }
+
+    /// The next request, or `None` once closed and empty.
+    fn take(&self) -> Option<SyncRequest> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(request) = state.request.take() {
+                return Some(request);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.asked.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        self.asked.notify_one();
+    }
+}
+
 /// One worker's journal.
 pub struct JournalWriter {
     dir: PathBuf,
@@ -99,17 +193,18 @@ pub struct JournalWriter {
     appended: u64,
     /// Highest sequence number handed to the file system.
     written: u64,
-    /// The ticket the node asked for this turn, and the last one sent.
+    /// The ticket the node asked for, not yet sent, and the last one sent.
     ticket_wanted: Option<u64>,
     last_ticket: u64,
-    /// A request the syncer's queue had no room for, retried next turn.
-    unsent: Option<SyncRequest>,
+    group: GroupCommit,
+    /// The highest record a sync was asked for, and when (µs).
+    requested: (u64, u64),
     durable: Arc<AtomicU64>,
     synced_ticket: Arc<AtomicU64>,
     /// The last value [`durable_seq`](Self::durable_seq) returned.
     confirmed: u64,
     sync_failed: Arc<AtomicBool>,
-    requests: Option<Sender<SyncRequest>>,
+    mailbox: Arc<Mailbox>,
     syncer: Option<JoinHandle<()>>,
     /// When the journal failed (ms), while it is failed.
     failed_at: Option<u64>,
@@ -140,15 +235,19 @@ impl JournalWriter {
         network: &str,
         worker: u16,
         next_seq: u64,
-        limits: SegmentLimits,
+        settings: JournalSettings,
         time: JournalTime,
         wake: impl Fn() + Send + 'static,
     ) -> Result<JournalWriter, JournalError> {
+        let JournalSettings {
+            segments: limits,
+            group_commit: group,
+        } = settings;
         let next_seq = next_seq.max(1);
         let durable = Arc::new(AtomicU64::new(next_seq - 1));
         let sync_failed = Arc::new(AtomicBool::new(false));
         let synced_ticket = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = channel::bounded(SYNC_QUEUE);
+        let mailbox = Arc::new(Mailbox::default());
         let mut writer = JournalWriter {
             dir: dir.to_path_buf(),
             network: network.to_string(),
@@ -156,27 +255,29 @@ impl JournalWriter {
             limits,
             file: None,
             segment_bytes: 0,
-            segment_opened_ms: time.ms,
+            segment_opened_ms: time.ms(),
             buf: Vec::with_capacity(256 * 1024),
             appended: next_seq - 1,
             written: next_seq - 1,
             ticket_wanted: None,
             last_ticket: 0,
-            unsent: None,
+            group,
+            // The first sync after opening is not held back.
+            requested: (next_seq - 1, time.us.saturating_sub(group.wait_us)),
             durable: durable.clone(),
             synced_ticket: synced_ticket.clone(),
             confirmed: next_seq - 1,
             sync_failed: sync_failed.clone(),
-            requests: Some(tx),
+            mailbox: mailbox.clone(),
             syncer: None,
             failed_at: None,
-            progress: (next_seq - 1, time.ms),
+            progress: (next_seq - 1, time.ms()),
             records_written: 0,
         };
         writer.open_segment(time, 0)?;
         let thread = std::thread::Builder::new()
             .name(format!("journal-{worker}"))
-            .spawn(move || run_syncer(rx, durable, synced_ticket, sync_failed, wake))
+            .spawn(move || run_syncer(&mailbox, &durable, &synced_ticket, &sync_failed, wake))
             .map_err(|source| JournalError::Io {
                 path: dir.to_path_buf(),
                 source,
@@ -225,7 +326,7 @@ impl JournalWriter {
             return Err(e);
         }
         self.segment_bytes = header.encode().len() as u64;
-        self.segment_opened_ms = time.ms;
+        self.segment_opened_ms = time.ms();
         self.file = Some(Arc::new(file));
         Ok(())
     }
@@ -271,8 +372,8 @@ impl JournalWriter {
         if self.failed_at.is_none() {
             let durable = self.durable.load(Ordering::Acquire);
             if durable != self.progress.0 || durable >= self.written {
-                self.progress = (durable, time.ms);
-            } else if time.ms.saturating_sub(self.progress.1) >= SYNC_STALL_MS {
+                self.progress = (durable, time.ms());
+            } else if time.ms().saturating_sub(self.progress.1) >= SYNC_STALL_MS {
                 self.fail(time, "no sync completed for 5 s");
                 // The syncer may still be stuck in that sync: whatever it
                 // reports later is ignored until a new segment opens.
@@ -282,26 +383,13 @@ impl JournalWriter {
         if self.failed_at.is_some() {
             return SyncState::Failed;
         }
-        if let Some(request) = self.unsent.take() {
-            self.request(time, request);
-        }
         if self.buf.is_empty() {
-            if let (Some(ticket), Some(file)) = (self.ticket_wanted.take(), self.file.clone()) {
-                self.last_ticket = ticket;
-                self.request(
-                    time,
-                    SyncRequest {
-                        upto: self.written,
-                        file,
-                        ticket,
-                    },
-                );
-            }
+            self.request_sync(time, false);
             return SyncState::Healthy;
         }
         let full = self.segment_bytes + self.buf.len() as u64 > self.limits.max_bytes;
         let age_ms = u64::try_from(self.limits.max_age.as_millis()).unwrap_or(u64::MAX);
-        let old = time.ms.saturating_sub(self.segment_opened_ms) >= age_ms;
+        let old = time.ms().saturating_sub(self.segment_opened_ms) >= age_ms;
         if (full || old) && self.segment_bytes > 0 {
             if let Err(e) = self.open_segment(time, 0) {
                 self.fail(time, &e.to_string());
@@ -320,33 +408,48 @@ impl JournalWriter {
         self.records_written += self.appended - self.written;
         self.written = self.appended;
         self.buf.clear();
-        let ticket = self.ticket_wanted.take().unwrap_or(self.last_ticket);
-        self.last_ticket = ticket;
-        self.request(
-            time,
-            SyncRequest {
-                upto: self.written,
-                file,
-                ticket,
-            },
-        );
+        self.request_sync(time, false);
         SyncState::Healthy
     }
 
-    fn request(&mut self, time: JournalTime, request: SyncRequest) {
-        let Some(tx) = &self.requests else { return };
-        match tx.try_send(request) {
-            Ok(()) => {}
-            Err(TrySendError::Full(r)) => self.unsent = Some(r),
-            Err(TrySendError::Disconnected(_)) => self.fail(time, "the syncer stopped"),
+    /// Asks the syncer for what is written and the ticket wanted, now or,
+    /// under load, once enough has gathered (see [`GroupCommit`]); `now`
+    /// asks at once.
+    fn request_sync(&mut self, time: JournalTime, now: bool) {
+        let unsynced = self.written.saturating_sub(self.requested.0);
+        if unsynced == 0 && self.ticket_wanted.is_none() {
+            return;
         }
+        let gathered = unsynced >= self.group.records;
+        let waited = time.us >= self.requested.1.saturating_add(self.group.wait_us);
+        if !(now || gathered || waited) {
+            return;
+        }
+        let Some(file) = self.file.clone() else {
+            return;
+        };
+        let ticket = self.ticket_wanted.take().unwrap_or(self.last_ticket);
+        self.last_ticket = ticket;
+        self.requested = (self.written, time.us);
+        self.mailbox.post(SyncRequest {
+            upto: self.written,
+            file,
+            ticket,
+        });
+    }
+
+    /// When [`end_turn`](Self::end_turn) should next run to ask for a
+    /// sync that group commit holds back (µs), if one is held.
+    pub fn sync_due_us(&self) -> Option<u64> {
+        let held = self.written > self.requested.0 || self.ticket_wanted.is_some();
+        (held && self.failed_at.is_none())
+            .then(|| self.requested.1.saturating_add(self.group.wait_us))
     }
 
     fn fail(&mut self, time: JournalTime, why: &str) {
-        self.failed_at = Some(time.ms);
+        self.failed_at = Some(time.ms());
         self.file = None;
         self.buf.clear();
-        self.unsent = None;
         self.ticket_wanted = None;
         tracing::error!(
             worker = self.worker,
@@ -363,10 +466,10 @@ impl JournalWriter {
         let Some(at) = self.failed_at else {
             return true;
         };
-        if time.ms.saturating_sub(at) < RETRY_AFTER_FAILURE_MS {
+        if time.ms().saturating_sub(at) < RETRY_AFTER_FAILURE_MS {
             return false;
         }
-        self.failed_at = Some(time.ms);
+        self.failed_at = Some(time.ms());
         // Numbering skips what may have been lost, so no number is reused;
         // the answers waiting on those numbers were refused when the
         // failure was noticed, and the new header voids their records.
@@ -379,7 +482,7 @@ impl JournalWriter {
         match self.open_segment(time, void_from) {
             Ok(()) => {
                 self.sync_failed.store(false, Ordering::Release);
-                self.progress = (self.appended, time.ms);
+                self.progress = (self.appended, time.ms());
                 self.durable.store(self.appended, Ordering::Release);
                 self.confirmed = self.appended;
                 self.failed_at = None;
@@ -398,7 +501,8 @@ impl JournalWriter {
     /// stops the syncer. Returns whether everything appended is durable.
     pub fn close(&mut self, time: JournalTime) -> bool {
         let _ = self.end_turn(time);
-        self.requests = None;
+        self.request_sync(time, true);
+        self.mailbox.close();
         if let Some(thread) = self.syncer.take() {
             let _ = thread.join();
         }
@@ -441,7 +545,7 @@ impl JournalSink for JournalWriter {
 
 impl Drop for JournalWriter {
     fn drop(&mut self) {
-        self.requests = None;
+        self.mailbox.close();
         if let Some(thread) = self.syncer.take() {
             let _ = thread.join();
         }
@@ -449,32 +553,21 @@ impl Drop for JournalWriter {
 }
 
 fn run_syncer(
-    rx: Receiver<SyncRequest>,
-    durable: Arc<AtomicU64>,
-    synced_ticket: Arc<AtomicU64>,
-    failed: Arc<AtomicBool>,
+    mailbox: &Mailbox,
+    durable: &AtomicU64,
+    synced_ticket: &AtomicU64,
+    failed: &AtomicBool,
     wake: impl Fn(),
 ) {
-    let mut batch: Vec<SyncRequest> = Vec::with_capacity(SYNC_QUEUE);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        batch.extend(rx.try_iter());
+    while let Some(request) = mailbox.take() {
         if failed.load(Ordering::Acquire) {
             // Nothing more is made durable until the worker reopens.
-            batch.clear();
             continue;
         }
-        // A segment is synced by the worker before it rotates away from
-        // it, so only the newest request's file has unsynced records.
-        let Some(last) = batch.last() else { continue };
-        let ok = last.file.sync_data().is_ok();
-        let upto = batch.iter().map(|r| r.upto).max().unwrap_or(0);
-        let ticket = batch.iter().map(|r| r.ticket).max().unwrap_or(0);
-        batch.clear();
-        if ok {
+        if request.file.sync_data().is_ok() {
             // Durable first: a worker that sees the ticket sees the records.
-            durable.fetch_max(upto, Ordering::AcqRel);
-            synced_ticket.fetch_max(ticket, Ordering::AcqRel);
+            durable.fetch_max(request.upto, Ordering::AcqRel);
+            synced_ticket.fetch_max(request.ticket, Ordering::AcqRel);
         } else {
             failed.store(true, Ordering::Release);
         }
@@ -504,9 +597,30 @@ mod tests {
         }
     }
 
+    /// Syncs whatever each turn wrote.
+    const EVERY_TURN: GroupCommit = GroupCommit {
+        records: 1,
+        wait_us: 0,
+    };
+
+    fn open(
+        dir: &Path,
+        worker: u16,
+        next_seq: u64,
+        segments: SegmentLimits,
+        group_commit: GroupCommit,
+        time: JournalTime,
+    ) -> JournalWriter {
+        let settings = JournalSettings {
+            segments,
+            group_commit,
+        };
+        JournalWriter::open(dir, "t-mobile.de", worker, next_seq, settings, time, || {}).unwrap()
+    }
+
     fn at(ms: u64) -> JournalTime {
         JournalTime {
-            ms,
+            us: ms * 1000,
             unix_ms: 1_700_000_000_000 + ms,
         }
     }
@@ -533,7 +647,7 @@ mod tests {
             max_bytes: 1_000,
             max_age: Duration::from_secs(3600),
         };
-        let mut w = JournalWriter::open(&dir, "t-mobile.de", 0, 1, limits, at(0), || {}).unwrap();
+        let mut w = open(&dir, 0, 1, limits, GroupCommit::default(), at(0));
         for turn in 0..20u64 {
             for i in 0..5 {
                 assert_eq!(append(&mut w, turn * 5 + i), turn * 5 + i + 1);
@@ -561,16 +675,7 @@ mod tests {
     #[test]
     fn a_ticket_waits_for_a_sync_even_in_a_turn_without_records() {
         let dir = test_dir("ticket");
-        let mut w = JournalWriter::open(
-            &dir,
-            "t-mobile.de",
-            0,
-            1,
-            SegmentLimits::default(),
-            at(0),
-            || {},
-        )
-        .unwrap();
+        let mut w = open(&dir, 0, 1, SegmentLimits::default(), EVERY_TURN, at(0));
         // A turn with a record, then one with none (a repeat's answer).
         append(&mut w, 1);
         w.sync(1);
@@ -587,13 +692,57 @@ mod tests {
     }
 
     #[test]
+    fn under_load_a_sync_waits_for_enough_records_or_the_wait_whichever_comes_first() {
+        let dir = test_dir("group");
+        let group = GroupCommit {
+            records: 4,
+            wait_us: 1_000,
+        };
+        let time = |us: u64| JournalTime {
+            us,
+            unix_ms: 1_700_000_000_000,
+        };
+        let mut w = open(&dir, 0, 1, SegmentLimits::default(), group, time(10_000));
+        // After a quiet spell the first record is synced at once.
+        append(&mut w, 1);
+        assert_eq!(w.end_turn(time(10_000)), SyncState::Healthy);
+        assert_eq!(w.sync_due_us(), None);
+        wait_durable(&mut w, 1);
+        // 100 µs later one record is held for the wait or for three more.
+        append(&mut w, 2);
+        assert_eq!(w.end_turn(time(10_100)), SyncState::Healthy);
+        assert_eq!(w.sync_due_us(), Some(11_000));
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(w.durable_seq(), 1, "held back: one record, 100 µs");
+        for txid in 3..=5 {
+            append(&mut w, txid);
+        }
+        assert_eq!(w.end_turn(time(10_200)), SyncState::Healthy);
+        assert_eq!(w.sync_due_us(), None, "four records gathered: asked");
+        wait_durable(&mut w, 5);
+        // A lone record waits no longer than the wait.
+        append(&mut w, 6);
+        assert_eq!(w.end_turn(time(10_300)), SyncState::Healthy);
+        assert_eq!(w.sync_due_us(), Some(11_200));
+        assert_eq!(w.end_turn(time(11_200)), SyncState::Healthy);
+        assert_eq!(w.sync_due_us(), None);
+        wait_durable(&mut w, 6);
+        // Closing syncs whatever is held.
+        append(&mut w, 7);
+        assert_eq!(w.end_turn(time(11_300)), SyncState::Healthy);
+        assert!(w.sync_due_us().is_some());
+        assert!(w.close(time(11_301)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_segment_older_than_its_age_limit_is_followed_by_a_new_one() {
         let dir = test_dir("age");
         let limits = SegmentLimits {
             max_bytes: 64 << 20,
             max_age: Duration::from_millis(30),
         };
-        let mut w = JournalWriter::open(&dir, "t-mobile.de", 3, 41, limits, at(0), || {}).unwrap();
+        let mut w = open(&dir, 3, 41, limits, GroupCommit::default(), at(0));
         for turn in 0..3u64 {
             append(&mut w, turn);
             // Forty milliseconds pass between turns.
@@ -623,16 +772,7 @@ mod tests {
         // RLIMIT_FSIZE would signal the whole test process; a read-only
         // file descriptor makes the write fail instead.
         let dir = test_dir("fail");
-        let mut w = JournalWriter::open(
-            &dir,
-            "t-mobile.de",
-            0,
-            1,
-            SegmentLimits::default(),
-            at(0),
-            || {},
-        )
-        .unwrap();
+        let mut w = open(&dir, 0, 1, SegmentLimits::default(), EVERY_TURN, at(0));
         let path = segment_paths(&dir, None).unwrap().remove(0);
         w.file = Some(Arc::new(File::open(&path).unwrap()));
         assert_eq!(append(&mut w, 1), 1);

@@ -80,10 +80,10 @@ impl Clock {
 
     /// The journal's time now.
     pub(crate) fn journal_time(&self) -> JournalTime {
-        let ms = self.now_us() / 1000;
+        let us = self.now_us();
         JournalTime {
-            ms,
-            unix_ms: self.unix_ms_at_start.saturating_add(ms),
+            us,
+            unix_ms: self.unix_ms_at_start.saturating_add(us / 1000),
         }
     }
 }

@@ -177,7 +177,7 @@ impl Worker {
             &config.network,
             node_config.worker,
             node_config.first_record_seq,
-            config.segment_limits,
+            config.journal,
             clock.journal_time(),
             move || {
                 let _ = waker.wake();
@@ -271,10 +271,12 @@ impl Worker {
                 // short nap bounds the wait should a wake-up be missed.
                 Duration::from_millis(1)
             } else {
-                let until_timer = self
-                    .node
-                    .poll_timeout()
-                    .map_or(TICK_MS, |at| (at / 1000).saturating_sub(now_ms));
+                // The node's next timer, or a sync group commit holds back.
+                let next_us = match (self.node.poll_timeout(), self.journal.sync_due_us()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let until_timer = next_us.map_or(TICK_MS, |at| (at / 1000).saturating_sub(now_ms));
                 Duration::from_millis(until_timer.clamp(1, TICK_MS))
             };
             if self.poll.poll(&mut events, Some(timeout)).is_err() {
