@@ -33,6 +33,7 @@ fn e2e(c: &mut Criterion) {
             window_slots: 1 << 20,
             metrics: false,
             steering: true,
+            pin_workers: false,
         },
         cpus: Vec::new(),
     };

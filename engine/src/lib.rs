@@ -28,6 +28,7 @@ pub mod config;
 pub mod journal;
 pub mod lab;
 pub mod node;
+pub mod rng;
 pub mod roles;
 pub mod runtime;
 #[cfg(feature = "sim")]

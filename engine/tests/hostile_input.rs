@@ -89,7 +89,7 @@ fn hostile_frames(valid: &[u8], buddies: &[u8]) -> Vec<(String, Vec<u8>)> {
             .collect(),
     ));
     cases.push(("random bytes".into(), {
-        let mut rng = presence_engine::sim::SimRng::new(7);
+        let mut rng = presence_engine::rng::SplitMix64::new(7);
         (0..900).map(|_| rng.next_u64() as u8).collect()
     }));
     cases

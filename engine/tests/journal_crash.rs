@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use presence_codec::{Msisdn, Outcome};
 use presence_engine::journal;
 use presence_engine::lab::{self, DeviceClient, SpawnedAppliance, DEMO_BUDDIES};
-use presence_engine::sim::SimRng;
+use presence_engine::rng::SplitMix64;
 
 fn start(config: &Path, log: &Path) -> SpawnedAppliance {
     SpawnedAppliance::start(
@@ -43,7 +43,7 @@ fn start(config: &Path, log: &Path) -> SpawnedAppliance {
 #[test]
 fn kill_9_of_b_under_load_loses_no_charge_record_and_duplicates_none() {
     let runs = env_u64("PRESENCE_CRASH_RUNS", 3);
-    let mut rng = SimRng::new(env_u64("PRESENCE_CRASH_SEED", 8));
+    let mut rng = SplitMix64::new(env_u64("PRESENCE_CRASH_SEED", 8));
     let root = std::env::temp_dir().join(format!("journal-crash-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();

@@ -36,14 +36,14 @@ use presence_codec::{
 };
 use presence_engine::journal;
 use presence_engine::lab::{self, SpawnedAppliance, DEMO_BUDDIES};
-use presence_engine::sim::SimRng;
+use presence_engine::rng::SplitMix64;
 
 const LOSS: f64 = 0.10;
 const DUPLICATION: f64 = 0.05;
 
 /// What a fault draw decides for one datagram or frame: how many copies go.
-fn copies(rng: &mut SimRng) -> usize {
-    let draw = |rng: &mut SimRng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+fn copies(rng: &mut SplitMix64) -> usize {
+    let draw = |rng: &mut SplitMix64| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
     if draw(rng) < LOSS {
         0
     } else if draw(rng) < DUPLICATION {
@@ -100,7 +100,7 @@ fn udp_proxy(
     let (front2, back2) = (front.try_clone().unwrap(), back.try_clone().unwrap());
     let (stop2, faults2, device2) = (stop.clone(), faults.clone(), device.clone());
     std::thread::spawn(move || {
-        let mut rng = SimRng::new(seed);
+        let mut rng = SplitMix64::new(seed);
         let mut buf = vec![0u8; 65_536];
         while !stop.load(Ordering::Relaxed) {
             let Ok((len, from)) = front.recv_from(&mut buf) else {
@@ -115,7 +115,7 @@ fn udp_proxy(
         }
     });
     std::thread::spawn(move || {
-        let mut rng = SimRng::new(seed ^ 0x5eed);
+        let mut rng = SplitMix64::new(seed ^ 0x5eed);
         let mut buf = vec![0u8; 65_536];
         while !stop2.load(Ordering::Relaxed) {
             let Ok(len) = back2.recv(&mut buf) else {
@@ -143,7 +143,7 @@ fn pump(
     faults: Arc<Faults>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut rng = SimRng::new(seed);
+        let mut rng = SplitMix64::new(seed);
         while !stop.load(Ordering::Relaxed) {
             let Ok(inbound) = from.inbound().recv_timeout(Duration::from_millis(5)) else {
                 continue;

@@ -17,26 +17,8 @@ use presence_codec::{
     PresenceState, Publish, Reachability, FRAME_LEN_DEFAULT_MAX,
 };
 
+use crate::rng::SplitMix64;
 use crate::table::{NetworkId, NumberingTable, Prefix};
-
-/// A small deterministic generator (splitmix64): generated networks are
-/// the same for the same seed.
-#[derive(Debug, Clone)]
-struct Draw(u64);
-
-impl Draw {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// The prefixes the numbering table gives `network`.
 pub fn network_prefixes(table: &NumberingTable, network: &str) -> Vec<Prefix> {
@@ -147,7 +129,7 @@ pub fn draw_numbers(
     if prefixes.is_empty() {
         return Err(DemoError::Table(format!("{network} has no prefixes")));
     }
-    let mut rng = Draw(seed);
+    let mut rng = SplitMix64::new(seed);
     let mut out = std::collections::BTreeSet::new();
     let mut attempts = 0usize;
     while out.len() < count {
@@ -271,6 +253,7 @@ pub fn write_config(
         window_slots: 1 << 16,
         metrics,
         steering: true,
+        pin_workers: false,
     };
     write_config_with(
         &network.folder(),
@@ -295,6 +278,7 @@ pub fn write_config_with(
         window_slots,
         metrics,
         steering,
+        pin_workers,
     } = *settings;
     let table = std::fs::canonicalize(table_path)?;
     let address = peer_addr
@@ -310,7 +294,7 @@ pub fn write_config_with(
 [network]
 name = "{name}"
 workers = {workers}
-pin_workers = false
+pin_workers = {pin_workers}
 poll_mode = {poll_mode}
 steering = {steering}
 
@@ -366,6 +350,9 @@ pub struct TwoNetworkSettings {
     /// Steer traffic to its owner's worker in the kernel
     /// (`network.steering`).
     pub steering: bool,
+    /// Pin worker `i` to the `i`-th CPU the process may use
+    /// (`network.pin_workers`).
+    pub pin_workers: bool,
 }
 
 /// Both networks' appliances, running in this process.

@@ -54,33 +54,9 @@ use crate::table::{NetworkId, NumberingTable, Prefix};
 
 pub use pipeline::{Pipeline, PIPELINE_BUDDIES};
 
-/// A deterministic pseudo-random stream (splitmix64): the simulation's only
-/// source of randomness.
-#[derive(Debug, Clone)]
-pub struct SimRng(u64);
-
-impl SimRng {
-    /// A stream from a seed.
-    pub fn new(seed: u64) -> SimRng {
-        SimRng(seed)
-    }
-    /// The next value.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// A value in `0..n` (`n > 0`).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
-    }
-    /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
-        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-}
+/// The simulation's only source of randomness: a seeded splitmix64
+/// stream, so a seed replays a run exactly.
+pub use crate::rng::SplitMix64 as SimRng;
 
 /// One simulated network: its name in the numbering table and the prefixes
 /// the table gives it.

@@ -72,6 +72,7 @@ pub(crate) fn run(
             window_slots: 1 << 20,
             metrics: true,
             steering: true,
+            pin_workers: false,
         },
         options,
     )?;

@@ -325,9 +325,9 @@ pub fn source_port_for(worker: u16, workers: u16, seed: u64) -> impl Iterator<It
     } else {
         0
     };
-    let mut state = seed;
-    let start = splitmix64(&mut state) % count.max(1);
-    let mut stride = splitmix64(&mut state) % count.max(1);
+    let mut rng = crate::rng::SplitMix64::new(seed);
+    let start = rng.below(count);
+    let mut stride = rng.below(count);
     // A stride coprime to the count visits every index once (1 always is).
     while gcd(stride, count) != 1 && count > 1 {
         stride = (stride + 1) % count;
@@ -337,14 +337,6 @@ pub fn source_port_for(worker: u16, workers: u16, seed: u64) -> impl Iterator<It
         let index = (start + i * stride) % count;
         u16::try_from(first + index * workers).ok()
     })
-}
-
-fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 fn gcd(mut a: u64, mut b: u64) -> u64 {

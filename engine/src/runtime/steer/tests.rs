@@ -164,9 +164,9 @@ fn msisdns(count: usize) -> Vec<Msisdn> {
     .collect();
     out.extend((0..20_000).map(|i| msisdn(447_700_000_000 + i)));
     out.extend((1..5_000).map(msisdn));
-    let mut state = 0x5EED;
+    let mut rng = crate::rng::SplitMix64::new(0x5EED);
     while out.len() < count {
-        out.push(msisdn(splitmix64(&mut state) % MSISDN_MAX + 1));
+        out.push(msisdn(rng.below(MSISDN_MAX) + 1));
     }
     out
 }
@@ -285,9 +285,9 @@ fn datagrams_without_a_subject_first_are_left_to_the_kernel_hash() {
     ]));
     datagrams.push(vec![0x50, 0x01, 0x03, 0x20, 0]);
     datagrams.push(Vec::new());
-    let mut state = 7;
+    let mut rng = crate::rng::SplitMix64::new(7);
     for len in 0..200 {
-        let mut garbage: Vec<u8> = (0..len).map(|_| splitmix64(&mut state) as u8).collect();
+        let mut garbage: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         if let Some(t) = garbage.get_mut(FIRST_TYPE_OFFSET) {
             if !not_subject_first(*t) {
                 *t = 0xEE;
