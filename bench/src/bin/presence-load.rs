@@ -62,6 +62,10 @@ struct Cli {
     /// Appliance workers spin instead of sleeping in epoll.
     #[arg(long)]
     poll_mode: bool,
+    /// Start the appliances with `network.pin_workers = true`: worker `i`
+    /// on the `i`-th CPU they may use.
+    #[arg(long)]
+    pin_workers: bool,
     /// Start the appliances with `network.steering = false`: the kernel
     /// hashes datagrams and connections over the workers, which hand
     /// messages to their owners (to measure what steering saves).
@@ -103,6 +107,11 @@ struct Cli {
     /// An answer later than this after its intended send time is a timeout.
     #[arg(long, default_value_t = 3000)]
     timeout_ms: u64,
+    /// Let a datagram that is not full wait up to this long (µs) for more
+    /// requests of its owner, as a device gateway that batches does (0:
+    /// each burst's datagrams go at once; the wait counts in the latency).
+    #[arg(long, default_value_t = 0)]
+    hold_us: u64,
     /// Source sockets (the kernel spreads them over the appliance's workers).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     sockets: u64,
@@ -274,6 +283,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Responder::Echo,
             sockets,
         )?;
+        driver.hold_frames(Duration::from_micros(cli.hold_us));
         writeln!(
             out,
             "\nceiling: echo on {} thread(s), same sockets and batching",
@@ -321,6 +331,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 .unwrap_or(((1usize << 22) / workers).max(1 << 19)),
             metrics: false,
             steering: !cli.no_steering,
+            pin_workers: cli.pin_workers,
         },
         cpus: cli.appliance_cpus.clone(),
     };
@@ -384,6 +395,7 @@ fn measure(
         Responder::Appliance,
         cli.sockets as usize,
     )?;
+    driver.hold_frames(Duration::from_micros(cli.hold_us));
     if let Err(probe) = wait_until_answering(&mut driver, Duration::from_secs(60))? {
         report::final_table(out, "the last probe", &probe, None)?;
         return Err(format!("the appliance at {} does not answer queries", targets.a).into());

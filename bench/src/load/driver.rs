@@ -15,14 +15,14 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::BufMut;
 use hdrhistogram::Histogram;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use presence_codec::shard::owner;
-use presence_codec::{FrameReader, FrameWriter, Message, FRAME_LEN_DEFAULT_MAX};
+use presence_codec::{FrameReader, Message};
 use presence_engine::runtime::udp::{RecvBatch, SendBatch, BATCH};
 
+use super::frames::{Added, OpenFrames, FRAME_MAX};
 use super::plan::{Class, Destination, OutcomeKind, Workload, CLASSES, OUTCOME_KINDS, SEQ_MASK};
 use super::population::Population;
 
@@ -222,10 +222,8 @@ pub struct Driver<'p> {
     events: Events,
     next_socket: usize,
     next_base: u64,
-    /// Open frames for A, one per owning worker.
-    frames_a: Vec<Vec<u8>>,
-    /// Open frames for B, one per owning worker.
-    frames_b: Vec<Vec<u8>>,
+    /// Open frames, one per destination and owning worker.
+    frames: OpenFrames,
     timer: Timer,
 }
 
@@ -323,7 +321,6 @@ impl Timer {
     }
 }
 
-const FRAME_MAX: usize = FRAME_LEN_DEFAULT_MAX;
 /// Socket buffers asked for (the kernel caps them at `net.core.[rw]mem_max`).
 const SOCKET_BUFFER: usize = 8 << 20;
 /// A step is carried only if, when its send window closes, no more than
@@ -390,15 +387,20 @@ impl<'p> Driver<'p> {
             events: Events::with_capacity(256),
             next_socket: 0,
             next_base: 0,
-            frames_a: (0..targets.a_workers.max(1))
-                .map(|_| Vec::with_capacity(FRAME_MAX))
-                .collect(),
-            frames_b: (0..targets.b_workers.max(1))
-                .map(|_| Vec::with_capacity(FRAME_MAX))
-                .collect(),
+            frames: OpenFrames::new(targets.a_workers, targets.b_workers),
             timer: Timer::new(&poll)?,
             poll,
         })
+    }
+
+    /// Lets a frame that is not full wait up to `hold` for more requests of
+    /// its owner before it is sent, as a device gateway that batches does:
+    /// datagrams are then as full as the rate allows, whatever the number
+    /// of owners they are split by. The wait counts in the latency (it runs
+    /// from each request's intended send time).
+    pub fn hold_frames(&mut self, hold: Duration) {
+        self.frames
+            .set_hold(u64::try_from(hold.as_nanos()).unwrap_or(u64::MAX));
     }
 
     /// Runs one step and returns what it measured; `progress` is called
@@ -431,9 +433,7 @@ impl<'p> Driver<'p> {
             }
         }
         // Nothing of an earlier step goes out in this one.
-        for frame in self.frames_a.iter_mut().chain(&mut self.frames_b) {
-            frame.clear();
-        }
+        self.frames.clear();
         for batch in &mut self.sends {
             batch.clear();
         }
@@ -490,6 +490,7 @@ impl<'p> Driver<'p> {
                     worked = true;
                 }
             }
+            self.close_due(&mut state);
             self.flush_all(&mut state);
             worked |= self.receive(&mut state);
             let now_ns = state.elapsed_ns();
@@ -534,6 +535,8 @@ impl<'p> Driver<'p> {
                 } else {
                     now_ns + 5_000_000
                 };
+                // An open frame's hold ends no later than this wake-up.
+                let next_due_ns = next_due_ns.min(self.frames.next_due_ns());
                 let wait = Duration::from_nanos(next_due_ns.saturating_sub(now_ns))
                     .clamp(TICK, Duration::from_millis(5));
                 self.timer.arm(wait);
@@ -554,12 +557,7 @@ impl<'p> Driver<'p> {
     /// Frames not yet handed to the kernel: open frames and queued
     /// datagrams.
     fn queued(&self) -> u64 {
-        let open = self
-            .frames_a
-            .iter()
-            .chain(&self.frames_b)
-            .filter(|f| !f.is_empty())
-            .count();
+        let open = self.frames.open();
         (open + self.sends.iter().map(SendBatch::len).sum::<usize>()) as u64
     }
 
@@ -602,43 +600,38 @@ impl<'p> Driver<'p> {
                 }
                 _ => 0,
             };
-            let len = message.encoded_len();
-            let full = self
-                .frame(destination, owner)
-                .is_some_and(|f| !f.is_empty() && f.len() + len > FRAME_MAX);
-            if full && !self.close_frame(destination, owner, state) {
-                return;
+            let now_ns = state.elapsed_ns();
+            let mut added = self.frames.add(destination, owner, &message, now_ns);
+            if added == Added::Full {
+                if !self.close_frame(destination, owner, state) {
+                    return;
+                }
+                added = self.frames.add(destination, owner, &message, now_ns);
             }
-            let Some(frame) = self.frame(destination, owner) else {
-                return;
-            };
-            if frame.is_empty() && FrameWriter::new(frame, FRAME_MAX).is_err() {
-                return;
-            }
-            if frame.remaining_mut() < len || message.encode(frame).is_err() {
+            if added != Added::Taken {
                 return;
             }
             state.result.sent += 1;
         }
-        self.close_all(state);
+        self.close_due(state);
     }
 
-    /// The open frame for `destination`'s worker `owner`.
-    fn frame(&mut self, destination: Destination, owner: u16) -> Option<&mut Vec<u8>> {
-        match destination {
-            Destination::A => self.frames_a.get_mut(usize::from(owner)),
-            Destination::B => self.frames_b.get_mut(usize::from(owner)),
-        }
+    /// Queues the open frames whose hold is over (all of them without a
+    /// hold), as far as the batches take them.
+    fn close_due(&mut self, state: &mut StepState) {
+        self.close_held_since(state.elapsed_ns(), state);
     }
 
-    /// Queues every open frame (those the batches take).
+    /// Queues every open frame, held or not.
     fn close_all(&mut self, state: &mut StepState) {
-        for (destination, workers) in [
-            (Destination::A, self.frames_a.len()),
-            (Destination::B, self.frames_b.len()),
-        ] {
-            for owner in 0..workers {
-                let owner = u16::try_from(owner).unwrap_or(0);
+        self.close_held_since(u64::MAX, state);
+    }
+
+    /// Queues the open frames due at `now_ns`.
+    fn close_held_since(&mut self, now_ns: u64, state: &mut StepState) {
+        for index in 0..self.frames.len() {
+            let (destination, owner) = self.frames.slot_at(index);
+            if self.frames.is_due(destination, owner, now_ns) {
                 self.close_frame(destination, owner, state);
             }
         }
@@ -651,11 +644,7 @@ impl<'p> Driver<'p> {
             Destination::A => Some(self.targets.a),
             Destination::B => self.targets.b,
         };
-        let frame = match destination {
-            Destination::A => self.frames_a.get_mut(usize::from(owner)),
-            Destination::B => self.frames_b.get_mut(usize::from(owner)),
-        };
-        let Some(frame) = frame else {
+        let Some(frame) = self.frames.bytes_mut(destination, owner) else {
             return true;
         };
         if frame.is_empty() {

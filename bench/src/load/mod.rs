@@ -5,12 +5,14 @@
 //!   provisioning files;
 //! - [`plan`]: the request mix, deterministic per sequence number;
 //! - [`driver`]: the open-loop sender and answer collector;
+//! - `frames`: the driver's open frames, one per destination and owner;
 //! - [`echo`]: the ceiling, the same IO with no presence work;
 //! - [`topology`]: the appliances under load (embedded, spawned, external);
 //! - [`report`]: progress, tables, JSON and percentile files.
 
 pub mod driver;
 pub mod echo;
+mod frames;
 pub mod plan;
 pub mod population;
 pub mod report;
