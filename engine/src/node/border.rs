@@ -27,7 +27,6 @@ impl Node {
         self.begin(now_us);
         let Ok(reader) = FrameReader::new(frame, FRAME_LEN_ABSOLUTE_MAX) else {
             self.counters.drop(DropReason::BadBorderFrame);
-            self.end();
             return;
         };
         let mut queries: SmallVec<[Query; LOOKUP_BATCH_MAX]> = SmallVec::new();
@@ -82,7 +81,6 @@ impl Node {
         self.border_queries(origin, &queries);
         self.border_answers(origin, &answers);
         self.run();
-        self.end();
     }
 
     /// Queries of `origin` for targets this node owns, looked up together.
@@ -223,6 +221,5 @@ impl Node {
         self.recycle(frame);
         self.drain_out(Addr::Ogps, None);
         self.run();
-        self.end();
     }
 }

@@ -144,7 +144,6 @@ impl Node {
             }
         }
         self.run();
-        self.end();
     }
 
     /// A device's message handed over by the worker it arrived at.
@@ -242,6 +241,5 @@ impl Node {
             }
             CrossMessage::Answer { .. } => {}
         }
-        self.end();
     }
 }

@@ -26,7 +26,6 @@ impl Node {
         self.begin(now_us);
         let Ok(reader) = FrameReader::new(datagram, FRAME_LEN_DEFAULT_MAX) else {
             self.counters.drop(DropReason::BadDatagram);
-            self.end();
             return;
         };
         let mut requests: SmallVec<[ClientRequest<'_>; LOOKUP_BATCH_MAX]> = SmallVec::new();
@@ -74,7 +73,6 @@ impl Node {
         self.device_requests(from, &requests);
         self.publications(from, &publications);
         self.run();
-        self.end();
     }
 
     /// Hands a device's message to the worker owning `subject` (the

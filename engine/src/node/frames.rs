@@ -3,10 +3,12 @@
 //!
 //! A node appends each outgoing message to the open frame of its
 //! destination (a device's address, or a peer network's worker); a frame
-//! that would overflow is closed first. At the end of an input every open
-//! frame is closed, so nothing waits for a later input. Closed frames wait
-//! in a ready queue for the runtime, which gives each buffer back once sent:
-//! buffers are reused, so steady traffic allocates nothing.
+//! that would overflow is closed first. Closed frames wait in a ready
+//! queue; when the runtime has taken them all, the open frames close
+//! ([`Framer::pop_ready`]), so nothing waits past the runtime's next poll
+//! and a turn's messages to one destination share as few frames as fit.
+//! The runtime gives each buffer back once sent: buffers are reused, so
+//! steady traffic allocates nothing.
 //!
 //! Invariants: a destination has at most one open frame; every closed frame
 //! holds at least one message; the pool holds at most [`POOL_MAX`] buffers;
@@ -84,21 +86,25 @@ impl<K: Copy + Eq + Hash> Framer<K> {
 
     /// Closes every open frame: they join the ready queue, in the order
     /// they opened.
-    pub(crate) fn close_all(&mut self) {
+    fn close_all(&mut self) {
         self.index.clear();
         for (to, frame) in self.open.drain(..) {
             self.ready.push_back((to, frame.into_bytes()));
         }
     }
 
-    /// The oldest closed frame.
+    /// The oldest closed frame; when none is left, the open frames close
+    /// first (in the order they opened).
     pub(crate) fn pop_ready(&mut self) -> Option<(K, Vec<u8>)> {
+        if self.ready.is_empty() {
+            self.close_all();
+        }
         self.ready.pop_front()
     }
 
-    /// Whether a closed frame waits.
-    pub(crate) fn has_ready(&self) -> bool {
-        !self.ready.is_empty()
+    /// Whether a frame waits, closed or open.
+    pub(crate) fn has_any(&self) -> bool {
+        !self.ready.is_empty() || !self.open.is_empty()
     }
 
     /// Takes a sent frame's buffer back for reuse.
@@ -128,7 +134,6 @@ mod tests {
             assert!(framer.push(1, &ack(txid)));
         }
         framer.push(2, &ack(99));
-        framer.close_all();
         let mut seen = Vec::new();
         while let Some((to, frame)) = framer.pop_ready() {
             assert!(frame.len() <= 64);
@@ -142,5 +147,32 @@ mod tests {
         let to_one: Vec<u64> = seen.iter().filter(|s| s.0 == 1).map(|s| s.1).collect();
         assert_eq!(to_one, (0..20).collect::<Vec<_>>(), "in order, none lost");
         assert!(seen.contains(&(2, 99)));
+    }
+
+    #[test]
+    fn open_frames_close_only_once_the_closed_ones_are_taken() {
+        let mut framer: Framer<u8> = Framer::new(1024);
+        assert!(!framer.has_any());
+        // Two inputs' messages to one destination, no poll in between.
+        framer.push(1, &ack(1));
+        framer.push(2, &ack(2));
+        framer.push(1, &ack(3));
+        assert!(framer.has_any(), "open frames count as waiting");
+        let (to, first) = framer.pop_ready().unwrap();
+        assert_eq!(to, 1, "closed in the order they opened");
+        let txids: Vec<u64> = FrameReader::new(&first, 1024)
+            .unwrap()
+            .filter_map(|m| match m {
+                Ok(Message::Ack(a)) => Some(a.txid),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(txids, [1, 3], "one frame for both inputs");
+        // A message pushed now opens a new frame behind the closed one.
+        framer.push(1, &ack(4));
+        assert_eq!(framer.pop_ready().map(|r| r.0), Some(2));
+        assert_eq!(framer.pop_ready().map(|r| r.0), Some(1));
+        assert!(framer.pop_ready().is_none());
+        assert!(!framer.has_any());
     }
 }

@@ -170,7 +170,6 @@ impl Node {
         }
         self.release();
         self.update_charging();
-        self.end();
     }
 
     /// Moves the answers whose records are durable to the border.

@@ -47,7 +47,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use ahash::{AHashMap, AHashSet};
-use presence_codec::{shard, Msisdn, FRAME_LEN_DEFAULT_MAX};
+use presence_codec::{shard, Msisdn, FRAME_LEN_ABSOLUTE_MAX, FRAME_LEN_DEFAULT_MAX};
 
 use crate::journal::JournalSink;
 use crate::roles::{
@@ -356,13 +356,6 @@ impl Node {
         self.now_ms = self.now_us / 1000;
     }
 
-    /// Ends an input: every open frame closes, so nothing waits for a later
-    /// input.
-    fn end(&mut self) {
-        self.device_frames.close_all();
-        self.border_frames.close_all();
-    }
-
     /// The WA's deadlines and retransmissions due by `now_us`.
     pub fn handle_timeout(&mut self, now_us: u64) {
         self.begin(now_us);
@@ -372,7 +365,6 @@ impl Node {
             self.drain_out(Addr::Wa(self.config.worker), None);
             self.run();
         }
-        self.end();
     }
 
     /// When [`Node::handle_timeout`] is next needed, in µs.
@@ -380,7 +372,12 @@ impl Node {
         self.wa.poll_timeout().map(|ms| ms.saturating_mul(1000))
     }
 
-    /// The next frame to send.
+    /// The next frame to send. Frames stay open across inputs until the
+    /// caller polls: once the closed ones are taken, the open ones close,
+    /// so everything the inputs since the last poll produced for one
+    /// destination leaves in as few frames as fit (a runtime that polls
+    /// after a batch of datagrams sends one border frame per peer worker,
+    /// not one per datagram).
     pub fn poll_transmit(&mut self) -> Option<Outgoing> {
         if let Some((to, frame)) = self.device_frames.pop_ready() {
             return Some(Outgoing {
@@ -397,14 +394,21 @@ impl Node {
         })
     }
 
-    /// Whether a frame waits to be sent.
+    /// Whether a frame waits to be sent, closed or open.
     pub fn has_transmit(&self) -> bool {
-        self.device_frames.has_ready() || self.border_frames.has_ready()
+        self.device_frames.has_any() || self.border_frames.has_any()
     }
 
-    /// Takes a sent frame's buffer back for reuse.
+    /// Takes a sent frame's buffer back for reuse, into the pool of the
+    /// frames its size was made for (a device frame's buffer in the border
+    /// pool would have to grow, and the border pool's overflow freed: both
+    /// are allocator work on every frame).
     pub fn recycle(&mut self, frame: Vec<u8>) {
-        self.border_frames.recycle(frame);
+        if frame.capacity() >= self.config.border_frame_max.min(FRAME_LEN_ABSOLUTE_MAX) {
+            self.border_frames.recycle(frame);
+        } else {
+            self.device_frames.recycle(frame);
+        }
     }
 
     /// The next message for another worker: `(worker, message)`.

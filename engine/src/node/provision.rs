@@ -100,7 +100,6 @@ impl Node {
             }
             slice.reprovision(*m, p.credential.clone(), p.buddies.clone(), p.consent);
         }
-        self.end();
     }
 
     /// Forgets the device addresses of subscribers removed a deadline ago
