@@ -175,7 +175,8 @@ pub struct ApplianceConfig {
     pub deadline_ms: u16,
     /// Credit one query costs.
     pub query_cost: u64,
-    /// Pending transactions per WA instance (worker).
+    /// Pending transactions of the appliance's WA, shared by its workers
+    /// ([`pending_per_worker`](Self::pending_per_worker)).
     pub pending_max: usize,
     /// Duplicate-window slots per WA instance at each presence-server slice.
     pub window_slots: usize,
@@ -192,6 +193,17 @@ pub struct ApplianceConfig {
 pub const WORKERS_MAX: usize = crate::roles::WINDOW_STREAMS_PER_ORIGIN_MAX;
 
 impl ApplianceConfig {
+    /// Each worker's share of [`pending_max`](Self::pending_max) (at least
+    /// 16). Steering gives every worker about `1/workers` of the watchers,
+    /// so the appliance holds as many transactions, and remembers device
+    /// requests as long, whatever the number of workers, in the same
+    /// memory: tables that a busy worker keeps full (the device-request
+    /// memory) do not grow with the workers and crowd each other out of
+    /// the CPU caches.
+    pub fn pending_per_worker(&self) -> usize {
+        self.pending_max.div_ceil(self.workers.max(1)).max(16)
+    }
+
     /// Reads and validates `file` (not yet the data files it names).
     pub fn load(file: &Path) -> Result<ApplianceConfig, ConfigError> {
         let error = |field: &str, reason: String| ConfigError {
@@ -550,6 +562,20 @@ private_key = "pki/bg.key"
         );
         assert!(config.own_ranges.is_none());
         assert!(config.numbering.ends_with("table.csv") && config.numbering.is_absolute());
+    }
+
+    #[test]
+    fn workers_share_the_pending_transactions_of_the_appliance() {
+        let mut config = load(MINIMAL).unwrap();
+        config.pending_max = 65_536;
+        assert_eq!(config.pending_per_worker(), 65_536);
+        config.workers = 2;
+        assert_eq!(config.pending_per_worker(), 32_768);
+        config.workers = 3;
+        assert_eq!(config.pending_per_worker(), 21_846, "rounded up");
+        config.pending_max = 20;
+        config.workers = 16;
+        assert_eq!(config.pending_per_worker(), 16, "never below 16");
     }
 
     #[test]

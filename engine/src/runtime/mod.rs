@@ -345,7 +345,7 @@ impl Appliance {
             let mut node_config = NodeConfig::new(network, worker_id, workers_u16);
             node_config.deadline_ms = config.deadline_ms;
             node_config.query_cost = config.query_cost;
-            node_config.pending_max = config.pending_max;
+            node_config.pending_max = config.pending_per_worker();
             node_config.boot_time_s = clock.unix_ms_at_start / 1000;
             node_config.window_slots = config.window_slots;
             node_config.limits = limits.clone();
