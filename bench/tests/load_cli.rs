@@ -70,6 +70,15 @@ fn embedded_mix_is_answered_as_each_class_should_be() {
             > 0.0,
         "{json}"
     );
+    // Each appliance's hand-offs and wake-ups per query are reported; with
+    // one worker nothing is handed over.
+    for side in ["A", "B"] {
+        assert_eq!(json["cross_worker_per_query"][side], 0.0, "{json}");
+        assert!(
+            json["turns_per_query"][side].as_f64().unwrap() > 0.0,
+            "{json}"
+        );
+    }
     // Every class was sent and answered as it should be.
     for row in [
         "external permitted       attached",

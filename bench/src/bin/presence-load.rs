@@ -443,6 +443,7 @@ fn measure(
     let workload = Workload::Mix(mix, cli.seed);
     let mut cpu_per_query: Vec<(String, f64)> = Vec::new();
     let mut cross_per_query: Option<(f64, f64)> = None;
+    let mut turns_per_query: Option<(f64, f64)> = None;
     let result = if cli.max {
         writeln!(
             out,
@@ -478,7 +479,7 @@ fn measure(
             .iter()
             .map(|(_, pid)| process_cpu_us(*pid))
             .collect();
-        let cross_before = topology.cross_worker();
+        let counts_before = topology.appliance_counts();
         let step = driver.run(
             &StepSpec {
                 rate: cli.rate,
@@ -491,11 +492,15 @@ fn measure(
         // Hand-offs between workers per query, each appliance (their
         // counters are published every 100 ms: let the last publication in).
         std::thread::sleep(Duration::from_millis(250));
-        if let (Some((a0, b0)), Some((a1, b1))) = (cross_before, topology.cross_worker()) {
+        if let (Some([a0, b0]), Some([a1, b1])) = (counts_before, topology.appliance_counts()) {
             let per = |before: u64, after: u64| {
                 after.saturating_sub(before) as f64 / step.answered.max(1) as f64
             };
-            cross_per_query = Some((per(a0, a1), per(b0, b1)));
+            cross_per_query = Some((
+                per(a0.cross_worker, a1.cross_worker),
+                per(b0.cross_worker, b1.cross_worker),
+            ));
+            turns_per_query = Some((per(a0.turns, a1.turns), per(b0.turns, b1.turns)));
         }
         // CPU per answered query, over the step (drain included).
         for ((name, pid), before) in watched.iter().zip(cpu_before) {
@@ -540,6 +545,12 @@ fn measure(
             "  hand-offs between workers per query: A {a:.4}  B {b:.4}   (presence_cross_worker_total over the step)"
         )?;
     }
+    if let Some((a, b)) = turns_per_query {
+        writeln!(
+            out,
+            "  worker wake-ups per query: A {a:.4}  B {b:.4}   (presence_worker_turns_total over the step)"
+        )?;
+    }
     if let Some(path) = &cli.percentiles {
         report::write_percentiles(path, &headline.latency)?;
         writeln!(out, "  percentiles  {}", path.display())?;
@@ -570,6 +581,13 @@ fn measure(
             let round = |x: f64| (x * 1e4).round() / 1e4;
             extra.insert(
                 "cross_worker_per_query".into(),
+                serde_json::json!({ "A": round(a), "B": round(b) }),
+            );
+        }
+        if let Some((a, b)) = turns_per_query {
+            let round = |x: f64| (x * 1e4).round() / 1e4;
+            extra.insert(
+                "turns_per_query".into(),
                 serde_json::json!({ "A": round(a), "B": round(b) }),
             );
         }

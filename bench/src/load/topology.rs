@@ -18,6 +18,15 @@ use presence_engine::runtime::StartOptions;
 
 use super::driver::Targets;
 
+/// An appliance's counters the harness reads around a step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApplianceCounts {
+    /// Messages handed between workers.
+    pub cross_worker: u64,
+    /// Event-loop turns of all workers.
+    pub turns: u64,
+}
+
 /// Network A's name (the watchers').
 pub const A_NAME: &str = "o2.gb";
 /// Network B's name (the targets').
@@ -210,18 +219,28 @@ impl Topology {
         }
     }
 
-    /// Messages each appliance has handed between its workers so far
-    /// (`presence_cross_worker_total`), A's and B's; `None` for appliances
-    /// the harness did not start.
-    pub fn cross_worker(&self) -> Option<(u64, u64)> {
+    /// Each appliance's counters so far, A's and B's: messages handed
+    /// between its workers (`presence_cross_worker_total`) and event-loop
+    /// turns (`presence_worker_turns_total`); `None` for appliances the
+    /// harness did not start.
+    pub fn appliance_counts(&self) -> Option<[ApplianceCounts; 2]> {
         match self {
             Topology::Embedded(two) => {
-                Some((two.a.report().cross_worker(), two.b.report().cross_worker()))
+                Some([two.a.report(), two.b.report()].map(|r| ApplianceCounts {
+                    cross_worker: r.cross_worker(),
+                    turns: r.turns,
+                }))
             }
-            Topology::Processes { a, b } => Some((
-                scrape_sum(a.metrics?, "presence_cross_worker_total")?,
-                scrape_sum(b.metrics?, "presence_cross_worker_total")?,
-            )),
+            Topology::Processes { a, b } => {
+                let scrape = |metrics: Option<std::net::SocketAddr>| {
+                    let metrics = metrics?;
+                    Some(ApplianceCounts {
+                        cross_worker: scrape_sum(metrics, "presence_cross_worker_total")?,
+                        turns: scrape_sum(metrics, "presence_worker_turns_total")?,
+                    })
+                };
+                Some([scrape(a.metrics)?, scrape(b.metrics)?])
+            }
             Topology::External => None,
         }
     }

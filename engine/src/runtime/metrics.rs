@@ -25,6 +25,19 @@ const LATENCY_BOUNDS_US: [u64; 14] = [
     1_500_000,
 ];
 
+/// What a worker's runtime counts beside its node.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RuntimeCounts {
+    /// Hand-offs waiting in the worker's inbox now.
+    pub(crate) inbox: usize,
+    /// Charge records written to the journal's files.
+    pub(crate) cdr_written: u64,
+    /// Datagrams the client socket would not take.
+    pub(crate) udp_send_errors: u64,
+    /// Event-loop turns.
+    pub(crate) turns: u64,
+}
+
 /// What one worker last published (or all workers, summed).
 #[derive(Debug, Clone, Default)]
 pub struct WorkerReport {
@@ -36,6 +49,8 @@ pub struct WorkerReport {
     pub cdr_written: u64,
     /// Datagrams the client socket would not take.
     pub udp_send_errors: u64,
+    /// Event-loop turns (wake-ups) of the worker.
+    pub turns: u64,
     /// Pending WA transactions now.
     pub pending: usize,
     /// Inbox depth now.
@@ -52,6 +67,7 @@ impl WorkerReport {
         self.roles.add(&other.roles);
         self.cdr_written += other.cdr_written;
         self.udp_send_errors += other.udp_send_errors;
+        self.turns += other.turns;
         self.pending += other.pending;
         self.inbox += other.inbox;
         self.subscribers += other.subscribers;
@@ -94,14 +110,7 @@ impl Metrics {
 
     /// Replaces worker `index`'s report with its node's counters; the
     /// node's latency samples move in.
-    pub(crate) fn publish(
-        &self,
-        index: usize,
-        node: &mut Node,
-        inbox: usize,
-        cdr_written: u64,
-        udp_send_errors: u64,
-    ) {
+    pub(crate) fn publish(&self, index: usize, node: &mut Node, runtime: RuntimeCounts) {
         let Some(slot) = self.workers.get(index) else {
             return;
         };
@@ -114,10 +123,11 @@ impl Metrics {
         report.node.alarms.0[Alarm::WatcherNotOfOrigin as usize] += roles.igps.spoofed_watcher;
         roles.igps.spoofed_watcher = 0;
         report.roles = roles;
-        report.cdr_written = cdr_written;
-        report.udp_send_errors = udp_send_errors;
+        report.cdr_written = runtime.cdr_written;
+        report.udp_send_errors = runtime.udp_send_errors;
+        report.turns = runtime.turns;
         report.pending = node.pending();
-        report.inbox = inbox;
+        report.inbox = runtime.inbox;
         report.subscribers = node.subscriber_count();
         match report.latency.as_mut() {
             Some(total) => node.take_latency(total),
@@ -310,6 +320,19 @@ impl Metrics {
         let per = |f: fn(&WorkerReport) -> usize| -> Vec<(usize, usize)> {
             reports.iter().enumerate().map(|(i, r)| (i, f(r))).collect()
         };
+        header(
+            &mut out,
+            "worker_turns_total",
+            "counter",
+            "Event-loop turns (wake-ups) of each worker: answers per turn show how well work is batched.",
+        );
+        for (worker, r) in reports.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "presence_worker_turns_total{{worker=\"{worker}\"}} {}",
+                r.turns
+            );
+        }
         gauge(
             &mut out,
             "inbox_depth",

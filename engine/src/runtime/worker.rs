@@ -14,7 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 use presence_border::endpoint::{BgEndpoint, EndpointSetup};
 use presence_border::{BgCounters, BgTls, NetworkName, PeerIndex, SendError};
 
-use super::metrics::Metrics;
+use super::metrics::{Metrics, RuntimeCounts};
 use super::udp::{RecvBatch, SendBatch, BATCH};
 use super::{io_error, shard_identity, Shared, SharedSubscribers, StartError};
 use crate::config::ApplianceConfig;
@@ -145,6 +145,8 @@ pub(super) struct Worker {
     wake: Vec<bool>,
     /// Datagrams the socket would not take.
     udp_send_errors: u64,
+    /// Event-loop turns so far.
+    turns: u64,
 }
 
 impl Worker {
@@ -219,6 +221,7 @@ impl Worker {
             pin: config.pin_workers,
             udp_more: false,
             udp_send_errors: 0,
+            turns: 0,
             shared,
         };
         worker
@@ -255,6 +258,7 @@ impl Worker {
         let mut stopping_since: Option<u64> = None;
         let mut closed = false;
         loop {
+            self.turns += 1;
             let now_ms = self.now_us() / 1000;
             let timeout = if self.shared.poll_mode
                 || self.udp_more
@@ -548,14 +552,13 @@ impl Worker {
             .inboxes
             .get(self.index)
             .map_or(0, ArrayQueue::len);
-        let cdr_written = self.journal.records_written;
-        self.metrics.publish(
-            self.index,
-            &mut self.node,
+        let runtime = RuntimeCounts {
             inbox,
-            cdr_written,
-            self.udp_send_errors,
-        );
+            cdr_written: self.journal.records_written,
+            udp_send_errors: self.udp_send_errors,
+            turns: self.turns,
+        };
+        self.metrics.publish(self.index, &mut self.node, runtime);
     }
 }
 
