@@ -61,7 +61,7 @@ pub use self::counters::{
 };
 pub use self::cross::{CrossMessage, CROSS_MESSAGE_MAX};
 pub use self::held::HELD_ANSWERS_MAX;
-pub use self::provision::{Provisioned, Subscribers};
+pub use self::provision::{provisioning_changes, Provisioned, SubscriberChange, Subscribers};
 pub use self::trace::{TraceSink, Tracer};
 
 use self::frames::Framer;

@@ -44,7 +44,9 @@ use presence_codec::{LinkHello, Msisdn};
 
 use crate::config::{self, ApplianceConfig, ConfigError, Subscribers};
 use crate::journal::JournalTime;
-use crate::node::{CrossMessage, NodeConfig, NodeLimits, Tracer};
+use crate::node::{
+    provisioning_changes, CrossMessage, NodeConfig, NodeLimits, SubscriberChange, Tracer,
+};
 use crate::roles::Hss;
 use crate::table::{NetworkId, NetworkNames, NumberingTable, Prefix, PrefixIndex};
 
@@ -139,6 +141,9 @@ pub struct Appliance {
     shared: Arc<Shared>,
     table: Arc<NumberingTable>,
     hss: Arc<Hss>,
+    /// The provisioning the workers hold (a reload sends them only what
+    /// changed since).
+    subscribers: SharedSubscribers,
     workers: Vec<WorkerHandle>,
     metrics: Arc<Metrics>,
     border_counters: Arc<BgCounters>,
@@ -405,6 +410,7 @@ impl Appliance {
             shared,
             table,
             hss,
+            subscribers,
             workers: handles,
             metrics,
             border_counters,
@@ -509,15 +515,30 @@ impl Appliance {
             }
             .into());
         }
+        // Only what changed goes to the workers, each its own share: a
+        // reload of an unchanged million-subscriber file costs them nothing.
+        let changes = provisioning_changes(&self.subscribers, &subscribers, &self.hss, &candidate);
+        let workers_u16 = u16::try_from(self.workers.len()).unwrap_or(u16::MAX);
+        let mut shares: Vec<Vec<SubscriberChange>> = vec![Vec::new(); self.workers.len()];
+        for change in changes {
+            let owner = usize::from(presence_codec::shard::owner(change.msisdn(), workers_u16));
+            if let Some(share) = shares.get_mut(owner) {
+                share.push(change);
+            }
+        }
+        let changed: usize = shares.iter().map(Vec::len).sum();
         let (done_tx, done_rx) = channel::bounded(self.workers.len());
-        for worker in &self.workers {
+        for (worker, changes) in self.workers.iter().zip(shares) {
             let _ = worker.commands.send(Command::Provision {
-                subscribers: subscribers.clone(),
+                changes,
                 hss: candidate.clone(),
                 done: done_tx.clone(),
             });
         }
         self.wake_all();
+        // The workers apply them whatever happens next.
+        let subscriber_count = subscribers.len();
+        self.subscribers = subscribers;
         for _ in 0..self.workers.len() {
             if done_rx.recv_timeout(Duration::from_secs(10)).is_err() {
                 tracing::warn!("a worker did not confirm provisioning in 10 s");
@@ -550,7 +571,8 @@ impl Appliance {
         self.config = config;
         tracing::info!(
             generation,
-            subscribers = subscribers.len(),
+            subscribers = subscriber_count,
+            changed,
             "configuration reloaded"
         );
         Ok(())

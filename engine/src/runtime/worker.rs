@@ -19,7 +19,7 @@ use super::udp::{RecvBatch, SendBatch, BATCH};
 use super::{io_error, shard_identity, Shared, SharedSubscribers, StartError};
 use crate::config::ApplianceConfig;
 use crate::journal::{Durability, JournalEntry, JournalWriter};
-use crate::node::{Destination, Node, NodeConfig};
+use crate::node::{Destination, Node, NodeConfig, SubscriberChange};
 use crate::roles::Hss;
 use crate::table::{NetworkId, NetworkNames, NumberingTable};
 
@@ -39,9 +39,9 @@ const STOP_LINGER_MS: u64 = 2_000;
 
 /// What the appliance asks of a worker.
 pub(super) enum Command {
-    /// Provision the node against a candidate HSS (reload, step 2).
+    /// Apply provisioning changes against a candidate HSS (reload, step 2).
     Provision {
-        subscribers: SharedSubscribers,
+        changes: Vec<SubscriberChange>,
         hss: Arc<Hss>,
         done: Sender<()>,
     },
@@ -424,12 +424,8 @@ impl Worker {
         let mut stop = false;
         while let Ok(command) = self.commands.try_recv() {
             match command {
-                Command::Provision {
-                    subscribers,
-                    hss,
-                    done,
-                } => {
-                    self.node.provision(now_us, &subscribers, &hss);
+                Command::Provision { changes, hss, done } => {
+                    self.node.apply_provisioning(now_us, &changes, &hss);
                     let _ = done.send(());
                 }
                 Command::Border { tls, dial, peers } => {

@@ -10,7 +10,7 @@ use presence_codec::{
 };
 
 use super::world::{Event, World};
-use crate::node::Provisioned;
+use crate::node::{provisioning_changes, Provisioned};
 use crate::roles::{Hss, PsId};
 
 impl World {
@@ -22,14 +22,17 @@ impl World {
         self.nets[net].down_until <= self.now_us
     }
 
-    /// Provisions every live node of `net` against `candidate`, then
-    /// publishes it (the appliance's reload, in order).
+    /// Sends every live node of `net` the provisioning changes under
+    /// `candidate`, then publishes it (the appliance's reload, in order).
     fn provision_with(&mut self, net: usize, candidate: &Hss) {
         let now = self.now_us;
         let state = &mut self.nets[net];
+        let changes =
+            provisioning_changes(&state.applied, &state.subscribers, &state.hss, candidate);
         for node in state.nodes.iter_mut().flatten() {
-            node.provision(now, &state.subscribers, candidate);
+            node.apply_provisioning(now, &changes, candidate);
         }
+        state.applied.clone_from(&state.subscribers);
         state.hss.publish(candidate);
     }
 

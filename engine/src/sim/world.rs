@@ -36,6 +36,9 @@ pub(super) struct Net {
     pub(super) journals: Vec<SimJournal>,
     /// Provisioning, as the operator's files hold it.
     pub(super) subscribers: Subscribers,
+    /// Provisioning as the live nodes hold it (a reload sends them what
+    /// changed since, as the appliance's does).
+    pub(super) applied: Subscribers,
     /// Incremented at each restart.
     pub(super) life: u32,
     /// When each life started (µs).
@@ -307,6 +310,7 @@ impl World {
                 hss,
                 nodes: (0..workers).map(|_| None).collect(),
                 journals: (0..workers).map(|_| SimJournal::default()).collect(),
+                applied: provisioned.clone(),
                 subscribers: provisioned,
                 life: 0,
                 life_started_us: vec![0],
@@ -377,6 +381,7 @@ impl World {
                 node.set_peer_workers(peer, workers);
             }
             node.provision(self.now_us, &state.subscribers, &state.hss);
+            state.applied.clone_from(&state.subscribers);
             let names = self.table.snapshot();
             let recent: Vec<crate::journal::JournalEntry> = state
                 .journals
