@@ -42,6 +42,7 @@ mod check;
 mod drive;
 mod faults;
 mod journal;
+mod node_pair;
 mod pipeline;
 mod world;
 
@@ -52,6 +53,7 @@ use presence_codec::{Msisdn, MSISDN_MAX};
 
 use crate::table::{NetworkId, NumberingTable, Prefix};
 
+pub use node_pair::{NodePair, NodePairSettings};
 pub use pipeline::{Pipeline, PIPELINE_BUDDIES};
 
 /// The simulation's only source of randomness: a seeded splitmix64

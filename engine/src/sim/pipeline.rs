@@ -19,7 +19,7 @@ use crate::table::{NetworkId, NumberingTable, TableReader};
 pub const PIPELINE_BUDDIES: usize = 20;
 
 /// Which watcher is target `j`'s `k`-th buddy.
-fn buddy_index(j: usize, k: usize, watchers: usize) -> usize {
+pub(super) fn buddy_index(j: usize, k: usize, watchers: usize) -> usize {
     (j.wrapping_mul(7) + k) % watchers.max(1)
 }
 
