@@ -14,7 +14,7 @@ use presence_codec::{
     FRAME_LEN_ABSOLUTE_MAX, FRAME_LEN_DEFAULT_MAX,
 };
 
-use super::pipeline::buddy_index;
+use super::pipeline::{buddy_index, QueryMix};
 use super::{SimNetwork, SimRng, PIPELINE_BUDDIES};
 use crate::journal::{Durability, JournalSink};
 use crate::node::{Destination, Node, NodeConfig, Provisioned};
@@ -215,12 +215,12 @@ impl NodePair {
         if watchers == 0 || targets == 0 {
             return;
         }
+        let mix = QueryMix::new(targets, watchers);
         let mut frame = OpenFrame::new(std::mem::take(&mut self.datagram), FRAME_LEN_DEFAULT_MAX);
         for _ in 0..self.settings.per_datagram {
             let i = self.next;
-            let j = (i.wrapping_mul(0x9E37_79B9) as usize) % targets;
-            let (watcher, credential) =
-                self.watchers[buddy_index(j, i as usize % PIPELINE_BUDDIES, watchers)];
+            let (j, w) = mix.pick(i);
+            let (watcher, credential) = self.watchers[w];
             let request = Message::ClientRequest(ClientRequest {
                 txid: i,
                 watcher,

@@ -46,7 +46,9 @@ pub(super) struct DecisionWindow {
 #[derive(Debug)]
 struct Ring {
     chunks: Box<[Option<RingChunk>]>,
-    chunk_len: usize,
+    /// Slots per chunk: `1 << chunk_shift` (a power of two, so a slot's
+    /// chunk and place in it are a shift and a mask, not two divisions).
+    chunk_shift: u32,
     /// The newest transaction recorded on the stream, once there is one.
     high_water: Option<u64>,
 }
@@ -58,29 +60,39 @@ type RingChunk = Box<[Option<DecisionWindowEntry>]>;
 const RING_CHUNK: usize = 4096;
 
 impl Ring {
+    /// A ring of `slots` (a power of two) slots.
     fn new(slots: usize) -> Ring {
         let chunk_len = RING_CHUNK.min(slots).max(1);
+        assert!(
+            chunk_len.is_power_of_two(),
+            "ring chunks are a power of two long"
+        );
         Ring {
             chunks: (0..slots.div_ceil(chunk_len)).map(|_| None).collect(),
-            chunk_len,
+            chunk_shift: chunk_len.trailing_zeros(),
             high_water: None,
         }
     }
 
+    /// Slot `slot`'s chunk, and its place in the chunk.
+    fn place(&self, slot: usize) -> (usize, usize) {
+        (
+            slot >> self.chunk_shift,
+            slot & ((1 << self.chunk_shift) - 1),
+        )
+    }
+
     fn get(&self, slot: usize) -> Option<DecisionWindowEntry> {
-        self.chunks
-            .get(slot / self.chunk_len)?
-            .as_ref()?
-            .get(slot % self.chunk_len)
-            .copied()
-            .flatten()
+        let (chunk, at) = self.place(slot);
+        self.chunks.get(chunk)?.as_ref()?.get(at).copied().flatten()
     }
 
     fn set(&mut self, slot: usize, entry: DecisionWindowEntry) {
-        let len = self.chunk_len;
-        if let Some(chunk) = self.chunks.get_mut(slot / len) {
+        let (chunk, at) = self.place(slot);
+        let len = 1 << self.chunk_shift;
+        if let Some(chunk) = self.chunks.get_mut(chunk) {
             let chunk = chunk.get_or_insert_with(|| vec![None; len].into_boxed_slice());
-            if let Some(cell) = chunk.get_mut(slot % len) {
+            if let Some(cell) = chunk.get_mut(at) {
                 *cell = Some(entry);
             }
         }
