@@ -22,7 +22,7 @@ use crate::table::Prefix;
 /// The same type the `[border]` section reports with.
 pub use presence_border::ConfigError;
 
-use crate::roles::Rate;
+use crate::roles::{AuthPolicy, Rate};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,7 +110,22 @@ struct RawLimits {
     peers: std::collections::BTreeMap<String, u32>,
     watcher_queries_per_s: Option<u32>,
     watcher_burst: Option<u32>,
+    auth_free_failures: Option<u16>,
+    auth_lockout_initial_ms: Option<u64>,
+    auth_lockout_max_ms: Option<u64>,
+    auth_failures_per_source_per_s: Option<u32>,
+    auth_failures_per_source_burst: Option<u32>,
 }
+
+/// Each watcher's queries per second unless `[limits]` says otherwise.
+pub const WATCHER_QUERIES_PER_S_DEFAULT: u32 = 10;
+/// Each watcher's burst unless `[limits]` says otherwise.
+pub const WATCHER_BURST_DEFAULT: u32 = 20;
+/// Failed credential checks per second from one source network (IPv4 /24,
+/// IPv6 /56), for the appliance, unless `[limits]` says otherwise.
+pub const AUTH_FAILURES_PER_SOURCE_PER_S_DEFAULT: u32 = 10;
+/// Their burst unless `[limits]` says otherwise.
+pub const AUTH_FAILURES_PER_SOURCE_BURST_DEFAULT: u32 = 100;
 
 /// Rate limits (`[limits]`, docs/reliability.md): token buckets per peer
 /// network at the IGPS and per watcher at the WA.
@@ -120,8 +135,14 @@ pub struct Limits {
     pub peer_default: Option<Rate>,
     /// Peer networks by name, with their rate.
     pub peers: Vec<(String, Rate)>,
-    /// Each watcher's rate.
+    /// Each watcher's rate (`None`: unlimited, `watcher_queries_per_s =
+    /// 0`).
     pub watcher: Option<Rate>,
+    /// How failed credential checks of one watcher are limited.
+    pub auth: AuthPolicy,
+    /// Failed credential checks per source network for the appliance
+    /// (`None`: unlimited, `auth_failures_per_source_per_s = 0`).
+    pub auth_failures_per_source: Option<Rate>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -375,14 +396,64 @@ impl RawLimits {
             }
             peers.push((name.clone(), rate(&field, *per_s, None)?));
         }
-        let watcher = self
+        // 0 turns a limit that is on by default off.
+        let watcher = match self
             .watcher_queries_per_s
-            .map(|r| rate("limits.watcher_queries_per_s", r, self.watcher_burst))
-            .transpose()?;
+            .unwrap_or(WATCHER_QUERIES_PER_S_DEFAULT)
+        {
+            0 => None,
+            per_s => Some(rate(
+                "limits.watcher_queries_per_s",
+                per_s,
+                Some(self.watcher_burst.unwrap_or(WATCHER_BURST_DEFAULT)),
+            )?),
+        };
+        let auth_failures_per_source = match self
+            .auth_failures_per_source_per_s
+            .unwrap_or(AUTH_FAILURES_PER_SOURCE_PER_S_DEFAULT)
+        {
+            0 => None,
+            per_s => Some(rate(
+                "limits.auth_failures_per_source_per_s",
+                per_s,
+                Some(
+                    self.auth_failures_per_source_burst
+                        .unwrap_or(AUTH_FAILURES_PER_SOURCE_BURST_DEFAULT),
+                ),
+            )?),
+        };
+        let defaults = AuthPolicy::default();
+        let auth = AuthPolicy {
+            free_failures: self.auth_free_failures.unwrap_or(defaults.free_failures),
+            lockout_initial_ms: self
+                .auth_lockout_initial_ms
+                .unwrap_or(defaults.lockout_initial_ms),
+            lockout_max_ms: self.auth_lockout_max_ms.unwrap_or(defaults.lockout_max_ms),
+        };
+        if !(1..=100).contains(&auth.free_failures) {
+            return Err(error(
+                "limits.auth_free_failures",
+                "must be 1 to 100".into(),
+            ));
+        }
+        if !(1..=86_400_000).contains(&auth.lockout_initial_ms) {
+            return Err(error(
+                "limits.auth_lockout_initial_ms",
+                "must be 1 to 86400000 (a day)".into(),
+            ));
+        }
+        if !(auth.lockout_initial_ms..=604_800_000).contains(&auth.lockout_max_ms) {
+            return Err(error(
+                "limits.auth_lockout_max_ms",
+                "must be at least auth_lockout_initial_ms and at most 604800000 (a week)".into(),
+            ));
+        }
         Ok(Limits {
             peer_default,
             peers,
             watcher,
+            auth,
+            auth_failures_per_source,
         })
     }
 }

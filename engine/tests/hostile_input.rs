@@ -307,6 +307,12 @@ fn every_port_survives_hostile_input_and_spoofing_is_refused_with_an_alarm() {
                         _ => None,
                     })
                 });
+                // Over the watcher's rate limit (on by default): wait as
+                // told, as a device does, and ask again.
+                if let Some(Outcome::Overloaded { retry_after_ms }) = got {
+                    std::thread::sleep(Duration::from_millis(u64::from(retry_after_ms)));
+                    continue;
+                }
                 if let Some(outcome) = got {
                     return outcome;
                 }

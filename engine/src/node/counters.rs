@@ -17,14 +17,18 @@ pub enum Alarm {
     QuerySkippedWa,
     /// A peer's answer about a number of another network (dropped).
     AnswerFromWrongNetwork,
+    /// A watcher's credential failed often enough to lock its checks out
+    /// (once per run of failures; docs/reliability.md).
+    CredentialGuessing,
 }
 
 impl Alarm {
     /// Every alarm, in counter order.
-    pub const ALL: [Alarm; 3] = [
+    pub const ALL: [Alarm; 4] = [
         Alarm::WatcherNotOfOrigin,
         Alarm::QuerySkippedWa,
         Alarm::AnswerFromWrongNetwork,
+        Alarm::CredentialGuessing,
     ];
 
     /// Stable label.
@@ -33,6 +37,7 @@ impl Alarm {
             Alarm::WatcherNotOfOrigin => "watcher_not_of_origin",
             Alarm::QuerySkippedWa => "query_skipped_wa",
             Alarm::AnswerFromWrongNetwork => "answer_from_wrong_network",
+            Alarm::CredentialGuessing => "credential_guessing",
         }
     }
 }
@@ -220,7 +225,7 @@ pub struct NodeCounters {
     /// Drops, by [`DropReason`].
     pub drops: Counts<9>,
     /// Alarms, by [`Alarm`].
-    pub alarms: Counts<3>,
+    pub alarms: Counts<{ Alarm::ALL.len() }>,
     /// Per peer network, by [`PeerEvent`].
     pub peers: Vec<(NetworkId, Counts<4>)>,
 }
@@ -314,12 +319,14 @@ impl RoleCounters {
 
     /// Every counter as `(role, event, value)`, in a stable order: the
     /// labels of `presence_role_events_total`.
-    pub fn events(&self) -> [(&'static str, &'static str, u64); 26] {
+    pub fn events(&self) -> [(&'static str, &'static str, u64); 28] {
         let (wa, ogps, igps, ps) = (&self.wa, &self.ogps, &self.igps, &self.ps);
         [
             ("wa", "accepted", wa.accepted),
             ("wa", "internal", wa.internal),
             ("wa", "unauthenticated", wa.unauthenticated),
+            ("wa", "auth_locked", wa.auth_locked),
+            ("wa", "auth_source_limited", wa.auth_source_limited),
             ("wa", "credit_exhausted", wa.credit_exhausted),
             ("wa", "throttled", wa.throttled),
             ("wa", "device_repeats", wa.device_repeats),

@@ -17,7 +17,7 @@ use presence_codec::{
 use smallvec::SmallVec;
 
 use super::{Alarm, CrossKind, CrossMessage, DropReason, Node, Route};
-use crate::roles::{answer_to, Addr, PsId};
+use crate::roles::{answer_to, Addr, PsId, RequestFate, SourcePrefix};
 use crate::table::{NetworkId, LOOKUP_BATCH_MAX};
 
 impl Node {
@@ -129,13 +129,30 @@ impl Node {
             format!("A ({watcher}) asks its WA: is {} attached?", request.target)
         });
         let arrived_us = arrived_us.min(self.now_us);
-        self.wa.handle_request(
+        // A source network that spent its failure budget has no credential
+        // checked (docs/reliability.md, "Credential guessing").
+        let source = SourcePrefix::of(from.ip());
+        let now_ms = self.now_ms;
+        if let Some(guard) = &self.source_guard {
+            if !guard.admits(now_ms, source) {
+                self.wa.refuse_unchecked(watcher, request, &mut self.out);
+                self.answer_source(watcher, from);
+                self.drain_out(Addr::Wa(self.config.worker), Some(route));
+                return;
+            }
+        }
+        let fate = self.wa.handle_request(
             arrived_us / 1000,
             watcher,
             request,
             route.network,
             &mut self.out,
         );
+        if fate == RequestFate::AuthFailed {
+            if let Some(guard) = &mut self.source_guard {
+                guard.failed(now_ms, source);
+            }
+        }
         let query = self.out.transmits.iter().find_map(|t| match t.message {
             Message::Query(q) => Some((t.to, q)),
             _ => None,

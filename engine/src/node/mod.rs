@@ -51,8 +51,8 @@ use presence_codec::{shard, Msisdn, FRAME_LEN_ABSOLUTE_MAX, FRAME_LEN_DEFAULT_MA
 
 use crate::journal::JournalSink;
 use crate::roles::{
-    DecisionRecord, Hss, HssReader, Igps, Millis, Ogps, OgpsCounters, Outbox, PresenceServer, PsId,
-    Rate, Transmit, WaConfig, WatcherApp, PS_PER_NETWORK_MAX,
+    AuthPolicy, DecisionRecord, Hss, HssReader, Igps, Millis, Ogps, OgpsCounters, Outbox,
+    PresenceServer, PsId, Rate, SourceGuard, Transmit, WaConfig, WatcherApp, PS_PER_NETWORK_MAX,
 };
 use crate::table::{NetworkId, NumberingTable, TableReader};
 
@@ -91,6 +91,13 @@ pub struct NodeLimits {
     /// Each watcher's rate at the WA (a watcher is owned by one node, so
     /// not shared).
     pub watcher: Option<Rate>,
+    /// How failed credential checks of one watcher are limited (a watcher
+    /// is owned by one node, so not shared).
+    pub auth: AuthPolicy,
+    /// Failed credential checks per source network (IPv4 /24, IPv6 /56)
+    /// for the whole appliance (`None`: unlimited); each node takes its
+    /// share.
+    pub auth_failures_per_source: Option<Rate>,
 }
 
 /// How a node is set up.
@@ -253,6 +260,8 @@ pub struct Node {
     now_ms: Millis,
     /// Where each owned watcher's device was last heard from.
     device_addrs: AHashMap<Msisdn, SocketAddr>,
+    /// Failure budgets of device source networks (`None`: unlimited).
+    source_guard: Option<SourceGuard>,
     /// Arrival time (µs) of sampled device requests, by (watcher, device
     /// request id): the latency histogram's start.
     arrivals: AHashMap<(Msisdn, u64), u64>,
@@ -286,6 +295,7 @@ impl Node {
         wa_config.pending_max = config.pending_max;
         wa_config.boot_time_s = config.boot_time_s;
         wa_config.watcher_rate = config.limits.watcher;
+        wa_config.auth = config.limits.auth;
         let wa = WatcherApp::new(wa_config, Default::default());
         let ogps = Ogps::new(config.network, table, config.peers.iter().copied());
         let mut igps = Igps::new(config.network, hss, table);
@@ -316,6 +326,10 @@ impl Node {
             now_us: 0,
             now_ms: 0,
             device_addrs: AHashMap::new(),
+            source_guard: config
+                .limits
+                .auth_failures_per_source
+                .map(|rate| SourceGuard::new(rate.share(usize::from(config.workers)))),
             arrivals: AHashMap::new(),
             device_frames: Framer::new(FRAME_LEN_DEFAULT_MAX),
             border_frames: Framer::new(border_frame_max),

@@ -20,6 +20,7 @@
 //! the `origin` argument of `handle`): at a network's edge it is the border
 //! gateway's authenticated peer, never something the message claims.
 
+mod auth;
 mod hss;
 mod igps;
 mod limit;
@@ -32,6 +33,7 @@ mod wa;
 
 use presence_codec::{Answer, Message, Outcome, Query};
 
+pub use auth::{AuthGuard, AuthPolicy, Failure, SourceGuard, SourcePrefix, SOURCE_GUARD_SLOTS};
 pub use hss::{Hss, HssError, HssReader, HssVersion, PsId, PS_PER_NETWORK_MAX};
 pub use igps::{reply_addr, Igps, IgpsCounters, IgpsLookup};
 pub use limit::{Bucket, Rate};
@@ -42,7 +44,7 @@ pub use ps::{
 };
 pub use shed::{shed_refused_frame, Shed};
 pub use store::SubscriberView;
-pub use wa::{Subscriber, WaConfig, WaCounters, WatcherApp, DEVICE_REPEAT_DEADLINES};
+pub use wa::{RequestFate, Subscriber, WaConfig, WaCounters, WatcherApp, DEVICE_REPEAT_DEADLINES};
 
 use crate::table::NetworkId;
 

@@ -122,6 +122,8 @@ impl Metrics {
         // The IGPS's spoofing refusals are an alarm too.
         report.node.alarms.0[Alarm::WatcherNotOfOrigin as usize] += roles.igps.spoofed_watcher;
         roles.igps.spoofed_watcher = 0;
+        // So are watchers locked out by failed credential checks.
+        report.node.alarms.0[Alarm::CredentialGuessing as usize] += roles.wa.lockouts;
         report.roles = roles;
         report.cdr_written = runtime.cdr_written;
         report.udp_send_errors = runtime.udp_send_errors;
@@ -271,7 +273,7 @@ impl Metrics {
             &mut out,
             "alarms_total",
             "counter",
-            "Spoofing refused, by kind (docs/reliability.md).",
+            "Spoofing refused and credential guessing, by kind (docs/reliability.md).",
         );
         for alarm in Alarm::ALL {
             let _ = writeln!(
@@ -281,6 +283,17 @@ impl Metrics {
                 node.alarms.0[alarm as usize]
             );
         }
+        header(
+            &mut out,
+            "auth_failures_total",
+            "counter",
+            "Device credential checks that failed (docs/reliability.md, \"Credential guessing\").",
+        );
+        let _ = writeln!(
+            out,
+            "presence_auth_failures_total {}",
+            total.roles.wa.auth_failures
+        );
         header(
             &mut out,
             "role_events_total",

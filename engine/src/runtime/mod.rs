@@ -655,6 +655,8 @@ fn node_limits(config: &ApplianceConfig, names: &NetworkNames) -> Result<NodeLim
         peer_default: config.limits.peer_default,
         peers,
         watcher: config.limits.watcher,
+        auth: config.limits.auth,
+        auth_failures_per_source: config.limits.auth_failures_per_source,
     })
 }
 

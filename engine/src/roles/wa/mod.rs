@@ -40,6 +40,7 @@ use subtle::ConstantTimeEq;
 
 use self::device::{DeviceRequest, DeviceRequests};
 use self::pending::{Pending, PendingTable};
+use super::auth::{AuthGuard, AuthPolicy, Failure};
 use super::limit::{Bucket, Rate};
 use super::timer::{Timer, TimerWheel};
 use super::{Addr, DropCounters, Millis, Outbox};
@@ -63,6 +64,8 @@ struct Account {
     credit: u64,
     /// The watcher's rate limit ([`WaConfig::watcher_rate`]).
     bucket: Bucket,
+    /// Failed checks of the credential ([`WaConfig::auth`]).
+    guard: AuthGuard,
 }
 
 impl Account {
@@ -82,6 +85,7 @@ impl Account {
             credential_len,
             credit: s.credit,
             bucket: Bucket::default(),
+            guard: AuthGuard::default(),
         }
     }
 }
@@ -114,6 +118,8 @@ pub struct WaConfig {
     pub pending_max: usize,
     /// Credit units one query costs.
     pub query_cost: u64,
+    /// How failed credential checks of one watcher are limited.
+    pub auth: AuthPolicy,
     /// Queries one watcher may ask per second, and in a burst (`None`:
     /// unlimited). Beyond it A is answered `Overloaded` with the time its
     /// next query would be taken; nothing is debited or sent.
@@ -138,6 +144,7 @@ impl WaConfig {
             hop_limit: 8,
             pending_max: 65_536,
             query_cost: 1,
+            auth: AuthPolicy::default(),
             watcher_rate: None,
             boot_time_s: 0,
         }
@@ -164,8 +171,18 @@ pub struct WaCounters {
     pub accepted: u64,
     /// Of those, internal.
     pub internal: u64,
-    /// Refused: bad or missing credential.
+    /// Refused: bad or missing credential, unknown watcher, or a check
+    /// not made (the two below).
     pub unauthenticated: u64,
+    /// Credential checks that failed (`presence_auth_failures_total`).
+    pub auth_failures: u64,
+    /// Refused without a check: the watcher locked out by its failures.
+    pub auth_locked: u64,
+    /// Refused without a check: the source network's failure budget spent.
+    pub auth_source_limited: u64,
+    /// Watchers locked out (the first lock-out of a run of failures): the
+    /// `credential_guessing` alarm.
+    pub lockouts: u64,
     /// Refused: credit does not cover the query.
     pub credit_exhausted: u64,
     /// Answered `Overloaded`: the watcher passed its rate limit.
@@ -189,6 +206,10 @@ impl WaCounters {
         self.accepted += other.accepted;
         self.internal += other.internal;
         self.unauthenticated += other.unauthenticated;
+        self.auth_failures += other.auth_failures;
+        self.auth_locked += other.auth_locked;
+        self.auth_source_limited += other.auth_source_limited;
+        self.lockouts += other.lockouts;
         self.credit_exhausted += other.credit_exhausted;
         self.throttled += other.throttled;
         self.device_repeats += other.device_repeats;
@@ -197,6 +218,21 @@ impl WaCounters {
         self.timeouts += other.timeouts;
         self.drops.add(&other.drops);
     }
+}
+
+/// What became of a device request at the WA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFate {
+    /// Accepted: debited, and its query sent.
+    Accepted,
+    /// A repeat of a request already taken: ignored, or answered again.
+    Repeat,
+    /// Refused after its credential was checked and matched (rate limit,
+    /// credit, a full table), or refused unchecked (a locked-out watcher).
+    Refused,
+    /// Refused because its credential was checked and did not match, or
+    /// its watcher is unknown: a failure the source network is charged for.
+    AuthFailed,
 }
 
 /// The Watcher Application of one network (one instance).
@@ -330,6 +366,21 @@ impl WatcherApp {
         );
     }
 
+    /// Refuses a request without checking its credential, exactly as a
+    /// wrong one is refused: its source network's failure budget is spent
+    /// (the node's [`SourceGuard`](crate::roles::SourceGuard)).
+    pub fn refuse_unchecked(
+        &mut self,
+        device: Msisdn,
+        request: &ClientRequest<'_>,
+        out: &mut Outbox,
+    ) {
+        self.counters.auth_source_limited += 1;
+        self.counters.unauthenticated += 1;
+        let outcome = Outcome::Error(ErrorReason::Unauthenticated);
+        self.reply_to_device(device, request.txid, request.target, outcome, out);
+    }
+
     /// Steps 1–4 for a request from `device`. `target_network` is the
     /// numbering table's network for B (step 3: internal when it is this
     /// network).
@@ -340,33 +391,56 @@ impl WatcherApp {
         request: &ClientRequest<'_>,
         target_network: Option<NetworkId>,
         out: &mut Outbox,
-    ) {
+    ) -> RequestFate {
         let refuse = |wa: &mut WatcherApp, outcome, out: &mut Outbox| {
             wa.reply_to_device(device, request.txid, request.target, outcome, out);
         };
-        // Step 2: a device speaks for its own number only, with its credential.
-        let authentic = request.watcher == device
-            && self.subscribers.get(&request.watcher).is_some_and(|s| {
-                s.credential()
-                    .is_some_and(|c| bool::from(c.ct_eq(request.credential.as_bytes())))
-            });
-        if !authentic {
+        // Step 2: a device speaks for its own number only, with its
+        // credential; a watcher locked out by failed checks is not checked
+        // at all, and answered as a wrong credential is.
+        let checked = match self.subscribers.get_mut(&request.watcher) {
+            Some(account) if request.watcher == device => {
+                if !account.guard.admits(now) {
+                    self.counters.auth_locked += 1;
+                    self.counters.unauthenticated += 1;
+                    refuse(self, Outcome::Error(ErrorReason::Unauthenticated), out);
+                    return RequestFate::Refused;
+                }
+                let matches = account
+                    .credential()
+                    .is_some_and(|c| bool::from(c.ct_eq(request.credential.as_bytes())));
+                if matches {
+                    account.guard.succeeded();
+                } else if let Failure::LockedOut { first: true } =
+                    account.guard.failed(now, &self.config.auth)
+                {
+                    self.counters.lockouts += 1;
+                }
+                matches
+            }
+            _ => false,
+        };
+        if !checked {
+            self.counters.auth_failures += 1;
             self.counters.unauthenticated += 1;
-            return refuse(self, Outcome::Error(ErrorReason::Unauthenticated), out);
+            refuse(self, Outcome::Error(ErrorReason::Unauthenticated), out);
+            return RequestFate::AuthFailed;
         }
         if request.operation != ClientOperation::Query {
             self.counters.drops.unexpected += 1;
-            return refuse(self, Outcome::Error(ErrorReason::Refused), out);
+            refuse(self, Outcome::Error(ErrorReason::Refused), out);
+            return RequestFate::Refused;
         }
         let key = (request.watcher, request.txid);
         match self.device_requests.get(now, key, request.target) {
             Some(DeviceRequest::Pending) => {
                 self.counters.device_repeats += 1;
-                return;
+                return RequestFate::Repeat;
             }
             Some(DeviceRequest::Answered(outcome)) => {
                 self.counters.device_repeats += 1;
-                return refuse(self, outcome, out);
+                refuse(self, outcome, out);
+                return RequestFate::Repeat;
             }
             None => {}
         }
@@ -377,22 +451,24 @@ impl WatcherApp {
                 .map(|s| s.bucket.take(now, rate));
             if let Some(Err(retry_after_ms)) = limited {
                 self.counters.throttled += 1;
-                return refuse(self, Outcome::Overloaded { retry_after_ms }, out);
+                refuse(self, Outcome::Overloaded { retry_after_ms }, out);
+                return RequestFate::Refused;
             }
         }
         if !self.pending.is_free(self.next_txid) {
             self.counters.drops.overloaded += 1;
-            return refuse(
+            refuse(
                 self,
                 Outcome::Overloaded {
                     retry_after_ms: PENDING_FULL_RETRY_MS,
                 },
                 out,
             );
+            return RequestFate::Refused;
         }
         let cost = self.config.query_cost;
         if !self.subscribers.contains_key(&request.watcher) {
-            return;
+            return RequestFate::Refused;
         }
         // Remembered for four deadlines: a device retrying the same id
         // until well after the deadline (its own answer may be lost more
@@ -401,7 +477,7 @@ impl WatcherApp {
         self.device_requests
             .insert(now, key, request.target, keep_ms);
         let Some(subscriber) = self.subscribers.get_mut(&request.watcher) else {
-            return;
+            return RequestFate::Refused;
         };
         // Step 2: debit only what the balance covers; it never goes negative.
         match subscriber.credit.checked_sub(cost) {
@@ -410,7 +486,8 @@ impl WatcherApp {
                 self.counters.credit_exhausted += 1;
                 let outcome = Outcome::Error(ErrorReason::CreditExhausted);
                 self.device_requests.answered(key, request.target, outcome);
-                return refuse(self, outcome, out);
+                refuse(self, outcome, out);
+                return RequestFate::Refused;
             }
         }
         // Step 3.
@@ -438,6 +515,7 @@ impl WatcherApp {
         self.push_timer(pending.next_send.min(deadline), txid, 0);
         // Step 4.
         self.send_query(now, txid, &pending, out);
+        RequestFate::Accepted
     }
 
     fn send_query(&self, now: Millis, txid: u64, pending: &Pending, out: &mut Outbox) {
@@ -633,6 +711,43 @@ mod tests {
             (Addr::Device(_), Message::Answer(a)) => Some(a.outcome),
             _ => None,
         })
+    }
+
+    #[test]
+    fn a_guesser_is_locked_out_before_the_check_and_cannot_tell_it() {
+        let mut wa = wa(100);
+        let mut out = Outbox::default();
+        let unauthenticated = Some(Outcome::Error(ErrorReason::Unauthenticated));
+        // Guessing as fast as it can for a minute, one guess a millisecond.
+        for now in 0..60_000 {
+            out.clear();
+            ask_as(&mut wa, now, now, b"guess", &mut out);
+            assert_eq!(outcome_to_device(&out), unauthenticated);
+        }
+        let counters = wa.counters();
+        // Five in the first 5 ms, then after 6, 12 and 24 s of lock-out.
+        assert_eq!(counters.auth_failures, 8, "checks made in the minute");
+        assert_eq!(counters.auth_locked, 60_000 - 8, "refused unchecked");
+        assert_eq!(counters.lockouts, 1, "one alarm for the run");
+        // The right credential while locked out: refused the same way, and
+        // not checked, so a guesser learns nothing from it either.
+        out.clear();
+        ask_as(&mut wa, 60_000, 1 << 40, b"pw", &mut out);
+        assert_eq!(outcome_to_device(&out), unauthenticated);
+        assert_eq!(wa.credit(m(A)), Some(100), "nothing debited");
+        // Once the lock-out ends, the owner gets in and the run is over.
+        out.clear();
+        ask_as(&mut wa, 90_010, 1 << 41, b"pw", &mut out);
+        assert!(out.transmits.iter().any(|t| t.to == Addr::Ogps));
+        out.clear();
+        ask_as(&mut wa, 90_011, 1 << 42, b"bad", &mut out);
+        assert_eq!(outcome_to_device(&out), unauthenticated);
+        out.clear();
+        ask_as(&mut wa, 90_012, 1 << 43, b"pw", &mut out);
+        assert!(
+            out.transmits.iter().any(|t| t.to == Addr::Ogps),
+            "one mistake after a success is not locked out"
+        );
     }
 
     #[test]
