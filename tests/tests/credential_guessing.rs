@@ -1,8 +1,9 @@
 //! Online credential guessing is limited before the credential is checked
 //! (issue 15; docs/reliability.md, "Credential guessing"): per watcher, a
 //! lock-out that doubles, whatever the number of sources; per source
-//! network, a failure budget. Every refusal looks the same to the guesser.
-//! A's [`Node`] on the shared numbering table, fed device datagrams.
+//! network, a failure budget. Every refusal looks the same to the guesser,
+//! and publication acks do not tell who is a subscriber. A's [`Node`] on
+//! the shared numbering table, fed device datagrams.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -10,8 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use presence_codec::{
-    ClientOperation, ClientRequest, Credential, ErrorReason, FrameReader, Message, Msisdn,
-    OpenFrame, Outcome, FRAME_LEN_ABSOLUTE_MAX, FRAME_LEN_DEFAULT_MAX,
+    AckStatus, ClientOperation, ClientRequest, Credential, ErrorReason, FrameReader, Message,
+    Msisdn, OpenFrame, Outcome, PresenceState, Publish, Reachability, FRAME_LEN_ABSOLUTE_MAX,
+    FRAME_LEN_DEFAULT_MAX,
 };
 use presence_engine::node::{Destination, Node, NodeConfig, Provisioned};
 use presence_engine::roles::{Hss, PsId, Rate};
@@ -173,4 +175,87 @@ fn a_source_network_spraying_many_watchers_is_held_to_its_failure_budget() {
         ),
         None
     );
+}
+
+/// Publishes `state` as `subscriber` from `from`; returns the ack frame's
+/// bytes and its status.
+fn publish(
+    node: &mut Node,
+    now_ms: u64,
+    from: SocketAddr,
+    txid: u64,
+    subscriber: Msisdn,
+    credential: &[u8],
+) -> (Vec<u8>, Option<AckStatus>) {
+    let message = Message::Publish(Publish {
+        txid,
+        subscriber,
+        state: PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS),
+        credential: Credential::new(credential).unwrap(),
+    });
+    let mut frame = OpenFrame::new(Vec::new(), FRAME_LEN_DEFAULT_MAX);
+    frame.push(&message).unwrap();
+    node.handle_datagram(now_ms * 1000, from, &frame.into_bytes());
+    let mut ack = (Vec::new(), None);
+    while let Some(out) = node.poll_transmit() {
+        if out.to == Destination::Device(from) {
+            for message in FrameReader::new(&out.frame, FRAME_LEN_ABSOLUTE_MAX).unwrap() {
+                if let Ok(Message::Ack(a)) = message {
+                    ack = (out.frame.clone(), Some(a.status));
+                }
+            }
+        }
+        node.recycle(out.frame);
+    }
+    ack
+}
+
+#[test]
+fn publication_acks_do_not_tell_who_is_a_subscriber() {
+    // A's node also runs A's presence servers: its HSS holds 447700.
+    let mut node = node_a(10, None);
+    let from = source(1);
+    let subscriber = m(3);
+    let unknown_in_range = m(9_999);
+    let out_of_range: Msisdn = "447911123456".parse().unwrap();
+    let cases = [
+        ("wrong credential", subscriber),
+        ("unknown, in an HSS range", unknown_in_range),
+        ("in no HSS range", out_of_range),
+    ];
+    let acks: Vec<(Vec<u8>, Option<AckStatus>)> = cases
+        .iter()
+        .map(|&(_, who)| publish(&mut node, 0, from, 77, who, b"wrong"))
+        .collect();
+    for ((name, _), (_, status)) in cases.iter().zip(&acks) {
+        assert_eq!(*status, Some(AckStatus::Unauthenticated), "{name}");
+    }
+    assert!(
+        acks.iter().all(|(bytes, _)| *bytes == acks[0].0),
+        "byte-identical acks"
+    );
+    // The subscriber's own device is acked Ok.
+    let (_, ok) = publish(&mut node, 0, from, 78, subscriber, b"secret-3");
+    assert_eq!(ok, Some(AckStatus::Ok));
+}
+
+#[test]
+fn guessing_a_subscribers_publication_credential_is_locked_out() {
+    let mut node = node_a(10, None);
+    let victim = m(4);
+    for now in 0..60_000u64 {
+        let from = source(256 * (now % 1000));
+        let (_, status) = publish(&mut node, now, from, now, victim, b"guess");
+        assert_eq!(status, Some(AckStatus::Unauthenticated), "at {now} ms");
+    }
+    let ps = node.role_counters().ps;
+    assert_eq!(ps.auth_failures, 8, "checks reached in the minute");
+    assert_eq!(ps.auth_locked, 60_000 - 8);
+    assert_eq!(ps.lockouts, 1);
+    // Nobody could publish false presence for the victim meanwhile, and
+    // the victim's own device waits out the lock-out like anyone.
+    let (_, locked) = publish(&mut node, 60_000, source(5), 1 << 40, victim, b"secret-4");
+    assert_eq!(locked, Some(AckStatus::Unauthenticated));
+    let (_, ok) = publish(&mut node, 90_010, source(5), 1 << 41, victim, b"secret-4");
+    assert_eq!(ok, Some(AckStatus::Ok));
 }

@@ -63,11 +63,14 @@ pub enum DropReason {
     Overflow,
     /// A publication for a number no presence server of this network holds.
     UnknownSubscriber,
+    /// A publication refused unchecked: its source network's failed checks
+    /// are over budget (docs/reliability.md, §4a).
+    AuthSourceLimited,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::BadDatagram,
         DropReason::BadMessage,
         DropReason::BadBorderFrame,
@@ -77,6 +80,7 @@ impl DropReason {
         DropReason::BorderRefusedAnswer,
         DropReason::Overflow,
         DropReason::UnknownSubscriber,
+        DropReason::AuthSourceLimited,
     ];
 
     /// Stable label.
@@ -91,6 +95,7 @@ impl DropReason {
             DropReason::BorderRefusedAnswer => "border_refused_answer",
             DropReason::Overflow => "overflow",
             DropReason::UnknownSubscriber => "unknown_subscriber",
+            DropReason::AuthSourceLimited => "auth_source_limited",
         }
     }
 }
@@ -223,7 +228,7 @@ pub struct NodeCounters {
     /// Hand-offs to other workers, by [`CrossKind`].
     pub cross_worker: Counts<5>,
     /// Drops, by [`DropReason`].
-    pub drops: Counts<9>,
+    pub drops: Counts<{ DropReason::ALL.len() }>,
     /// Alarms, by [`Alarm`].
     pub alarms: Counts<{ Alarm::ALL.len() }>,
     /// Per peer network, by [`PeerEvent`].
@@ -319,7 +324,7 @@ impl RoleCounters {
 
     /// Every counter as `(role, event, value)`, in a stable order: the
     /// labels of `presence_role_events_total`.
-    pub fn events(&self) -> [(&'static str, &'static str, u64); 28] {
+    pub fn events(&self) -> [(&'static str, &'static str, u64); 29] {
         let (wa, ogps, igps, ps) = (&self.wa, &self.ogps, &self.igps, &self.ps);
         [
             ("wa", "accepted", wa.accepted),
@@ -348,6 +353,7 @@ impl RoleCounters {
             ("ps", "duplicates", ps.duplicates),
             ("ps", "publications", ps.publications),
             ("ps", "refused", ps.refused),
+            ("ps", "auth_locked", ps.auth_locked),
             ("ps", "window_full", ps.drops.overloaded),
             ("ps", "charging_refused", ps.charging_refused),
         ]

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 
 use presence_codec::{
-    ClientRequest, ErrorReason, FrameReader, Message, Msisdn, Outcome, Publish,
+    Ack, AckStatus, ClientRequest, ErrorReason, FrameReader, Message, Msisdn, Outcome, Publish,
     FRAME_LEN_DEFAULT_MAX,
 };
 use smallvec::SmallVec;
@@ -259,15 +259,37 @@ impl Node {
         server: Option<PsId>,
     ) {
         self.counters.publications += 1;
+        // Refused alike whatever the reason (docs/reliability.md, §4a): a
+        // number in no range of our HSS, an unknown subscriber, a wrong
+        // credential, a lock-out, a source network over its budget.
+        let refuse = |node: &mut Node| {
+            let ack = Message::Ack(Ack {
+                txid: publication.txid,
+                status: AckStatus::Unauthenticated,
+            });
+            node.device_frames.push(from, &ack);
+        };
+        let source = SourcePrefix::of(from.ip());
+        let now_ms = self.now_ms;
+        if let Some(guard) = &mut self.source_guard {
+            if !guard.admits(now_ms, source) {
+                self.counters.drop(DropReason::AuthSourceLimited);
+                return refuse(self);
+            }
+            if server.is_none() {
+                guard.failed(now_ms, source);
+            }
+        }
         let Some(id) = server else {
             self.counters.drop(DropReason::UnknownSubscriber);
-            return;
+            return refuse(self);
         };
         let charging = self.held.charging();
         let Some(slice) = Node::slice(&mut self.ps, &self.config, charging, id) else {
             self.counters.drop(DropReason::UnknownSubscriber);
-            return;
+            return refuse(self);
         };
+        let failures_before = slice.counters().auth_failures;
         slice.handle(
             self.now_ms,
             Addr::Device(publication.subscriber),
@@ -275,6 +297,11 @@ impl Node {
             &Message::Publish(*publication),
             &mut self.out,
         );
+        if slice.counters().auth_failures > failures_before {
+            if let Some(guard) = &mut self.source_guard {
+                guard.failed(now_ms, source);
+            }
+        }
         self.answer_source(publication.subscriber, from);
         self.drain_out(Addr::Ps(id), None);
     }

@@ -534,6 +534,7 @@ impl Node {
             let mut ps =
                 PresenceServer::new(id, config.network, config.window_ms(), config.window_slots);
             ps.set_charging(charging);
+            ps.set_auth_policy(config.limits.auth);
             ps
         }))
     }

@@ -22,6 +22,7 @@ use ahash::AHashMap;
 use presence_codec::{Msisdn, PresenceState};
 use smallvec::SmallVec;
 
+use super::auth::AuthGuard;
 use super::ps::SubscriberRecord;
 use super::Millis;
 
@@ -35,6 +36,8 @@ struct Stored {
     state: PresenceState,
     consent_all: bool,
     credential_len: u8,
+    /// Failed checks of the devices' credential (publications).
+    guard: AuthGuard,
 }
 
 /// Garbage below this many arena entries is never worth a compaction.
@@ -198,6 +201,7 @@ impl SubscriberStore {
             state: record.state,
             consent_all: record.consent_all,
             credential_len,
+            guard: AuthGuard::default(),
         };
         if let Some(old) = self.entries.insert(msisdn, stored) {
             self.discard(&old);
@@ -224,6 +228,13 @@ impl SubscriberStore {
     }
 
     /// Sets the status a device published.
+    /// The guard of a subscriber's credential, to read and update.
+    pub(crate) fn guard_mut(&mut self, msisdn: Msisdn) -> Option<&mut AuthGuard> {
+        self.entries
+            .get_mut(&msisdn)
+            .map(|stored| &mut stored.guard)
+    }
+
     pub(crate) fn set_state(&mut self, msisdn: Msisdn, state: PresenceState, at: Millis) -> bool {
         match self.entries.get_mut(&msisdn) {
             Some(stored) => {

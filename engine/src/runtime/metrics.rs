@@ -123,7 +123,8 @@ impl Metrics {
         report.node.alarms.0[Alarm::WatcherNotOfOrigin as usize] += roles.igps.spoofed_watcher;
         roles.igps.spoofed_watcher = 0;
         // So are watchers locked out by failed credential checks.
-        report.node.alarms.0[Alarm::CredentialGuessing as usize] += roles.wa.lockouts;
+        report.node.alarms.0[Alarm::CredentialGuessing as usize] +=
+            roles.wa.lockouts + roles.ps.lockouts;
         report.roles = roles;
         report.cdr_written = runtime.cdr_written;
         report.udp_send_errors = runtime.udp_send_errors;
@@ -292,7 +293,7 @@ impl Metrics {
         let _ = writeln!(
             out,
             "presence_auth_failures_total {}",
-            total.roles.wa.auth_failures
+            total.roles.wa.auth_failures + total.roles.ps.auth_failures
         );
         header(
             &mut out,

@@ -41,6 +41,7 @@ mod window;
 
 use self::window::{DecisionWindow, WindowLookup};
 pub use self::window::{DecisionWindowEntry, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX};
+use super::auth::{AuthPolicy, Failure};
 use super::igps::reply_addr;
 use super::store::{SubscriberStore, SubscriberView};
 use super::{answer_to, one_hop_on, Addr, DropCounters, Millis, Outbox, PsId};
@@ -163,6 +164,14 @@ pub struct PsCounters {
     pub publications: u64,
     /// Publications or provisioning refused.
     pub refused: u64,
+    /// Publications whose credential was checked and did not match (or
+    /// whose subscriber is unknown).
+    pub auth_failures: u64,
+    /// Publications refused without a check: the subscriber locked out by
+    /// failed checks.
+    pub auth_locked: u64,
+    /// Subscribers locked out (the first lock-out of a run of failures).
+    pub lockouts: u64,
     /// Queries refused because charging was unavailable (fail closed).
     pub charging_refused: u64,
     /// Dropped.
@@ -178,6 +187,9 @@ impl PsCounters {
         self.duplicates += other.duplicates;
         self.publications += other.publications;
         self.refused += other.refused;
+        self.auth_failures += other.auth_failures;
+        self.auth_locked += other.auth_locked;
+        self.lockouts += other.lockouts;
         self.charging_refused += other.charging_refused;
         self.drops.add(&other.drops);
     }
@@ -195,6 +207,8 @@ pub struct PresenceServer {
     moved: HashMap<Msisdn, (PsId, Millis)>,
     window_ms: u64,
     charging: Charging,
+    /// How failed checks of a subscriber's credential are limited.
+    auth: AuthPolicy,
     counters: PsCounters,
 }
 
@@ -218,6 +232,7 @@ impl PresenceServer {
             moved: HashMap::default(),
             window_ms,
             charging: Charging::Available,
+            auth: AuthPolicy::default(),
             counters: PsCounters::default(),
         }
     }
@@ -533,6 +548,10 @@ impl PresenceServer {
         out.send(reply_to, origin, answer(outcome));
     }
 
+    /// A device's status publication. Every refusal is the same ack,
+    /// `Unauthenticated`, whether the subscriber is unknown, its credential
+    /// wrong, or its checks locked out by failures (docs/reliability.md,
+    /// §4a): acks tell a prober nothing about who is a subscriber.
     fn handle_publish(
         &mut self,
         now: Millis,
@@ -540,23 +559,15 @@ impl PresenceServer {
         publish: &Publish<'_>,
         out: &mut Outbox,
     ) {
-        let authentic = self.store.get(publish.subscriber).map(|b| {
-            device == publish.subscriber
-                && bool::from(b.credential().ct_eq(publish.credential.as_bytes()))
-        });
-        let status = match authentic {
-            None => AckStatus::UnknownSubscriber,
-            Some(false) => AckStatus::Unauthenticated,
-            Some(true) => {
-                self.store.set_state(publish.subscriber, publish.state, now);
-                AckStatus::Ok
-            }
-        };
-        if status == AckStatus::Ok {
+        let authentic = device == publish.subscriber && self.check_publisher(now, publish);
+        let status = if authentic {
+            self.store.set_state(publish.subscriber, publish.state, now);
             self.counters.publications += 1;
+            AckStatus::Ok
         } else {
             self.counters.refused += 1;
-        }
+            AckStatus::Unauthenticated
+        };
         out.send(
             Addr::Device(device),
             self.network,
@@ -565,6 +576,42 @@ impl PresenceServer {
                 status,
             }),
         );
+    }
+
+    /// Step 2 at B: the publishing device's credential, checked only while
+    /// the subscriber's guard admits it; the guard learns the result.
+    fn check_publisher(&mut self, now: Millis, publish: &Publish<'_>) -> bool {
+        let subscriber = publish.subscriber;
+        let Some(guard) = self.store.guard_mut(subscriber).map(|g| *g) else {
+            // Unknown: a failure, answered as a wrong credential is.
+            self.counters.auth_failures += 1;
+            return false;
+        };
+        if !guard.admits(now) {
+            self.counters.auth_locked += 1;
+            return false;
+        }
+        let matches = self
+            .store
+            .get(subscriber)
+            .is_some_and(|b| bool::from(b.credential().ct_eq(publish.credential.as_bytes())));
+        let auth = self.auth;
+        if let Some(guard) = self.store.guard_mut(subscriber) {
+            if matches {
+                guard.succeeded();
+            } else {
+                self.counters.auth_failures += 1;
+                if let Failure::LockedOut { first: true } = guard.failed(now, &auth) {
+                    self.counters.lockouts += 1;
+                }
+            }
+        }
+        matches
+    }
+
+    /// Sets how failed checks of a subscriber's credential are limited.
+    pub fn set_auth_policy(&mut self, auth: AuthPolicy) {
+        self.auth = auth;
     }
 
     fn apply_buddies(&mut self, update: &BuddyUpdate<'_>) -> AckStatus {
