@@ -240,30 +240,50 @@ pub fn write_pair(
     write_file(cert, pair.cert_pem.as_bytes(), 0o644)
 }
 
+/// Writes `contents` to `path` with `mode`, atomically: into a temporary
+/// file beside it (created new, never through a link: `O_EXCL` and
+/// `O_NOFOLLOW`, so a planted file or symlink is refused rather than written
+/// through), synced, then renamed over `path`. Folders it creates are 0700,
+/// whatever the umask: they hold a private key.
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiError> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let io = |source| PkiError::Io {
         path: path.to_path_buf(),
         source,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(io)?;
+        if !dir.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
+        }
     }
-    // Write beside the target and rename, so a reader (a reloading BG) never
-    // sees half a file.
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)
+        .map_err(|source| PkiError::Io {
+            path: tmp.clone(),
+            source,
+        })?;
+    // The mode given at creation is cut by the umask: set it exactly.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
         .map_err(io)?;
-    file.write_all(contents).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)
+    let written = file
+        .write_all(contents)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written.map_err(io)
 }
 
 /// A network's complete border material, made in memory: its CA and a BG

@@ -134,3 +134,38 @@ fn pki_refuses_to_overwrite_keys_or_sign_for_another_network() {
     assert_ne!(std::fs::read(dir.join("bg.key")).unwrap(), before);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn pki_writes_no_key_through_a_planted_file_and_keeps_its_folder_private() {
+    // A planted temporary file, a symlink to a file the attacker wants
+    // overwritten: refused, the target untouched.
+    let dir = scratch("planted");
+    std::fs::create_dir_all(&dir).unwrap();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join("bg.key.tmp")).unwrap();
+    let (_, err, code) = pki(&["init", "--network", "alpha.example", "--out", s(&dir)]);
+    assert_ne!(code, Some(0), "refused");
+    assert!(err.contains("bg.key.tmp"), "names the planted file: {err}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me");
+    assert!(!dir.join("bg.key").exists());
+
+    // Under umask 000, the folder pki creates is 0700, keys 0600,
+    // certificates 0644.
+    let fresh = scratch("umask").join("deep").join("pki");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000; exec {} pki init --network beta.example --out {}",
+            env!("CARGO_BIN_EXE_presence-gw"),
+            s(&fresh)
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&fresh), 0o700, "the folder");
+    assert_eq!(mode(fresh.parent().unwrap()), 0o700, "and its new parents");
+    assert_eq!(mode(&fresh.join("bg.key")), 0o600);
+    assert_eq!(mode(&fresh.join("bg.pem")), 0o644);
+}

@@ -58,6 +58,7 @@ pub mod writer;
 
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use presence_codec::{Msisdn, Outcome, MSISDN_WIRE_LEN};
@@ -166,15 +167,25 @@ pub struct Durability {
     pub healthy: bool,
 }
 
+/// Mode of segment files: owner read-write, group read (an exporter in
+/// the appliance's group), nobody else.
+pub const SEGMENT_MODE: u32 = 0o640;
+
 /// Opens a new segment file with its header written, for appending.
 pub(crate) fn create_segment(dir: &Path, header: &SegmentHeader) -> Result<File, JournalError> {
     let path = dir.join(header.file_name());
+    // Charge records name watcher and target: personal data, readable by
+    // the appliance's user and group only (SEGMENT_MODE, whatever the umask).
     let mut file = std::fs::OpenOptions::new()
         .create_new(true)
         .append(true)
+        .mode(SEGMENT_MODE)
         .open(&path)
         .map_err(io_err(&path))?;
-    if let Err(e) = file.write_all(&header.encode()) {
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(SEGMENT_MODE))
+        .and_then(|()| file.write_all(&header.encode()));
+    if let Err(e) = written {
         // A header that did not fit (a full disk): leave no file behind,
         // so the next attempt can create it again.
         let _ = std::fs::remove_file(&path);

@@ -667,6 +667,12 @@ mod tests {
             seqs.extend(scan.entries.iter().map(|e| e.seq));
         }
         assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+        // Charge records are personal data: no segment is world-readable.
+        for p in &paths {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, crate::journal::SEGMENT_MODE, "{}", p.display());
+        }
         let recovery = recover(&dir, "t-mobile.de", 0).unwrap();
         assert_eq!(recovery.next_seq(0), 101);
         let _ = std::fs::remove_dir_all(&dir);

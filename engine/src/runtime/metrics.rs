@@ -6,12 +6,16 @@
 //! Latency is an HDR histogram (`hdrhistogram`), recorded per answered
 //! device request from its arrival to its answer leaving the appliance,
 //! exported as a Prometheus histogram with fixed bucket bounds. HTTP is
-//! served by `tiny_http` on its own thread.
+//! served by [`MetricsServer`]: a fixed pool of threads, a bounded queue,
+//! request timeouts.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::io::{Read as _, Write as _};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use presence_border::BgCounters;
 
@@ -401,10 +405,27 @@ impl Metrics {
     }
 }
 
-/// `GET /metrics` over HTTP.
+/// Workers answering scrapes: a scraper or two, and room for a probe.
+const HTTP_WORKERS: usize = 4;
+/// Accepted connections waiting for a worker; past it, `503` at once.
+const HTTP_QUEUE: usize = 16;
+/// Longest request head read, in bytes; past it, `431`.
+const HTTP_HEAD_MAX: usize = 8 * 1024;
+/// Whole time a connection may take to send its request head, and each
+/// write of the answer may block.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `GET /metrics` over HTTP/1.x, bounded: a fixed pool of
+/// [`HTTP_WORKERS`] threads, a queue of [`HTTP_QUEUE`] accepted
+/// connections (a connection past it is answered `503` and closed), a
+/// request head of at most [`HTTP_HEAD_MAX`] bytes that must arrive
+/// within [`HTTP_TIMEOUT`], one request per connection. A client that
+/// opens connections and sends nothing holds a worker for 2 s at most,
+/// and never more threads or memory than these bounds.
 pub struct MetricsServer {
-    server: Arc<tiny_http::Server>,
-    thread: Option<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
     addr: SocketAddr,
 }
 
@@ -422,38 +443,51 @@ impl MetricsServer {
         metrics: Arc<Metrics>,
         border: Arc<BgCounters>,
     ) -> std::io::Result<MetricsServer> {
-        let server = Arc::new(
-            tiny_http::Server::http(addr).map_err(|e| std::io::Error::other(e.to_string()))?,
-        );
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| std::io::Error::other("metrics listener has no IP address"))?;
-        let serving = server.clone();
-        let thread = std::thread::Builder::new()
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let (queue, waiting) = crossbeam::channel::bounded::<(TcpStream, Instant)>(HTTP_QUEUE);
+        let mut workers = Vec::with_capacity(HTTP_WORKERS);
+        for i in 0..HTTP_WORKERS {
+            let waiting = waiting.clone();
+            let metrics = metrics.clone();
+            let border = border.clone();
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("metrics-{i}"))
+                    .spawn(move || {
+                        for (stream, accepted) in waiting.iter() {
+                            serve_one(stream, accepted, &metrics, &border);
+                        }
+                    })?,
+            );
+        }
+        let stop = stopping.clone();
+        let acceptor = std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || {
-                for request in serving.incoming_requests() {
-                    let response = if request.url() == "/metrics" {
-                        let body = metrics.render(&border);
-                        let header = tiny_http::Header::from_bytes(
-                            &b"Content-Type"[..],
-                            &b"text/plain; version=0.0.4"[..],
-                        );
-                        let mut response = tiny_http::Response::from_string(body);
-                        if let Ok(header) = header {
-                            response.add_header(header);
-                        }
-                        response
-                    } else {
-                        tiny_http::Response::from_string("see /metrics\n").with_status_code(404)
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let Ok(stream) = stream else {
+                        // Out of descriptors and the like: do not spin.
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
                     };
-                    let _ = request.respond(response);
+                    if let Err(crossbeam::channel::TrySendError::Full((mut stream, _))) =
+                        queue.try_send((stream, Instant::now()))
+                    {
+                        let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+                        let _ = stream.write_all(&http_head(503, "Service Unavailable", 0));
+                    }
                 }
+                // Dropping the queue ends the workers once it is drained.
             })?;
         Ok(MetricsServer {
-            server,
-            thread: Some(thread),
+            stopping,
+            acceptor: Some(acceptor),
+            workers,
             addr,
         })
     }
@@ -464,9 +498,184 @@ impl MetricsServer {
     }
 
     pub(crate) fn stop(mut self) {
-        self.server.unblock();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        self.stopping.store(true, Ordering::Release);
+        // Wake the acceptor out of `accept`.
+        let _ = TcpStream::connect_timeout(&wake_address(self.addr), Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
         }
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// Where to connect to wake a listener bound to `addr` (an unspecified
+/// address is reached on loopback).
+fn wake_address(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
+}
+
+/// Status line and headers of an answer with `len` bytes of body.
+fn http_head(status: u16, reason: &str, len: usize) -> Vec<u8> {
+    let content_type = if status == 200 {
+        "text/plain; version=0.0.4"
+    } else {
+        "text/plain"
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Read one request head within [`HTTP_TIMEOUT`] of its connection's
+/// acceptance (time spent queued counts, so a queue of idle connections
+/// clears within one timeout) and answer it.
+fn serve_one(mut stream: TcpStream, accepted: Instant, metrics: &Metrics, border: &BgCounters) {
+    let deadline = accepted + HTTP_TIMEOUT;
+    let _ = stream.set_write_timeout(Some(HTTP_TIMEOUT));
+    let mut head = [0u8; HTTP_HEAD_MAX];
+    let mut len = 0;
+    let complete = loop {
+        if head[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+            break true;
+        }
+        if len == head.len() {
+            break false;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut head[len..]) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => len += n,
+        }
+    };
+    let (status, reason, body) = if !complete {
+        (431, "Request Header Fields Too Large", String::new())
+    } else {
+        match request_target(&head[..len]) {
+            Some(("GET", "/metrics")) => (200, "OK", metrics.render(border)),
+            Some(("GET" | "HEAD", _)) => (404, "Not Found", "see /metrics\n".to_owned()),
+            Some(_) => (405, "Method Not Allowed", String::new()),
+            None => (400, "Bad Request", String::new()),
+        }
+    };
+    let mut answer = http_head(status, reason, body.len());
+    answer.extend_from_slice(body.as_bytes());
+    let _ = stream.write_all(&answer);
+    let _ = stream.flush();
+}
+
+/// The method and path of an HTTP/1.x request line, without its query.
+fn request_target(head: &[u8]) -> Option<(&str, &str)> {
+    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
+    let line = std::str::from_utf8(&head[..line_end]).ok()?;
+    let mut parts = line.split(' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() || !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    let path = target.split('?').next().unwrap_or(target);
+    Some((method, path))
+}
+
+#[cfg(test)]
+mod http_tests {
+    use super::*;
+    use crate::table::{NetworkNames, PortedMap, PrefixIndex};
+
+    fn server() -> MetricsServer {
+        let table = NumberingTable::new(
+            PrefixIndex::build(&[]),
+            PortedMap::empty(9),
+            NetworkNames::default(),
+        );
+        let metrics = Arc::new(Metrics::new(1, Arc::new(table)));
+        MetricsServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            metrics,
+            Arc::new(BgCounters::default()),
+        )
+        .unwrap()
+    }
+
+    fn get(addr: SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream.write_all(request).unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    }
+
+    #[test]
+    fn scrapes_are_answered_and_anything_else_gets_a_status() {
+        let server = server();
+        let ok = get(server.addr(), b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        assert!(ok.contains("Content-Type: text/plain; version=0.0.4\r\n"));
+        assert!(ok.contains("presence_"), "{ok}");
+        let other = get(server.addr(), b"GET / HTTP/1.0\r\n\r\n");
+        assert!(other.starts_with("HTTP/1.1 404 "), "{other}");
+        let post = get(server.addr(), b"POST /metrics HTTP/1.1\r\n\r\n");
+        assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
+        let junk = get(server.addr(), b"\x16\x03\x01junk\r\n\r\n");
+        assert!(junk.starts_with("HTTP/1.1 400 "), "{junk}");
+        let huge = get(server.addr(), &[b'a'; HTTP_HEAD_MAX + 10]);
+        assert!(huge.starts_with("HTTP/1.1 431 "), "{huge}");
+        server.stop();
+    }
+
+    #[test]
+    fn idle_and_partial_connections_are_closed_and_do_not_starve_a_scrape() {
+        let server = server();
+        // Twice as many silent or half-sent connections as the workers and
+        // the queue hold together.
+        let mut idle: Vec<TcpStream> = (0..2 * (HTTP_WORKERS + HTTP_QUEUE))
+            .map(|i| {
+                let mut s = TcpStream::connect(server.addr()).unwrap();
+                if i % 2 == 0 {
+                    s.write_all(b"GET /metr").unwrap();
+                }
+                s
+            })
+            .collect();
+        // Every one of them is closed by the server (503 at once, or after
+        // the request timeout), not held open.
+        for s in &mut idle {
+            s.set_read_timeout(Some(HTTP_TIMEOUT * 3)).unwrap();
+            let mut rest = Vec::new();
+            // Closed with unread bytes, the kernel resets: closed too.
+            let closed = s.read_to_end(&mut rest);
+            assert!(
+                !matches!(&closed, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+                "held open: {closed:?}"
+            );
+            assert!(rest.is_empty() || rest.starts_with(b"HTTP/1.1 503 "));
+        }
+        // And a scrape is answered as soon as they are gone.
+        let ok = get(server.addr(), b"GET /metrics HTTP/1.0\r\n\r\n");
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        server.stop();
+    }
+
+    #[test]
+    fn a_request_line_gives_method_and_path_without_query() {
+        assert_eq!(
+            request_target(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Some(("GET", "/metrics"))
+        );
+        assert_eq!(request_target(b"GET /metrics\r\n\r\n"), None);
+        assert_eq!(request_target(b"GET /metrics SPDY/3\r\n\r\n"), None);
+        assert_eq!(request_target(b"\xff\xfe /metrics HTTP/1.1\r\n\r\n"), None);
     }
 }

@@ -663,8 +663,17 @@ fn node_limits(config: &ApplianceConfig, names: &NetworkNames) -> Result<NodeLim
 /// Takes an exclusive lock on `dir/.lock` (created if missing).
 fn lock_directory(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
     use std::os::fd::AsRawFd;
+    use std::os::unix::fs::DirBuilderExt;
     let what = format!("CDR directory {}", dir.display());
-    std::fs::create_dir_all(dir).map_err(io_error(what.clone()))?;
+    // Created for the appliance's user and group only: the records in it
+    // are personal data (an existing folder keeps the mode it was given).
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o750)
+            .create(dir)
+            .map_err(io_error(what.clone()))?;
+    }
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
