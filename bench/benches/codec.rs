@@ -3,13 +3,21 @@
 //! bytes. Throughput is reported in messages, so criterion's "elem/s" is
 //! queries (or answers) per second on one core.
 //!
+//! The `device_mac` group: a device request's MAC (docs/wire-format.md
+//! §5.11) as the WA checks it (`verify`: encode to the tag, keyed BLAKE3,
+//! constant-time compare) and as a device makes it (`sign`). Issue 15's
+//! budget is 0.15 µs per request.
+//!
 //! `cargo bench -p presence-bench --bench codec`
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use presence_bench::{sample_answers, sample_queries};
-use presence_codec::{FrameReader, FrameWriter, Message, FRAME_LEN_DEFAULT_MAX};
+use presence_codec::{
+    samples, ClientOperation, ClientRequest, DeviceAuth, DeviceKey, FrameReader, FrameWriter,
+    Message, FRAME_LEN_DEFAULT_MAX,
+};
 
 /// Encodes as many of `messages` as fit into one default frame.
 fn encode_datagram(messages: &[Message<'_>], buf: &mut Vec<u8>) -> usize {
@@ -69,11 +77,43 @@ fn bench_kind(c: &mut Criterion, name: &str, messages: &[Message<'_>]) {
     group.finish();
 }
 
+fn device_mac(c: &mut Criterion) {
+    let key = DeviceKey::derive(samples::WATCHER, b"k3y!");
+    let request = key.sign_request(
+        ClientRequest {
+            txid: 77,
+            watcher: samples::WATCHER,
+            target: samples::TARGET,
+            operation: ClientOperation::Query,
+            auth: DeviceAuth::UNSIGNED,
+        },
+        samples::COUNTER,
+    );
+    let message = Message::ClientRequest(request);
+    let mut group = c.benchmark_group("codec/device_mac");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("verify_request", |b| {
+        b.iter(|| black_box(&key).verifies(black_box(&message)))
+    });
+    let mut counter = samples::COUNTER;
+    group.bench_function("sign_request", |b| {
+        b.iter(|| {
+            counter += 1;
+            black_box(&key).sign_request(black_box(request), counter)
+        })
+    });
+    group.bench_function("derive_key", |b| {
+        b.iter(|| DeviceKey::derive(black_box(samples::WATCHER), black_box(b"k3y!")))
+    });
+    group.finish();
+}
+
 fn codec(c: &mut Criterion) {
     let queries = sample_queries(64);
     let answers = sample_answers(64);
     bench_kind(c, "queries", &queries);
     bench_kind(c, "answers", &answers);
+    device_mac(c);
 }
 
 criterion_group!(benches, codec);

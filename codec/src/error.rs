@@ -243,4 +243,17 @@ pub enum EncodeError {
         /// Frame maximum.
         max: usize,
     },
+    /// The message's form needs another frame version than the frame's
+    /// (a device request with a credential in a version 2 frame, or with a
+    /// MAC in a version 1 frame; §10).
+    #[error("message needs frame version {message}, the frame is version {frame}")]
+    VersionMismatch {
+        /// Version the message needs.
+        message: u8,
+        /// Version of the frame.
+        frame: u8,
+    },
+    /// No such frame version (§3).
+    #[error("frame version {0} does not exist")]
+    UnsupportedVersion(u8),
 }

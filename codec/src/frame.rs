@@ -14,8 +14,12 @@ use crate::reader::Reader;
 
 /// First byte of every frame (§3).
 pub const FRAME_MAGIC: u8 = 0x50;
-/// The version this crate speaks (§3, §10).
+/// The version of a frame that holds no device proof, and of every frame a
+/// gateway sends (§3, §10).
 pub const FRAME_VERSION: u8 = 0x01;
+/// The versions this crate reads and writes: version 2 differs from 1 only
+/// in how a ClientRequest and a Publish prove the device (§5.3, §5.7, §10).
+pub const FRAME_VERSIONS: [u8; 2] = [0x01, 0x02];
 /// Bytes of the frame header (§3).
 pub const FRAME_HEADER_LEN: usize = 2;
 /// Default maximum frame size: a 1500-byte MTU less IPv4 and UDP headers (§3).
@@ -33,6 +37,7 @@ pub const FRAME_LEN_ABSOLUTE_MAX: usize = u16::MAX as usize;
 pub struct FrameReader<'a> {
     rest: Reader<'a>,
     frame_len: usize,
+    version: u8,
     broken: bool,
 }
 
@@ -52,7 +57,7 @@ impl<'a> FrameReader<'a> {
         if magic != FRAME_MAGIC {
             return Err(DecodeError::BadMagic(magic));
         }
-        if version != FRAME_VERSION {
+        if !FRAME_VERSIONS.contains(&version) {
             return Err(DecodeError::UnsupportedVersion(version));
         }
         if r.remaining() == 0 {
@@ -61,8 +66,14 @@ impl<'a> FrameReader<'a> {
         Ok(FrameReader {
             rest: r,
             frame_len: frame.len(),
+            version,
             broken: false,
         })
+    }
+
+    /// The frame's version (one of [`FRAME_VERSIONS`]).
+    pub fn version(&self) -> u8 {
+        self.version
     }
 
     /// Bytes of the frame read so far, header included: after `next` returned
@@ -107,7 +118,11 @@ impl<'a> Iterator for FrameReader<'a> {
                 remaining,
             }));
         };
-        Some(Message::decode_body(message_type, body))
+        Some(Message::decode_body_version(
+            message_type,
+            body,
+            self.version,
+        ))
     }
 }
 
@@ -121,12 +136,26 @@ pub struct FrameWriter<'b, B: BufMut> {
     len: usize,
     max_len: usize,
     messages: usize,
+    version: u8,
 }
 
 impl<'b, B: BufMut> FrameWriter<'b, B> {
-    /// Starts a frame of at most `max_len` bytes (capped at 65535) by writing
-    /// its header into `buf`.
+    /// Starts a version 1 frame of at most `max_len` bytes (capped at
+    /// 65535) by writing its header into `buf`.
     pub fn new(buf: &'b mut B, max_len: usize) -> Result<FrameWriter<'b, B>, EncodeError> {
+        FrameWriter::with_version(buf, max_len, FRAME_VERSION)
+    }
+
+    /// Starts a frame of `version` (version 2 for devices' requests and
+    /// publications that carry a MAC, §10).
+    pub fn with_version(
+        buf: &'b mut B,
+        max_len: usize,
+        version: u8,
+    ) -> Result<FrameWriter<'b, B>, EncodeError> {
+        if !FRAME_VERSIONS.contains(&version) {
+            return Err(EncodeError::UnsupportedVersion(version));
+        }
         let max_len = max_len.min(FRAME_LEN_ABSOLUTE_MAX);
         if max_len < FRAME_HEADER_LEN {
             return Err(EncodeError::FrameFull {
@@ -141,12 +170,13 @@ impl<'b, B: BufMut> FrameWriter<'b, B> {
                 available,
             });
         }
-        buf.put_slice(&[FRAME_MAGIC, FRAME_VERSION]);
+        buf.put_slice(&[FRAME_MAGIC, version]);
         Ok(FrameWriter {
             buf,
             len: FRAME_HEADER_LEN,
             max_len,
             messages: 0,
+            version,
         })
     }
 
@@ -154,6 +184,12 @@ impl<'b, B: BufMut> FrameWriter<'b, B> {
     /// fit in the frame or the buffer.
     #[inline]
     pub fn push(&mut self, message: &Message<'_>) -> Result<(), EncodeError> {
+        if let Some(needs) = message.version().filter(|&v| v != self.version) {
+            return Err(EncodeError::VersionMismatch {
+                message: needs,
+                frame: self.version,
+            });
+        }
         let needed = message.encoded_len();
         let after = self.len.saturating_add(needed);
         if after > self.max_len {
@@ -200,6 +236,8 @@ pub struct OpenFrame {
     bytes: Vec<u8>,
     max_len: usize,
     messages: usize,
+    /// The version a message already in the frame needs, if any.
+    pinned: Option<u8>,
 }
 
 impl OpenFrame {
@@ -214,13 +252,21 @@ impl OpenFrame {
             bytes,
             max_len,
             messages: 0,
+            pinned: None,
         }
     }
 
     /// Appends a message, or fails without writing anything when it would
-    /// not fit.
+    /// not fit or needs another version than a message already in the
+    /// frame. The first message that needs a version sets the header's.
     #[inline]
     pub fn push(&mut self, message: &Message<'_>) -> Result<(), EncodeError> {
+        let needs = message.version();
+        if let (Some(message), Some(frame)) = (needs, self.pinned) {
+            if message != frame {
+                return Err(EncodeError::VersionMismatch { message, frame });
+            }
+        }
         let needed = message.encoded_len();
         if !self.fits(needed) {
             return Err(EncodeError::FrameFull {
@@ -229,6 +275,12 @@ impl OpenFrame {
             });
         }
         message.encode(&mut self.bytes)?;
+        if let (Some(version), None) = (needs, self.pinned) {
+            self.pinned = Some(version);
+            if let Some(header) = self.bytes.get_mut(1) {
+                *header = version;
+            }
+        }
         self.messages = self.messages.saturating_add(1);
         Ok(())
     }
@@ -255,8 +307,9 @@ impl OpenFrame {
     }
 }
 
-/// Encodes `messages` as one frame into `buf`; fails if they do not fit in
-/// `max_len` or `buf`, or if there are none.
+/// Encodes `messages` as one frame into `buf`, of the version the first
+/// message that needs one names (else version 1); fails if they do not fit
+/// in `max_len` or `buf`, if there are none, or if they need two versions.
 pub fn encode_frame<B: BufMut>(
     messages: &[Message<'_>],
     max_len: usize,
@@ -275,7 +328,11 @@ pub fn encode_frame<B: BufMut>(
     if available < needed {
         return Err(EncodeError::BufferTooSmall { needed, available });
     }
-    let mut writer = FrameWriter::new(buf, max_len)?;
+    let version = messages
+        .iter()
+        .find_map(Message::version)
+        .unwrap_or(FRAME_VERSION);
+    let mut writer = FrameWriter::with_version(buf, max_len, version)?;
     for message in messages {
         writer.push(message)?;
     }

@@ -113,12 +113,18 @@ pub fn structured_round_trip(data: &[u8]) {
     while pending.peek().is_some() {
         let mut buf = Vec::new();
         let mut in_frame = Vec::new();
-        let mut writer = FrameWriter::new(&mut buf, max_len).unwrap();
+        // The frame takes the version of its first message (§10); a
+        // message of the other version starts the next frame.
+        let version = pending
+            .peek()
+            .and_then(|m| m.version())
+            .unwrap_or(crate::FRAME_VERSION);
+        let mut writer = FrameWriter::with_version(&mut buf, max_len, version).unwrap();
         while let Some(message) = pending.peek() {
-            if writer.push(message).is_err() {
+            if let Err(e) = writer.push(message) {
                 assert!(
                     !writer.is_empty(),
-                    "any message fits in a frame of 259 bytes or more"
+                    "any message fits in a frame of 259 bytes or more: {e:?}"
                 );
                 break;
             }

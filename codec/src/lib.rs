@@ -1,6 +1,6 @@
 //! # presence-codec
 //!
-//! The presence-gw wire format, version 1, as specified byte by byte in
+//! The presence-gw wire format, versions 1 and 2, as specified byte by byte in
 //! `docs/wire-format.md` (section numbers `§n` below refer to it).
 //!
 //! - [`Msisdn`]: validated E.164 numbers, 7 bytes on the wire (§2).
@@ -9,6 +9,8 @@
 //!   [`bytes::BufMut`] buffers with the size known beforehand.
 //! - [`FrameReader`] / [`FrameWriter`]: many messages per datagram (§3, §4).
 //! - [`StreamReassembler`]: length-prefixed frames on stream transports (§6).
+//! - [`DeviceKey`]: a subscriber's device key, and the MAC its devices put
+//!   on requests and publications (§5.11).
 //!
 //! Contract: no function panics, allocates per message or overflows on any
 //! input; every rejection is a [`DecodeError`] naming its reason; every accepted
@@ -30,6 +32,7 @@
 )]
 #![warn(missing_docs)]
 
+mod auth;
 mod error;
 mod frame;
 mod message;
@@ -43,17 +46,18 @@ mod stream;
 #[doc(hidden)]
 pub mod fuzzing;
 
+pub use auth::{DeviceKey, DeviceSigner, DEVICE_KEY_CONTEXT, DEVICE_KEY_LEN};
 pub use error::{DecodeError, EncodeError, ErrorScope, MsisdnField};
 pub use frame::{
     encode_frame, FrameReader, FrameWriter, OpenFrame, FRAME_HEADER_LEN, FRAME_LEN_ABSOLUTE_MAX,
-    FRAME_LEN_DEFAULT_MAX, FRAME_MAGIC, FRAME_VERSION,
+    FRAME_LEN_DEFAULT_MAX, FRAME_MAGIC, FRAME_VERSION, FRAME_VERSIONS,
 };
 pub use message::{
     Ack, AckStatus, Answer, BuddyAction, BuddyList, BuddyListStorage, BuddyUpdate, ClientOperation,
-    ClientRequest, Consent, ConsentScope, ConsentUpdate, Credential, ErrorReason, Message,
-    MessageType, Notify, Outcome, OutcomeClass, PresenceState, Publish, Query, Reachability,
-    Subscribe, BODY_LEN_MAX, BUDDIES_PER_UPDATE_MAX, CREDENTIAL_LEN_MAX, ENVELOPE_LEN,
-    QUERY_BODY_LEN, QUERY_WIRE_LEN,
+    ClientRequest, Consent, ConsentScope, ConsentUpdate, Credential, DeviceAuth, ErrorReason,
+    MacTag, Message, MessageType, Notify, Outcome, OutcomeClass, PresenceState, Publish, Query,
+    Reachability, Subscribe, BODY_LEN_MAX, BUDDIES_PER_UPDATE_MAX, CREDENTIAL_LEN_MAX,
+    ENVELOPE_LEN, MAC_TAG_LEN, QUERY_BODY_LEN, QUERY_WIRE_LEN,
 };
 pub use msisdn::{Msisdn, MsisdnError, MSISDN_DIGITS_MAX, MSISDN_MAX, MSISDN_WIRE_LEN};
 pub use stream::{

@@ -6,10 +6,16 @@ use core::num::NonZeroU32;
 
 use crate::message::{
     Ack, AckStatus, Answer, BuddyAction, BuddyList, BuddyUpdate, ClientOperation, ClientRequest,
-    Consent, ConsentScope, ConsentUpdate, Credential, ErrorReason, Message, Notify, Outcome,
-    PresenceState, Publish, Query, Reachability, Subscribe,
+    Consent, ConsentScope, ConsentUpdate, Credential, DeviceAuth, ErrorReason, Message, Notify,
+    Outcome, PresenceState, Publish, Query, Reachability, Subscribe,
 };
 use crate::msisdn::Msisdn;
+use crate::DeviceKey;
+
+/// The secret the samples' devices are provisioned with.
+pub const SECRET: &[u8] = b"k3y!";
+/// The samples' device counter: 2026-12-07 00:00:00 UTC in milliseconds.
+pub const COUNTER: u64 = 1_796_601_600_000;
 
 /// `447700900123`
 pub const WATCHER: Msisdn = match Msisdn::from_u64(447_700_900_123) {
@@ -55,7 +61,7 @@ fn answer(outcome: Outcome) -> Message<'static> {
 }
 
 /// Every message type at least once, every outcome once, with a name each.
-pub fn one_of_each() -> [(&'static str, Message<'static>); 14] {
+pub fn one_of_each() -> [(&'static str, Message<'static>); 16] {
     [
         ("query", Message::Query(QUERY)),
         ("unsubscribe", Message::Unsubscribe(QUERY)),
@@ -92,15 +98,28 @@ pub fn one_of_each() -> [(&'static str, Message<'static>); 14] {
         ),
         (
             "client_request",
+            Message::ClientRequest(DeviceKey::derive(WATCHER, SECRET).sign_request(
+                ClientRequest {
+                    txid: 77,
+                    watcher: WATCHER,
+                    target: TARGET,
+                    operation: ClientOperation::Subscribe { expiry_s: HOUR },
+                    auth: DeviceAuth::UNSIGNED,
+                },
+                COUNTER,
+            )),
+        ),
+        (
+            "client_request_v1",
             Message::ClientRequest(ClientRequest {
-                txid: 77,
+                txid: 78,
                 watcher: WATCHER,
                 target: TARGET,
-                operation: ClientOperation::Subscribe { expiry_s: HOUR },
-                credential: match Credential::new(b"k3y!") {
+                operation: ClientOperation::Query,
+                auth: DeviceAuth::Credential(match Credential::new(SECRET) {
                     Some(c) => c,
                     None => Credential::EMPTY,
-                },
+                }),
             }),
         ),
         (
@@ -120,11 +139,23 @@ pub fn one_of_each() -> [(&'static str, Message<'static>); 14] {
         ),
         (
             "publish",
+            Message::Publish(DeviceKey::derive(TARGET, SECRET).sign_publish(
+                Publish {
+                    txid: 11,
+                    subscriber: TARGET,
+                    state: PresenceState::Attached(Reachability::SMS),
+                    auth: DeviceAuth::UNSIGNED,
+                },
+                COUNTER + 1,
+            )),
+        ),
+        (
+            "publish_v1",
             Message::Publish(Publish {
-                txid: 11,
+                txid: 13,
                 subscriber: TARGET,
-                state: PresenceState::Attached(Reachability::SMS),
-                credential: Credential::EMPTY,
+                state: PresenceState::Detached,
+                auth: DeviceAuth::Credential(Credential::EMPTY),
             }),
         ),
         (
@@ -169,9 +200,27 @@ mod tests {
         types.sort_unstable();
         types.dedup();
         assert_eq!(types, (1..=10).collect::<Vec<u8>>());
-        let Message::BuddyUpdate(b) = samples[11].1 else {
+        let Some(Message::BuddyUpdate(b)) = samples
+            .iter()
+            .map(|(_, m)| *m)
+            .find(|m| matches!(m, Message::BuddyUpdate(_)))
+        else {
             panic!("buddy update expected")
         };
         assert_eq!(b.buddies.len(), 3, "static buddy bytes are valid");
+        // The MAC-form samples verify under the samples' keys.
+        for (name, message) in &samples {
+            let subject = match message {
+                Message::ClientRequest(c) => c.watcher,
+                Message::Publish(p) => p.subscriber,
+                _ => continue,
+            };
+            let key = DeviceKey::derive(subject, SECRET);
+            assert_eq!(
+                message.version() == Some(2),
+                key.verifies(message),
+                "{name}"
+            );
+        }
     }
 }

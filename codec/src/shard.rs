@@ -103,13 +103,13 @@ mod tests {
             watcher: m("447700900123"),
             target: m("4915112345678"),
             operation: ClientOperation::Query,
-            credential: Credential::new(b"pw").unwrap(),
+            auth: crate::DeviceAuth::Credential(Credential::new(b"pw").unwrap()),
         });
         let publish = Message::Publish(Publish {
             txid: 8,
             subscriber: m("4915112345678"),
             state: crate::PresenceState::Detached,
-            credential: Credential::new(b"pw").unwrap(),
+            auth: crate::DeviceAuth::Credential(Credential::new(b"pw").unwrap()),
         });
         for (message, subject) in [(request, "447700900123"), (publish, "4915112345678")] {
             let mut frame = Vec::new();

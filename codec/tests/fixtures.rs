@@ -19,8 +19,13 @@ fn msisdn(text: &str) -> Msisdn {
 /// Decodes one message framed alone, checks it is `expected`, and checks that
 /// encoding `expected` gives the bytes back.
 fn check(message_hex: &str, expected: Message<'_>) {
+    check_version(FRAME_VERSION, message_hex, expected)
+}
+
+/// [`check`] in a frame of `version`.
+fn check_version(version: u8, message_hex: &str, expected: Message<'_>) {
     let message = hex(message_hex);
-    let mut frame = vec![FRAME_MAGIC, FRAME_VERSION];
+    let mut frame = vec![FRAME_MAGIC, version];
     frame.extend_from_slice(&message);
     let mut reader = FrameReader::new(&frame, FRAME_LEN_DEFAULT_MAX).unwrap();
     let decoded = reader.next().unwrap().unwrap();
@@ -147,7 +152,7 @@ fn answer_fixtures_for_every_outcome() {
 }
 
 #[test]
-fn client_request_fixture() {
+fn client_request_fixture_version_1() {
     check(
         "03 20 00 00 00 00 00 00 00 4d 00 00 68 3d 0d 99 1b 00 00 02 cc c7 55 3f 02 00 00 01 \
          2c 04 6b 33 79 21",
@@ -158,10 +163,61 @@ fn client_request_fixture() {
             operation: ClientOperation::Subscribe {
                 expiry_s: NonZeroU32::new(300).unwrap(),
             },
-            credential: Credential::new(b"k3y!").unwrap(),
+            auth: DeviceAuth::Credential(Credential::new(b"k3y!").unwrap()),
         }),
     );
 }
+
+/// §11's MAC fixture: the key derived for 447700900123 from the secret
+/// `k3y!`, a subscribe request with counter 1796601600000 (2026-12-07
+/// 00:00:00 UTC in milliseconds), and the tag that key gives it.
+#[test]
+fn client_request_fixture_version_2_and_its_tag() {
+    let expected = ClientRequest {
+        txid: 77,
+        watcher: msisdn("447700900123"),
+        target: msisdn("12025550143"),
+        operation: ClientOperation::Subscribe {
+            expiry_s: NonZeroU32::new(300).unwrap(),
+        },
+        auth: DeviceAuth::Mac {
+            counter: 1_796_601_600_000,
+            tag: MacTag(hex(MAC_FIXTURE_TAG).try_into().unwrap()),
+        },
+    };
+    check_version(
+        2,
+        &format!(
+            "03 33 00 00 00 00 00 00 00 4d 00 00 68 3d 0d 99 1b 00 00 02 cc c7 55 3f 02 00 00 01 \
+             2c 00 00 01 a2 4d cc d8 00 {MAC_FIXTURE_TAG}"
+        ),
+        Message::ClientRequest(expected),
+    );
+    let key = DeviceKey::derive(msisdn("447700900123"), b"k3y!");
+    assert_eq!(hex(MAC_FIXTURE_KEY), key.as_bytes());
+    assert!(key.verifies(&Message::ClientRequest(expected)));
+    assert_eq!(
+        key.sign_request(expected, 1_796_601_600_000),
+        expected,
+        "signing gives the fixture's tag"
+    );
+    // In a version 1 frame the same bytes are a bad credential length.
+    let mut frame = vec![FRAME_MAGIC, 1];
+    frame.extend_from_slice(&hex(&format!(
+        "03 33 00 00 00 00 00 00 00 4d 00 00 68 3d 0d 99 1b 00 00 02 cc c7 55 3f 02 00 00 01 \
+         2c 00 00 01 a2 4d cc d8 00 {MAC_FIXTURE_TAG}"
+    )));
+    assert!(FrameReader::new(&frame, 1472)
+        .unwrap()
+        .next()
+        .unwrap()
+        .is_err());
+}
+
+/// Computed with the `blake3` Python package (independent of this crate).
+const MAC_FIXTURE_KEY: &str =
+    "d3 67 24 28 39 3e f1 f5 d2 f3 f7 82 06 8c 03 61 97 6a ef 7c e6 f0 16 2e 51 85 b8 2a e0 ad 22 ab";
+const MAC_FIXTURE_TAG: &str = "3f ab b5 3f ca 10 da dd 4f 54 d5 68 18 2f 05 f7";
 
 #[test]
 fn notify_fixture() {
@@ -191,7 +247,7 @@ fn publish_fixture() {
             txid: 11,
             subscriber: msisdn("12025550143"),
             state: PresenceState::Attached(Reachability::SMS),
-            credential: Credential::EMPTY,
+            auth: DeviceAuth::Credential(Credential::EMPTY),
         }),
     );
 }

@@ -75,11 +75,92 @@ fn decode_rejects_bad_magic() {
 
 #[test]
 fn decode_rejects_other_versions() {
+    for version in [0u8, 3, 0xff] {
+        let mut frame = frame_of(&[hex(QUERY)]);
+        frame[1] = version;
+        assert_eq!(
+            FrameReader::new(&frame, 1472).err(),
+            Some(DecodeError::UnsupportedVersion(version))
+        );
+    }
     let mut frame = frame_of(&[hex(QUERY)]);
     frame[1] = 2;
+    assert!(
+        matches!(
+            FrameReader::new(&frame, 1472).unwrap().next(),
+            Some(Ok(Message::Query(_)))
+        ),
+        "version 2 lays out a query as version 1 does"
+    );
+}
+
+/// A version 2 ClientRequest (§5.3): 27 bytes, an 8-byte counter, a
+/// 16-byte tag; nothing more or less.
+#[test]
+fn decode_rejects_a_version_2_request_of_any_other_length() {
+    let head = &hex(CLIENT_QUERY)[..29];
+    for extra in [0usize, 23, 25, 40] {
+        let mut m = head.to_vec();
+        m.extend(std::iter::repeat_n(0x5a, extra));
+        m[1] = (27 + extra) as u8;
+        let mut frame = vec![FRAME_MAGIC, 2];
+        frame.extend_from_slice(&m);
+        frame.extend_from_slice(&hex(QUERY));
+        let mut reader = FrameReader::new(&frame, 1472).unwrap();
+        assert_eq!(
+            reader.next(),
+            Some(Err(DecodeError::BadBodyLength {
+                message_type: 3,
+                body_len: (27 + extra) as u8
+            })),
+            "{extra} bytes after the fixed fields"
+        );
+        assert!(matches!(reader.next(), Some(Ok(Message::Query(_)))));
+    }
+}
+
+#[test]
+fn encoding_refuses_to_mix_credential_and_mac_forms_in_one_frame() {
+    let request = ClientRequest {
+        txid: 1,
+        watcher: "447700900123".parse().unwrap(),
+        target: "12025550143".parse().unwrap(),
+        operation: ClientOperation::Query,
+        auth: DeviceAuth::Credential(Credential::EMPTY),
+    };
+    let signed = ClientRequest {
+        auth: DeviceAuth::UNSIGNED,
+        ..request
+    };
+    let mut out = Vec::new();
     assert_eq!(
-        FrameReader::new(&frame, 1472).err(),
-        Some(DecodeError::UnsupportedVersion(2))
+        encode_frame(
+            &[
+                Message::ClientRequest(signed),
+                Message::ClientRequest(request)
+            ],
+            1472,
+            &mut out
+        ),
+        Err(EncodeError::VersionMismatch {
+            message: 1,
+            frame: 2
+        })
+    );
+    let mut open = OpenFrame::new(Vec::new(), 1472);
+    open.push(&Message::Query(samples::QUERY)).unwrap();
+    open.push(&Message::ClientRequest(signed)).unwrap();
+    assert_eq!(
+        open.push(&Message::ClientRequest(request)),
+        Err(EncodeError::VersionMismatch {
+            message: 1,
+            frame: 2
+        })
+    );
+    assert_eq!(
+        open.into_bytes()[1],
+        2,
+        "the header follows the first device proof"
     );
 }
 

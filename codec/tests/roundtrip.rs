@@ -86,7 +86,22 @@ enum Spec {
 }
 
 impl Spec {
-    fn message(&mut self) -> Message<'_> {
+    /// The message, its device proof in the form of frame version `version`
+    /// (the credential's bytes make the tag of version 2).
+    fn message(&mut self, version: u8) -> Message<'_> {
+        fn auth(version: u8, credential: &[u8], txid: u64) -> DeviceAuth<'_> {
+            if version == 1 {
+                return DeviceAuth::Credential(Credential::new(credential).unwrap());
+            }
+            let mut tag = [0u8; MAC_TAG_LEN];
+            for (t, c) in tag.iter_mut().zip(credential) {
+                *t = *c;
+            }
+            DeviceAuth::Mac {
+                counter: txid.rotate_left(17),
+                tag: MacTag(tag),
+            }
+        }
         match self {
             Spec::Fixed(m) => *m,
             Spec::Client {
@@ -100,7 +115,7 @@ impl Spec {
                 watcher: *watcher,
                 target: *target,
                 operation: *operation,
-                credential: Credential::new(credential).unwrap(),
+                auth: auth(version, credential, *txid),
             }),
             Spec::Publish {
                 txid,
@@ -111,7 +126,7 @@ impl Spec {
                 txid: *txid,
                 subscriber: *subscriber,
                 state: *state,
-                credential: Credential::new(credential).unwrap(),
+                auth: auth(version, credential, *txid),
             }),
             Spec::Buddies {
                 txid,
@@ -253,8 +268,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn value_to_bytes_to_value(mut specs in proptest::collection::vec(spec(), 1..40)) {
-        let messages: Vec<Message<'_>> = specs.iter_mut().map(|s| s.message()).collect();
+    fn value_to_bytes_to_value(
+        mut specs in proptest::collection::vec(spec(), 1..40),
+        version in 1u8..=2,
+    ) {
+        let messages: Vec<Message<'_>> = specs.iter_mut().map(|s| s.message(version)).collect();
         let mut frame = Vec::new();
         let len = encode_frame(&messages, FRAME_LEN_ABSOLUTE_MAX, &mut frame).unwrap();
         prop_assert_eq!(len, frame.len());
@@ -268,15 +286,18 @@ proptest! {
             decoded.push(m)
         });
         prop_assert_eq!(count, Ok(messages.len()));
+        let needs = messages.iter().find_map(Message::version).unwrap_or(1);
         prop_assert_eq!(decoded, messages);
+        prop_assert_eq!(frame[1], needs, "the frame carries the version its messages need");
     }
 
     #[test]
     fn accepted_bytes_re_encode_to_themselves(
         mut specs in proptest::collection::vec(spec(), 1..10),
+        version in 1u8..=2,
         flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
     ) {
-        let messages: Vec<Message<'_>> = specs.iter_mut().map(|s| s.message()).collect();
+        let messages: Vec<Message<'_>> = specs.iter_mut().map(|s| s.message(version)).collect();
         let mut frame = Vec::new();
         encode_frame(&messages, FRAME_LEN_ABSOLUTE_MAX, &mut frame).unwrap();
         for (index, value) in flips {

@@ -39,6 +39,8 @@ struct RawFile {
     presence: RawPresence,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    devices: RawDevices,
     // Validated by presence-border.
     #[allow(dead_code)]
     border: toml::Value,
@@ -115,6 +117,38 @@ struct RawLimits {
     auth_lockout_max_ms: Option<u64>,
     auth_failures_per_source_per_s: Option<u32>,
     auth_failures_per_source_burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevices {
+    clock_skew_ms: Option<u64>,
+    clock_ahead_ms: Option<u64>,
+    insecure_credentials: Option<bool>,
+}
+
+/// How devices authenticate (`[devices]`, docs/wire-format.md §5.11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceSettings {
+    /// How far behind the appliance's clock a device's counter (its clock)
+    /// may be.
+    pub clock_skew_ms: u64,
+    /// How far ahead; also how long after a start counters are held off
+    /// (nothing signed before a restart is taken after it).
+    pub clock_ahead_ms: u64,
+    /// Accept the version 1 form, the secret in clear: **insecure**, for
+    /// devices not yet updated; off by default.
+    pub insecure_credentials: bool,
+}
+
+impl Default for DeviceSettings {
+    fn default() -> DeviceSettings {
+        DeviceSettings {
+            clock_skew_ms: crate::roles::DeviceAuthPolicy::default().clock_skew_ms,
+            clock_ahead_ms: crate::roles::DeviceAuthPolicy::default().clock_ahead_ms,
+            insecure_credentials: false,
+        }
+    }
 }
 
 /// Each watcher's queries per second unless `[limits]` says otherwise.
@@ -203,6 +237,8 @@ pub struct ApplianceConfig {
     pub window_slots: usize,
     /// Rate limits.
     pub limits: Limits,
+    /// How devices authenticate.
+    pub devices: DeviceSettings,
     /// The border gateway.
     pub border: BorderConfig,
 }
@@ -331,6 +367,30 @@ impl ApplianceConfig {
             ));
         }
         let limits = raw.limits.validate(&error)?;
+        let defaults = DeviceSettings::default();
+        let devices = DeviceSettings {
+            clock_skew_ms: raw.devices.clock_skew_ms.unwrap_or(defaults.clock_skew_ms),
+            clock_ahead_ms: raw
+                .devices
+                .clock_ahead_ms
+                .unwrap_or(defaults.clock_ahead_ms),
+            insecure_credentials: raw
+                .devices
+                .insecure_credentials
+                .unwrap_or(defaults.insecure_credentials),
+        };
+        if !(1_000..=86_400_000).contains(&devices.clock_skew_ms) {
+            return Err(error(
+                "devices.clock_skew_ms",
+                "must be 1000 to 86400000 (a day)".into(),
+            ));
+        }
+        if !(100..=60_000).contains(&devices.clock_ahead_ms) {
+            return Err(error(
+                "devices.clock_ahead_ms",
+                "must be 100 to 60000 (a minute)".into(),
+            ));
+        }
         Ok(ApplianceConfig {
             journal: crate::journal::JournalSettings {
                 segments: crate::journal::SegmentLimits {
@@ -343,6 +403,7 @@ impl ApplianceConfig {
                 },
             },
             limits,
+            devices,
             window_slots,
             file: file.to_path_buf(),
             network: raw.network.name,

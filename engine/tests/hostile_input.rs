@@ -16,9 +16,9 @@
 //! byte but for the echoed transaction and target.
 
 mod common;
-use common::{bg_node, table};
+use common::{bg_node, metric, table};
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use presence_border::node::BgNode;
 use presence_border::NetworkName;
 use presence_codec::{
-    encode_frame, Answer, BuddyAction, BuddyList, BuddyUpdate, ClientOperation, ClientRequest,
-    Credential, ErrorReason, FrameReader, Message, Msisdn, Outcome, Query, FRAME_LEN_DEFAULT_MAX,
+    encode_frame, Answer, BuddyAction, BuddyList, BuddyUpdate, ErrorReason, FrameReader, Message,
+    Msisdn, Outcome, Query, FRAME_LEN_DEFAULT_MAX,
 };
 use presence_engine::lab::{self, SpawnedAppliance};
 
@@ -54,7 +54,7 @@ fn hostile_frames(valid: &[u8], buddies: &[u8]) -> Vec<(String, Vec<u8>)> {
     f[0] = 0x51;
     cases.push(("bad magic".into(), f));
     let mut f = valid.to_vec();
-    f[1] = 0x02;
+    f[1] = 0x03;
     cases.push(("unknown version".into(), f));
     for ty in [0x00, 0x0b, 0x7f, 0xff] {
         let mut f = valid.to_vec();
@@ -93,21 +93,6 @@ fn hostile_frames(valid: &[u8], buddies: &[u8]) -> Vec<(String, Vec<u8>)> {
         (0..900).map(|_| rng.next_u64() as u8).collect()
     }));
     cases
-}
-
-/// The sum of the metric lines starting with `name` (a full name with
-/// labels, or a family prefix like `presence_bg_closed_total{`).
-fn metric(metrics: SocketAddr, name: &str) -> u64 {
-    let mut stream = TcpStream::connect(metrics).unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).unwrap();
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// Waits until `metric` reaches at least `want` (counters are published
@@ -287,15 +272,20 @@ fn every_port_survives_hostile_input_and_spoofing_is_refused_with_an_alarm() {
         .unwrap();
     let (b_subscriber, b_credential) = b.subscribers[1].clone();
     let mut device_txid = 0u64;
+    let mut devices = lab::Devices::default();
     let mut device_ask = |device: &UdpSocket| -> Outcome {
         device_txid += 1;
-        let request = frame(&[Message::ClientRequest(ClientRequest {
-            txid: device_txid,
-            watcher: b_subscriber,
-            target: b.subscribers[2].0,
-            operation: ClientOperation::Query,
-            credential: Credential::new(b_credential.as_bytes()).unwrap(),
-        })]);
+        // Signed anew for each attempt after an `Overloaded` (same request
+        // id, new counter); a lost answer is asked for with the same bytes.
+        let mut sign = || {
+            frame(&[Message::ClientRequest(devices.query(
+                b_subscriber,
+                b_credential.as_bytes(),
+                device_txid,
+                b.subscribers[2].0,
+            ))])
+        };
+        let mut request = sign();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             device.send_to(&request, node_b.client).unwrap();
@@ -311,6 +301,7 @@ fn every_port_survives_hostile_input_and_spoofing_is_refused_with_an_alarm() {
                 // told, as a device does, and ask again.
                 if let Some(Outcome::Overloaded { retry_after_ms }) = got {
                     std::thread::sleep(Duration::from_millis(u64::from(retry_after_ms)));
+                    request = sign();
                     continue;
                 }
                 if let Some(outcome) = got {

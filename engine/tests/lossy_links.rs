@@ -31,9 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use presence_border::node::BgNode;
-use presence_codec::{
-    encode_frame, ClientOperation, ClientRequest, Credential, FrameReader, Message, Outcome,
-};
+use presence_codec::{encode_frame, FrameReader, Message, Outcome};
 use presence_engine::journal;
 use presence_engine::lab::{self, SpawnedAppliance, DEMO_BUDDIES};
 use presence_engine::rng::SplitMix64;
@@ -221,22 +219,16 @@ fn ten_percent_loss_and_five_percent_duplication_on_every_hop_lose_and_double_no
         conflicting: bool,
     }
     let mut asked: HashMap<u64, Asked> = HashMap::new();
+    let devices = std::cell::RefCell::new(lab::Devices::default());
     let request = |id: u64| {
         let (w, t) = pairs[id as usize % pairs.len()];
         let (watcher, credential) = &a.subscribers[w];
         let mut frame = Vec::new();
-        encode_frame(
-            &[Message::ClientRequest(ClientRequest {
-                txid: id,
-                watcher: *watcher,
-                target: b.subscribers[t].0,
-                operation: ClientOperation::Query,
-                credential: Credential::new(credential.as_bytes()).unwrap(),
-            })],
-            1472,
-            &mut frame,
-        )
-        .unwrap();
+        let signed =
+            devices
+                .borrow_mut()
+                .query(*watcher, credential.as_bytes(), id, b.subscribers[t].0);
+        encode_frame(&[Message::ClientRequest(signed)], 1472, &mut frame).unwrap();
         frame
     };
     let (rto, device_deadline) = (Duration::from_millis(800), Duration::from_secs(6));

@@ -17,8 +17,8 @@ use presence_border::node::{BgNode, InboundFrame, NodeConfig};
 use presence_border::pki::NetworkMaterial;
 use presence_border::NetworkName;
 use presence_codec::{
-    encode_frame, Credential, ErrorReason, FrameReader, Message, Msisdn, Outcome, PresenceState,
-    Publish, Query, Reachability, FRAME_LEN_DEFAULT_MAX,
+    encode_frame, DeviceAuth, DeviceKey, ErrorReason, FrameReader, Message, Msisdn, Outcome,
+    PresenceState, Publish, Query, Reachability, FRAME_LEN_DEFAULT_MAX,
 };
 use presence_engine::roles::{Addr, Hss, Igps, Outbox, PresenceServer, PsId, SubscriberRecord};
 use presence_engine::table::{NetworkId, NumberingTable, Prefix};
@@ -90,19 +90,22 @@ fn a_query_is_charged_to_the_network_whose_certificate_carried_it() {
     let mut ps = PresenceServer::new(PsId(1), net_b, 10_000, 1024);
     ps.provision(
         target_in_b,
-        SubscriberRecord::new(b"secret-b".to_vec(), vec![watcher_of_a]),
+        SubscriberRecord::new(target_in_b, b"secret-b", vec![watcher_of_a]),
     );
     let mut out = Outbox::default();
     ps.handle(
         1_000,
         Addr::Device(target_in_b),
         net_b,
-        &Message::Publish(Publish {
-            txid: 1,
-            subscriber: target_in_b,
-            state: PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS),
-            credential: Credential::new(b"secret-b").unwrap(),
-        }),
+        &Message::Publish(DeviceKey::derive(target_in_b, b"secret-b").sign_publish(
+            Publish {
+                txid: 1,
+                subscriber: target_in_b,
+                state: PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS),
+                auth: DeviceAuth::UNSIGNED,
+            },
+            1_000,
+        )),
         &mut out,
     );
     out.clear();

@@ -11,9 +11,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use presence_codec::{
-    AckStatus, ClientOperation, ClientRequest, Credential, ErrorReason, FrameReader, Message,
-    Msisdn, OpenFrame, Outcome, PresenceState, Publish, Reachability, FRAME_LEN_ABSOLUTE_MAX,
-    FRAME_LEN_DEFAULT_MAX,
+    AckStatus, ClientOperation, ClientRequest, DeviceAuth, DeviceKey, ErrorReason, FrameReader,
+    Message, Msisdn, OpenFrame, Outcome, PresenceState, Publish, Reachability,
+    FRAME_LEN_ABSOLUTE_MAX, FRAME_LEN_DEFAULT_MAX,
 };
 use presence_engine::node::{Destination, Node, NodeConfig, Provisioned};
 use presence_engine::roles::{Hss, PsId, Rate};
@@ -53,6 +53,20 @@ fn node_a(watchers: u64, per_source: Option<Rate>) -> Node {
     node
 }
 
+thread_local! {
+    /// The last counter a device of this test signed with.
+    static LAST_COUNTER: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// A device's next counter at `now_ms` (the node's clock is Unix time 0 at
+/// 0): the clock, or past the last.
+fn next_counter(now_ms: u64) -> u64 {
+    LAST_COUNTER.with(|last| {
+        last.set(now_ms.max(last.get() + 1));
+        last.get()
+    })
+}
+
 /// Asks, as `watcher` from `from` with `credential`, about a number of
 /// t-mobile.de; returns the answer to the device, if one came (an accepted
 /// query is answered later, by B).
@@ -64,13 +78,16 @@ fn ask(
     watcher: Msisdn,
     credential: &[u8],
 ) -> Option<Outcome> {
-    let request = Message::ClientRequest(ClientRequest {
-        txid: id,
-        watcher,
-        target: "4915112345678".parse().unwrap(),
-        operation: ClientOperation::Query,
-        credential: Credential::new(credential).unwrap(),
-    });
+    let request = Message::ClientRequest(DeviceKey::derive(watcher, credential).sign_request(
+        ClientRequest {
+            txid: id,
+            watcher,
+            target: "4915112345678".parse().unwrap(),
+            operation: ClientOperation::Query,
+            auth: DeviceAuth::UNSIGNED,
+        },
+        next_counter(now_ms),
+    ));
     let mut frame = OpenFrame::new(Vec::new(), FRAME_LEN_DEFAULT_MAX);
     frame.push(&request).unwrap();
     node.handle_datagram(now_ms * 1000, from, &frame.into_bytes());
@@ -187,12 +204,15 @@ fn publish(
     subscriber: Msisdn,
     credential: &[u8],
 ) -> (Vec<u8>, Option<AckStatus>) {
-    let message = Message::Publish(Publish {
-        txid,
-        subscriber,
-        state: PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS),
-        credential: Credential::new(credential).unwrap(),
-    });
+    let message = Message::Publish(DeviceKey::derive(subscriber, credential).sign_publish(
+        Publish {
+            txid,
+            subscriber,
+            state: PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS),
+            auth: DeviceAuth::UNSIGNED,
+        },
+        next_counter(now_ms),
+    ));
     let mut frame = OpenFrame::new(Vec::new(), FRAME_LEN_DEFAULT_MAX);
     frame.push(&message).unwrap();
     node.handle_datagram(now_ms * 1000, from, &frame.into_bytes());

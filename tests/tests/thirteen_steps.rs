@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use presence_codec::{
-    ClientOperation, ClientRequest, Credential, FrameReader, Message, Msisdn, OpenFrame, Outcome,
-    PresenceState, Publish, Reachability, FRAME_LEN_ABSOLUTE_MAX, FRAME_LEN_DEFAULT_MAX,
+    ClientOperation, ClientRequest, DeviceAuth, DeviceKey, FrameReader, Message, Msisdn, OpenFrame,
+    Outcome, PresenceState, Publish, Reachability, FRAME_LEN_ABSOLUTE_MAX, FRAME_LEN_DEFAULT_MAX,
 };
 use presence_engine::journal::{Durability, JournalSink};
 use presence_engine::node::{BorderDest, Destination, Node, NodeConfig, Outgoing, Provisioned};
@@ -103,12 +103,17 @@ fn a_query_walks_the_thirteen_steps_through_two_nodes() {
     node_b.handle_datagram(
         1_000_000,
         b_device,
-        &frame(&Message::Publish(Publish {
-            txid: 1,
-            subscriber: b,
-            state: PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS),
-            credential: Credential::new(b"secret-b").unwrap(),
-        })),
+        &frame(&Message::Publish(
+            DeviceKey::derive(b, b"secret-b").sign_publish(
+                Publish {
+                    txid: 1,
+                    subscriber: b,
+                    state: PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS),
+                    auth: DeviceAuth::UNSIGNED,
+                },
+                1_000,
+            ),
+        )),
     );
     let acks = drain(&mut node_b);
     assert_eq!(
@@ -122,13 +127,20 @@ fn a_query_walks_the_thirteen_steps_through_two_nodes() {
     node_a.handle_datagram(
         now,
         a_device,
-        &frame(&Message::ClientRequest(ClientRequest {
-            txid: 42,
-            watcher: a,
-            target: b,
-            operation: ClientOperation::Query,
-            credential: Credential::new(b"secret-a").unwrap(),
-        })),
+        // A's device signs the request with its key (derived from the
+        // provisioned secret) and its clock as the counter (§5.11).
+        &frame(&Message::ClientRequest(
+            DeviceKey::derive(a, b"secret-a").sign_request(
+                ClientRequest {
+                    txid: 42,
+                    watcher: a,
+                    target: b,
+                    operation: ClientOperation::Query,
+                    auth: DeviceAuth::UNSIGNED,
+                },
+                5_000,
+            ),
+        )),
     );
     // Step 2: the WA authenticated A and debited the credit.
     assert_eq!(node_a.credit(a), Some(9));

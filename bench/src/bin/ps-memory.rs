@@ -63,7 +63,7 @@ fn main() {
                 .map(|_| pool[(rng.next_u64() % pool.len() as u64) as usize])
                 .collect();
             let credential = format!("s{:08x}", rng.next_u64() as u32).into_bytes();
-            ps.provision(m, SubscriberRecord::new(credential, buddies));
+            ps.provision(m, SubscriberRecord::new(m, &credential, buddies));
         }
     }
     let took = started.elapsed();

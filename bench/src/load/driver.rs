@@ -582,9 +582,13 @@ impl<'p> Driver<'p> {
     /// queues the frames, as far as the batches take them.
     fn send_burst(&mut self, workload: &Workload, state: &mut StepState, upto: u64) {
         let population = self.population;
+        // One clock reading per burst: a device's counter is its clock, and
+        // the population keeps each one's counters increasing.
+        let now_unix_ms = presence_engine::lab::unix_ms_now();
         while state.result.sent < upto {
             let seq = state.base + state.result.sent;
-            let (destination, message) = workload.request(population, seq, state.result.sent);
+            let (destination, message) =
+                workload.request(population, seq, state.result.sent, now_unix_ms);
             let owner = match (&message, destination) {
                 (Message::ClientRequest(r), Destination::A) => {
                     owner(r.watcher, self.targets.a_workers)

@@ -106,11 +106,15 @@ impl OpenFrames {
             return Added::Refused;
         };
         let len = message.encoded_len();
-        if !frame.bytes.is_empty() && frame.bytes.len() + len > FRAME_MAX {
+        // A frame holds device messages of one wire version (§10).
+        let version = message.version();
+        let other_version = version.is_some_and(|v| frame.bytes.get(1).is_some_and(|&h| h != v));
+        if !frame.bytes.is_empty() && (frame.bytes.len() + len > FRAME_MAX || other_version) {
             return Added::Full;
         }
         if frame.bytes.is_empty() {
-            if FrameWriter::new(&mut frame.bytes, FRAME_MAX).is_err() {
+            let version = version.unwrap_or(presence_codec::FRAME_VERSION);
+            if FrameWriter::with_version(&mut frame.bytes, FRAME_MAX, version).is_err() {
                 return Added::Refused;
             }
             frame.opened_ns = now_ns;

@@ -9,7 +9,7 @@
 use std::num::NonZeroU32;
 
 use presence_codec::{
-    AckStatus, ClientOperation, ClientRequest, Credential, ErrorReason, Message, Outcome,
+    AckStatus, ClientOperation, ClientRequest, DeviceAuth, ErrorReason, Message, Outcome,
     PresenceState, Publish, Reachability,
 };
 
@@ -277,24 +277,30 @@ impl Workload {
     }
 
     /// Request `seq` (the `index`-th of its step): where it goes and the
-    /// message, its transaction id carrying class and sequence number.
+    /// message, its transaction id carrying class and sequence number,
+    /// signed by its device with a counter at `now_unix_ms` (§5.11).
     pub fn request<'p>(
         &self,
         population: &'p Population,
         seq: u64,
         index: u64,
+        now_unix_ms: u64,
     ) -> (Destination, Message<'p>) {
         let (a, b) = (&population.a, &population.b);
         let txid = |class: Class| (class as u64) << SEQ_BITS | (seq & SEQ_MASK);
         let publish = |i: usize, state| {
             (
                 Destination::B,
-                Message::Publish(Publish {
-                    txid: txid(Class::Publish),
-                    subscriber: b.msisdn(i),
-                    state,
-                    credential: credential(b.credential(i)),
-                }),
+                Message::Publish(b.sign_publish(
+                    i,
+                    Publish {
+                        txid: txid(Class::Publish),
+                        subscriber: b.msisdn(i),
+                        state,
+                        auth: DeviceAuth::UNSIGNED,
+                    },
+                    now_unix_ms,
+                )),
             )
         };
         let (mix, seed) = match *self {
@@ -369,19 +375,19 @@ impl Workload {
         };
         (
             Destination::A,
-            Message::ClientRequest(ClientRequest {
-                txid: txid(class),
-                watcher: a.msisdn(watcher),
-                target,
-                operation,
-                credential: credential(a.credential(watcher)),
-            }),
+            Message::ClientRequest(a.sign_request(
+                watcher,
+                ClientRequest {
+                    txid: txid(class),
+                    watcher: a.msisdn(watcher),
+                    target,
+                    operation,
+                    auth: DeviceAuth::UNSIGNED,
+                },
+                now_unix_ms,
+            )),
         )
     }
-}
-
-fn credential(bytes: &[u8]) -> Credential<'_> {
-    Credential::new(bytes).unwrap_or(Credential::EMPTY)
 }
 
 #[cfg(test)]

@@ -5,21 +5,21 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use presence_codec::{Msisdn, CREDENTIAL_LEN_MAX};
+use presence_codec::{ClientRequest, DeviceKey, Msisdn, Publish, DEVICE_KEY_LEN};
 use presence_engine::config::{load_subscribers, ConfigError};
 
-/// One subscriber as the harness keeps it: number, credential and where
-/// its buddy run starts, in one 48-byte entry, so drawing a request touches
-/// one entry per party (plus the buddy run) instead of a cache line per
-/// field.
+/// One subscriber as the harness keeps it: number, device key (derived
+/// from the provisioned secret, §5.11) and where its buddy run starts, in
+/// one 48-byte entry, so drawing a request touches one entry per party
+/// (plus the buddy run) instead of a cache line per field.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     msisdn: Msisdn,
     buddies_at: u32,
     buddies_len: u16,
-    credential_len: u8,
-    credential: [u8; CREDENTIAL_LEN_MAX],
+    key: [u8; DEVICE_KEY_LEN],
 }
 
 /// One network's subscribers, in MSISDN order, with their buddy lists as
@@ -31,6 +31,9 @@ pub struct NetworkPopulation {
     pub name: String,
     entries: Vec<Entry>,
     buddies: Vec<u32>,
+    /// Each subscriber's device's last counter: every request the harness
+    /// sends for it carries a new one, as a device's does.
+    counters: Vec<AtomicU64>,
 }
 
 impl NetworkPopulation {
@@ -49,12 +52,42 @@ impl NetworkPopulation {
         self.entries.get(i).map_or(Msisdn::MAX, |e| e.msisdn)
     }
 
-    /// Subscriber `i`'s credential.
-    pub fn credential(&self, i: usize) -> &[u8] {
-        self.entries
-            .get(i)
-            .and_then(|e| e.credential.get(..usize::from(e.credential_len)))
-            .unwrap_or(&[])
+    /// The next counter of subscriber `i`'s device at `now_unix_ms`: the
+    /// clock, or one past the last if the clock has not moved past it.
+    fn next_counter(&self, i: usize, now_unix_ms: u64) -> u64 {
+        let Some(last) = self.counters.get(i) else {
+            return now_unix_ms;
+        };
+        let previous = last
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                Some(now_unix_ms.max(c + 1))
+            })
+            .unwrap_or(0);
+        now_unix_ms.max(previous + 1)
+    }
+
+    /// `request`, signed as subscriber `i`'s device signs it at
+    /// `now_unix_ms`.
+    pub fn sign_request<'a>(
+        &self,
+        i: usize,
+        request: ClientRequest<'a>,
+        now_unix_ms: u64,
+    ) -> ClientRequest<'a> {
+        let key = DeviceKey::from_bytes(self.entries.get(i).map_or([0; 32], |e| e.key));
+        key.sign_request(request, self.next_counter(i, now_unix_ms))
+    }
+
+    /// `publish`, signed as subscriber `i`'s device signs it at
+    /// `now_unix_ms`.
+    pub fn sign_publish<'a>(
+        &self,
+        i: usize,
+        publish: Publish<'a>,
+        now_unix_ms: u64,
+    ) -> Publish<'a> {
+        let key = DeviceKey::from_bytes(self.entries.get(i).map_or([0; 32], |e| e.key));
+        key.sign_publish(publish, self.next_counter(i, now_unix_ms))
     }
 
     /// Subscriber `i`'s buddies, as positions among the watchers.
@@ -187,22 +220,18 @@ fn build(
     for (msisdn, row) in rows {
         let at = u32::try_from(buddies.len()).map_err(|_| too_large())?;
         buddies.extend(row.buddies.iter().filter_map(|b| watchers.get(b)));
-        let mut credential = [0u8; CREDENTIAL_LEN_MAX];
-        let len = row.credential.len().min(CREDENTIAL_LEN_MAX);
-        if let (Some(dst), Some(src)) = (credential.get_mut(..len), row.credential.get(..len)) {
-            dst.copy_from_slice(src);
-        }
         entries.push(Entry {
             msisdn: *msisdn,
             buddies_at: at,
             buddies_len: u16::try_from(buddies.len() - at as usize).map_err(|_| too_large())?,
-            credential_len: u8::try_from(len).map_err(|_| too_large())?,
-            credential,
+            key: *DeviceKey::derive(*msisdn, &row.credential).as_bytes(),
         });
     }
+    let counters = (0..entries.len()).map(|_| AtomicU64::new(0)).collect();
     Ok(NetworkPopulation {
         name: name.to_string(),
         entries,
         buddies,
+        counters,
     })
 }

@@ -8,7 +8,7 @@ use core::num::NonZeroU32;
 use bytes::BufMut;
 
 use super::{
-    msisdn, BuddyList, Credential, Outcome, Reachability, QUERY_BODY_LEN, QUERY_BODY_LEN_U8,
+    msisdn, BuddyList, DeviceAuth, Outcome, Reachability, QUERY_BODY_LEN, QUERY_BODY_LEN_U8,
 };
 use crate::error::{DecodeError, MsisdnField};
 use crate::msisdn::Msisdn;
@@ -113,8 +113,8 @@ pub struct ClientRequest<'a> {
     pub target: Msisdn,
     /// What A asks.
     pub operation: ClientOperation,
-    /// What the WA authenticates A with (step 2).
-    pub credential: Credential<'a>,
+    /// How the WA authenticates A (step 2).
+    pub auth: DeviceAuth<'a>,
 }
 
 /// A watch with an expiry (§5.4).
@@ -167,8 +167,8 @@ pub struct Publish<'a> {
     pub subscriber: Msisdn,
     /// The status.
     pub state: PresenceState,
-    /// What the PS authenticates the device with.
-    pub credential: Credential<'a>,
+    /// How the PS authenticates the device.
+    pub auth: DeviceAuth<'a>,
 }
 
 /// What a BuddyUpdate does (§5.8).

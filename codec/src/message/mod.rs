@@ -26,10 +26,10 @@ pub use bodies::{
     ConsentScope, ConsentUpdate, Notify, PresenceState, Publish, Query, Subscribe,
 };
 pub use outcome::{ErrorReason, Outcome, OutcomeClass, Reachability};
-pub use variable::{BuddyList, BuddyListStorage, Credential};
+pub use variable::{BuddyList, BuddyListStorage, Credential, DeviceAuth, MacTag, MAC_TAG_LEN};
 
 use outcome::decode_outcome;
-use variable::decode_credential;
+use variable::decode_device_auth;
 
 /// Bytes of a message envelope: type and body length (§4).
 pub const ENVELOPE_LEN: usize = 2;
@@ -47,12 +47,14 @@ const QUERY_BODY_LEN_U8: u8 = 31;
 pub(crate) const SUBSCRIBE_BODY_LEN: usize = QUERY_BODY_LEN + 4;
 /// Body length of an Answer before its outcome code (§5.2).
 pub(crate) const ANSWER_BODY_LEN_BASE: usize = 17;
-/// Body length of a ClientRequest before its credential (§5.3).
-pub(crate) const CLIENT_REQUEST_BODY_LEN_BASE: usize = 28;
+/// Body length of a ClientRequest before its credential length byte
+/// (version 1) or its counter (version 2) (§5.3).
+pub(crate) const CLIENT_REQUEST_BODY_LEN_BASE: usize = 27;
 /// Body length of a Notify before its outcome code (§5.6).
 pub(crate) const NOTIFY_BODY_LEN_BASE: usize = 30;
-/// Body length of a Publish before its credential (§5.7).
-pub(crate) const PUBLISH_BODY_LEN_BASE: usize = 18;
+/// Body length of a Publish before its credential length byte (version
+/// 1) or its counter (version 2) (§5.7).
+pub(crate) const PUBLISH_BODY_LEN_BASE: usize = 17;
 /// Body length of a BuddyUpdate before its MSISDNs (§5.8).
 pub(crate) const BUDDY_UPDATE_BODY_LEN_BASE: usize = 17;
 /// Body length of a ConsentUpdate (§5.9).
@@ -63,8 +65,9 @@ pub(crate) const ACK_BODY_LEN: usize = 9;
 pub const QUERY_WIRE_LEN: usize = ENVELOPE_LEN + QUERY_BODY_LEN;
 
 const _: () = assert!(QUERY_WIRE_LEN <= 40);
-const _: () = assert!(CLIENT_REQUEST_BODY_LEN_BASE + CREDENTIAL_LEN_MAX <= BODY_LEN_MAX);
-const _: () = assert!(PUBLISH_BODY_LEN_BASE + CREDENTIAL_LEN_MAX <= BODY_LEN_MAX);
+const _: () = assert!(CLIENT_REQUEST_BODY_LEN_BASE + 1 + CREDENTIAL_LEN_MAX <= BODY_LEN_MAX);
+const _: () = assert!(PUBLISH_BODY_LEN_BASE + 1 + CREDENTIAL_LEN_MAX <= BODY_LEN_MAX);
+const _: () = assert!(1 + CREDENTIAL_LEN_MAX >= 8 + MAC_TAG_LEN);
 const _: () = assert!(NOTIFY_BODY_LEN_BASE + 1 + OUTCOME_DETAIL_LEN_MAX <= BODY_LEN_MAX);
 const _: () = assert!(ANSWER_BODY_LEN_BASE + 1 + OUTCOME_DETAIL_LEN_MAX <= BODY_LEN_MAX);
 const _: () =
@@ -175,11 +178,11 @@ impl<'a> Message<'a> {
             Message::Query(_) | Message::Unsubscribe(_) => QUERY_BODY_LEN,
             Message::Answer(a) => ANSWER_BODY_LEN_BASE.wrapping_add(a.outcome.encoded_len()),
             Message::ClientRequest(c) => {
-                CLIENT_REQUEST_BODY_LEN_BASE.wrapping_add(c.credential.len())
+                CLIENT_REQUEST_BODY_LEN_BASE.wrapping_add(c.auth.wire_len())
             }
             Message::Subscribe(_) => SUBSCRIBE_BODY_LEN,
             Message::Notify(n) => NOTIFY_BODY_LEN_BASE.wrapping_add(n.outcome.encoded_len()),
-            Message::Publish(p) => PUBLISH_BODY_LEN_BASE.wrapping_add(p.credential.len()),
+            Message::Publish(p) => PUBLISH_BODY_LEN_BASE.wrapping_add(p.auth.wire_len()),
             Message::BuddyUpdate(b) => {
                 BUDDY_UPDATE_BODY_LEN_BASE.wrapping_add(b.buddies.as_wire().len())
             }
@@ -194,9 +197,33 @@ impl<'a> Message<'a> {
         ENVELOPE_LEN.wrapping_add(self.body_len())
     }
 
-    /// Decodes one body of the given type code (§5). `body` is exactly the
-    /// `body_len` bytes of the envelope.
+    /// The frame version this message needs (§10): `Some(1)` for a
+    /// ClientRequest or Publish carrying a credential, `Some(2)` for one
+    /// carrying a MAC, `None` for every other message (the same in both
+    /// versions).
+    #[inline]
+    pub fn version(&self) -> Option<u8> {
+        match self {
+            Message::ClientRequest(c) => Some(c.auth.version()),
+            Message::Publish(p) => Some(p.auth.version()),
+            _ => None,
+        }
+    }
+
+    /// Decodes one body of the given type code (§5) as version 1 lays it
+    /// out. `body` is exactly the `body_len` bytes of the envelope.
     pub fn decode_body(message_type: u8, body: &'a [u8]) -> Result<Message<'a>, DecodeError> {
+        Message::decode_body_version(message_type, body, 1)
+    }
+
+    /// Decodes one body of the given type code (§5) as frame version
+    /// `version` (1 or 2; see [`FRAME_VERSIONS`](crate::FRAME_VERSIONS))
+    /// lays it out.
+    pub fn decode_body_version(
+        message_type: u8,
+        body: &'a [u8],
+        version: u8,
+    ) -> Result<Message<'a>, DecodeError> {
         let body_len = u8::try_from(body.len()).unwrap_or(u8::MAX);
         let bad_len = DecodeError::BadBodyLength {
             message_type,
@@ -255,13 +282,13 @@ impl<'a> Message<'a> {
                     (0x01..=0x03, _) => return Err(DecodeError::InvalidExpiry { expiry_s }),
                     (other, _) => return Err(DecodeError::UnknownOperation(other)),
                 };
-                let credential = decode_credential(&mut r, bad_len)?;
+                let auth = decode_device_auth(&mut r, version, bad_len)?;
                 Message::ClientRequest(ClientRequest {
                     txid,
                     watcher,
                     target,
                     operation,
-                    credential,
+                    auth,
                 })
             }
             MessageType::Notify => {
@@ -296,12 +323,12 @@ impl<'a> Message<'a> {
                     0x02 => return Err(DecodeError::InvalidReachability(reach)),
                     other => return Err(DecodeError::UnknownPresenceState(other)),
                 };
-                let credential = decode_credential(&mut r, bad_len)?;
+                let auth = decode_device_auth(&mut r, version, bad_len)?;
                 Message::Publish(Publish {
                     txid,
                     subscriber,
                     state,
-                    credential,
+                    auth,
                 })
             }
             MessageType::BuddyUpdate => {
@@ -416,8 +443,7 @@ impl<'a> Message<'a> {
                 };
                 buf.put_u8(code);
                 buf.put_u32(expiry_s);
-                buf.put_u8(c.credential.len_byte());
-                buf.put_slice(c.credential.as_bytes());
+                c.auth.encode(buf);
             }
             Message::Notify(n) => {
                 buf.put_u64(n.txid);
@@ -437,8 +463,7 @@ impl<'a> Message<'a> {
                 };
                 buf.put_u8(state);
                 buf.put_u8(reach);
-                buf.put_u8(p.credential.len_byte());
-                buf.put_slice(p.credential.as_bytes());
+                p.auth.encode(buf);
             }
             Message::BuddyUpdate(b) => {
                 buf.put_u64(b.txid);

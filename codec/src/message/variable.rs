@@ -1,6 +1,8 @@
 //! The variable parts of messages: credentials (§5.3, §5.7) and buddy lists
 //! (§5.8), borrowed views into the input, valid by construction.
 
+use bytes::BufMut;
+
 use super::{
     msisdn, MessageType, BUDDIES_PER_UPDATE_MAX, BUDDY_UPDATE_BODY_LEN_BASE, CREDENTIAL_LEN_MAX,
 };
@@ -149,6 +151,98 @@ impl core::fmt::Debug for BuddyList<'_> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_list().entries(self.iter()).finish()
     }
+}
+
+/// Bytes of a device MAC tag on the wire (§5.3, §5.7, version 2).
+pub const MAC_TAG_LEN: usize = 16;
+
+/// Bytes of the version 2 form: counter and tag.
+const MAC_FORM_LEN: usize = 8 + MAC_TAG_LEN;
+
+/// A device MAC tag: the first 16 bytes of keyed BLAKE3 over the message
+/// (§5.11). Compared in constant time by [`DeviceKey`](crate::DeviceKey).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct MacTag(pub [u8; MAC_TAG_LEN]);
+
+/// How a device proves who it is, in a ClientRequest (§5.3) or a Publish
+/// (§5.7). The form decides the frame's version (§10).
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceAuth<'a> {
+    /// Version 1: the shared secret itself, in clear. **Insecure**: whoever
+    /// sees one request can send any other. Receivers accept it only behind
+    /// a switch that says so.
+    Credential(Credential<'a>),
+    /// Version 2: a per-key counter and a MAC over the message and the
+    /// counter (§5.11); the key never travels.
+    Mac {
+        /// The device's counter for its key: strictly increasing, its
+        /// clock in milliseconds since the Unix epoch (§5.11).
+        counter: u64,
+        /// The MAC over the message, this counter included.
+        tag: MacTag,
+    },
+}
+
+impl DeviceAuth<'_> {
+    /// A version 2 form to sign: counter 0, zero tag.
+    pub const UNSIGNED: DeviceAuth<'static> = DeviceAuth::Mac {
+        counter: 0,
+        tag: MacTag([0; MAC_TAG_LEN]),
+    };
+
+    /// The frame version this form belongs to (§10).
+    pub const fn version(&self) -> u8 {
+        match self {
+            DeviceAuth::Credential(_) => 1,
+            DeviceAuth::Mac { .. } => 2,
+        }
+    }
+
+    /// Bytes the form takes in a body: the credential with its length byte
+    /// (version 1), or counter and tag (version 2).
+    pub(super) const fn wire_len(&self) -> usize {
+        match self {
+            // At most 33: a credential is at most 32 bytes.
+            DeviceAuth::Credential(c) => c.len().wrapping_add(1),
+            DeviceAuth::Mac { .. } => MAC_FORM_LEN,
+        }
+    }
+
+    pub(super) fn encode<B: BufMut>(&self, buf: &mut B) {
+        match self {
+            DeviceAuth::Credential(c) => {
+                buf.put_u8(c.len_byte());
+                buf.put_slice(c.as_bytes());
+            }
+            DeviceAuth::Mac { counter, tag } => {
+                buf.put_u64(*counter);
+                buf.put_slice(&tag.0);
+            }
+        }
+    }
+}
+
+/// Decodes the device's proof that ends a ClientRequest or Publish body:
+/// the form of the frame's `version`.
+pub(super) fn decode_device_auth<'a>(
+    r: &mut Reader<'a>,
+    version: u8,
+    bad_len: DecodeError,
+) -> Result<DeviceAuth<'a>, DecodeError> {
+    if version == 1 {
+        return decode_credential(r, bad_len).map(DeviceAuth::Credential);
+    }
+    if r.remaining() != MAC_FORM_LEN {
+        return Err(bad_len);
+    }
+    let counter = r.u64().ok_or(bad_len)?;
+    let tag = r.array::<MAC_TAG_LEN>().ok_or(bad_len)?;
+    Ok(DeviceAuth::Mac {
+        counter,
+        tag: MacTag(tag),
+    })
 }
 
 /// Decodes a credential length and the credential that must fill the rest.

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use presence_border::pki::NetworkMaterial;
 use presence_codec::{
-    ClientOperation, ClientRequest, Credential, FrameReader, FrameWriter, Message, Msisdn, Outcome,
-    PresenceState, Publish, Reachability, FRAME_LEN_DEFAULT_MAX,
+    ClientOperation, ClientRequest, DeviceAuth, DeviceKey, DeviceSigner, FrameReader, FrameWriter,
+    Message, Msisdn, OpenFrame, Outcome, PresenceState, Publish, Reachability,
+    FRAME_LEN_DEFAULT_MAX,
 };
 
 use crate::rng::SplitMix64;
@@ -527,6 +528,76 @@ pub struct DeviceClient {
     to: SocketAddr,
     next_txid: u64,
     buf: Vec<u8>,
+    /// The devices this client speaks for.
+    devices: Devices,
+}
+
+/// Devices of many subscribers, as a test or tool speaks for them: each
+/// one's key (derived from its provisioned secret) and counter, so every
+/// request and publication is signed as that subscriber's device signs it
+/// (docs/wire-format.md §5.11), counters increasing per device.
+#[derive(Debug, Default)]
+pub struct Devices {
+    signers: HashMap<Msisdn, DeviceSigner>,
+}
+
+impl Devices {
+    /// The signer of `subscriber`'s device, provisioned with `secret` (a
+    /// new secret starts a new device).
+    pub fn signer(&mut self, subscriber: Msisdn, secret: &[u8]) -> &mut DeviceSigner {
+        let key = DeviceKey::derive(subscriber, secret);
+        let signer = self
+            .signers
+            .entry(subscriber)
+            .or_insert_with(|| DeviceSigner::new(key.clone()));
+        if signer.key() != &key {
+            *signer = DeviceSigner::new(key);
+        }
+        signer
+    }
+
+    /// A query from `watcher`'s device about `target`, signed now.
+    pub fn query(
+        &mut self,
+        watcher: Msisdn,
+        secret: &[u8],
+        txid: u64,
+        target: Msisdn,
+    ) -> ClientRequest<'static> {
+        let request = ClientRequest {
+            txid,
+            watcher,
+            target,
+            operation: ClientOperation::Query,
+            auth: DeviceAuth::UNSIGNED,
+        };
+        self.signer(watcher, secret).request(request, unix_ms_now())
+    }
+
+    /// A publication of `state` by `subscriber`'s device, signed now.
+    pub fn publish(
+        &mut self,
+        subscriber: Msisdn,
+        secret: &[u8],
+        txid: u64,
+        state: PresenceState,
+    ) -> Publish<'static> {
+        let publish = Publish {
+            txid,
+            subscriber,
+            state,
+            auth: DeviceAuth::UNSIGNED,
+        };
+        self.signer(subscriber, secret)
+            .publish(publish, unix_ms_now())
+    }
+}
+
+/// The Unix time in milliseconds: a device's counter (§5.11).
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// A final answer a device received.
@@ -550,32 +621,40 @@ impl DeviceClient {
             to,
             next_txid: 1,
             buf: vec![0u8; 4096],
+            devices: Devices::default(),
         })
     }
 
-    /// Sends one frame of queries `(watcher, credential, target)`; returns
-    /// their device request ids.
+    /// Sends queries `(watcher, credential, target)`, as many to a frame as
+    /// fit (27 signed requests in a default frame); returns their device
+    /// request ids.
     pub fn query(&mut self, asks: &[(Msisdn, &str, Msisdn)]) -> std::io::Result<Vec<u64>> {
         let mut ids = Vec::with_capacity(asks.len());
-        let mut frame = Vec::with_capacity(FRAME_LEN_DEFAULT_MAX);
-        let mut writer = FrameWriter::new(&mut frame, FRAME_LEN_DEFAULT_MAX)
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let mut frame = OpenFrame::new(Vec::new(), FRAME_LEN_DEFAULT_MAX);
         for (watcher, credential, target) in asks {
             let txid = self.next_txid;
             self.next_txid += 1;
-            let message = Message::ClientRequest(ClientRequest {
+            let message = Message::ClientRequest(self.devices.query(
+                *watcher,
+                credential.as_bytes(),
                 txid,
-                watcher: *watcher,
-                target: *target,
-                operation: ClientOperation::Query,
-                credential: Credential::new(credential.as_bytes()).unwrap_or(Credential::EMPTY),
-            });
-            if writer.push(&message).is_err() {
-                break;
+                *target,
+            ));
+            if frame.push(&message).is_err() {
+                let full = std::mem::replace(
+                    &mut frame,
+                    OpenFrame::new(Vec::new(), FRAME_LEN_DEFAULT_MAX),
+                );
+                self.socket.send_to(&full.into_bytes(), self.to)?;
+                frame
+                    .push(&message)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
             }
             ids.push(txid);
         }
-        self.socket.send_to(&frame, self.to)?;
+        if !frame.is_empty() {
+            self.socket.send_to(&frame.into_bytes(), self.to)?;
+        }
         Ok(ids)
     }
 
@@ -584,17 +663,17 @@ impl DeviceClient {
     pub fn publish_attached(&mut self, subscribers: &[(Msisdn, String)]) -> std::io::Result<()> {
         for chunk in subscribers.chunks(24) {
             let mut frame = Vec::with_capacity(FRAME_LEN_DEFAULT_MAX);
-            let mut writer = FrameWriter::new(&mut frame, FRAME_LEN_DEFAULT_MAX)
+            let mut writer = FrameWriter::with_version(&mut frame, FRAME_LEN_DEFAULT_MAX, 2)
                 .map_err(|e| std::io::Error::other(e.to_string()))?;
             for (subscriber, credential) in chunk {
                 let txid = self.next_txid;
                 self.next_txid += 1;
-                let message = Message::Publish(Publish {
+                let message = Message::Publish(self.devices.publish(
+                    *subscriber,
+                    credential.as_bytes(),
                     txid,
-                    subscriber: *subscriber,
-                    state: PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS),
-                    credential: Credential::new(credential.as_bytes()).unwrap_or(Credential::EMPTY),
-                });
+                    PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS),
+                ));
                 writer
                     .push(&message)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;

@@ -324,7 +324,7 @@ impl RoleCounters {
 
     /// Every counter as `(role, event, value)`, in a stable order: the
     /// labels of `presence_role_events_total`.
-    pub fn events(&self) -> [(&'static str, &'static str, u64); 29] {
+    pub fn events(&self) -> [(&'static str, &'static str, u64); 35] {
         let (wa, ogps, igps, ps) = (&self.wa, &self.ogps, &self.igps, &self.ps);
         [
             ("wa", "accepted", wa.accepted),
@@ -332,6 +332,9 @@ impl RoleCounters {
             ("wa", "unauthenticated", wa.unauthenticated),
             ("wa", "auth_locked", wa.auth_locked),
             ("wa", "auth_source_limited", wa.auth_source_limited),
+            ("wa", "auth_stale", wa.auth_stale),
+            ("wa", "replays", wa.replays),
+            ("wa", "insecure_refused", wa.insecure_refused),
             ("wa", "credit_exhausted", wa.credit_exhausted),
             ("wa", "throttled", wa.throttled),
             ("wa", "device_repeats", wa.device_repeats),
@@ -354,6 +357,9 @@ impl RoleCounters {
             ("ps", "publications", ps.publications),
             ("ps", "refused", ps.refused),
             ("ps", "auth_locked", ps.auth_locked),
+            ("ps", "auth_stale", ps.auth_stale),
+            ("ps", "publish_repeats", ps.publish_repeats),
+            ("ps", "insecure_refused", ps.insecure_refused),
             ("ps", "window_full", ps.drops.overloaded),
             ("ps", "charging_refused", ps.charging_refused),
         ]

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use presence_codec::{
     Answer, FrameReader, FrameWriter, Message, Outcome, Query, BODY_LEN_MAX, ENVELOPE_LEN,
-    FRAME_HEADER_LEN,
+    FRAME_HEADER_LEN, FRAME_VERSION,
 };
 
 use super::{BorderDest, DropReason, Node, Route, SHED_RETRY_MS};
@@ -100,7 +100,9 @@ impl CrossMessage {
         let mut frame = [0u8; CROSS_MESSAGE_MAX];
         let len = {
             let mut cursor: &mut [u8] = &mut frame;
-            let mut writer = FrameWriter::new(&mut cursor, CROSS_MESSAGE_MAX).ok()?;
+            let version = message.version().unwrap_or(FRAME_VERSION);
+            let mut writer =
+                FrameWriter::with_version(&mut cursor, CROSS_MESSAGE_MAX, version).ok()?;
             writer.push(message).ok()?;
             writer.len()
         };

@@ -144,6 +144,7 @@ impl Node {
         let fate = self.wa.handle_request(
             arrived_us / 1000,
             watcher,
+            from,
             request,
             route.network,
             &mut self.out,

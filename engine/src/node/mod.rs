@@ -51,8 +51,9 @@ use presence_codec::{shard, Msisdn, FRAME_LEN_ABSOLUTE_MAX, FRAME_LEN_DEFAULT_MA
 
 use crate::journal::JournalSink;
 use crate::roles::{
-    AuthPolicy, DecisionRecord, Hss, HssReader, Igps, Millis, Ogps, OgpsCounters, Outbox,
-    PresenceServer, PsId, Rate, SourceGuard, Transmit, WaConfig, WatcherApp, PS_PER_NETWORK_MAX,
+    AuthPolicy, DecisionRecord, DeviceAuthPolicy, Hss, HssReader, Igps, Millis, Ogps, OgpsCounters,
+    Outbox, PresenceServer, PsId, Rate, SourceGuard, Transmit, WaConfig, WatcherApp,
+    PS_PER_NETWORK_MAX,
 };
 use crate::table::{NetworkId, NumberingTable, TableReader};
 
@@ -126,8 +127,19 @@ pub struct NodeConfig {
     pub limits: NodeLimits,
     /// Largest frame sent to a peer's border gateway.
     pub border_frame_max: usize,
-    /// Wall-clock milliseconds at `now` = 0: charge records carry wall time.
+    /// Wall-clock milliseconds at `now` = 0: charge records carry wall time,
+    /// and devices' counters are compared with it.
     pub unix_ms_at_zero: u64,
+    /// Devices' counters below this are refused (Unix milliseconds): they
+    /// may have been taken before a restart (the runtime's `alive` stamp).
+    /// 0: no floor (a first start).
+    pub device_floor_unix_ms: u64,
+    /// How far behind this node's wall clock a device's counter may be.
+    pub device_clock_skew_ms: u64,
+    /// How far ahead of it.
+    pub device_clock_ahead_ms: u64,
+    /// Accept devices' version 1 credentials in clear (**insecure**).
+    pub insecure_credentials: bool,
     /// The number of the first record this node journals (the journal's
     /// numbering continues across restarts).
     pub first_record_seq: u64,
@@ -157,10 +169,25 @@ impl NodeConfig {
             limits: NodeLimits::default(),
             border_frame_max: BORDER_FRAME_MAX,
             unix_ms_at_zero: 0,
+            device_floor_unix_ms: 0,
+            device_clock_skew_ms: DeviceAuthPolicy::default().clock_skew_ms,
+            device_clock_ahead_ms: DeviceAuthPolicy::default().clock_ahead_ms,
+            insecure_credentials: false,
             first_record_seq: 1,
             peers: Vec::new(),
             observe: false,
             tracer: None,
+        }
+    }
+
+    /// How devices authenticate at this node's WA and presence servers.
+    pub fn device_auth(&self) -> DeviceAuthPolicy {
+        DeviceAuthPolicy {
+            insecure_credentials: self.insecure_credentials,
+            clock_skew_ms: self.device_clock_skew_ms,
+            clock_ahead_ms: self.device_clock_ahead_ms,
+            unix_ms_at_zero: self.unix_ms_at_zero,
+            floor_unix_ms: self.device_floor_unix_ms,
         }
     }
 
@@ -296,6 +323,7 @@ impl Node {
         wa_config.boot_time_s = config.boot_time_s;
         wa_config.watcher_rate = config.limits.watcher;
         wa_config.auth = config.limits.auth;
+        wa_config.device_auth = config.device_auth();
         let wa = WatcherApp::new(wa_config, Default::default());
         let ogps = Ogps::new(config.network, table, config.peers.iter().copied());
         let mut igps = Igps::new(config.network, hss, table);
@@ -535,6 +563,7 @@ impl Node {
                 PresenceServer::new(id, config.network, config.window_ms(), config.window_slots);
             ps.set_charging(charging);
             ps.set_auth_policy(config.limits.auth);
+            ps.set_device_auth(config.device_auth());
             ps
         }))
     }

@@ -26,6 +26,156 @@ use std::net::IpAddr;
 use super::limit::{Bucket, Rate};
 use super::Millis;
 
+/// How devices' requests and publications are authenticated
+/// (docs/wire-format.md §5.11, docs/reliability.md §4a).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceAuthPolicy {
+    /// Accept the version 1 form, the secret in clear (**insecure**: one
+    /// captured request gives the secret away). Off by default.
+    pub insecure_credentials: bool,
+    /// How far behind this role's clock a counter (the device's clock, in
+    /// Unix milliseconds) may be.
+    pub clock_skew_ms: u64,
+    /// How far ahead of this role's clock a counter may be. Short: a
+    /// counter signed before a restart is at most this far ahead of the
+    /// time it was signed, so the floor is the start plus this.
+    pub clock_ahead_ms: u64,
+    /// The Unix time, in milliseconds, at the role's time 0.
+    pub unix_ms_at_zero: u64,
+    /// Counters below this are refused: the Unix time the role started at
+    /// plus [`clock_ahead_ms`](Self::clock_ahead_ms), so nothing signed
+    /// before a restart is taken after it.
+    pub floor_unix_ms: u64,
+}
+
+impl Default for DeviceAuthPolicy {
+    /// MACs only; a device's clock may be a minute behind ours, two
+    /// seconds ahead.
+    fn default() -> DeviceAuthPolicy {
+        DeviceAuthPolicy {
+            insecure_credentials: false,
+            clock_skew_ms: 60_000,
+            clock_ahead_ms: 2_000,
+            unix_ms_at_zero: 0,
+            floor_unix_ms: 0,
+        }
+    }
+}
+
+impl DeviceAuthPolicy {
+    /// What `counter` is to the clock at `now` (role time) and the floor.
+    pub fn timeliness(&self, now: Millis, counter: u64) -> Timeliness {
+        let wall = self.unix_ms_at_zero.saturating_add(now);
+        if counter > wall.saturating_add(self.clock_ahead_ms)
+            || counter < wall.saturating_sub(self.clock_skew_ms)
+        {
+            return Timeliness::OutOfTime;
+        }
+        if counter >= self.floor_unix_ms {
+            Timeliness::Timely
+        } else if counter.saturating_add(self.clock_ahead_ms) >= self.floor_unix_ms {
+            // Signed within the last moments before the floor: possibly
+            // before a restart, possibly by a device right after it. Not
+            // taken; a device asking again once the floor has passed is.
+            Timeliness::BeforeFloor {
+                retry_after_ms: self.floor_unix_ms - counter,
+            }
+        } else {
+            Timeliness::OutOfTime
+        }
+    }
+}
+
+/// What a counter is to the role's clock ([`DeviceAuthPolicy::timeliness`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timeliness {
+    /// Within the skew, at or above the floor.
+    Timely,
+    /// Just below the floor (within [`DeviceAuthPolicy::clock_ahead_ms`]):
+    /// not taken now; a new request after `retry_after_ms` is.
+    BeforeFloor {
+        /// Until the floor.
+        retry_after_ms: u64,
+    },
+    /// Too far from the clock, or well below the floor: refused.
+    OutOfTime,
+}
+
+/// What a [`ReplayWindow`] makes of a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// Never seen, and not too old: take it (then [`ReplayWindow::mark`]).
+    New,
+    /// Seen already: a retransmission or a replay.
+    Repeat,
+    /// Too far below the highest counter seen to tell: refused.
+    Old,
+}
+
+/// Counters seen from one key, as an anti-replay window (as IPsec's and
+/// DTLS's): the highest, and which of the 63 below it were seen. Sixteen
+/// bytes. Requests sent together may arrive in any order within the
+/// window; below it, or at or below the floor it started at, a counter is
+/// [`Seen::Old`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplayWindow {
+    highest: u64,
+    /// Bit `i`: counter `highest - i` was seen (bit 0 is `highest`).
+    seen: u64,
+}
+
+impl ReplayWindow {
+    /// Counters the window remembers below and at its highest.
+    pub const SPAN: u64 = 64;
+
+    /// A window that has seen every counter below `floor`.
+    pub const fn starting_at(floor: u64) -> ReplayWindow {
+        ReplayWindow {
+            highest: floor.saturating_sub(1),
+            seen: u64::MAX,
+        }
+    }
+
+    /// The highest counter seen.
+    pub const fn highest(&self) -> u64 {
+        self.highest
+    }
+
+    /// What `counter` is to this window.
+    pub fn classify(&self, counter: u64) -> Seen {
+        if counter > self.highest {
+            return Seen::New;
+        }
+        let behind = self.highest - counter;
+        if behind >= Self::SPAN {
+            return Seen::Old;
+        }
+        if self.seen & (1 << behind) != 0 {
+            Seen::Repeat
+        } else {
+            Seen::New
+        }
+    }
+
+    /// Records `counter` as seen (a [`Seen::New`] one).
+    pub fn mark(&mut self, counter: u64) {
+        if counter > self.highest {
+            let ahead = counter - self.highest;
+            self.seen = if ahead >= Self::SPAN {
+                0
+            } else {
+                self.seen << ahead
+            } | 1;
+            self.highest = counter;
+        } else {
+            let behind = self.highest - counter;
+            if behind < Self::SPAN {
+                self.seen |= 1 << behind;
+            }
+        }
+    }
+}
+
 /// How failed checks of one credential are limited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AuthPolicy {
@@ -183,6 +333,64 @@ impl SourceGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replay_window_takes_each_counter_once_in_any_order_and_refuses_the_old() {
+        let mut window = ReplayWindow::starting_at(1_001);
+        assert_eq!(window.classify(1_000), Seen::Repeat, "below the floor");
+        assert_eq!(window.classify(999), Seen::Repeat);
+        assert_eq!(window.classify(900), Seen::Old);
+        for counter in [1_010, 1_003, 1_005, 1_001] {
+            assert_eq!(window.classify(counter), Seen::New);
+            window.mark(counter);
+            assert_eq!(window.classify(counter), Seen::Repeat);
+        }
+        assert_eq!(window.classify(1_004), Seen::New, "out of order, unseen");
+        assert_eq!(window.highest(), 1_010);
+        window.mark(1_010 + 63);
+        assert_eq!(
+            window.classify(1_010),
+            Seen::Repeat,
+            "63 behind: still known"
+        );
+        assert_eq!(
+            window.classify(1_009),
+            Seen::Old,
+            "64 behind: too old to tell"
+        );
+        window.mark(u64::MAX);
+        assert_eq!(window.classify(u64::MAX), Seen::Repeat);
+        assert_eq!(window.classify(1_073), Seen::Old);
+    }
+
+    #[test]
+    fn a_counter_is_timely_within_the_skew_and_at_or_above_the_floor() {
+        let policy = DeviceAuthPolicy {
+            unix_ms_at_zero: 1_000_000,
+            clock_skew_ms: 500,
+            clock_ahead_ms: 50,
+            floor_unix_ms: 1_000_080,
+            ..DeviceAuthPolicy::default()
+        };
+        let at = |counter| policy.timeliness(100, counter);
+        assert_eq!(at(1_000_100), Timeliness::Timely);
+        assert_eq!(at(1_000_150), Timeliness::Timely, "ahead, within bounds");
+        assert_eq!(at(1_000_151), Timeliness::OutOfTime);
+        assert_eq!(at(1_000_080), Timeliness::Timely, "the floor itself");
+        assert_eq!(
+            at(1_000_030),
+            Timeliness::BeforeFloor { retry_after_ms: 50 }
+        );
+        assert_eq!(at(1_000_029), Timeliness::OutOfTime, "before the start");
+        assert_eq!(at(u64::MAX), Timeliness::OutOfTime);
+        assert_eq!(at(0), Timeliness::OutOfTime);
+        let no_floor = DeviceAuthPolicy {
+            floor_unix_ms: 0,
+            ..policy
+        };
+        assert_eq!(no_floor.timeliness(100, 999_600), Timeliness::Timely);
+        assert_eq!(no_floor.timeliness(100, 999_599), Timeliness::OutOfTime);
+    }
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     /// Times at which a guesser trying as fast as allowed gets a check.

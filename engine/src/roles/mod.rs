@@ -33,7 +33,10 @@ mod wa;
 
 use presence_codec::{Answer, Message, Outcome, Query};
 
-pub use auth::{AuthGuard, AuthPolicy, Failure, SourceGuard, SourcePrefix, SOURCE_GUARD_SLOTS};
+pub use auth::{
+    AuthGuard, AuthPolicy, DeviceAuthPolicy, Failure, ReplayWindow, Seen, SourceGuard,
+    SourcePrefix, Timeliness, SOURCE_GUARD_SLOTS,
+};
 pub use hss::{Hss, HssError, HssReader, HssVersion, PsId, PS_PER_NETWORK_MAX};
 pub use igps::{reply_addr, Igps, IgpsCounters, IgpsLookup};
 pub use limit::{Bucket, Rate};

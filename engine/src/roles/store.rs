@@ -3,7 +3,7 @@
 //! A [`SubscriberRecord`] is the exchange form (provisioning, moves between
 //! servers). Stored, a subscriber is a 24-byte [`Stored`] entry in one hash
 //! table, its buddy list a run in one shared arena of numbers and its
-//! credential a run in one shared arena of bytes: no allocation per
+//! device key (32 bytes, or none) a run in one shared arena of bytes: no allocation per
 //! subscriber, no allocator overhead, no pointer per list. Ten million
 //! subscribers with twenty buddies each take about 2.2 GB (`BENCHMARKS.md`,
 //! "Memory"), where a record per heap allocation took over 4.5 GB.
@@ -31,13 +31,16 @@ use super::Millis;
 struct Stored {
     confirmed_at: Millis,
     buddies_at: u32,
-    credential_at: u32,
+    device_key_at: u32,
     buddies_len: u16,
     state: PresenceState,
     consent_all: bool,
-    credential_len: u8,
-    /// Failed checks of the devices' credential (publications).
+    device_key_len: u8,
+    /// Failed checks of the devices' MACs (publications).
     guard: AuthGuard,
+    /// The highest publication counter taken (§5.11): a publication must
+    /// carry a higher one to change the status.
+    last_publish: u64,
 }
 
 /// Garbage below this many arena entries is never worth a compaction.
@@ -48,10 +51,10 @@ const COMPACT_MIN: usize = 1 << 20;
 pub(crate) struct SubscriberStore {
     entries: AHashMap<Msisdn, Stored>,
     buddies: Vec<Msisdn>,
-    credentials: Vec<u8>,
+    device_keys: Vec<u8>,
     withdrawn: AHashMap<Msisdn, Vec<Msisdn>>,
     garbage_buddies: usize,
-    garbage_credentials: usize,
+    garbage_device_keys: usize,
 }
 
 /// A stored subscriber, borrowed.
@@ -59,7 +62,7 @@ pub(crate) struct SubscriberStore {
 pub struct SubscriberView<'a> {
     stored: Stored,
     buddies: &'a [Msisdn],
-    credential: &'a [u8],
+    device_key: &'a [u8],
     withdrawn: &'a [Msisdn],
 }
 
@@ -86,9 +89,9 @@ impl<'a> SubscriberView<'a> {
         self.buddies
     }
 
-    /// The devices' credential.
-    pub fn credential(&self) -> &'a [u8] {
-        self.credential
+    /// The devices' key (32 bytes), or nothing: no device authenticates.
+    pub fn device_key(&self) -> &'a [u8] {
+        self.device_key
     }
 
     /// Whether the subscriber consents to being watched at all.
@@ -104,7 +107,8 @@ impl<'a> SubscriberView<'a> {
     /// The exchange form.
     pub fn to_record(&self) -> SubscriberRecord {
         SubscriberRecord {
-            credential: self.credential.to_vec(),
+            device_key: self.device_key.to_vec(),
+            last_publish: self.stored.last_publish,
             state: self.stored.state,
             confirmed_at: self.stored.confirmed_at,
             buddies: SmallVec::from_slice(self.buddies),
@@ -133,7 +137,7 @@ fn contains_sorted(run: &[Msisdn], msisdn: Msisdn) -> bool {
 /// Why a record could not be stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StoreError {
-    /// More buddies, credential bytes or arena entries than the packed form
+    /// More buddies, device key bytes or arena entries than the packed form
     /// can index.
     TooLarge,
 }
@@ -157,11 +161,11 @@ impl SubscriberStore {
                 .buddies
                 .get(run(stored.buddies_at, usize::from(stored.buddies_len)))
                 .unwrap_or(&[]),
-            credential: self
-                .credentials
+            device_key: self
+                .device_keys
                 .get(run(
-                    stored.credential_at,
-                    usize::from(stored.credential_len),
+                    stored.device_key_at,
+                    usize::from(stored.device_key_len),
                 ))
                 .unwrap_or(&[]),
             withdrawn: if self.withdrawn.is_empty() {
@@ -185,23 +189,24 @@ impl SubscriberStore {
         record: &SubscriberRecord,
     ) -> Result<(), StoreError> {
         let buddies_len = u16::try_from(record.buddies.len()).map_err(|_| StoreError::TooLarge)?;
-        let credential_len =
-            u8::try_from(record.credential.len()).map_err(|_| StoreError::TooLarge)?;
-        self.make_room(record.buddies.len(), record.credential.len())?;
+        let device_key_len =
+            u8::try_from(record.device_key.len()).map_err(|_| StoreError::TooLarge)?;
+        self.make_room(record.buddies.len(), record.device_key.len())?;
         let buddies_at = u32::try_from(self.buddies.len()).map_err(|_| StoreError::TooLarge)?;
-        let credential_at =
-            u32::try_from(self.credentials.len()).map_err(|_| StoreError::TooLarge)?;
+        let device_key_at =
+            u32::try_from(self.device_keys.len()).map_err(|_| StoreError::TooLarge)?;
         self.buddies.extend_from_slice(&record.buddies);
-        self.credentials.extend_from_slice(&record.credential);
+        self.device_keys.extend_from_slice(&record.device_key);
         let stored = Stored {
             confirmed_at: record.confirmed_at,
             buddies_at,
-            credential_at,
+            device_key_at,
             buddies_len,
             state: record.state,
             consent_all: record.consent_all,
-            credential_len,
+            device_key_len,
             guard: AuthGuard::default(),
+            last_publish: record.last_publish,
         };
         if let Some(old) = self.entries.insert(msisdn, stored) {
             self.discard(&old);
@@ -227,14 +232,22 @@ impl SubscriberStore {
         Some(record)
     }
 
-    /// Sets the status a device published.
-    /// The guard of a subscriber's credential, to read and update.
+    /// The guard of a subscriber's device key, to read and update.
     pub(crate) fn guard_mut(&mut self, msisdn: Msisdn) -> Option<&mut AuthGuard> {
         self.entries
             .get_mut(&msisdn)
             .map(|stored| &mut stored.guard)
     }
 
+    /// The highest publication counter taken for a subscriber, to read and
+    /// update.
+    pub(crate) fn last_publish_mut(&mut self, msisdn: Msisdn) -> Option<&mut u64> {
+        self.entries
+            .get_mut(&msisdn)
+            .map(|stored| &mut stored.last_publish)
+    }
+
+    /// Sets the status a device published.
     pub(crate) fn set_state(&mut self, msisdn: Msisdn, state: PresenceState, at: Millis) -> bool {
         match self.entries.get_mut(&msisdn) {
             Some(stored) => {
@@ -246,7 +259,7 @@ impl SubscriberStore {
         }
     }
 
-    /// Replaces the credential, buddy list and consent; keeps the status and
+    /// Replaces the device key, buddy list and consent; keeps the status and
     /// the withdrawn list. The new runs overwrite the old ones in place
     /// when they are no longer (a reload of unchanged provisioning leaves
     /// no garbage); otherwise they are appended and the old ones become
@@ -254,7 +267,7 @@ impl SubscriberStore {
     pub(crate) fn update(
         &mut self,
         msisdn: Msisdn,
-        credential: &[u8],
+        device_key: &[u8],
         buddies: &[Msisdn],
         consent_all: bool,
     ) -> Result<bool, StoreError> {
@@ -262,27 +275,27 @@ impl SubscriberStore {
             return Ok(false);
         };
         let buddies_len = u16::try_from(buddies.len()).map_err(|_| StoreError::TooLarge)?;
-        let credential_len = u8::try_from(credential.len()).map_err(|_| StoreError::TooLarge)?;
-        if buddies_len <= stored.buddies_len && credential_len <= stored.credential_len {
-            let (b, c) = (stored.buddies_at as usize, stored.credential_at as usize);
+        let device_key_len = u8::try_from(device_key.len()).map_err(|_| StoreError::TooLarge)?;
+        if buddies_len <= stored.buddies_len && device_key_len <= stored.device_key_len {
+            let (b, c) = (stored.buddies_at as usize, stored.device_key_at as usize);
             if let (Some(b_run), Some(c_run)) = (
                 self.buddies.get_mut(b..b + buddies.len()),
-                self.credentials.get_mut(c..c + credential.len()),
+                self.device_keys.get_mut(c..c + device_key.len()),
             ) {
                 b_run.copy_from_slice(buddies);
-                c_run.copy_from_slice(credential);
+                c_run.copy_from_slice(device_key);
                 self.garbage_buddies += usize::from(stored.buddies_len - buddies_len);
-                self.garbage_credentials += usize::from(stored.credential_len - credential_len);
+                self.garbage_device_keys += usize::from(stored.device_key_len - device_key_len);
                 if let Some(entry) = self.entries.get_mut(&msisdn) {
                     entry.buddies_len = buddies_len;
-                    entry.credential_len = credential_len;
+                    entry.device_key_len = device_key_len;
                     entry.consent_all = consent_all;
                 }
                 return Ok(true);
             }
         }
         let mut record = self.view(msisdn, stored).to_record();
-        record.credential = credential.to_vec();
+        record.device_key = device_key.to_vec();
         record.buddies = SmallVec::from_slice(buddies);
         record.consent_all = consent_all;
         self.insert(msisdn, &record)?;
@@ -298,9 +311,9 @@ impl SubscriberStore {
         let Some(current) = self.get(msisdn) else {
             return Ok(false);
         };
-        let credential: SmallVec<[u8; 32]> = SmallVec::from_slice(current.credential());
+        let device_key: SmallVec<[u8; 32]> = SmallVec::from_slice(current.device_key());
         let consent_all = current.consent_all();
-        self.update(msisdn, &credential, buddies, consent_all)
+        self.update(msisdn, &device_key, buddies, consent_all)
     }
 
     /// Sets whether the subscriber consents at all.
@@ -340,19 +353,19 @@ impl SubscriberStore {
 
     fn discard(&mut self, old: &Stored) {
         self.garbage_buddies += usize::from(old.buddies_len);
-        self.garbage_credentials += usize::from(old.credential_len);
+        self.garbage_device_keys += usize::from(old.device_key_len);
     }
 
     /// Compacts first if garbage outweighs the live data, or if the new runs
     /// would not be indexable otherwise.
-    fn make_room(&mut self, buddies: usize, credential: usize) -> Result<(), StoreError> {
+    fn make_room(&mut self, buddies: usize, device_key: usize) -> Result<(), StoreError> {
         let overflow = self.buddies.len().saturating_add(buddies) > u32::MAX as usize
-            || self.credentials.len().saturating_add(credential) > u32::MAX as usize;
-        if (overflow && self.garbage_buddies + self.garbage_credentials > 0) || self.wasteful() {
+            || self.device_keys.len().saturating_add(device_key) > u32::MAX as usize;
+        if (overflow && self.garbage_buddies + self.garbage_device_keys > 0) || self.wasteful() {
             self.compact();
         }
         if self.buddies.len().saturating_add(buddies) > u32::MAX as usize
-            || self.credentials.len().saturating_add(credential) > u32::MAX as usize
+            || self.device_keys.len().saturating_add(device_key) > u32::MAX as usize
         {
             return Err(StoreError::TooLarge);
         }
@@ -362,28 +375,28 @@ impl SubscriberStore {
     /// Whether garbage outweighs the live data (and is worth a pass).
     fn wasteful(&self) -> bool {
         let live_buddies = self.buddies.len().saturating_sub(self.garbage_buddies);
-        let live_credentials = self
-            .credentials
+        let live_device_keys = self
+            .device_keys
             .len()
-            .saturating_sub(self.garbage_credentials);
+            .saturating_sub(self.garbage_device_keys);
         self.garbage_buddies > COMPACT_MIN.max(live_buddies)
-            || self.garbage_credentials > COMPACT_MIN.max(live_credentials)
+            || self.garbage_device_keys > COMPACT_MIN.max(live_device_keys)
     }
 
     /// Copies every live run to fresh arenas.
     fn compact(&mut self) {
         let live_buddies = self.buddies.len().saturating_sub(self.garbage_buddies);
-        let live_credentials = self
-            .credentials
+        let live_device_keys = self
+            .device_keys
             .len()
-            .saturating_sub(self.garbage_credentials);
+            .saturating_sub(self.garbage_device_keys);
         let mut buddies = Vec::with_capacity(live_buddies);
-        let mut credentials = Vec::with_capacity(live_credentials);
+        let mut device_keys = Vec::with_capacity(live_device_keys);
         for stored in self.entries.values_mut() {
             let b = stored.buddies_at as usize;
-            let c = stored.credential_at as usize;
+            let c = stored.device_key_at as usize;
             let new_b = buddies.len();
-            let new_c = credentials.len();
+            let new_c = device_keys.len();
             // A run outside the arena (a broken invariant) becomes empty
             // rather than borrowing a neighbour's.
             match self.buddies.get(b..b + usize::from(stored.buddies_len)) {
@@ -391,27 +404,27 @@ impl SubscriberStore {
                 None => stored.buddies_len = 0,
             }
             match self
-                .credentials
-                .get(c..c + usize::from(stored.credential_len))
+                .device_keys
+                .get(c..c + usize::from(stored.device_key_len))
             {
-                Some(run) => credentials.extend_from_slice(run),
-                None => stored.credential_len = 0,
+                Some(run) => device_keys.extend_from_slice(run),
+                None => stored.device_key_len = 0,
             }
             // Both fit: the fresh arenas are no larger than the old ones.
             stored.buddies_at = u32::try_from(new_b).unwrap_or(u32::MAX);
-            stored.credential_at = u32::try_from(new_c).unwrap_or(u32::MAX);
+            stored.device_key_at = u32::try_from(new_c).unwrap_or(u32::MAX);
         }
         self.buddies = buddies;
-        self.credentials = credentials;
+        self.device_keys = device_keys;
         self.garbage_buddies = 0;
-        self.garbage_credentials = 0;
+        self.garbage_device_keys = 0;
     }
 
     /// Arena entries given up and not yet compacted away (buddies,
-    /// credential bytes).
+    /// device key bytes).
     #[cfg(test)]
     fn garbage(&self) -> (usize, usize) {
-        (self.garbage_buddies, self.garbage_credentials)
+        (self.garbage_buddies, self.garbage_device_keys)
     }
 }
 
@@ -443,11 +456,12 @@ mod tests {
         }
     }
 
-    fn record(credential: &str, buddies: &[u64]) -> SubscriberRecord {
-        SubscriberRecord::new(
-            credential.as_bytes().to_vec(),
-            buddies.iter().map(|b| m(*b)).collect(),
-        )
+    /// A record whose key run holds `key_bytes` as they are (the store
+    /// keeps opaque runs; short ones make the arena arithmetic visible).
+    fn record(key_bytes: &str, buddies: &[u64]) -> SubscriberRecord {
+        let mut record = SubscriberRecord::new(m(1), b"x", buddies.iter().map(|b| m(*b)).collect());
+        record.device_key = key_bytes.as_bytes().to_vec();
+        record
     }
 
     #[test]
@@ -476,7 +490,7 @@ mod tests {
                 .unwrap();
         }
         store
-            .insert(m(7), &record("longer-credential", &[1, 2, 3, 4]))
+            .insert(m(7), &record("longer-key", &[1, 2, 3, 4]))
             .unwrap();
         assert!(store.set_buddies(m(8), &[m(1)]).unwrap());
         assert!(store.set_buddies(m(9), &[m(1), m(2), m(3)]).unwrap());
@@ -484,10 +498,10 @@ mod tests {
         assert_eq!(store.len(), 99);
         for i in (0..100).filter(|i| ![7, 8, 9, 10].contains(i)) {
             let view = store.get(m(i)).unwrap();
-            assert_eq!(view.credential(), format!("c{i}").as_bytes());
+            assert_eq!(view.device_key(), format!("c{i}").as_bytes());
             assert_eq!(view.buddies(), &[m(i + 1000), m(i + 2000)]);
         }
-        assert_eq!(store.get(m(7)).unwrap().credential(), b"longer-credential");
+        assert_eq!(store.get(m(7)).unwrap().device_key(), b"longer-key");
         assert_eq!(store.get(m(8)).unwrap().buddies(), &[m(1)]);
         assert_eq!(store.get(m(9)).unwrap().buddies(), &[m(1), m(2), m(3)]);
         assert!(store.get(m(10)).is_none());
@@ -498,15 +512,15 @@ mod tests {
     fn an_update_no_longer_than_before_is_written_in_place() {
         let mut store = SubscriberStore::default();
         store.insert(m(1), &record("secret", &[2, 3, 4])).unwrap();
-        let arena = (store.buddies.len(), store.credentials.len());
+        let arena = (store.buddies.len(), store.device_keys.len());
         assert!(store
             .update(m(1), b"secret", &[m(2), m(3), m(4)], true)
             .unwrap());
         assert!(store.update(m(1), b"sec", &[m(5)], false).unwrap());
-        assert_eq!((store.buddies.len(), store.credentials.len()), arena);
+        assert_eq!((store.buddies.len(), store.device_keys.len()), arena);
         assert_eq!(store.garbage(), (2, 3));
         let view = store.get(m(1)).unwrap();
-        assert_eq!(view.credential(), b"sec");
+        assert_eq!(view.device_key(), b"sec");
         assert_eq!(view.buddies(), &[m(5)]);
         assert!(!view.consent_all());
         // Longer: appended, the old runs become garbage.
@@ -514,7 +528,7 @@ mod tests {
             .update(m(1), b"longer-secret", &[m(6), m(7)], true)
             .unwrap());
         assert_eq!(store.garbage(), (3, 6));
-        assert_eq!(store.get(m(1)).unwrap().credential(), b"longer-secret");
+        assert_eq!(store.get(m(1)).unwrap().device_key(), b"longer-secret");
         assert!(!store.update(m(9), b"x", &[], true).unwrap());
     }
 
@@ -530,7 +544,7 @@ mod tests {
         store.compact();
         assert_eq!(store.garbage(), (0, 0));
         assert_eq!(store.buddies.len(), 50);
-        assert_eq!(store.credentials.len(), 25);
+        assert_eq!(store.device_keys.len(), 25);
         for i in 25..50 {
             assert_eq!(store.get(m(i)).unwrap().buddies(), &[m(i), m(i + 1)]);
         }

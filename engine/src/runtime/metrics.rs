@@ -415,11 +415,10 @@ const HTTP_HEAD_MAX: usize = 8 * 1024;
 /// write of the answer may block.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// `GET /metrics` over HTTP/1.x, bounded: a fixed pool of
-/// [`HTTP_WORKERS`] threads, a queue of [`HTTP_QUEUE`] accepted
-/// connections (a connection past it is answered `503` and closed), a
-/// request head of at most [`HTTP_HEAD_MAX`] bytes that must arrive
-/// within [`HTTP_TIMEOUT`], one request per connection. A client that
+/// `GET /metrics` over HTTP/1.x, bounded: a fixed pool of 4 threads, a
+/// queue of 16 accepted connections (a connection past it is answered
+/// `503` and closed), a request head of at most 8 KiB that must arrive
+/// within 2 s of the connection's acceptance, one request per connection. A client that
 /// opens connections and sends nothing holds a worker for 2 s at most,
 /// and never more threads or memory than these bounds.
 pub struct MetricsServer {

@@ -24,6 +24,7 @@
 //! one `write` of charge records and its sync request, and one wake-up per
 //! worker it handed messages to.
 
+mod alive;
 pub mod metrics;
 pub mod steer;
 pub mod udp;
@@ -151,6 +152,8 @@ pub struct Appliance {
     client_addr: SocketAddr,
     border_addr: SocketAddr,
     metrics_server: Option<metrics::MetricsServer>,
+    /// The "alive until" stamp the next start's replay floor comes from.
+    alive: alive::AliveStamp,
     stopped: Arc<AtomicBool>,
     /// Held while running: the CDR directory's lock.
     _lock: std::fs::File,
@@ -311,6 +314,12 @@ impl Appliance {
         // One appliance per CDR directory: SO_REUSEPORT would otherwise let
         // a second instance share the ports silently.
         let lock = lock_directory(&config.cdr_directory)?;
+        // Device requests signed before this start are not taken after it
+        // (read before the stamp is rewritten for this life).
+        let replay_floor =
+            alive::replay_floor(&config.cdr_directory, config.devices.clock_ahead_ms);
+        let alive = alive::AliveStamp::start(&config.cdr_directory)
+            .map_err(io_error("alive stamp in the CDR directory"))?;
         // The journal: torn tails cut, numbering continued, and the
         // decisions young enough to matter for duplicate suppression.
         let window_ms = u64::from(config.deadline_ms) + 200;
@@ -357,6 +366,10 @@ impl Appliance {
             node_config.border_frame_max =
                 crate::node::BORDER_FRAME_MAX.min(config.border.settings.link.max_frame_len);
             node_config.unix_ms_at_zero = clock.unix_ms_at_start;
+            node_config.device_floor_unix_ms = replay_floor;
+            node_config.device_clock_skew_ms = config.devices.clock_skew_ms;
+            node_config.device_clock_ahead_ms = config.devices.clock_ahead_ms;
+            node_config.insecure_credentials = config.devices.insecure_credentials;
             node_config.first_record_seq = recovery.next_seq(worker_id);
             node_config.peers = peer_networks.iter().map(|(id, _)| *id).collect();
             node_config.tracer = tracer.clone();
@@ -418,6 +431,7 @@ impl Appliance {
             client_addr,
             border_addr,
             metrics_server,
+            alive,
             stopped,
             _lock: lock,
         })
@@ -486,6 +500,7 @@ impl Appliance {
             ),
             ("border.listen", config.border.listen != old.border.listen),
             ("limits", config.limits != old.limits),
+            ("devices", config.devices != old.devices),
         ] {
             if changed {
                 return Err(ConfigError {
@@ -598,6 +613,7 @@ impl Appliance {
         if let Some(server) = self.metrics_server.take() {
             server.stop();
         }
+        self.alive.stop();
         tracing::info!(network = %self.config.network, "appliance stopped");
     }
 }

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 
 use presence_codec::{
     BuddyAction, BuddyList, BuddyListStorage, BuddyUpdate, Consent, ConsentScope, ConsentUpdate,
-    Credential, Message, Msisdn, PresenceState, Publish, Reachability, BUDDIES_PER_UPDATE_MAX,
+    DeviceAuth, DeviceKey, Message, Msisdn, PresenceState, Publish, Reachability,
+    BUDDIES_PER_UPDATE_MAX,
 };
 
 use super::world::{Event, World};
@@ -342,12 +343,17 @@ impl World {
         } else {
             PresenceState::Detached
         };
-        let publication = Message::Publish(Publish {
-            txid: self.now_us,
-            subscriber: s.msisdn,
-            state,
-            credential: Credential::new(&s.credential).unwrap_or(Credential::EMPTY),
-        });
+        let counter = self.next_counter(subscriber);
+        let publication =
+            Message::Publish(DeviceKey::derive(s.msisdn, &s.credential).sign_publish(
+                Publish {
+                    txid: self.now_us,
+                    subscriber: s.msisdn,
+                    state,
+                    auth: DeviceAuth::UNSIGNED,
+                },
+                counter,
+            ));
         self.device_datagram(s.net, s.addr, s.msisdn, &publication);
     }
 

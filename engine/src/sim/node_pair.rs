@@ -10,8 +10,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use presence_codec::{
-    shard, ClientOperation, ClientRequest, Credential, FrameReader, Message, Msisdn, OpenFrame,
-    FRAME_LEN_ABSOLUTE_MAX, FRAME_LEN_DEFAULT_MAX,
+    shard, ClientOperation, ClientRequest, DeviceAuth, DeviceKey, DeviceSigner, FrameReader,
+    Message, Msisdn, OpenFrame, FRAME_LEN_ABSOLUTE_MAX, FRAME_LEN_DEFAULT_MAX,
 };
 
 use super::pipeline::{buddy_index, QueryMix};
@@ -81,6 +81,8 @@ pub struct NodePair {
     journal: InstantJournal,
     device: SocketAddr,
     watchers: Vec<(Msisdn, [u8; 8])>,
+    /// Each watcher's device: its key and counter (§5.11).
+    signers: Vec<DeviceSigner>,
     targets: Vec<Msisdn>,
     settings: NodePairSettings,
     datagram: Vec<u8>,
@@ -144,6 +146,10 @@ impl NodePair {
                 let mut config = NodeConfig::new(own.id, settings.worker, settings.workers);
                 config.peers = vec![peer];
                 config.window_slots = settings.window_slots;
+                // A thousand requests a virtual millisecond: a watcher's
+                // counter may run ahead of the clock.
+                config.device_clock_skew_ms = u64::MAX;
+                config.device_clock_ahead_ms = u64::MAX;
                 let mut node = Node::new(config, world, &hss);
                 node.set_peer_workers(peer, settings.workers);
                 node.provision(0, &subscribers, &hss);
@@ -184,6 +190,10 @@ impl NodePair {
             net_b: b.id,
             journal: InstantJournal::default(),
             device: SocketAddr::from((Ipv4Addr::new(10, 0, 0, 1), 4000)),
+            signers: watchers
+                .iter()
+                .map(|&(m, c)| DeviceSigner::new(DeviceKey::derive(m, &c)))
+                .collect(),
             watchers,
             targets,
             settings,
@@ -220,14 +230,15 @@ impl NodePair {
         for _ in 0..self.settings.per_datagram {
             let i = self.next;
             let (j, w) = mix.pick(i);
-            let (watcher, credential) = self.watchers[w];
-            let request = Message::ClientRequest(ClientRequest {
+            let (watcher, _) = self.watchers[w];
+            let request = ClientRequest {
                 txid: i,
                 watcher,
                 target: self.targets[j],
                 operation: ClientOperation::Query,
-                credential: Credential::new(&credential).unwrap_or(Credential::EMPTY),
-            });
+                auth: DeviceAuth::UNSIGNED,
+            };
+            let request = Message::ClientRequest(self.signers[w].request(request, now / 1000));
             if frame.push(&request).is_err() {
                 break;
             }

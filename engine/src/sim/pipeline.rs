@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use presence_codec::{
-    ClientOperation, ClientRequest, Credential, Message, Msisdn, Outcome, PresenceState,
-    Reachability,
+    ClientOperation, ClientRequest, DeviceAuth, DeviceKey, DeviceSigner, Message, Msisdn, Outcome,
+    PresenceState, Reachability,
 };
 
 use super::{SimNetwork, SimRng};
@@ -15,6 +15,12 @@ use crate::roles::{
 };
 use crate::table::{NetworkId, NumberingTable, TableReader};
 
+/// Where the pipeline's devices send from.
+const DEVICE: std::net::SocketAddr = std::net::SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    9,
+));
+
 /// Buddies on each target's list in the [`Pipeline`].
 pub const PIPELINE_BUDDIES: usize = 20;
 
@@ -22,16 +28,26 @@ pub const PIPELINE_BUDDIES: usize = 20;
 /// of one device datagram in the node benchmarks.
 pub(super) const PIPELINE_GROUP: usize = 16;
 
-/// A device request of the pipeline: (watcher, target, txid, credential).
-type PipelineRequest = (Msisdn, Msisdn, u64, [u8; 8]);
+/// A device request of the pipeline: (watcher, target, txid, the
+/// watcher's index).
+type PipelineRequest = (Msisdn, Msisdn, u64, usize);
 
-fn client_request(&(watcher, target, txid, ref credential): &PipelineRequest) -> ClientRequest<'_> {
-    ClientRequest {
+/// The request `r`, signed by its watcher's device at `now` (§5.11).
+fn client_request(
+    &(watcher, target, txid, w): &PipelineRequest,
+    signers: &mut [DeviceSigner],
+    now: Millis,
+) -> ClientRequest<'static> {
+    let request = ClientRequest {
         txid,
         watcher,
         target,
         operation: ClientOperation::Query,
-        credential: Credential::new(credential).unwrap_or(Credential::EMPTY),
+        auth: DeviceAuth::UNSIGNED,
+    };
+    match signers.get_mut(w) {
+        Some(signer) => signer.request(request, now),
+        None => request,
     }
 }
 
@@ -94,8 +110,9 @@ impl QueryMix {
 
 /// The whole role pipeline of two networks in one thread with no IO and no
 /// faults: WA(A) → OGPS(A) → IGPS(B) → HSS(B) → PS(B) → WA(A), every check on
-/// (credential, credit, buddy list, consent, charge record). For the
-/// throughput benchmark and the allocation test.
+/// (device MAC and replay window, credit, buddy list, consent, charge
+/// record). The devices' side, signing each request, runs in it too. For
+/// the throughput benchmark and the allocation test.
 #[derive(Debug)]
 pub struct Pipeline {
     wa: WatcherApp,
@@ -106,6 +123,8 @@ pub struct Pipeline {
     hss: HssReader,
     net_a: NetworkId,
     watchers: Vec<(Msisdn, [u8; 8])>,
+    /// Each watcher's device: its key and counter.
+    signers: Vec<DeviceSigner>,
     targets: Vec<Msisdn>,
     mix: QueryMix,
     out: Outbox,
@@ -138,8 +157,17 @@ impl Pipeline {
             .iter()
             .map(|&m| (m, rng.next_u64().to_le_bytes()))
             .collect();
+        let signers = watchers
+            .iter()
+            .map(|&(m, c)| DeviceSigner::new(DeviceKey::derive(m, &c)))
+            .collect();
         let mut wa_config = WaConfig::new(net_a);
         wa_config.pending_max = 4096;
+        // Virtual time runs a millisecond per thousand queries, so a
+        // watcher asked more often than that runs its counter ahead of
+        // the clock: no skew limit here.
+        wa_config.device_auth.clock_skew_ms = u64::MAX;
+        wa_config.device_auth.clock_ahead_ms = u64::MAX;
         let wa = WatcherApp::new(
             wa_config,
             watchers
@@ -165,7 +193,7 @@ impl Pipeline {
             let buddies = (0..PIPELINE_BUDDIES)
                 .map(|k| watcher_numbers[buddy_index(i, k, watcher_numbers.len())])
                 .collect();
-            let mut record = SubscriberRecord::new(b"device".to_vec(), buddies);
+            let mut record = SubscriberRecord::new(t, b"device", buddies);
             if i % 2 == 0 {
                 record.state = PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS);
             }
@@ -181,6 +209,7 @@ impl Pipeline {
             net_a,
             mix: QueryMix::new(targets.len(), watchers.len()),
             watchers,
+            signers,
             targets,
             out: Outbox::with_capacity(64, 64),
             now: 0,
@@ -211,7 +240,7 @@ impl Pipeline {
     /// One group of `size` (at most [`PIPELINE_GROUP`]) queries.
     fn group(&mut self, size: usize) {
         let mut requests: [PipelineRequest; PIPELINE_GROUP] =
-            [(Msisdn::MIN, Msisdn::MIN, 0, [0; 8]); PIPELINE_GROUP];
+            [(Msisdn::MIN, Msisdn::MIN, 0, 0); PIPELINE_GROUP];
         let mut targets = [Msisdn::MIN; PIPELINE_GROUP];
         for (slot, target) in requests.iter_mut().zip(targets.iter_mut()).take(size) {
             let i = self.next;
@@ -223,9 +252,9 @@ impl Pipeline {
                 self.out.clear();
             }
             let (j, w) = self.mix.pick(i);
-            let (watcher, credential) = self.watchers[w];
+            let (watcher, _) = self.watchers[w];
             *target = self.targets[j];
-            *slot = (watcher, *target, i, credential);
+            *slot = (watcher, *target, i, w);
         }
         let now = self.now;
 
@@ -243,10 +272,10 @@ impl Pipeline {
         let mut queries = [None; PIPELINE_GROUP];
         let mut routed = 0;
         for (r, network) in requests[..size].iter().zip(networks) {
-            let (watcher, request) = (r.0, client_request(r));
+            let (watcher, request) = (r.0, client_request(r, &mut self.signers, now));
             self.out.clear();
             self.wa
-                .handle_request(now, watcher, &request, network, &mut self.out);
+                .handle_request(now, watcher, DEVICE, &request, network, &mut self.out);
             let Some(Transmit {
                 message: Message::Query(query),
                 ..

@@ -66,6 +66,8 @@ pub(super) struct SimSubscriber {
     pub(super) credit: u64,
     /// Its device's address.
     pub(super) addr: SocketAddr,
+    /// The last counter its device signed with (§5.11).
+    pub(super) last_counter: u64,
 }
 
 /// The checker's model of who may watch whom (step 10).
@@ -252,6 +254,7 @@ impl World {
                     net,
                     credential,
                     credit,
+                    last_counter: 0,
                     addr: SocketAddr::V4(SocketAddrV4::new(
                         Ipv4Addr::new(10, net as u8, (index >> 8) as u8, index as u8),
                         40_000 + (index % 1000) as u16,
@@ -373,6 +376,13 @@ impl World {
             config.window_slots = 1 << 14;
             config.boot_time_s = state.boot_s;
             config.unix_ms_at_zero = UNIX_MS_AT_ZERO;
+            // After a restart, the previous life ended now: what it may
+            // have taken was signed before now plus the most a device
+            // clock runs ahead (a first start has no floor).
+            if state.life > 0 {
+                config.device_floor_unix_ms =
+                    UNIX_MS_AT_ZERO + now_ms + config.device_clock_ahead_ms;
+            }
             config.first_record_seq = journal.next_seq();
             config.peers = peers.clone();
             config.observe = true;
@@ -555,6 +565,15 @@ impl World {
         }
     }
 
+    /// The next counter of subscriber `index`'s device: its clock in Unix
+    /// milliseconds, always above the last (§5.11).
+    pub(super) fn next_counter(&mut self, index: usize) -> u64 {
+        let clock = UNIX_MS_AT_ZERO + self.now_us / 1000;
+        let s = &mut self.subscribers[index];
+        s.last_counter = clock.max(s.last_counter + 1);
+        s.last_counter
+    }
+
     /// A device's request (step 1), or its next attempt.
     fn ask(&mut self, query: usize) {
         self.attempt(query);
@@ -583,14 +602,20 @@ impl World {
         if self.queries[query].bad_credential {
             credential[0] ^= 0xff;
         }
-        let request = presence_codec::Message::ClientRequest(presence_codec::ClientRequest {
-            txid: query as u64,
-            watcher: s.msisdn,
-            target: self.queries[query].target,
-            operation: presence_codec::ClientOperation::Query,
-            credential: presence_codec::Credential::new(&credential)
-                .unwrap_or(presence_codec::Credential::EMPTY),
-        });
+        // Each attempt signed anew (the device's next counter), under the
+        // key of the secret the device holds.
+        let counter = self.next_counter(self.queries[query].watcher);
+        let request = presence_codec::DeviceKey::derive(s.msisdn, &credential).sign_request(
+            presence_codec::ClientRequest {
+                txid: query as u64,
+                watcher: s.msisdn,
+                target: self.queries[query].target,
+                operation: presence_codec::ClientOperation::Query,
+                auth: presence_codec::DeviceAuth::UNSIGNED,
+            },
+            counter,
+        );
+        let request = presence_codec::Message::ClientRequest(request);
         self.device_datagram(net, s.addr, s.msisdn, &request);
     }
 

@@ -41,3 +41,21 @@ pub(crate) fn bg_node(
     })
     .unwrap()
 }
+
+/// The sum of the metric lines of the appliance serving `/metrics` at
+/// `metrics` that start with `name` (a full name with labels, or a family
+/// prefix like `presence_bg_closed_total{`).
+#[allow(dead_code)] // not every test binary reads metrics
+pub(crate) fn metric(metrics: SocketAddr, name: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(metrics).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}

@@ -126,13 +126,13 @@ mod tests {
         let bad = decode_lines(&samples[..], &mut out, FRAME_LEN_ABSOLUTE_MAX).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(bad, 0, "{text}");
-        assert_eq!(text.matches("message 0: ").count(), 14);
+        assert_eq!(text.matches("message 0: ").count(), 16);
     }
 
     #[test]
     fn decode_names_the_reason() {
         let mut out = Vec::new();
-        let input = "50 02 01\n50 01 7f 00\nzz\n";
+        let input = "50 03 01\n50 01 7f 00\nzz\n";
         let bad = decode_lines(input.as_bytes(), &mut out, 1472).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(bad, 3);

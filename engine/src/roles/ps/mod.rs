@@ -32,16 +32,16 @@ use ahash::AHashMap as HashMap;
 use smallvec::SmallVec;
 
 use presence_codec::{
-    Ack, AckStatus, BuddyAction, BuddyUpdate, Consent, ConsentScope, ConsentUpdate, ErrorReason,
-    Message, Msisdn, Outcome, PresenceState, Publish, Query,
+    Ack, AckStatus, BuddyAction, BuddyUpdate, Consent, ConsentScope, ConsentUpdate, DeviceAuth,
+    DeviceKey, ErrorReason, Message, Msisdn, Outcome, PresenceState, Publish, Query,
+    CREDENTIAL_LEN_MAX, DEVICE_KEY_LEN,
 };
-use subtle::ConstantTimeEq;
 
 mod window;
 
 use self::window::{DecisionWindow, WindowLookup};
 pub use self::window::{DecisionWindowEntry, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX};
-use super::auth::{AuthPolicy, Failure};
+use super::auth::{AuthPolicy, DeviceAuthPolicy, Failure, Timeliness};
 use super::igps::reply_addr;
 use super::store::{SubscriberStore, SubscriberView};
 use super::{answer_to, one_hop_on, Addr, DropCounters, Millis, Outbox, PsId};
@@ -55,8 +55,12 @@ const WINDOW_FULL_RETRY_MS: u32 = 100;
 /// Everything a presence server holds about one subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubscriberRecord {
-    /// Credential B's devices publish with.
-    pub credential: Vec<u8>,
+    /// The key of B's devices (32 bytes, [`DeviceKey`]), or empty: no
+    /// device can publish.
+    pub device_key: Vec<u8>,
+    /// The highest publication counter taken (§5.11); it moves with the
+    /// record, so a move does not let an old publication in again.
+    pub last_publish: u64,
     /// B's status.
     pub state: PresenceState,
     /// When a device of B last confirmed the status.
@@ -71,13 +75,21 @@ pub struct SubscriberRecord {
 }
 
 impl SubscriberRecord {
-    /// A detached subscriber with these buddies, consenting.
-    pub fn new(credential: Vec<u8>, mut buddies: Vec<Msisdn>) -> SubscriberRecord {
+    /// A detached subscriber with these buddies, consenting, whose devices
+    /// hold the key derived from `secret` (none for an empty secret or one
+    /// over 32 bytes).
+    pub fn new(msisdn: Msisdn, secret: &[u8], mut buddies: Vec<Msisdn>) -> SubscriberRecord {
         buddies.sort_unstable();
         buddies.dedup();
         buddies.truncate(BUDDIES_MAX);
+        let usable = !secret.is_empty() && secret.len() <= CREDENTIAL_LEN_MAX;
         SubscriberRecord {
-            credential,
+            device_key: if usable {
+                DeviceKey::derive(msisdn, secret).as_bytes().to_vec()
+            } else {
+                Vec::new()
+            },
+            last_publish: 0,
             state: PresenceState::Detached,
             confirmed_at: 0,
             buddies: SmallVec::from_vec(buddies),
@@ -149,6 +161,17 @@ pub enum Charging {
     },
 }
 
+/// What a publication's check made of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Publisher {
+    /// Authentic and newer than any taken: its status is taken.
+    Fresh,
+    /// Authentic, not newer: acked, nothing changed.
+    Repeat,
+    /// Not authentic, not timely, or not checked.
+    Refused,
+}
+
 /// Counters of the presence server's decisions.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PsCounters {
@@ -172,6 +195,16 @@ pub struct PsCounters {
     pub auth_locked: u64,
     /// Subscribers locked out (the first lock-out of a run of failures).
     pub lockouts: u64,
+    /// Publications refused: a MAC that verified on a counter outside the
+    /// clock skew or at or below the floor (a replay across a restart, or
+    /// a device's clock astray).
+    pub auth_stale: u64,
+    /// Publications whose counter was not above the last one taken: a
+    /// retransmission, a replay or an older publication overtaken; acked,
+    /// the status left as it is.
+    pub publish_repeats: u64,
+    /// Publications refused: the version 1 credential form, not enabled.
+    pub insecure_refused: u64,
     /// Queries refused because charging was unavailable (fail closed).
     pub charging_refused: u64,
     /// Dropped.
@@ -190,6 +223,9 @@ impl PsCounters {
         self.auth_failures += other.auth_failures;
         self.auth_locked += other.auth_locked;
         self.lockouts += other.lockouts;
+        self.auth_stale += other.auth_stale;
+        self.publish_repeats += other.publish_repeats;
+        self.insecure_refused += other.insecure_refused;
         self.charging_refused += other.charging_refused;
         self.drops.add(&other.drops);
     }
@@ -209,6 +245,8 @@ pub struct PresenceServer {
     charging: Charging,
     /// How failed checks of a subscriber's credential are limited.
     auth: AuthPolicy,
+    /// How devices authenticate publications.
+    device_auth: DeviceAuthPolicy,
     counters: PsCounters,
 }
 
@@ -233,6 +271,7 @@ impl PresenceServer {
             window_ms,
             charging: Charging::Available,
             auth: AuthPolicy::default(),
+            device_auth: DeviceAuthPolicy::default(),
             counters: PsCounters::default(),
         }
     }
@@ -250,7 +289,9 @@ impl PresenceServer {
     /// Provisions (or replaces) a subscriber. A record larger than the
     /// packed store indexes (more than 2^32 buddies in one shard) is
     /// refused and counted in `refused`.
-    pub fn provision(&mut self, msisdn: Msisdn, record: SubscriberRecord) {
+    pub fn provision(&mut self, msisdn: Msisdn, mut record: SubscriberRecord) {
+        // Nothing sent before this server started is taken after it.
+        record.last_publish = record.last_publish.max(self.device_auth.floor_unix_ms);
         if self.store.insert(msisdn, &record).is_err() {
             self.counters.refused += 1;
         }
@@ -299,11 +340,11 @@ impl PresenceServer {
         buddies: Vec<Msisdn>,
         consent_all: bool,
     ) {
-        let mut fresh = SubscriberRecord::new(credential, buddies);
+        let mut fresh = SubscriberRecord::new(msisdn, &credential, buddies);
         fresh.consent_all = consent_all;
         match self
             .store
-            .update(msisdn, &fresh.credential, &fresh.buddies, consent_all)
+            .update(msisdn, &fresh.device_key, &fresh.buddies, consent_all)
         {
             Ok(true) => {}
             Ok(false) => self.provision(msisdn, fresh),
@@ -549,9 +590,12 @@ impl PresenceServer {
     }
 
     /// A device's status publication. Every refusal is the same ack,
-    /// `Unauthenticated`, whether the subscriber is unknown, its credential
-    /// wrong, or its checks locked out by failures (docs/reliability.md,
-    /// §4a): acks tell a prober nothing about who is a subscriber.
+    /// `Unauthenticated`, whether the subscriber is unknown, its MAC
+    /// wrong, its counter out of time, or its checks locked out by failures
+    /// (docs/reliability.md, §4a): acks tell a prober nothing about who is
+    /// a subscriber. A publication whose counter is not above the last one
+    /// taken changes nothing and is acked `Ok`: a retransmission, a replay
+    /// or an older status overtaken by a newer one.
     fn handle_publish(
         &mut self,
         now: Millis,
@@ -559,14 +603,20 @@ impl PresenceServer {
         publish: &Publish<'_>,
         out: &mut Outbox,
     ) {
-        let authentic = device == publish.subscriber && self.check_publisher(now, publish);
-        let status = if authentic {
-            self.store.set_state(publish.subscriber, publish.state, now);
-            self.counters.publications += 1;
-            AckStatus::Ok
-        } else {
-            self.counters.refused += 1;
-            AckStatus::Unauthenticated
+        let status = match self.check_publisher(now, device, publish) {
+            Publisher::Fresh => {
+                self.store.set_state(publish.subscriber, publish.state, now);
+                self.counters.publications += 1;
+                AckStatus::Ok
+            }
+            Publisher::Repeat => {
+                self.counters.publish_repeats += 1;
+                AckStatus::Ok
+            }
+            Publisher::Refused => {
+                self.counters.refused += 1;
+                AckStatus::Unauthenticated
+            }
         };
         out.send(
             Addr::Device(device),
@@ -578,26 +628,40 @@ impl PresenceServer {
         );
     }
 
-    /// Step 2 at B: the publishing device's credential, checked only while
-    /// the subscriber's guard admits it; the guard learns the result.
-    fn check_publisher(&mut self, now: Millis, publish: &Publish<'_>) -> bool {
+    /// Step 2 at B: the publishing device's MAC (or, where enabled, its
+    /// credential), checked only while the subscriber's guard admits it;
+    /// the guard learns the result; then its counter.
+    fn check_publisher(&mut self, now: Millis, device: Msisdn, publish: &Publish<'_>) -> Publisher {
         let subscriber = publish.subscriber;
-        let Some(guard) = self.store.guard_mut(subscriber).map(|g| *g) else {
-            // Unknown: a failure, answered as a wrong credential is.
+        let guard = self.store.guard_mut(subscriber).map(|g| *g);
+        let Some(guard) = guard.filter(|_| device == subscriber) else {
+            // Unknown: a failure, answered as a wrong MAC is.
             self.counters.auth_failures += 1;
-            return false;
+            return Publisher::Refused;
         };
+        if let DeviceAuth::Credential(_) = publish.auth {
+            if !self.device_auth.insecure_credentials {
+                self.counters.insecure_refused += 1;
+                return Publisher::Refused;
+            }
+        }
         if !guard.admits(now) {
             self.counters.auth_locked += 1;
-            return false;
+            return Publisher::Refused;
         }
-        let matches = self
-            .store
-            .get(subscriber)
-            .is_some_and(|b| bool::from(b.credential().ct_eq(publish.credential.as_bytes())));
+        let authentic = self.store.get(subscriber).is_some_and(|b| {
+            let Ok(key) = <[u8; DEVICE_KEY_LEN]>::try_from(b.device_key()) else {
+                return false;
+            };
+            let key = DeviceKey::from_bytes(key);
+            match publish.auth {
+                DeviceAuth::Mac { .. } => key.verifies(&Message::Publish(*publish)),
+                DeviceAuth::Credential(c) => key.matches_secret(subscriber, c.as_bytes()),
+            }
+        });
         let auth = self.auth;
         if let Some(guard) = self.store.guard_mut(subscriber) {
-            if matches {
+            if authentic {
                 guard.succeeded();
             } else {
                 self.counters.auth_failures += 1;
@@ -606,7 +670,31 @@ impl PresenceServer {
                 }
             }
         }
-        matches
+        if !authentic {
+            return Publisher::Refused;
+        }
+        let DeviceAuth::Mac { counter, .. } = publish.auth else {
+            return Publisher::Fresh;
+        };
+        // Out of time, or maybe signed before this server started: not
+        // taken (a device publishing again after the floor is).
+        if self.device_auth.timeliness(now, counter) != Timeliness::Timely {
+            self.counters.auth_stale += 1;
+            return Publisher::Refused;
+        }
+        match self.store.last_publish_mut(subscriber) {
+            Some(last) if counter > *last => {
+                *last = counter;
+                Publisher::Fresh
+            }
+            Some(_) => Publisher::Repeat,
+            None => Publisher::Refused,
+        }
+    }
+
+    /// Sets how devices authenticate publications.
+    pub fn set_device_auth(&mut self, device_auth: DeviceAuthPolicy) {
+        self.device_auth = device_auth;
     }
 
     /// Sets how failed checks of a subscriber's credential are limited.
@@ -656,6 +744,8 @@ impl PresenceServer {
 
 #[cfg(test)]
 mod tests {
+    use presence_codec::Reachability;
+
     use super::window::counter_behind;
     use super::*;
 
@@ -670,9 +760,108 @@ mod tests {
         let mut ps = PresenceServer::new(PsId(0), HOME, 10_000, slots);
         ps.provision(
             m("4915100000001"),
-            SubscriberRecord::new(b"b".to_vec(), vec![m("447700900123")]),
+            SubscriberRecord::new(m("4915100000001"), b"b", vec![m("447700900123")]),
         );
         ps
+    }
+
+    /// Publishes `state` as B's device at `now` with `counter`, under the
+    /// key of `secret`; returns the ack's status.
+    fn publish(
+        ps: &mut PresenceServer,
+        now: Millis,
+        counter: u64,
+        secret: &[u8],
+        state: PresenceState,
+    ) -> Option<AckStatus> {
+        let b = m("4915100000001");
+        let publish = DeviceKey::derive(b, secret).sign_publish(
+            Publish {
+                txid: counter,
+                subscriber: b,
+                state,
+                auth: DeviceAuth::UNSIGNED,
+            },
+            counter,
+        );
+        let mut out = Outbox::default();
+        ps.handle(
+            now,
+            Addr::Device(b),
+            HOME,
+            &Message::Publish(publish),
+            &mut out,
+        );
+        out.transmits.iter().find_map(|t| match t.message {
+            Message::Ack(a) => Some(a.status),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn only_a_newer_authentic_publication_changes_the_status() {
+        let mut ps = server(64);
+        ps.set_device_auth(DeviceAuthPolicy {
+            unix_ms_at_zero: 1_000_000,
+            floor_unix_ms: 1_000_100,
+            ..DeviceAuthPolicy::default()
+        });
+        // Provisioned after the floor was set: counters from before it
+        // are not taken.
+        ps.provision(
+            m("4915100000001"),
+            SubscriberRecord::new(m("4915100000001"), b"b", vec![m("447700900123")]),
+        );
+        let attached = PresenceState::Attached(Reachability::SMS);
+        let state = |ps: &PresenceServer| ps.subscriber(m("4915100000001")).unwrap().state();
+        assert_eq!(
+            publish(&mut ps, 500, 1_000_050, b"b", attached),
+            Some(AckStatus::Unauthenticated),
+            "signed before the floor"
+        );
+        assert_eq!(
+            publish(&mut ps, 500, 1_000_500, b"x", attached),
+            Some(AckStatus::Unauthenticated)
+        );
+        assert_eq!(state(&ps), PresenceState::Detached);
+        assert_eq!(
+            publish(&mut ps, 500, 1_000_500, b"b", attached),
+            Some(AckStatus::Ok)
+        );
+        assert_eq!(state(&ps), attached);
+        // The same again (a replay), and an older one overtaken: acked,
+        // nothing changed.
+        assert_eq!(
+            publish(&mut ps, 600, 1_000_500, b"b", PresenceState::Detached),
+            Some(AckStatus::Ok)
+        );
+        assert_eq!(
+            publish(&mut ps, 600, 1_000_400, b"b", PresenceState::Detached),
+            Some(AckStatus::Ok)
+        );
+        assert_eq!(state(&ps), attached);
+        assert_eq!(ps.counters().publish_repeats, 2);
+        // A counter three seconds ahead of the server's clock: refused.
+        assert_eq!(
+            publish(
+                &mut ps,
+                600,
+                1_000_600 + 3_000,
+                b"b",
+                PresenceState::Detached
+            ),
+            Some(AckStatus::Unauthenticated)
+        );
+        assert_eq!(
+            publish(&mut ps, 700, 1_000_700, b"b", PresenceState::Detached),
+            Some(AckStatus::Ok)
+        );
+        assert_eq!(state(&ps), PresenceState::Detached);
+        assert_eq!(ps.counters().auth_stale, 2);
+        assert_eq!(ps.counters().auth_failures, 1);
+        // The counter moves with the record.
+        let (record, _) = ps.export(800, m("4915100000001"), PsId(3)).unwrap();
+        assert_eq!(record.last_publish, 1_000_700);
     }
 
     fn query(instance: u16, counter: u64, watcher: &str) -> Message<'static> {

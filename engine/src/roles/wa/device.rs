@@ -1,5 +1,7 @@
 //! The WA's memory of recent device requests (docs/reliability.md).
 
+use std::net::SocketAddr;
+
 use ahash::AHashMap;
 use presence_codec::{Msisdn, Outcome};
 
@@ -14,11 +16,12 @@ pub(super) enum DeviceRequest {
     Answered(Outcome),
 }
 
-/// A remembered device request: about whom, what became of it, and until
-/// when it is remembered.
+/// A remembered device request: about whom, from where, what became of
+/// it, and until when it is remembered.
 #[derive(Clone, Copy, Debug)]
 struct DeviceEntry {
     target: Msisdn,
+    source: SocketAddr,
     state: DeviceRequest,
     expires: Millis,
 }
@@ -63,22 +66,30 @@ impl DeviceRequests {
         }
     }
 
-    /// The request's state, if this is a repeat: same id, same target.
+    /// The request's state and where it first came from, if this is a
+    /// repeat: same id, same target.
     pub(super) fn get(
         &mut self,
         now: Millis,
         key: (Msisdn, u64),
         target: Msisdn,
-    ) -> Option<DeviceRequest> {
+    ) -> Option<(DeviceRequest, SocketAddr)> {
         self.expire(now);
         self.map
             .get(&key)
             .filter(|e| e.target == target)
-            .map(|e| e.state)
+            .map(|e| (e.state, e.source))
     }
 
     /// Records a newly accepted request, forgetting the oldest if full.
-    pub(super) fn insert(&mut self, now: Millis, key: (Msisdn, u64), target: Msisdn, keep_ms: u64) {
+    pub(super) fn insert(
+        &mut self,
+        now: Millis,
+        key: (Msisdn, u64),
+        target: Msisdn,
+        source: SocketAddr,
+        keep_ms: u64,
+    ) {
         self.expire(now);
         if self.order.len() >= self.capacity {
             if let Some((old, expires)) = self.order.pop_front() {
@@ -92,6 +103,7 @@ impl DeviceRequests {
             key,
             DeviceEntry {
                 target,
+                source,
                 state: DeviceRequest::Pending,
                 expires,
             },

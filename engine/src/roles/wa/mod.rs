@@ -33,14 +33,18 @@ use std::collections::HashMap;
 
 use ahash::AHashMap;
 
+use std::net::SocketAddr;
+
 use presence_codec::{
-    Answer, ClientOperation, ClientRequest, ErrorReason, Message, Msisdn, Outcome, Query,
+    Answer, ClientOperation, ClientRequest, DeviceAuth, DeviceKey, ErrorReason, Message, Msisdn,
+    Outcome, Query, CREDENTIAL_LEN_MAX,
 };
-use subtle::ConstantTimeEq;
 
 use self::device::{DeviceRequest, DeviceRequests};
 use self::pending::{Pending, PendingTable};
-use super::auth::{AuthGuard, AuthPolicy, Failure};
+use super::auth::{
+    AuthGuard, AuthPolicy, DeviceAuthPolicy, Failure, ReplayWindow, Seen, Timeliness,
+};
 use super::limit::{Bucket, Rate};
 use super::timer::{Timer, TimerWheel};
 use super::{Addr, DropCounters, Millis, Outbox};
@@ -49,18 +53,22 @@ use crate::table::NetworkId;
 /// What the WA knows of one of its subscribers (from provisioning).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subscriber {
-    /// The credential A's devices present (at most 32 bytes).
+    /// The secret A's devices are provisioned with (at most 32 bytes; the
+    /// device key is derived from it and A's number, §5.11). Empty: A's
+    /// devices cannot authenticate.
     pub credential: Vec<u8>,
     /// Prepay credit, in query units of [`WaConfig::query_cost`].
     pub credit: u64,
 }
 
-/// A subscriber as the WA keeps it: the credential inline, so checking it
-/// costs no extra memory access.
-#[derive(Clone, Copy, Debug)]
+/// A subscriber as the WA keeps it: the device key inline, so checking a
+/// request costs no extra memory access.
+#[derive(Clone, Debug)]
 struct Account {
-    credential: [u8; presence_codec::CREDENTIAL_LEN_MAX],
-    credential_len: u8,
+    /// `None`: no usable secret was provisioned; nothing authenticates.
+    key: Option<DeviceKey>,
+    /// Counters of A's requests seen ([`ReplayWindow`]).
+    replay: ReplayWindow,
     credit: u64,
     /// The watcher's rate limit ([`WaConfig::watcher_rate`]).
     bucket: Bucket,
@@ -69,32 +77,17 @@ struct Account {
 }
 
 impl Account {
-    /// A credential longer than 32 bytes, or empty, is stored as
-    /// unmatchable rather than cut to a prefix of itself.
-    fn of(s: &Subscriber) -> Account {
-        let mut credential = [0u8; presence_codec::CREDENTIAL_LEN_MAX];
-        let len = s.credential.len().min(credential.len());
-        credential[..len].copy_from_slice(&s.credential[..len]);
-        let credential_len = if s.credential.is_empty() || s.credential.len() > len {
-            u8::MAX
-        } else {
-            len as u8
-        };
+    /// A secret longer than 32 bytes, or empty, gives no key: such a
+    /// subscriber's requests are all refused.
+    fn of(msisdn: Msisdn, s: &Subscriber, floor_unix_ms: u64) -> Account {
+        let usable = !s.credential.is_empty() && s.credential.len() <= CREDENTIAL_LEN_MAX;
         Account {
-            credential,
-            credential_len,
+            key: usable.then(|| DeviceKey::derive(msisdn, &s.credential)),
+            replay: ReplayWindow::starting_at(floor_unix_ms),
             credit: s.credit,
             bucket: Bucket::default(),
             guard: AuthGuard::default(),
         }
-    }
-}
-
-impl Account {
-    /// The credential; `credential_len` is `u8::MAX` for one that was too
-    /// long to store, which no device can match.
-    fn credential(&self) -> Option<&[u8]> {
-        self.credential.get(..usize::from(self.credential_len))
     }
 }
 
@@ -120,6 +113,9 @@ pub struct WaConfig {
     pub query_cost: u64,
     /// How failed credential checks of one watcher are limited.
     pub auth: AuthPolicy,
+    /// How devices authenticate: MACs, their clock skew, the replay floor;
+    /// the insecure credential form.
+    pub device_auth: DeviceAuthPolicy,
     /// Queries one watcher may ask per second, and in a burst (`None`:
     /// unlimited). Beyond it A is answered `Overloaded` with the time its
     /// next query would be taken; nothing is debited or sent.
@@ -145,6 +141,7 @@ impl WaConfig {
             pending_max: 65_536,
             query_cost: 1,
             auth: AuthPolicy::default(),
+            device_auth: DeviceAuthPolicy::default(),
             watcher_rate: None,
             boot_time_s: 0,
         }
@@ -180,6 +177,15 @@ pub struct WaCounters {
     pub auth_locked: u64,
     /// Refused without a check: the source network's failure budget spent.
     pub auth_source_limited: u64,
+    /// Refused: a MAC that verified on a counter outside the clock skew, or
+    /// older than the replay window (a replay, or a device's clock astray).
+    pub auth_stale: u64,
+    /// A counter already taken, from another source than the request that
+    /// carried it first, or no longer remembered: a replay, not answered.
+    pub replays: u64,
+    /// Refused: the version 1 credential form, not enabled
+    /// (`insecure_credentials`).
+    pub insecure_refused: u64,
     /// Watchers locked out (the first lock-out of a run of failures): the
     /// `credential_guessing` alarm.
     pub lockouts: u64,
@@ -209,6 +215,9 @@ impl WaCounters {
         self.auth_failures += other.auth_failures;
         self.auth_locked += other.auth_locked;
         self.auth_source_limited += other.auth_source_limited;
+        self.auth_stale += other.auth_stale;
+        self.replays += other.replays;
+        self.insecure_refused += other.insecure_refused;
         self.lockouts += other.lockouts;
         self.credit_exhausted += other.credit_exhausted;
         self.throttled += other.throttled;
@@ -254,9 +263,10 @@ impl WatcherApp {
     /// to 32, which no device can then match). Tables are sized for
     /// `pending_max` now, so steady-state traffic allocates nothing.
     pub fn new(config: WaConfig, subscribers: HashMap<Msisdn, Subscriber>) -> WatcherApp {
+        let floor = config.device_auth.floor_unix_ms;
         let subscribers: AHashMap<Msisdn, Account> = subscribers
             .into_iter()
-            .map(|(m, s)| (m, Account::of(&s)))
+            .map(|(m, s)| (m, Account::of(m, &s, floor)))
             .collect();
         let pending = PendingTable::new(config.pending_max);
         let slots = pending.slots.len();
@@ -279,11 +289,12 @@ impl WatcherApp {
     /// existing subscriber keeps the credit it has left (a reprovisioning is
     /// not a top-up).
     pub fn provision(&mut self, msisdn: Msisdn, subscriber: &Subscriber) {
-        let account = Account::of(subscriber);
+        let account = Account::of(msisdn, subscriber, self.config.device_auth.floor_unix_ms);
         match self.subscribers.get_mut(&msisdn) {
             Some(existing) => {
-                existing.credential = account.credential;
-                existing.credential_len = account.credential_len;
+                // The window stays: counters seen under the old key are
+                // not taken again under the new.
+                existing.key = account.key;
             }
             None => {
                 self.subscribers.insert(msisdn, account);
@@ -381,13 +392,109 @@ impl WatcherApp {
         self.reply_to_device(device, request.txid, request.target, outcome, out);
     }
 
-    /// Steps 1–4 for a request from `device`. `target_network` is the
-    /// numbering table's network for B (step 3: internal when it is this
-    /// network).
+    /// Step 2's check of a request from `device`, before anything else is
+    /// looked at: `Ok(fresh)` if it authenticates (`fresh`: its counter is
+    /// new, or it has none, in the insecure form), else the fate of the
+    /// refusal (already answered, or not, for a replay).
+    fn authenticate(
+        &mut self,
+        now: Millis,
+        device: Msisdn,
+        request: &ClientRequest<'_>,
+        out: &mut Outbox,
+    ) -> Result<bool, RequestFate> {
+        let policy = self.config.device_auth;
+        let unauthenticated = Outcome::Error(ErrorReason::Unauthenticated);
+        // A device speaks for its own number only; a watcher locked out by
+        // failed checks is not checked at all, and answered as a wrong
+        // credential is (docs/reliability.md, §4a).
+        let Some(account) = self
+            .subscribers
+            .get_mut(&request.watcher)
+            .filter(|_| request.watcher == device)
+        else {
+            self.counters.auth_failures += 1;
+            self.counters.unauthenticated += 1;
+            self.reply_to_device(device, request.txid, request.target, unauthenticated, out);
+            return Err(RequestFate::AuthFailed);
+        };
+        if let DeviceAuth::Credential(_) = request.auth {
+            if !policy.insecure_credentials {
+                // Not a guess at anything: the form is switched off.
+                self.counters.insecure_refused += 1;
+                self.counters.unauthenticated += 1;
+                self.reply_to_device(device, request.txid, request.target, unauthenticated, out);
+                return Err(RequestFate::Refused);
+            }
+        }
+        if !account.guard.admits(now) {
+            self.counters.auth_locked += 1;
+            self.counters.unauthenticated += 1;
+            self.reply_to_device(device, request.txid, request.target, unauthenticated, out);
+            return Err(RequestFate::Refused);
+        }
+        let authentic = account.key.as_ref().is_some_and(|key| match request.auth {
+            DeviceAuth::Mac { .. } => key.verifies(&Message::ClientRequest(*request)),
+            DeviceAuth::Credential(c) => key.matches_secret(request.watcher, c.as_bytes()),
+        });
+        if !authentic {
+            if let Failure::LockedOut { first: true } = account.guard.failed(now, &self.config.auth)
+            {
+                self.counters.lockouts += 1;
+            }
+            self.counters.auth_failures += 1;
+            self.counters.unauthenticated += 1;
+            self.reply_to_device(device, request.txid, request.target, unauthenticated, out);
+            return Err(RequestFate::AuthFailed);
+        }
+        account.guard.succeeded();
+        let DeviceAuth::Mac { counter, .. } = request.auth else {
+            return Ok(true);
+        };
+        // The key made this request; when is the question: its counter must
+        // be near our clock, not from before our start, and unseen (a
+        // replay window per watcher).
+        let seen = match policy.timeliness(now, counter) {
+            Timeliness::Timely => account.replay.classify(counter),
+            Timeliness::BeforeFloor { retry_after_ms } => {
+                // Maybe a device right after our start, maybe a capture
+                // from before it: not taken; a new request soon is.
+                self.counters.auth_stale += 1;
+                let retry_after_ms = u32::try_from(retry_after_ms).unwrap_or(u32::MAX);
+                let outcome = Outcome::Overloaded { retry_after_ms };
+                self.reply_to_device(device, request.txid, request.target, outcome, out);
+                return Err(RequestFate::Refused);
+            }
+            Timeliness::OutOfTime => Seen::Old,
+        };
+        match seen {
+            Seen::New => {
+                account.replay.mark(counter);
+                Ok(true)
+            }
+            Seen::Repeat => Ok(false),
+            Seen::Old => {
+                self.counters.auth_stale += 1;
+                self.counters.unauthenticated += 1;
+                self.reply_to_device(device, request.txid, request.target, unauthenticated, out);
+                Err(RequestFate::Refused)
+            }
+        }
+    }
+
+    /// Steps 1–4 for a request from `device`, sent from `from`.
+    /// `target_network` is the numbering table's network for B (step 3:
+    /// internal when it is this network).
+    ///
+    /// A request whose counter was seen already is a retransmission, or a
+    /// replay: it is answered from the memory of device requests, and only
+    /// to the address the request first came from; never debited or sent
+    /// again.
     pub fn handle_request(
         &mut self,
         now: Millis,
         device: Msisdn,
+        from: SocketAddr,
         request: &ClientRequest<'_>,
         target_network: Option<NetworkId>,
         out: &mut Outbox,
@@ -395,49 +502,48 @@ impl WatcherApp {
         let refuse = |wa: &mut WatcherApp, outcome, out: &mut Outbox| {
             wa.reply_to_device(device, request.txid, request.target, outcome, out);
         };
-        // Step 2: a device speaks for its own number only, with its
-        // credential; a watcher locked out by failed checks is not checked
-        // at all, and answered as a wrong credential is.
-        let checked = match self.subscribers.get_mut(&request.watcher) {
-            Some(account) if request.watcher == device => {
-                if !account.guard.admits(now) {
-                    self.counters.auth_locked += 1;
-                    self.counters.unauthenticated += 1;
-                    refuse(self, Outcome::Error(ErrorReason::Unauthenticated), out);
-                    return RequestFate::Refused;
-                }
-                let matches = account
-                    .credential()
-                    .is_some_and(|c| bool::from(c.ct_eq(request.credential.as_bytes())));
-                if matches {
-                    account.guard.succeeded();
-                } else if let Failure::LockedOut { first: true } =
-                    account.guard.failed(now, &self.config.auth)
-                {
-                    self.counters.lockouts += 1;
-                }
-                matches
-            }
-            _ => false,
+        let fresh = match self.authenticate(now, device, request, out) {
+            Ok(fresh) => fresh,
+            Err(fate) => return fate,
         };
-        if !checked {
-            self.counters.auth_failures += 1;
-            self.counters.unauthenticated += 1;
-            refuse(self, Outcome::Error(ErrorReason::Unauthenticated), out);
-            return RequestFate::AuthFailed;
+        let key = (request.watcher, request.txid);
+        if !fresh {
+            // A counter taken before: the same request again, from where
+            // it first came, gets what the first got; anything else is a
+            // replay and gets nothing.
+            return match self.device_requests.get(now, key, request.target) {
+                Some((_, source)) if source != from => {
+                    self.counters.replays += 1;
+                    RequestFate::Repeat
+                }
+                Some((DeviceRequest::Pending, _)) => {
+                    self.counters.device_repeats += 1;
+                    RequestFate::Repeat
+                }
+                Some((DeviceRequest::Answered(outcome), _)) => {
+                    self.counters.device_repeats += 1;
+                    refuse(self, outcome, out);
+                    RequestFate::Repeat
+                }
+                None => {
+                    self.counters.replays += 1;
+                    RequestFate::Repeat
+                }
+            };
         }
         if request.operation != ClientOperation::Query {
             self.counters.drops.unexpected += 1;
             refuse(self, Outcome::Error(ErrorReason::Refused), out);
             return RequestFate::Refused;
         }
-        let key = (request.watcher, request.txid);
+        // A new counter on a request id already taken: the device asking
+        // again under a fresh counter; never a second query either.
         match self.device_requests.get(now, key, request.target) {
-            Some(DeviceRequest::Pending) => {
+            Some((DeviceRequest::Pending, _)) => {
                 self.counters.device_repeats += 1;
                 return RequestFate::Repeat;
             }
-            Some(DeviceRequest::Answered(outcome)) => {
+            Some((DeviceRequest::Answered(outcome), _)) => {
                 self.counters.device_repeats += 1;
                 refuse(self, outcome, out);
                 return RequestFate::Repeat;
@@ -475,7 +581,7 @@ impl WatcherApp {
         // than once) finds it, and is not charged twice.
         let keep_ms = u64::from(self.config.deadline_ms) * DEVICE_REPEAT_DEADLINES;
         self.device_requests
-            .insert(now, key, request.target, keep_ms);
+            .insert(now, key, request.target, from, keep_ms);
         let Some(subscriber) = self.subscribers.get_mut(&request.watcher) else {
             return RequestFate::Refused;
         };
@@ -662,9 +768,41 @@ impl WatcherApp {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::Cell;
+
     use presence_codec::Credential;
 
     use super::*;
+
+    /// Where the tests' device sends from.
+    const DEVICE: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::new(10, 0, 0, 1),
+        4000,
+    ));
+
+    thread_local! {
+        /// The last counter this test's device signed with.
+        static LAST_COUNTER: Cell<u64> = const { Cell::new(0) };
+    }
+
+    /// A request of A's device with id `id`, signed at `now` (the WA's
+    /// clock is Unix time 0 at 0) under the key of `secret`.
+    fn signed(now: Millis, id: u64, secret: &[u8]) -> ClientRequest<'static> {
+        let counter = LAST_COUNTER.with(|last| {
+            last.set(now.max(last.get() + 1));
+            last.get()
+        });
+        DeviceKey::derive(m(A), secret).sign_request(
+            ClientRequest {
+                txid: id,
+                watcher: m(A),
+                target: m(B),
+                operation: ClientOperation::Query,
+                auth: DeviceAuth::UNSIGNED,
+            },
+            counter,
+        )
+    }
 
     fn m(t: &str) -> Msisdn {
         t.parse().unwrap()
@@ -693,17 +831,193 @@ mod tests {
         ask_as(wa, now, id, credential, out);
     }
 
-    /// A request with device request id `id`.
-    fn ask_as(wa: &mut WatcherApp, now: Millis, id: u64, credential: &[u8], out: &mut Outbox) {
-        let request = ClientRequest {
-            txid: id,
+    /// A request with device request id `id`, signed under `secret`'s key.
+    fn ask_as(wa: &mut WatcherApp, now: Millis, id: u64, secret: &[u8], out: &mut Outbox) {
+        let request = signed(now, id, secret);
+        // B is of another network (7).
+        wa.handle_request(now, m(A), DEVICE, &request, Some(NetworkId(7)), out);
+    }
+
+    #[test]
+    fn a_replayed_request_is_answered_only_where_it_came_from_and_never_debited_again() {
+        let mut wa = wa(100);
+        let mut out = Outbox::default();
+        let captured = signed(1_000, 77, b"pw");
+        wa.handle_request(1_000, m(A), DEVICE, &captured, Some(NetworkId(7)), &mut out);
+        let query = out.transmits.iter().find_map(|t| match t.message {
+            Message::Query(q) => Some(q),
+            _ => None,
+        });
+        let query = query.expect("the first is taken");
+        assert_eq!(wa.credit(m(A)), Some(99));
+        // Replayed while pending, from the attacker's address: nothing.
+        let attacker: SocketAddr = "192.0.2.9:5000".parse().unwrap();
+        out.clear();
+        wa.handle_request(
+            1_001,
+            m(A),
+            attacker,
+            &captured,
+            Some(NetworkId(7)),
+            &mut out,
+        );
+        assert!(out.transmits.is_empty(), "no answer, no query");
+        // The answer comes; the device asks again (its answer was lost):
+        // the same answer, to it only.
+        out.clear();
+        let answer = Answer {
+            txid: query.txid,
+            reply_node: 0,
+            target: m(B),
+            outcome: Outcome::Detached { confirmed_age_s: 3 },
+        };
+        wa.handle_answer(1_050, &answer, &mut out);
+        out.clear();
+        wa.handle_request(1_100, m(A), DEVICE, &captured, Some(NetworkId(7)), &mut out);
+        assert_eq!(outcome_to_device(&out), Some(answer.outcome));
+        assert!(out.transmits.iter().all(|t| t.to != Addr::Ogps));
+        out.clear();
+        wa.handle_request(
+            1_100,
+            m(A),
+            attacker,
+            &captured,
+            Some(NetworkId(7)),
+            &mut out,
+        );
+        assert!(out.transmits.is_empty(), "the attacker still gets nothing");
+        // Long after the memory forgot it: still nothing, still one debit.
+        out.clear();
+        wa.handle_request(
+            50_000,
+            m(A),
+            DEVICE,
+            &captured,
+            Some(NetworkId(7)),
+            &mut out,
+        );
+        assert!(out.transmits.is_empty());
+        assert_eq!(wa.credit(m(A)), Some(99), "debited once");
+        assert_eq!(wa.counters().replays, 3);
+        assert_eq!(wa.counters().accepted, 1);
+        // Once 64 newer requests passed it, it is too old to tell: refused.
+        for i in 0..64 {
+            ask(&mut wa, 50_001 + i, b"pw", &mut out);
+        }
+        out.clear();
+        wa.handle_request(
+            50_100,
+            m(A),
+            DEVICE,
+            &captured,
+            Some(NetworkId(7)),
+            &mut out,
+        );
+        assert_eq!(
+            outcome_to_device(&out),
+            Some(Outcome::Error(ErrorReason::Unauthenticated))
+        );
+        assert_eq!(wa.counters().auth_stale, 1);
+        assert_eq!(wa.counters().auth_failures, 0, "not a guess");
+    }
+
+    #[test]
+    fn a_counter_out_of_time_or_from_before_a_restart_is_refused() {
+        let mut config = WaConfig::new(NetworkId(1));
+        config.device_auth.unix_ms_at_zero = 1_000_000;
+        // Started at 1_000_000 + 500; device clocks at most 2 s ahead.
+        config.device_auth.floor_unix_ms = 1_000_500 + 2_000;
+        config.device_auth.clock_skew_ms = 60_000;
+        let subscribers = HashMap::from([(
+            m(A),
+            Subscriber {
+                credential: b"pw".to_vec(),
+                credit: 10,
+            },
+        )]);
+        let mut wa = WatcherApp::new(config, subscribers);
+        let key = DeviceKey::derive(m(A), b"pw");
+        let request = |txid, counter| {
+            key.sign_request(
+                ClientRequest {
+                    txid,
+                    watcher: m(A),
+                    target: m(B),
+                    operation: ClientOperation::Query,
+                    auth: DeviceAuth::UNSIGNED,
+                },
+                counter,
+            )
+        };
+        let mut out = Outbox::default();
+        let unauthenticated = Some(Outcome::Error(ErrorReason::Unauthenticated));
+        // Signed before this WA started (a capture from its last life).
+        wa.handle_request(3_000, m(A), DEVICE, &request(1, 1_000_400), None, &mut out);
+        assert_eq!(outcome_to_device(&out), unauthenticated);
+        // A device clock two minutes slow, or three seconds fast.
+        for counter in [1_003_000 - 120_000, 1_003_000 + 3_000] {
+            out.clear();
+            wa.handle_request(3_000, m(A), DEVICE, &request(2, counter), None, &mut out);
+            assert_eq!(outcome_to_device(&out), unauthenticated);
+        }
+        // Signed just after the start, or by a clock up to 2 s fast just
+        // before it: not taken, and told when a new request will be.
+        out.clear();
+        wa.handle_request(600, m(A), DEVICE, &request(3, 1_000_600), None, &mut out);
+        assert_eq!(
+            outcome_to_device(&out),
+            Some(Outcome::Overloaded {
+                retry_after_ms: 1_900
+            })
+        );
+        assert_eq!(wa.counters().auth_stale, 4);
+        assert_eq!(wa.counters().auth_failures, 0);
+        // In time and after the floor: taken.
+        out.clear();
+        wa.handle_request(3_000, m(A), DEVICE, &request(4, 1_002_501), None, &mut out);
+        assert_eq!(wa.counters().accepted, 1);
+    }
+
+    #[test]
+    fn the_credential_in_clear_is_refused_unless_switched_on() {
+        let clear = ClientRequest {
+            txid: 9,
             watcher: m(A),
             target: m(B),
             operation: ClientOperation::Query,
-            credential: Credential::new(credential).unwrap(),
+            auth: DeviceAuth::Credential(Credential::new(b"pw").unwrap()),
         };
-        // B is of another network (7).
-        wa.handle_request(now, m(A), &request, Some(NetworkId(7)), out);
+        let mut out = Outbox::default();
+        let mut off = wa(10);
+        off.handle_request(5, m(A), DEVICE, &clear, Some(NetworkId(7)), &mut out);
+        assert_eq!(
+            outcome_to_device(&out),
+            Some(Outcome::Error(ErrorReason::Unauthenticated))
+        );
+        assert_eq!(off.counters().insecure_refused, 1);
+        let mut config = WaConfig::new(NetworkId(1));
+        config.device_auth.insecure_credentials = true;
+        let mut on = WatcherApp::new(
+            config,
+            HashMap::from([(
+                m(A),
+                Subscriber {
+                    credential: b"pw".to_vec(),
+                    credit: 10,
+                },
+            )]),
+        );
+        out.clear();
+        on.handle_request(5, m(A), DEVICE, &clear, Some(NetworkId(7)), &mut out);
+        assert!(out.transmits.iter().any(|t| t.to == Addr::Ogps));
+        let wrong = ClientRequest {
+            auth: DeviceAuth::Credential(Credential::new(b"pW").unwrap()),
+            txid: 10,
+            ..clear
+        };
+        out.clear();
+        on.handle_request(6, m(A), DEVICE, &wrong, Some(NetworkId(7)), &mut out);
+        assert_eq!(on.counters().auth_failures, 1);
     }
 
     fn outcome_to_device(out: &Outbox) -> Option<Outcome> {
@@ -940,14 +1254,12 @@ mod tests {
         let mut wa = wa(5);
         let mut out = Outbox::default();
         let request = ClientRequest {
-            txid: 1,
-            watcher: m(A),
             target: m("447712345678"),
-            operation: ClientOperation::Query,
-            credential: Credential::new(b"pw").unwrap(),
+            ..signed(0, 1, b"pw")
         };
+        let request = DeviceKey::derive(m(A), b"pw").sign_request(request, 1);
         // The numbering table placed B in this network (1).
-        wa.handle_request(0, m(A), &request, Some(NetworkId(1)), &mut out);
+        wa.handle_request(0, m(A), DEVICE, &request, Some(NetworkId(1)), &mut out);
         assert_eq!(out.transmits[0].to, Addr::Igps);
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use presence_codec::shard::{owner, shard_hash};
 use presence_codec::{
     samples, BuddyAction, BuddyList, BuddyUpdate, ClientOperation, ClientRequest, Consent,
-    ConsentScope, ConsentUpdate, Credential, FrameWriter, Message, MessageType, Msisdn,
+    ConsentScope, ConsentUpdate, Credential, DeviceAuth, FrameWriter, Message, MessageType, Msisdn,
     PresenceState, Publish, FRAME_LEN_DEFAULT_MAX, MSISDN_MAX,
 };
 use socket2::{Domain, Protocol, Socket, Type};
@@ -182,20 +182,20 @@ fn frame(messages: &[Message<'_>]) -> Vec<u8> {
 
 /// A message of a subject-first type (`kind` picks which) about `subject`.
 fn subject_message(kind: usize, subject: Msisdn) -> Message<'static> {
-    let credential = Credential::new(b"pw").unwrap();
+    let credential = DeviceAuth::Credential(Credential::new(b"pw").unwrap());
     match kind % 4 {
         0 => Message::ClientRequest(ClientRequest {
             txid: 1,
             watcher: subject,
             target: samples::TARGET,
             operation: ClientOperation::Query,
-            credential,
+            auth: credential,
         }),
         1 => Message::Publish(Publish {
             txid: 2,
             subscriber: subject,
             state: PresenceState::Detached,
-            credential,
+            auth: credential,
         }),
         2 => Message::BuddyUpdate(BuddyUpdate {
             txid: 3,

@@ -1,0 +1,123 @@
+//! The appliance's "alive until" stamp: how the device-request replay floor
+//! survives a restart (docs/reliability.md §4a', docs/wire-format.md
+//! §5.11).
+//!
+//! The WA's replay windows live in memory. A device request captured
+//! before a restart must not be taken after it, so after a restart every
+//! counter below a floor is refused: the last moment the previous life
+//! could have taken a request, plus the most a device's clock may run
+//! ahead. That moment is kept in `.alive` in the charge-record folder: the
+//! Unix time in milliseconds, eight bytes little-endian, rewritten every
+//! [`STAMP_EVERY`] while the appliance runs (a process killed with -9
+//! leaves a stamp at most that old; the page cache keeps it across a
+//! process's death, and a machine's reboot takes longer than the floor
+//! lasts). With no stamp (a first start) there is nothing to replay and
+//! no floor; after a restart that took longer than the floor, none is
+//! felt either. Only a restart faster than that holds new requests back,
+//! answered `Overloaded` with the time to retry.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// How often the stamp is rewritten.
+pub(crate) const STAMP_EVERY: Duration = Duration::from_millis(500);
+
+/// The stamp's file name in the charge-record folder.
+const STAMP_FILE: &str = ".alive";
+
+fn unix_ms_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The replay floor for this start: the previous life's last stamp plus
+/// one stamp interval and `clock_ahead_ms`; 0 with no readable stamp.
+pub(crate) fn replay_floor(dir: &Path, clock_ahead_ms: u64) -> u64 {
+    let mut bytes = [0u8; 8];
+    let read = File::open(dir.join(STAMP_FILE)).and_then(|f| f.read_exact_at(&mut bytes, 0));
+    match read {
+        Ok(()) => u64::from_le_bytes(bytes)
+            .saturating_add(STAMP_EVERY.as_millis() as u64)
+            .saturating_add(clock_ahead_ms),
+        Err(_) => 0,
+    }
+}
+
+/// Rewrites the stamp until stopped.
+#[derive(Debug)]
+pub(crate) struct AliveStamp {
+    stopping: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AliveStamp {
+    /// Writes the stamp now, then every [`STAMP_EVERY`] on its own thread.
+    pub(crate) fn start(dir: &Path) -> std::io::Result<AliveStamp> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o640)
+            .open(dir.join(STAMP_FILE))?;
+        file.write_all_at(&unix_ms_now().to_le_bytes(), 0)?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
+        let thread = std::thread::Builder::new()
+            .name("alive-stamp".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::park_timeout(STAMP_EVERY);
+                    if let Err(e) = file.write_all_at(&unix_ms_now().to_le_bytes(), 0) {
+                        tracing::warn!(error = %e, "cannot write the alive stamp");
+                    }
+                }
+            })?;
+        Ok(AliveStamp {
+            stopping,
+            thread: Some(thread),
+        })
+    }
+
+    /// Writes a last stamp and stops.
+    pub(crate) fn stop(&mut self) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for AliveStamp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_stamp_no_floor_and_a_stamp_gives_its_time_plus_margins() {
+        let dir = std::env::temp_dir().join(format!("alive-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(dir.join(STAMP_FILE));
+        assert_eq!(replay_floor(&dir, 2_000), 0, "a first start");
+        let before = unix_ms_now();
+        let mut stamp = AliveStamp::start(&dir).unwrap();
+        stamp.stop();
+        let floor = replay_floor(&dir, 2_000);
+        assert!(
+            floor >= before + 2_500 && floor <= unix_ms_now() + 2_500,
+            "{floor}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
