@@ -395,9 +395,12 @@ impl PeerSet {
     }
 }
 
-/// A BG certificate names exactly one network: one DNS subject alternative
-/// name, equal byte for byte to the network's name (webpki's own check folds
-/// case and honours wildcards; a network identity must do neither).
+/// A BG certificate names exactly one network: exactly one subject
+/// alternative name of any kind, a DNS name equal byte for byte to the
+/// network's name (webpki's own check folds case and honours wildcards; a
+/// network identity must do neither; and a URI or IP entry beside it is
+/// outside a CA's DNS name constraint, so it would name something the
+/// network's CA was never allowed to vouch for).
 fn check_exact_name(
     end_entity: &CertificateDer<'_>,
     network: &NetworkName,
@@ -409,16 +412,10 @@ fn check_exact_name(
         .subject_alternative_name()
         .map_err(|_| TlsError::InvalidCertificate(CertificateError::BadEncoding))?
         .ok_or_else(wrong)?;
-    let mut dns = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            x509_parser::extensions::GeneralName::DNSName(d) => Some(*d),
-            _ => None,
-        });
-    match (dns.next(), dns.next()) {
-        (Some(only), None) if only == network.as_str() => Ok(()),
+    match san.value.general_names.as_slice() {
+        [x509_parser::extensions::GeneralName::DNSName(only)] if *only == network.as_str() => {
+            Ok(())
+        }
         _ => Err(wrong()),
     }
 }

@@ -159,6 +159,51 @@ fn a_certificate_for_another_network_name_is_refused() {
     assert!(b_counters.refused(Refusal::WrongNetwork) >= 2);
 }
 
+/// A certificate from A's own (name-constrained) CA naming a.example and
+/// something else beside it: a URI, an IP address, a second DNS name.
+fn with_extra_name(a: &NetworkMaterial, extra: rcgen::SanType) -> NetworkMaterial {
+    let ca_key = rcgen::KeyPair::from_pem(&a.ca.key_pem).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&a.ca.cert_pem, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![a.network.as_str().to_string()]).unwrap();
+    params.subject_alt_names.push(extra);
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    NetworkMaterial {
+        bg: PemPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        },
+        ..a.clone()
+    }
+}
+
+#[test]
+fn a_certificate_must_hold_exactly_one_name_the_networks() {
+    let a = material("a.example");
+    let b = material("b.example");
+    let extras = [
+        rcgen::SanType::URI("https://a.example/bg".try_into().unwrap()),
+        rcgen::SanType::IpAddress("192.0.2.1".parse().unwrap()),
+        rcgen::SanType::DnsName("bg2.a.example".try_into().unwrap()),
+    ];
+    for extra in extras {
+        let what = format!("{extra:?}");
+        let (b_counters, _) = refused_by_b(with_extra_name(&a, extra), &b, &[&a]);
+        let refusals: u64 = [Refusal::WrongNetwork, Refusal::BadCertificate]
+            .iter()
+            .map(|r| b_counters.refused(*r))
+            .sum();
+        assert!(refusals >= 2, "{what}: refused as naming more than A");
+    }
+}
+
 #[test]
 fn a_network_ca_cannot_vouch_for_another_networks_name() {
     let a = material("a.example");
