@@ -28,7 +28,8 @@ pub fn frame_decode(data: &[u8]) {
     };
     let mut start = FRAME_HEADER_LEN;
     let mut all_accepted = true;
-    let mut reencoded = vec![0x50, 0x01];
+    // The header names the frame's version (§10); the messages follow it.
+    let mut reencoded = vec![crate::FRAME_MAGIC, reader.version()];
     while let Some(result) = reader.next() {
         let end = reader.position();
         match result {
