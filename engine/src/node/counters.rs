@@ -20,15 +20,19 @@ pub enum Alarm {
     /// A watcher's credential failed often enough to lock its checks out
     /// (once per run of failures; docs/reliability.md).
     CredentialGuessing,
+    /// A peer's query whose transaction id was a window or more from its
+    /// live stream's mark (refused, so it cannot poison the window).
+    TxidOutOfWindow,
 }
 
 impl Alarm {
     /// Every alarm, in counter order.
-    pub const ALL: [Alarm; 4] = [
+    pub const ALL: [Alarm; 5] = [
         Alarm::WatcherNotOfOrigin,
         Alarm::QuerySkippedWa,
         Alarm::AnswerFromWrongNetwork,
         Alarm::CredentialGuessing,
+        Alarm::TxidOutOfWindow,
     ];
 
     /// Stable label.
@@ -38,6 +42,7 @@ impl Alarm {
             Alarm::QuerySkippedWa => "query_skipped_wa",
             Alarm::AnswerFromWrongNetwork => "answer_from_wrong_network",
             Alarm::CredentialGuessing => "credential_guessing",
+            Alarm::TxidOutOfWindow => "txid_out_of_window",
         }
     }
 }
@@ -324,7 +329,7 @@ impl RoleCounters {
 
     /// Every counter as `(role, event, value)`, in a stable order: the
     /// labels of `presence_role_events_total`.
-    pub fn events(&self) -> [(&'static str, &'static str, u64); 35] {
+    pub fn events(&self) -> [(&'static str, &'static str, u64); 36] {
         let (wa, ogps, igps, ps) = (&self.wa, &self.ogps, &self.igps, &self.ps);
         [
             ("wa", "accepted", wa.accepted),
@@ -360,6 +365,7 @@ impl RoleCounters {
             ("ps", "auth_stale", ps.auth_stale),
             ("ps", "publish_repeats", ps.publish_repeats),
             ("ps", "insecure_refused", ps.insecure_refused),
+            ("ps", "out_of_window", ps.out_of_window),
             ("ps", "window_full", ps.drops.overloaded),
             ("ps", "charging_refused", ps.charging_refused),
         ]

@@ -129,6 +129,8 @@ impl Metrics {
         // So are watchers locked out by failed credential checks.
         report.node.alarms.0[Alarm::CredentialGuessing as usize] +=
             roles.wa.lockouts + roles.ps.lockouts;
+        // And transaction ids far from their stream (window poisoning).
+        report.node.alarms.0[Alarm::TxidOutOfWindow as usize] += roles.ps.out_of_window;
         report.roles = roles;
         report.cdr_written = runtime.cdr_written;
         report.udp_send_errors = runtime.udp_send_errors;

@@ -205,6 +205,9 @@ pub struct PsCounters {
     pub publish_repeats: u64,
     /// Publications refused: the version 1 credential form, not enabled.
     pub insecure_refused: u64,
+    /// Queries whose transaction id was a window or more from their live
+    /// stream's mark (the `txid_out_of_window` alarm).
+    pub out_of_window: u64,
     /// Queries refused because charging was unavailable (fail closed).
     pub charging_refused: u64,
     /// Dropped.
@@ -226,6 +229,7 @@ impl PsCounters {
         self.auth_stale += other.auth_stale;
         self.publish_repeats += other.publish_repeats;
         self.insecure_refused += other.insecure_refused;
+        self.out_of_window += other.out_of_window;
         self.charging_refused += other.charging_refused;
         self.drops.add(&other.drops);
     }
@@ -505,6 +509,16 @@ impl PresenceServer {
             WindowLookup::Stale => {
                 // Older than the window: its WA has long given up on it.
                 self.counters.drops.unmatched += 1;
+                return;
+            }
+            WindowLookup::OutOfWindow { retry_after_ms } => {
+                self.counters.out_of_window += 1;
+                let retry_after_ms = u32::try_from(retry_after_ms).unwrap_or(u32::MAX);
+                out.send(
+                    reply_to,
+                    origin,
+                    answer(Outcome::Overloaded { retry_after_ms }),
+                );
                 return;
             }
             WindowLookup::Full => {
@@ -930,9 +944,12 @@ mod tests {
                 retry_after_ms: WINDOW_FULL_RETRY_MS
             })
         );
-        // After the window, counter 5 takes the slot; counter 1 is then stale.
+        // After the window, counter 5 takes the slot; counter 1, a ring
+        // behind the live stream, is never decided again (refused, counted).
         assert_eq!(ask(&mut ps, 20_000, query(0, 5, "447700900123")).1, 1);
-        assert_eq!(ask(&mut ps, 20_001, query(0, 1, "447700900123")), (None, 0));
+        let (late, charged) = ask(&mut ps, 20_001, query(0, 1, "447700900123"));
+        assert!(matches!(late, Some(Outcome::Overloaded { .. })), "{late:?}");
+        assert_eq!(charged, 0);
     }
 
     #[test]
@@ -974,6 +991,53 @@ mod tests {
         );
         assert_eq!(counter_behind(5, 3), 2);
         assert_eq!(counter_behind(3, 5), 0);
+    }
+
+    #[test]
+    fn a_far_ahead_id_is_refused_and_cannot_poison_the_window() {
+        let mut ps = server(64);
+        let a = "447700900123";
+        assert_eq!(ask(&mut ps, 10, query(0, 100, a)).1, 1);
+        // One id far ahead on the live stream: refused until the stream
+        // has been quiet for a window, counted, not charged, not recorded.
+        assert_eq!(
+            ask(&mut ps, 20, query(0, 100 + 1_000_000, a)),
+            (
+                Some(Outcome::Overloaded {
+                    retry_after_ms: 10_000 - 10
+                }),
+                0
+            )
+        );
+        assert_eq!(ps.counters().out_of_window, 1);
+        // The genuine stream goes on: nothing of it is taken for stale.
+        for counter in 101..110 {
+            assert_eq!(ask(&mut ps, 30, query(0, counter, a)).1, 1, "{counter}");
+        }
+        // Far behind, while live: refused the same way.
+        assert!(matches!(
+            ask(&mut ps, 40, query(0, 2, a)).0,
+            Some(Outcome::Overloaded { .. })
+        ));
+        assert_eq!(ps.counters().out_of_window, 2);
+        // The stream's WA restarts and its counter jumps ahead (or its
+        // clock stepped back): once the stream has been quiet for a
+        // window, the new ids are taken, and old ones near them are not
+        // decided twice.
+        let restarted = 50_000_000;
+        assert_eq!(ask(&mut ps, 10_031, query(0, restarted, a)).1, 1);
+        assert_eq!(ask(&mut ps, 10_032, query(0, restarted + 1, a)).1, 1);
+        assert_eq!(
+            ask(&mut ps, 10_033, query(0, restarted, a)).1,
+            0,
+            "a duplicate"
+        );
+        assert!(matches!(
+            ask(&mut ps, 10_034, query(0, 105, a)).0,
+            Some(Outcome::Overloaded { .. })
+        ));
+        let stepped_back = 7;
+        assert_eq!(ask(&mut ps, 30_000, query(0, stepped_back, a)).1, 1);
     }
 
     #[test]

@@ -18,9 +18,15 @@ use crate::table::NetworkId;
 /// insert into a large table. Rules:
 /// - a slot still holding a live decision of an *older* transaction means the
 ///   ring is full for that stream: the server answers `Overloaded`;
-/// - a transaction older than the slot's occupant, or more than a ring behind
-///   the newest transaction seen on its stream (the high-water mark), is older
-///   than the window: dropped, never decided a second time;
+/// - a transaction older than the slot's occupant is older than the window:
+///   dropped, never decided a second time;
+/// - a transaction a ring or more away from the newest one seen on its
+///   stream (the high-water mark), ahead or behind, is refused while the
+///   stream is live (`Overloaded` until its last decision leaves the
+///   window, counted, an alarm): one far-ahead id cannot move the mark and
+///   make the genuine stream look stale. Once the stream has been quiet
+///   for a window (its WA restarted: the counter jumped ahead, or a clock
+///   stepped back), it starts again from the new id;
 /// - decisions that cannot take their slot (moved in with a subscriber, or
 ///   rebuilt after a restart, colliding with a live one) go to a small
 ///   overflow map, checked first while it is not empty.
@@ -51,6 +57,9 @@ struct Ring {
     chunk_shift: u32,
     /// The newest transaction recorded on the stream, once there is one.
     high_water: Option<u64>,
+    /// When the last decision recorded on the stream leaves the window:
+    /// until then the stream is live and its high-water mark stands.
+    live_until: Millis,
 }
 
 /// A chunk of a ring's slots.
@@ -71,6 +80,7 @@ impl Ring {
             chunks: (0..slots.div_ceil(chunk_len)).map(|_| None).collect(),
             chunk_shift: chunk_len.trailing_zeros(),
             high_water: None,
+            live_until: 0,
         }
     }
 
@@ -105,6 +115,7 @@ impl Ring {
     fn clear(&mut self) {
         self.chunks.iter_mut().for_each(|c| *c = None);
         self.high_water = None;
+        self.live_until = 0;
     }
 }
 
@@ -132,6 +143,12 @@ pub(super) enum WindowLookup {
     New,
     Stale,
     Full,
+    /// A ring or more away from the live stream's high-water mark, ahead
+    /// or behind: refused, not recorded, until the stream has been quiet
+    /// for a window (`retry_after_ms`).
+    OutOfWindow {
+        retry_after_ms: u64,
+    },
 }
 
 impl DecisionWindow {
@@ -180,11 +197,22 @@ impl DecisionWindow {
         let Some(ring) = self.ring(origin, txid) else {
             return WindowLookup::Full;
         };
-        if ring
-            .high_water
-            .is_some_and(|newest| counter_behind(newest, txid) >= span)
-        {
-            return WindowLookup::Stale;
+        if let Some(newest) = ring.high_water {
+            let away = counter_behind(newest, txid).max(counter_behind(txid, newest));
+            if away >= span {
+                if ring.live_until > now {
+                    // One transaction id far from a live stream would
+                    // otherwise move its mark and make every genuine one
+                    // look stale: not taken (docs/reliability.md, §4d).
+                    return WindowLookup::OutOfWindow {
+                        retry_after_ms: ring.live_until - now,
+                    };
+                }
+                // The stream has been quiet for a window: its WA restarted
+                // (its counter jumped ahead, or its clock stepped back).
+                // Nothing on it is live, so it starts again from here.
+                ring.high_water = None;
+            }
         }
         match ring.get(slot) {
             Some(e) if e.txid == txid && e.origin == origin => WindowLookup::Decided(e),
@@ -221,6 +249,7 @@ impl DecisionWindow {
         {
             ring.high_water = Some(entry.txid);
         }
+        ring.live_until = ring.live_until.max(entry.expires);
         let free = ring
             .get(slot)
             .is_none_or(|e| e.expires <= now || e.txid == entry.txid);
