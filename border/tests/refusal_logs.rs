@@ -88,4 +88,51 @@ fn refusals_are_logged_with_their_reason() {
     );
     assert!(node_b.counters().refused(Refusal::UnknownCa) >= 1);
     assert!(node_b.counters().refused(Refusal::NotTls) >= 1);
+
+    // A connect-and-junk flood: every connection refused and counted, but
+    // at most one line per reason per second, the next one saying how many
+    // were left out.
+    let lines_before = log()
+        .lines()
+        .filter(|l| l.contains("reason=\"not_tls\""))
+        .count();
+    // Refused as not TLS, or dropped first for want of a free slot: either
+    // way counted.
+    let counted = || {
+        node_b.counters().refused(Refusal::NotTls)
+            + presence_border::BgCounters::get(&node_b.counters().accept_full)
+    };
+    let counted_before = counted();
+    let flood_started = std::time::Instant::now();
+    for _ in 0..300 {
+        if let Ok(mut junk) = TcpStream::connect(node_b.local_addr()) {
+            let _ = junk.write_all(b"GET / HTTP/1.1\r\n\r\n");
+        }
+    }
+    assert!(
+        wait_until(SECONDS_5 * 2, || counted() >= counted_before + 300),
+        "every junk connection refused and counted: {} of 300",
+        counted() - counted_before
+    );
+    // A last one after a second: its line carries the count left out.
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let mut last = TcpStream::connect(node_b.local_addr()).unwrap();
+    last.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    assert!(
+        wait_until(SECONDS_5, || log().lines().any(|l| l
+            .contains("reason=\"not_tls\"")
+            && !l.contains("suppressed=0"))),
+        "a line says how many were left out: {}",
+        log()
+    );
+    let seconds = flood_started.elapsed().as_secs() + 1;
+    let lines = log()
+        .lines()
+        .filter(|l| l.contains("reason=\"not_tls\""))
+        .count()
+        - lines_before;
+    assert!(
+        lines as u64 <= seconds + 1,
+        "{lines} lines for 301 refusals in {seconds} s"
+    );
 }

@@ -216,7 +216,9 @@ impl BgEndpoint {
                 free > reserved,
             ) else {
                 BgCounters::add(&self.counters.accept_full, 1);
-                tracing::warn!(%addr, "border connection dropped: no free link slot");
+                if let Some(suppressed) = super::log_limit::admit("no_free_link_slot") {
+                    tracing::warn!(%addr, suppressed, "border connection dropped: no free link slot");
+                }
                 continue;
             };
             let link = match Link::accept(
@@ -486,13 +488,19 @@ pub(super) fn log_end(
 ) {
     let name = peer.and_then(|p| peers.name(p)).map(NetworkName::as_str);
     match error {
-        LinkError::Refused { refusal, detail } => tracing::warn!(
-            peer = name,
-            addr = ?addr,
-            reason = refusal.name(),
-            detail = detail.as_str(),
-            "border connection refused"
-        ),
+        LinkError::Refused { refusal, detail } => {
+            // One line per reason per second; the counters count them all.
+            if let Some(suppressed) = super::log_limit::admit(refusal.name()) {
+                tracing::warn!(
+                    peer = name,
+                    addr = ?addr,
+                    reason = refusal.name(),
+                    detail = detail.as_str(),
+                    suppressed,
+                    "border connection refused"
+                );
+            }
+        }
         LinkError::Closed { reason, stream } => tracing::info!(
             peer = name,
             addr = ?addr,

@@ -36,6 +36,7 @@ use crate::tls::BgTls;
 
 mod dial;
 mod drive;
+mod log_limit;
 mod routes;
 
 pub use dial::AIMED_PORTS;
