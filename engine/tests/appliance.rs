@@ -3,6 +3,9 @@
 //! ask about subscribers of B over UDP, through both appliances and their
 //! mutually authenticated border gateways.
 
+mod common;
+use common::{start, table};
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,30 +13,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use presence_codec::{Msisdn, Outcome};
-use presence_engine::lab::{
-    self, DemoNetwork, DeviceAnswer, DeviceClient, SpawnedAppliance, DEMO_BUDDIES,
-};
-
-fn table() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv")
-}
+use presence_engine::lab::{self, DemoNetwork, DeviceAnswer, DeviceClient, DEMO_BUDDIES};
 
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("appliance-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// A `presence-gw run` process of this build.
-fn start(config: &Path) -> SpawnedAppliance {
-    SpawnedAppliance::start(
-        Path::new(env!("CARGO_BIN_EXE_presence-gw")),
-        config,
-        None,
-        |_| {},
-    )
-    .unwrap()
 }
 
 /// Asks each `(watcher, target)` once and returns the answers by target.

@@ -9,26 +9,15 @@
 //! at B a second time; after the restart the capture is refused.
 
 mod common;
-use common::{metric, table};
+use common::{metric, start, table};
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use presence_codec::{
     encode_frame, ErrorReason, FrameReader, Message, Outcome, FRAME_LEN_DEFAULT_MAX,
 };
-use presence_engine::lab::{self, DeviceClient, Devices, SpawnedAppliance};
-
-fn start(config: &Path) -> SpawnedAppliance {
-    SpawnedAppliance::start(
-        Path::new(env!("CARGO_BIN_EXE_presence-gw")),
-        config,
-        None,
-        |_| {},
-    )
-    .unwrap()
-}
+use presence_engine::lab::{self, DeviceClient, Devices};
 
 /// The metric once it has held still for 300 ms (workers publish their
 /// counters every 100 ms).

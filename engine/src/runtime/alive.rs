@@ -1,5 +1,5 @@
 //! The appliance's "alive until" stamp: how the device-request replay floor
-//! survives a restart (docs/reliability.md §4a', docs/wire-format.md
+//! survives a restart (docs/reliability.md §4b, docs/wire-format.md
 //! §5.11).
 //!
 //! The WA's replay windows live in memory. A device request captured

@@ -59,3 +59,15 @@ pub(crate) fn metric(metrics: SocketAddr, name: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// A `presence-gw run` process of this build, its log discarded.
+#[allow(dead_code)] // not every test binary runs an appliance
+pub(crate) fn start(config: &Path) -> presence_engine::lab::SpawnedAppliance {
+    presence_engine::lab::SpawnedAppliance::start(
+        Path::new(env!("CARGO_BIN_EXE_presence-gw")),
+        config,
+        None,
+        |_| {},
+    )
+    .unwrap()
+}

@@ -170,6 +170,9 @@ enum Publisher {
     Repeat,
     /// Not authentic, not timely, or not checked.
     Refused,
+    /// Authentic, signed just below the floor of a restart: to publish
+    /// again (acked `Overloaded`).
+    HeldOff,
 }
 
 /// Counters of the presence server's decisions.
@@ -631,6 +634,7 @@ impl PresenceServer {
                 self.counters.refused += 1;
                 AckStatus::Unauthenticated
             }
+            Publisher::HeldOff => AckStatus::Overloaded,
         };
         out.send(
             Addr::Device(device),
@@ -690,11 +694,19 @@ impl PresenceServer {
         let DeviceAuth::Mac { counter, .. } = publish.auth else {
             return Publisher::Fresh;
         };
-        // Out of time, or maybe signed before this server started: not
-        // taken (a device publishing again after the floor is).
-        if self.device_auth.timeliness(now, counter) != Timeliness::Timely {
-            self.counters.auth_stale += 1;
-            return Publisher::Refused;
+        // Out of time: refused. Maybe signed before this server started
+        // (just below the floor): not taken now; the authentic device is
+        // told to publish again, as a request is.
+        match self.device_auth.timeliness(now, counter) {
+            Timeliness::Timely => {}
+            Timeliness::BeforeFloor { .. } => {
+                self.counters.auth_stale += 1;
+                return Publisher::HeldOff;
+            }
+            Timeliness::OutOfTime => {
+                self.counters.auth_stale += 1;
+                return Publisher::Refused;
+            }
         }
         match self.store.last_publish_mut(subscriber) {
             Some(last) if counter > *last => {
@@ -830,8 +842,13 @@ mod tests {
         let state = |ps: &PresenceServer| ps.subscriber(m("4915100000001")).unwrap().state();
         assert_eq!(
             publish(&mut ps, 500, 1_000_050, b"b", attached),
+            Some(AckStatus::Overloaded),
+            "signed just below the floor: publish again"
+        );
+        assert_eq!(
+            publish(&mut ps, 500, 1_000_050 - 2_001, b"b", attached),
             Some(AckStatus::Unauthenticated),
-            "signed before the floor"
+            "well below it: refused"
         );
         assert_eq!(
             publish(&mut ps, 500, 1_000_500, b"x", attached),
@@ -871,7 +888,7 @@ mod tests {
             Some(AckStatus::Ok)
         );
         assert_eq!(state(&ps), PresenceState::Detached);
-        assert_eq!(ps.counters().auth_stale, 2);
+        assert_eq!(ps.counters().auth_stale, 3);
         assert_eq!(ps.counters().auth_failures, 1);
         // The counter moves with the record.
         let (record, _) = ps.export(800, m("4915100000001"), PsId(3)).unwrap();
