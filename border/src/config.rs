@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::endpoint::EndpointSettings;
+use crate::endpoint::{EndpointSettings, HandshakeRate};
 use crate::identity::NetworkName;
 use crate::link::LinkSettings;
 use crate::tls::{BgTls, TlsSetupError, TrustFile};
@@ -60,6 +60,10 @@ struct RawBorder {
     send_queue_bytes: Option<usize>,
     max_frame_len: Option<usize>,
     max_links: Option<usize>,
+    max_pending_links: Option<usize>,
+    max_pending_per_source: Option<usize>,
+    handshakes_per_source_per_s: Option<u32>,
+    handshake_burst_per_source: Option<u32>,
     backoff_min_ms: Option<u64>,
     backoff_max_ms: Option<u64>,
 }
@@ -192,13 +196,29 @@ impl BorderConfig {
                 .handshake_timeout_ms
                 .unwrap_or(defaults.link.handshake_timeout_ms),
         };
+        let max_links = raw.max_links.unwrap_or(defaults.max_links);
+        // Unset, the pending limits follow max_links: a quarter of it, and
+        // at most that for one source.
+        let max_pending_links = raw.max_pending_links.unwrap_or((max_links / 4).max(1));
         let settings = EndpointSettings {
             link,
-            max_links: raw.max_links.unwrap_or(defaults.max_links),
+            max_links,
+            max_pending_links,
+            max_pending_per_source: raw
+                .max_pending_per_source
+                .unwrap_or(defaults.max_pending_per_source.min(max_pending_links)),
+            handshakes_per_source: HandshakeRate {
+                per_second: raw
+                    .handshakes_per_source_per_s
+                    .unwrap_or(defaults.handshakes_per_source.per_second),
+                burst: raw
+                    .handshake_burst_per_source
+                    .unwrap_or(defaults.handshakes_per_source.burst),
+            },
             backoff_min_ms: raw.backoff_min_ms.unwrap_or(defaults.backoff_min_ms),
             backoff_max_ms: raw.backoff_max_ms.unwrap_or(defaults.backoff_max_ms),
         };
-        let checks: [(&str, bool, &str); 8] = [
+        let checks: [(&str, bool, &str); 12] = [
             (
                 "border.send_queue_bytes",
                 link.send_queue_bytes <= SEND_QUEUE_BYTES_MAX,
@@ -233,6 +253,26 @@ impl BorderConfig {
                 "border.max_links",
                 (1..=65_536).contains(&settings.max_links),
                 "must be 1 to 65536",
+            ),
+            (
+                "border.max_pending_links",
+                (1..=settings.max_links).contains(&settings.max_pending_links),
+                "must be 1 to max_links",
+            ),
+            (
+                "border.max_pending_per_source",
+                (1..=settings.max_pending_links).contains(&settings.max_pending_per_source),
+                "must be 1 to max_pending_links",
+            ),
+            (
+                "border.handshakes_per_source_per_s",
+                settings.handshakes_per_source.per_second >= 1,
+                "must be at least 1",
+            ),
+            (
+                "border.handshake_burst_per_source",
+                settings.handshakes_per_source.burst >= 1,
+                "must be at least 1",
             ),
             (
                 "border.backoff_max_ms",

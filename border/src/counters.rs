@@ -35,8 +35,15 @@ pub struct BgCounters {
     pub links_up: AtomicI64,
     /// Dial attempts (first tries and reconnects).
     pub dial_attempts: AtomicU64,
-    /// Accepted connections dropped because every link slot was taken.
+    /// Accepted connections dropped because every link slot was taken (and
+    /// no unauthenticated connection was idle enough to evict).
     pub accept_full: AtomicU64,
+    /// Accepted connections dropped because their source held every
+    /// unauthenticated slot it may, none idle enough to evict.
+    pub accept_source_full: AtomicU64,
+    /// Accepted connections dropped because their source started too many
+    /// handshakes.
+    pub handshake_rate_limited: AtomicU64,
     /// Frames sent for one peer worker over a link that does not end at it
     /// (no usable link to that worker: the peer's worker hands them across).
     pub sends_off_worker: AtomicU64,
@@ -144,6 +151,16 @@ impl BgCounters {
                 "accept_full_total",
                 &self.accept_full,
                 "Connections dropped: no link slot.",
+            ),
+            (
+                "accept_source_full_total",
+                &self.accept_source_full,
+                "Connections dropped: their source holds its share of unauthenticated slots.",
+            ),
+            (
+                "handshake_rate_limited_total",
+                &self.handshake_rate_limited,
+                "Connections dropped: their source started too many handshakes.",
             ),
             (
                 "sends_off_worker_total",

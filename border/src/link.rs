@@ -159,7 +159,7 @@ impl LinkError {
         }
     }
 
-    fn refused(refusal: Refusal, detail: impl Into<String>) -> LinkError {
+    pub(crate) fn refused(refusal: Refusal, detail: impl Into<String>) -> LinkError {
         LinkError::Refused {
             refusal,
             detail: detail.into(),
@@ -264,6 +264,8 @@ pub struct Link {
     created: Millis,
     established_at: Millis,
     last_rx: Millis,
+    /// The peer has sent at least one byte.
+    heard: bool,
     last_tx: Millis,
     /// When the socket last accepted bytes, or had nothing to take.
     last_write_progress: Millis,
@@ -353,6 +355,7 @@ impl Link {
             created: now,
             established_at: now,
             last_rx: now,
+            heard: false,
             last_tx: now,
             last_write_progress: now,
             draining: false,
@@ -389,6 +392,17 @@ impl Link {
     /// The TLS generation this link was made with.
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// When the peer last sent a byte, or when the link was made if it never
+    /// did.
+    pub fn last_rx(&self) -> Millis {
+        self.last_rx
+    }
+
+    /// Whether the peer has sent at least one byte.
+    pub fn heard_from(&self) -> bool {
+        self.heard
     }
 
     /// Whether the handshake has finished and the peer is known.
@@ -467,6 +481,7 @@ impl Link {
                 Ok(Ciphertext::Eof) => (true, false),
                 Ok(Ciphertext::Bytes { n, drained }) => {
                     self.last_rx = now;
+                    self.heard = true;
                     budget = budget.saturating_sub(n);
                     (false, drained)
                 }

@@ -699,11 +699,14 @@ pub enum Refusal {
     ClosedDuringHandshake,
     /// A dial failed at the socket (refused, unreachable, reset).
     ConnectFailed,
+    /// An unauthenticated inbound connection, idle, closed to make room for
+    /// a newer one (see `endpoint::admission`).
+    EvictedIdle,
 }
 
 impl Refusal {
     /// Every refusal, in counter order.
-    pub const ALL: [Refusal; 11] = [
+    pub const ALL: [Refusal; 12] = [
         Refusal::UnknownCa,
         Refusal::WrongNetwork,
         Refusal::CertificateExpired,
@@ -715,6 +718,7 @@ impl Refusal {
         Refusal::HandshakeTimeout,
         Refusal::ClosedDuringHandshake,
         Refusal::ConnectFailed,
+        Refusal::EvictedIdle,
     ];
 
     /// Stable counter and log label.
@@ -731,6 +735,7 @@ impl Refusal {
             Refusal::HandshakeTimeout => "handshake_timeout",
             Refusal::ClosedDuringHandshake => "closed_during_handshake",
             Refusal::ConnectFailed => "connect_failed",
+            Refusal::EvictedIdle => "evicted_idle",
         }
     }
 

@@ -712,6 +712,8 @@ fn idle_connections_cannot_take_the_slots_our_own_dials_need() {
     let b = material("b.example");
     let mut few = settings();
     few.max_links = 16;
+    few.max_pending_links = 4;
+    few.max_pending_per_source = 4;
     few.link.handshake_timeout_ms = 60_000;
     let node_a = start(tls(1, &a, &[&b]), vec![], 1, few);
     // Anyone can open TCP connections to A and say nothing.
@@ -719,7 +721,11 @@ fn idle_connections_cannot_take_the_slots_our_own_dials_need() {
         .map(|_| TcpStream::connect(node_a.local_addr()).unwrap())
         .collect();
     assert!(wait_until(SECONDS_5, || {
-        BgCounters::get(&node_a.counters().accept_full) >= 28
+        let c = node_a.counters();
+        BgCounters::get(&c.accept_full)
+            + BgCounters::get(&c.accept_source_full)
+            + c.refused(Refusal::EvictedIdle)
+            >= 28
     }));
     // A's own dial to B still gets a slot, and the link works both ways.
     let node_b = start(tls(1, &b, &[&a]), vec![], 1, settings());
@@ -731,4 +737,97 @@ fn idle_connections_cannot_take_the_slots_our_own_dials_need() {
     assert!(node_a.send(0, &b.network, frame(1)));
     assert_eq!(recv(&node_b, 1, SECONDS_5).len(), 1);
     drop(idle);
+}
+
+/// A TCP connection to `to` from `source` (any 127/8 address on loopback).
+fn connect_from(source: std::net::Ipv4Addr, to: std::net::SocketAddr) -> Option<TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).ok()?;
+    socket
+        .bind(&SockAddr::from(std::net::SocketAddr::from((source, 0))))
+        .ok()?;
+    socket
+        .connect_timeout(&SockAddr::from(to), Duration::from_secs(2))
+        .ok()?;
+    Some(socket.into())
+}
+
+/// Raises this process's open-file limit to its hard limit (a thousand
+/// connections, both ends in one process).
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit write/read the one struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+#[test]
+fn a_thousand_idle_connections_do_not_stop_a_configured_peers_handshake() {
+    raise_file_limit();
+    let a = material("a.example");
+    let b = material("b.example");
+    // Only admission defends B here: idle connections would otherwise live
+    // a minute.
+    let mut patient = settings();
+    patient.link.handshake_timeout_ms = 60_000;
+    let node_b = start(tls(1, &b, &[&a]), vec![], 1, patient);
+    let to = node_b.local_addr();
+    // 500 connections from one source: past its handshake budget they are
+    // closed at once.
+    let one = std::net::Ipv4Addr::new(127, 0, 0, 2);
+    let mut idle: std::collections::VecDeque<TcpStream> =
+        (0..500).filter_map(|_| connect_from(one, to)).collect();
+    // 500 more from 250 sources, then a stream of new ones from ever other
+    // sources, keeping a thousand open, while A dials.
+    let source = |i: u32| std::net::Ipv4Addr::from(0x7F01_0000 | (i % 60_000));
+    idle.extend((0..500).filter_map(|i| connect_from(source(i / 2), to)));
+    assert!(idle.len() >= 990, "opened {}", idle.len());
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut i = 500;
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(c) = connect_from(source(i / 2), to) {
+                    idle.push_back(c);
+                    if idle.len() > 1_000 {
+                        idle.pop_front();
+                    }
+                }
+                i += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            i - 500
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let node_a = start(
+        tls(1, &a, &[&b]),
+        vec![(b.network.clone(), to)],
+        1,
+        settings(),
+    );
+    let linked = node_a.wait_for_links(&b.network, 1, SECONDS_5);
+    stop.store(true, Ordering::Relaxed);
+    let opened_meanwhile = flood.join().unwrap();
+    assert!(linked, "A's handshake completed under the flood");
+    assert!(node_a.send(0, &b.network, frame(1)));
+    assert_eq!(recv(&node_b, 1, SECONDS_5).len(), 1);
+    let c = node_b.counters();
+    assert!(
+        BgCounters::get(&c.handshake_rate_limited) >= 400,
+        "one source past its budget: {}",
+        BgCounters::get(&c.handshake_rate_limited)
+    );
+    assert!(
+        c.refused(Refusal::EvictedIdle) > 0,
+        "idle connections made room ({opened_meanwhile} opened during the dial)"
+    );
 }

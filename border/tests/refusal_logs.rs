@@ -96,11 +96,15 @@ fn refusals_are_logged_with_their_reason() {
         .lines()
         .filter(|l| l.contains("reason=\"not_tls\""))
         .count();
-    // Refused as not TLS, or dropped first for want of a free slot: either
-    // way counted.
+    // Refused as not TLS, or dropped first (past its source's handshake
+    // budget, or for want of a slot): either way counted.
     let counted = || {
-        node_b.counters().refused(Refusal::NotTls)
-            + presence_border::BgCounters::get(&node_b.counters().accept_full)
+        let c = node_b.counters();
+        c.refused(Refusal::NotTls)
+            + c.refused(Refusal::EvictedIdle)
+            + presence_border::BgCounters::get(&c.accept_full)
+            + presence_border::BgCounters::get(&c.accept_source_full)
+            + presence_border::BgCounters::get(&c.handshake_rate_limited)
     };
     let counted_before = counted();
     let flood_started = std::time::Instant::now();
@@ -134,5 +138,13 @@ fn refusals_are_logged_with_their_reason() {
     assert!(
         lines as u64 <= seconds + 1,
         "{lines} lines for 301 refusals in {seconds} s"
+    );
+    let dropped_lines = log()
+        .lines()
+        .filter(|l| l.contains("border connection dropped"))
+        .count();
+    assert!(
+        dropped_lines as u64 <= 3 * (seconds + 1),
+        "{dropped_lines} lines for connections dropped in {seconds} s"
     );
 }

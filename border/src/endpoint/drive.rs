@@ -8,10 +8,12 @@ use std::net::SocketAddr;
 
 use mio::{Interest, Registry, Token};
 
+use super::admission::{victim, Pending, SourceKey};
 use super::{BgEndpoint, Slot};
 use crate::counters::BgCounters;
 use crate::identity::{NetworkName, PeerIndex};
 use crate::link::{CloseReason, Deliver, Direction, Link, LinkError, Millis};
+use crate::tls::Refusal;
 
 impl BgEndpoint {
     /// Handles readiness of one of this endpoint's tokens.
@@ -192,33 +194,7 @@ impl BgEndpoint {
             if self.shutting_down {
                 continue;
             }
-            // Unauthenticated connections may take a quarter of the slots,
-            // and never the ones our own dialers need.
-            let pending = self
-                .slots
-                .iter()
-                .flatten()
-                .filter(|s| !s.link.is_established() && s.link.direction() == Direction::Accepted)
-                .count();
-            let free = self.slots.iter().filter(|s| s.is_none()).count();
-            // One slot for each link we should have dialed and have not.
-            let reserved = self
-                .dialers
-                .iter()
-                .filter(|d| d.addr.is_some())
-                .map(|d| d.targets.iter().filter(|t| t.current.is_none()).count())
-                .sum::<usize>()
-                .min(self.settings.max_links / 2);
-            let index = self.slots.iter().position(Option::is_none);
-            let (Some(index), true, true) = (
-                index,
-                pending < (self.settings.max_links / 4).max(1),
-                free > reserved,
-            ) else {
-                BgCounters::add(&self.counters.accept_full, 1);
-                if let Some(suppressed) = super::log_limit::admit("no_free_link_slot") {
-                    tracing::warn!(%addr, suppressed, "border connection dropped: no free link slot");
-                }
+            let Some(index) = self.admit(registry, addr, now) else {
                 continue;
             };
             let link = match Link::accept(
@@ -252,6 +228,79 @@ impl BgEndpoint {
                 });
             }
         }
+    }
+
+    /// Finds a slot for a new connection from `addr`, evicting an idle
+    /// unauthenticated one if a limit is reached (see
+    /// [`admission`](super::admission)); `None` when it must be dropped
+    /// (counted, and logged at most once a second per reason).
+    fn admit(&mut self, registry: &Registry, addr: SocketAddr, now: Millis) -> Option<usize> {
+        let source = SourceKey::of(addr.ip());
+        if !self.source_rates.take(now, source) {
+            BgCounters::add(&self.counters.handshake_rate_limited, 1);
+            if let Some(suppressed) = super::log_limit::admit("handshake_rate") {
+                tracing::warn!(%addr, suppressed, "border connection dropped: too many handshakes from its source");
+            }
+            return None;
+        }
+        self.pending.clear();
+        for (index, slot) in self.slots.iter().enumerate() {
+            let Some(slot) = slot else { continue };
+            if slot.link.is_established() || slot.link.direction() != Direction::Accepted {
+                continue;
+            }
+            self.pending.push(Pending {
+                index,
+                source: slot
+                    .peer_addr
+                    .map_or(SourceKey::of(addr.ip()), |a| SourceKey::of(a.ip())),
+                talking: slot.link.heard_from(),
+                last_rx: slot.link.last_rx(),
+            });
+        }
+        let from_source = self.pending.iter().filter(|p| p.source == source).count();
+        if from_source >= self.settings.max_pending_per_source.max(1) {
+            let Some(evict) = victim(&self.pending, now, |p| p.source == source) else {
+                BgCounters::add(&self.counters.accept_source_full, 1);
+                if let Some(suppressed) = super::log_limit::admit("source_full") {
+                    tracing::warn!(%addr, suppressed, "border connection dropped: its source holds every unauthenticated slot it may");
+                }
+                return None;
+            };
+            self.evict(evict, registry, now);
+        }
+        // One slot for each link we should have dialed and have not.
+        let reserved = self
+            .dialers
+            .iter()
+            .filter(|d| d.addr.is_some())
+            .map(|d| d.targets.iter().filter(|t| t.current.is_none()).count())
+            .sum::<usize>()
+            .min(self.settings.max_links / 2);
+        let free = self.slots.iter().filter(|s| s.is_none()).count();
+        if self.pending.len() >= self.settings.max_pending_links.max(1) || free <= reserved {
+            let evict = victim(&self.pending, now, |_| true).filter(|_| free + 1 > reserved);
+            let Some(evict) = evict else {
+                BgCounters::add(&self.counters.accept_full, 1);
+                if let Some(suppressed) = super::log_limit::admit("no_free_link_slot") {
+                    tracing::warn!(%addr, suppressed, "border connection dropped: no free link slot");
+                }
+                return None;
+            };
+            self.evict(evict, registry, now);
+        }
+        self.slots.iter().position(Option::is_none)
+    }
+
+    /// Closes the unauthenticated connection in slot `index` to make room.
+    fn evict(&mut self, index: usize, registry: &Registry, now: Millis) {
+        self.pending.retain(|p| p.index != index);
+        self.close_slot(
+            index,
+            registry,
+            LinkError::refused(Refusal::EvictedIdle, "evicted to make room"),
+            now,
+        );
     }
 
     /// Ends a link for `error`: an alert or close_notify is attempted, the

@@ -34,11 +34,13 @@ use crate::identity::{NetworkName, PeerIndex};
 use crate::link::{CloseReason, Direction, Link, LinkError, LinkSettings, Millis};
 use crate::tls::BgTls;
 
+pub mod admission;
 mod dial;
 mod drive;
 mod log_limit;
 mod routes;
 
+pub use admission::HandshakeRate;
 pub use dial::AIMED_PORTS;
 pub use routes::SendError;
 
@@ -52,9 +54,18 @@ pub struct EndpointSettings {
     pub link: LinkSettings,
     /// Most links (inbound and outbound) this worker holds. A slot is kept
     /// for each link we should have dialed and have not (at most half the
-    /// slots); unauthenticated inbound connections may hold at most a
-    /// quarter of the slots.
+    /// slots).
     pub max_links: usize,
+    /// Most unauthenticated inbound connections this worker holds; past it
+    /// the oldest idle one is evicted for a newcomer (see
+    /// [`admission`](self::admission)).
+    pub max_pending_links: usize,
+    /// Most unauthenticated inbound connections from one source (an IPv4
+    /// address, an IPv6 /64) on this worker; past it that source's oldest
+    /// idle one is evicted.
+    pub max_pending_per_source: usize,
+    /// Handshakes one source may start on this worker.
+    pub handshakes_per_source: HandshakeRate,
     /// First reconnect delay; doubles per failure.
     pub backoff_min_ms: Millis,
     /// Reconnect delay cap.
@@ -66,6 +77,9 @@ impl Default for EndpointSettings {
         EndpointSettings {
             link: LinkSettings::default(),
             max_links: 256,
+            max_pending_links: 64,
+            max_pending_per_source: 8,
+            handshakes_per_source: HandshakeRate::default(),
             backoff_min_ms: 100,
             backoff_max_ms: 10_000,
         }
@@ -177,6 +191,10 @@ pub struct BgEndpoint {
     token_base: usize,
     rng: u64,
     counters: Arc<BgCounters>,
+    /// Handshake budgets of sources.
+    source_rates: admission::SourceRates,
+    /// Scratch list of unauthenticated inbound connections (reused).
+    pending: Vec<admission::Pending>,
 }
 
 impl std::fmt::Debug for BgEndpoint {
@@ -250,6 +268,8 @@ impl BgEndpoint {
             token_base,
             rng: seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             counters,
+            source_rates: admission::SourceRates::new(settings.handshakes_per_source),
+            pending: Vec::with_capacity(settings.max_links),
         };
         endpoint.install(tls, peer_addrs, registry, now);
         Ok(endpoint)

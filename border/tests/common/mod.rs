@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Events, Poll};
-use presence_border::endpoint::EndpointSettings;
+use presence_border::endpoint::{EndpointSettings, HandshakeRate};
 use presence_border::node::{BgNode, InboundFrame, NodeConfig};
 use presence_border::pki::NetworkMaterial;
 use presence_border::{
@@ -38,6 +38,9 @@ pub fn settings() -> EndpointSettings {
             handshake_timeout_ms: 600,
         },
         max_links: 64,
+        max_pending_links: 16,
+        max_pending_per_source: 8,
+        handshakes_per_source: HandshakeRate::default(),
         backoff_min_ms: 20,
         backoff_max_ms: 200,
     }
