@@ -95,6 +95,9 @@ struct RawCdr {
     segment_max_age_s: Option<u64>,
     group_commit_records: Option<u64>,
     group_commit_wait_us: Option<u64>,
+    retain_days: Option<u64>,
+    retain_max_bytes: Option<u64>,
+    retain_unexported: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -226,6 +229,8 @@ pub struct ApplianceConfig {
     /// When the journal opens a new segment and how many records one
     /// `fdatasync` gathers under load.
     pub journal: crate::journal::JournalSettings,
+    /// Which closed segments may be deleted (none unless configured).
+    pub retention: crate::journal::retention::Retention,
     /// WA deadline for a query, in ms.
     pub deadline_ms: u16,
     /// Credit one query costs.
@@ -391,7 +396,28 @@ impl ApplianceConfig {
                 "must be 100 to 60000 (a minute)".into(),
             ));
         }
+        let retention = crate::journal::retention::Retention {
+            max_age: match raw.cdr.retain_days {
+                None => None,
+                Some(days @ 1..=36_500) => Some(std::time::Duration::from_secs(days * 86_400)),
+                Some(_) => {
+                    return Err(error("cdr.retain_days", "must be 1 to 36500".into()));
+                }
+            },
+            max_bytes: match raw.cdr.retain_max_bytes {
+                None => None,
+                Some(bytes) if bytes >= 4 * segment_max_bytes => Some(bytes),
+                Some(_) => {
+                    return Err(error(
+                        "cdr.retain_max_bytes",
+                        "must be at least 4 × segment_max_bytes".into(),
+                    ));
+                }
+            },
+            unexported: raw.cdr.retain_unexported.unwrap_or(false),
+        };
         Ok(ApplianceConfig {
+            retention,
             journal: crate::journal::JournalSettings {
                 segments: crate::journal::SegmentLimits {
                     max_bytes: segment_max_bytes,

@@ -19,7 +19,7 @@
 //! journal_crash -- --nocapture`.
 
 mod common;
-use common::{env_u64, table};
+use common::{env_u64, start_logged as start, table};
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -29,16 +29,6 @@ use presence_codec::{Msisdn, Outcome};
 use presence_engine::journal;
 use presence_engine::lab::{self, DeviceClient, SpawnedAppliance, DEMO_BUDDIES};
 use presence_engine::rng::SplitMix64;
-
-fn start(config: &Path, log: &Path) -> SpawnedAppliance {
-    SpawnedAppliance::start(
-        Path::new(env!("CARGO_BIN_EXE_presence-gw")),
-        config,
-        Some(log),
-        |_| {},
-    )
-    .unwrap()
-}
 
 #[test]
 fn kill_9_of_b_under_load_loses_no_charge_record_and_duplicates_none() {

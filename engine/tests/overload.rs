@@ -19,7 +19,7 @@
 //! least 4).
 
 mod common;
-use common::{bg_node, table};
+use common::{bg_node, peer_query, table};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use presence_border::node::BgNode;
 use presence_border::pki::NetworkMaterial;
-use presence_codec::{encode_frame, FrameReader, Message, Msisdn, Outcome, Query};
+use presence_codec::{encode_frame, FrameReader, Message, Msisdn, Outcome};
 use presence_engine::journal;
 use presence_engine::lab::{self, SpawnedAppliance, DEMO_BUDDIES};
 use presence_engine::table::NumberingTable;
@@ -92,15 +92,7 @@ fn drive(
                 .map(|_| {
                     txid += txid_step;
                     let (watcher, target) = pairs[(txid / txid_step) as usize % pairs.len()];
-                    Message::Query(Query {
-                        txid,
-                        watcher,
-                        target,
-                        hop_limit: 7,
-                        budget_ms: 1500,
-                        reply_node: 0,
-                        route_version: 1,
-                    })
+                    peer_query(txid, watcher, target)
                 })
                 .collect();
             for chunk in messages.chunks(400) {

@@ -33,6 +33,7 @@ impl JournalSink for Journal {
     fn append(&mut self, seq: u64, _at_unix_ms: u64, _origin: &str, record: &DecisionRecord) {
         self.records.push((seq, *record));
     }
+    fn mark(&mut self, _mark: presence_engine::journal::MarkRef<'_>) {}
     fn sync(&mut self, ticket: u64) {
         self.tickets.push(ticket);
     }

@@ -58,7 +58,7 @@ pub struct EndpointSettings {
     pub max_links: usize,
     /// Most unauthenticated inbound connections this worker holds; past it
     /// the oldest idle one is evicted for a newcomer (see
-    /// [`admission`](self::admission)).
+    /// [`admission`]).
     pub max_pending_links: usize,
     /// Most unauthenticated inbound connections from one source (an IPv4
     /// address, an IPv6 /64) on this worker; past it that source's oldest

@@ -3,7 +3,10 @@
 
 use presence_codec::{ErrorReason, Msisdn, Outcome, Reachability, MSISDN_WIRE_LEN};
 
-use super::{JournalEntry, BODY_FIXED, BODY_MAX, ORIGIN_NAME_MAX, SEGMENT_EXT, SEGMENT_MAGIC};
+use super::{
+    JournalEntry, StreamMark, BODY_FIXED, BODY_MAX, MARK_BODY_FIXED, MARK_FLAG, ORIGIN_NAME_MAX,
+    SEGMENT_EXT, SEGMENT_MAGIC,
+};
 use crate::roles::{DecisionRecord, PsId};
 
 /// Appends one record for `record` (decided at `at_unix_ms`, from `origin`)
@@ -38,6 +41,109 @@ pub fn encode_record(
     buf.extend_from_slice(name);
     let crc = crc32fast::hash(&buf[body..]);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Appends one stream mark to `buf` (names cut as in [`encode_record`]).
+pub fn encode_mark(buf: &mut Vec<u8>, mark: MarkRef<'_>) {
+    let name = mark.origin.as_bytes();
+    let name = &name[..name.len().min(ORIGIN_NAME_MAX)];
+    let body_len = MARK_BODY_FIXED + name.len();
+    let start = buf.len();
+    buf.extend_from_slice(&(MARK_FLAG | body_len as u32).to_be_bytes());
+    buf.extend_from_slice(&[0; 4]);
+    let body = buf.len();
+    buf.extend_from_slice(&mark.at_unix_ms.to_be_bytes());
+    buf.extend_from_slice(&mark.high_water.to_be_bytes());
+    buf.extend_from_slice(&mark.reply_node.to_be_bytes());
+    buf.push(name.len() as u8);
+    buf.extend_from_slice(name);
+    let crc = crc32fast::hash(&buf[body..]);
+    buf[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// A stream mark to write, its origin borrowed (no allocation per turn).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MarkRef<'a> {
+    /// As [`StreamMark::at_unix_ms`].
+    pub at_unix_ms: u64,
+    /// As [`StreamMark::origin`].
+    pub origin: &'a str,
+    /// As [`StreamMark::reply_node`].
+    pub reply_node: u16,
+    /// As [`StreamMark::high_water`].
+    pub high_water: u64,
+}
+
+impl StreamMark {
+    /// This mark, borrowed for writing.
+    pub fn as_ref(&self) -> MarkRef<'_> {
+        MarkRef {
+            at_unix_ms: self.at_unix_ms,
+            origin: &self.origin,
+            reply_node: self.reply_node,
+            high_water: self.high_water,
+        }
+    }
+}
+
+/// The stream mark at the start of `bytes` and its length, or `None` if the
+/// bytes there are not a whole, intact mark.
+pub(super) fn decode_mark(bytes: &[u8]) -> Option<(StreamMark, usize)> {
+    let (word, body) = framed(bytes)?;
+    if word & MARK_FLAG == 0
+        || !(MARK_BODY_FIXED..=MARK_BODY_FIXED + ORIGIN_NAME_MAX).contains(&body.len())
+    {
+        return None;
+    }
+    let mut b = Cursor(body);
+    let at_unix_ms = b.u64()?;
+    let high_water = b.u64()?;
+    let reply_node = b.u16()?;
+    let name_len = usize::from(b.u8()?);
+    let origin = std::str::from_utf8(b.take(name_len)?).ok()?.to_string();
+    if !b.0.is_empty() {
+        return None;
+    }
+    Some((
+        StreamMark {
+            at_unix_ms,
+            origin,
+            reply_node,
+            high_water,
+        },
+        8 + body.len(),
+    ))
+}
+
+/// The length word and the checksummed body at the start of `bytes` (any
+/// body of at most [`BODY_MAX`] bytes whose CRC-32 matches).
+fn framed(bytes: &[u8]) -> Option<(u32, &[u8])> {
+    let mut c = Cursor(bytes);
+    let word = c.u32()?;
+    let len = (word & !MARK_FLAG) as usize;
+    if len > BODY_MAX {
+        return None;
+    }
+    let crc = c.u32()?;
+    let body = c.take(len)?;
+    (crc32fast::hash(body) == crc).then_some((word, body))
+}
+
+/// What a segment holds after its header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Item {
+    /// A decision record.
+    Entry(JournalEntry),
+    /// A stream mark.
+    Mark(StreamMark),
+}
+
+/// The record or mark at the start of `bytes`, and its length.
+pub(super) fn decode_item(bytes: &[u8]) -> Option<(Item, usize)> {
+    if let Some((entry, len)) = decode_record(bytes) {
+        return Some((Item::Entry(entry), len));
+    }
+    decode_mark(bytes).map(|(mark, len)| (Item::Mark(mark), len))
 }
 
 fn outcome_fields(outcome: &Outcome) -> (u8, u8, u32) {
@@ -101,14 +207,8 @@ impl<'a> Cursor<'a> {
 /// The record at the start of `bytes`: the entry and its length, or `None`
 /// if the bytes there are not a whole, intact record.
 pub(super) fn decode_record(bytes: &[u8]) -> Option<(JournalEntry, usize)> {
-    let mut c = Cursor(bytes);
-    let len = c.u32()? as usize;
-    if !(BODY_FIXED..=BODY_MAX).contains(&len) {
-        return None;
-    }
-    let crc = c.u32()?;
-    let body = c.take(len)?;
-    if crc32fast::hash(body) != crc {
+    let (word, body) = framed(bytes)?;
+    if word & MARK_FLAG != 0 || !(BODY_FIXED..=BODY_MAX).contains(&body.len()) {
         return None;
     }
     let mut b = Cursor(body);
@@ -138,7 +238,7 @@ pub(super) fn decode_record(bytes: &[u8]) -> Option<(JournalEntry, usize)> {
             ps,
             outcome,
         },
-        8 + len,
+        8 + body.len(),
     ))
 }
 

@@ -1,9 +1,16 @@
 //! The charge-record journal (step 11): append-only segment files of
 //! checksummed, sequence-numbered decision records.
 //!
-//! Every decision a presence server takes on a query from another network is
-//! journaled; the chargeable ones (B's status shown) are the charge records
-//! the operators bill each other from. The journal promises:
+//! Every decision a presence server takes on a query from another network
+//! that shows B's status is journaled: these are the charge records the
+//! operators bill each other from. Decisions that charge nothing
+//! (`NotAvailable`, refusals) are not journaled one by one; instead, once
+//! per turn, each transaction stream that had any leaves one
+//! [`StreamMark`] (its highest such transaction), which is all a restart
+//! needs to know of them. So the journal grows by one record (about 60
+//! bytes plus the origin's name) per charged query, and by one mark (about
+//! 30 bytes plus the name) per stream per turn for everything else,
+//! however many queries the turn answered. The journal promises:
 //!
 //! - **Durable before answered.** The node numbers its decision records and
 //!   holds every presence-server answer to another network until the
@@ -23,7 +30,11 @@
 //!   is cut off and reported; damage followed by valid records is reported
 //!   and skipped, never cut. Numbering continues after the last record.
 //!   The decisions still inside the duplicate-suppression window rebuild it,
-//!   so a query retransmitted across a restart is not charged twice.
+//!   so a query retransmitted across a restart is not charged twice; the
+//!   stream marks of that window make the presence servers answer
+//!   `Overloaded` to a transaction at or below its stream's mark that the
+//!   rebuilt window does not hold, until the mark's window has passed (it
+//!   may have been decided without a charge before the restart).
 //! - **Fail closed.** A failed `write` or `fdatasync` (a full or failing
 //!   disk) stops charging: answers whose records are not durable are turned
 //!   into `Error(ChargingUnavailable)`, and until a new segment can be opened
@@ -44,7 +55,14 @@
 //!         wire form of wire-format §2) | target (7 bytes) | u16 reply node
 //!         | u16 presence server
 //!         | u8 outcome | u8 detail | u32 value | u8 length | origin network
+//! mark:   u32 (0x8000_0000 | body length) | u32 CRC-32 of body | body
+//! body:   u64 at (unix ms) | u64 highest txid | u16 reply node
+//!         | u8 length | origin network
 //! ```
+//!
+//! Records and marks interleave in file order; marks carry no sequence
+//! number (the records' numbering has no gaps), and `cdr dump` lists only
+//! records.
 //!
 //! All integers big-endian; CRC-32 is IEEE (the `crc32fast` crate).
 //!
@@ -53,6 +71,7 @@
 
 mod dump;
 mod format;
+pub mod retention;
 mod scan;
 pub mod writer;
 
@@ -66,7 +85,7 @@ use presence_codec::{Msisdn, Outcome, MSISDN_WIRE_LEN};
 use crate::roles::{DecisionRecord, PsId};
 
 pub use dump::{dump, DumpSummary, DUMP_HEADER};
-pub use format::{encode_entry, encode_record, SegmentHeader};
+pub use format::{encode_entry, encode_mark, encode_record, MarkRef, SegmentHeader};
 pub use scan::{
     fuzz_scan, read_header, recover, scan_segment, segment_paths, Damage, Recovery, SegmentScan,
 };
@@ -84,6 +103,10 @@ pub const ORIGIN_NAME_MAX: usize = 255;
 pub(crate) const BODY_MAX: usize =
     8 + 8 + 8 + 2 * MSISDN_WIRE_LEN + 2 + 2 + 1 + 1 + 4 + 1 + ORIGIN_NAME_MAX;
 pub(crate) const BODY_FIXED: usize = BODY_MAX - ORIGIN_NAME_MAX;
+/// Bit 31 of a record's length word: the record is a [`StreamMark`].
+pub(crate) const MARK_FLAG: u32 = 1 << 31;
+/// A stream mark's body without its origin name.
+pub(crate) const MARK_BODY_FIXED: usize = 8 + 8 + 2 + 1;
 
 /// Why the journal could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +159,25 @@ pub struct JournalEntry {
     pub outcome: Outcome,
 }
 
+/// A stream mark: the highest transaction of one stream (origin network ×
+/// A's WA instance) that a presence server decided *without* a charge in
+/// one turn. Such decisions are not journaled one by one (a flood of
+/// queries answered `NotAvailable` would write a record each); after a
+/// restart, the marks of the last window tell the presence servers which
+/// transactions may have been decided already, so that none is decided a
+/// second time (and charged for an answer its WA no longer takes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamMark {
+    /// When the turn ended (unix ms): the mark holds for a window after.
+    pub at_unix_ms: u64,
+    /// A's network.
+    pub origin: String,
+    /// A's WA instance (the top 16 bits of its transaction ids).
+    pub reply_node: u16,
+    /// The highest transaction id decided without a charge in the turn.
+    pub high_water: u64,
+}
+
 impl JournalEntry {
     /// Whether it charges A's network (B's status was shown).
     pub fn chargeable(&self) -> bool {
@@ -149,6 +191,9 @@ pub trait JournalSink {
     /// Takes record `seq` (numbered by the node, consecutively), decided at
     /// `at_unix_ms`, on a query from network `origin`.
     fn append(&mut self, seq: u64, at_unix_ms: u64, origin: &str, record: &DecisionRecord);
+    /// Takes a stream mark (not numbered), made durable by the next sync
+    /// like the records appended with it.
+    fn mark(&mut self, mark: MarkRef<'_>);
     /// Asks for everything appended so far to become durable; the sync
     /// that does it reports `ticket` back ([`Durability::synced_ticket`]).
     fn sync(&mut self, ticket: u64);

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::format::{decode_record, encode_entry};
-use super::{io_err, sync_dir, JournalEntry, JournalError, SegmentHeader, SEGMENT_EXT};
+use super::format::{decode_item, decode_record, encode_entry, encode_mark, Item};
+use super::{io_err, sync_dir, JournalEntry, JournalError, SegmentHeader, StreamMark, SEGMENT_EXT};
 
 /// Damage found in a segment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +46,8 @@ pub struct SegmentScan {
     pub header: SegmentHeader,
     /// Its intact records, in file order.
     pub entries: Vec<JournalEntry>,
+    /// Its intact stream marks, in file order.
+    pub marks: Vec<StreamMark>,
     /// Where the last intact record ends.
     pub valid_len: u64,
     /// What was wrong, in file order.
@@ -61,17 +63,21 @@ pub fn scan_segment(path: &Path, bytes: &[u8]) -> Result<SegmentScan, JournalErr
             reason,
         })?;
     let mut entries = Vec::new();
+    let mut marks = Vec::new();
     let mut damage = Vec::new();
     let mut valid_len = at as u64;
     while at < bytes.len() {
-        if let Some((entry, len)) = decode_record(&bytes[at..]) {
-            entries.push(entry);
+        if let Some((item, len)) = decode_item(&bytes[at..]) {
+            match item {
+                Item::Entry(entry) => entries.push(entry),
+                Item::Mark(mark) => marks.push(mark),
+            }
             at += len;
             valid_len = at as u64;
             continue;
         }
-        // Damage: find the next intact record, if any.
-        let next = (at + 1..bytes.len()).find(|&i| decode_record(&bytes[i..]).is_some());
+        // Damage: find the next intact record or mark, if any.
+        let next = (at + 1..bytes.len()).find(|&i| decode_item(&bytes[i..]).is_some());
         match next {
             Some(i) => {
                 damage.push(Damage::Corrupt {
@@ -92,6 +98,7 @@ pub fn scan_segment(path: &Path, bytes: &[u8]) -> Result<SegmentScan, JournalErr
     Ok(SegmentScan {
         header,
         entries,
+        marks,
         valid_len,
         damage,
     })
@@ -160,6 +167,8 @@ pub struct Recovery {
     /// Decisions taken at or after the `since` given to [`recover`], for the
     /// duplicate-suppression window.
     pub recent: Vec<JournalEntry>,
+    /// Stream marks made at or after that `since`.
+    pub recent_marks: Vec<StreamMark>,
     /// Damage found, per segment (torn tails have been cut).
     pub damage: Vec<(PathBuf, Damage)>,
 }
@@ -247,6 +256,11 @@ pub fn recover(dir: &Path, network: &str, since_unix_ms: u64) -> Result<Recovery
         std::fs::File::open(&path)
             .and_then(|f| f.sync_all())
             .map_err(io_err(&path))?;
+        recovery.recent_marks.extend(
+            scan.marks
+                .into_iter()
+                .filter(|m| m.at_unix_ms >= since_unix_ms),
+        );
         recent.extend(
             scan.entries
                 .into_iter()
@@ -291,9 +305,17 @@ pub fn fuzz_scan(data: &[u8]) {
         assert_eq!((&again, len), (entry, one.len()));
         rebuilt.extend_from_slice(&one);
     }
+    for mark in &scan.marks {
+        let mut one = Vec::new();
+        encode_mark(&mut one, mark.as_ref());
+        let (again, len) = decode_item(&one).expect("a mark written reads back");
+        assert_eq!((again, len), (Item::Mark(mark.clone()), one.len()));
+        rebuilt.extend_from_slice(&one);
+    }
     let whole = scan_segment(path, &rebuilt).expect("the header written reads back");
     assert!(whole.damage.is_empty());
     assert_eq!(whole.entries, scan.entries);
+    assert_eq!(whole.marks, scan.marks);
     assert_eq!(whole.valid_len as usize, rebuilt.len());
 }
 
@@ -301,6 +323,7 @@ pub fn fuzz_scan(data: &[u8]) {
 mod tests {
     use super::*;
     use crate::journal::{dump, encode_record, test_dir, DUMP_HEADER};
+    use crate::journal::{encode_mark, StreamMark};
     use crate::roles::{DecisionRecord, PsId};
     use crate::table::NetworkId;
     use presence_codec::{Msisdn, Outcome, Reachability};
@@ -357,6 +380,45 @@ mod tests {
         assert_eq!(e.outcome, ATTACHED);
         assert_eq!(e.target.to_string(), "4915112345678");
         assert!(e.chargeable() && !scan.entries[1].chargeable());
+    }
+
+    #[test]
+    fn marks_read_back_between_records_and_are_no_charge_records() {
+        let mut bytes = segment(&[(1, ATTACHED)]);
+        let mark = StreamMark {
+            at_unix_ms: 1_500,
+            origin: "o2.gb".into(),
+            reply_node: 3,
+            high_water: (3 << 48) | 77,
+        };
+        encode_mark(&mut bytes, mark.as_ref());
+        encode_record(&mut bytes, 2, 1_600, "o2.gb", &record(9, ATTACHED));
+        let scan = scan_segment(Path::new("s"), &bytes).unwrap();
+        assert!(scan.damage.is_empty());
+        assert_eq!(scan.marks, vec![mark.clone()]);
+        assert_eq!(
+            scan.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [1, 2],
+            "records keep their numbers without a gap"
+        );
+        // A mark cut short is a torn tail like a record.
+        let cut = bytes.len() - 3;
+        let torn = scan_segment(Path::new("s"), &bytes[..cut]).unwrap();
+        assert_eq!(torn.marks, vec![mark.clone()]);
+        assert_eq!(torn.entries.len(), 1);
+        // Recovery hands back recent marks; the dump lists records only.
+        let dir = test_dir("marks");
+        std::fs::write(dir.join("t-mobile.de-w0-00000000000000000001.cdrj"), &bytes).unwrap();
+        let recovery = recover(&dir, "t-mobile.de", 1_400).unwrap();
+        assert_eq!(recovery.recent_marks, vec![mark]);
+        assert_eq!(
+            recover(&dir, "t-mobile.de", 1_501).unwrap().recent_marks,
+            []
+        );
+        let mut csv = Vec::new();
+        let summary = dump(&dir, true, &mut csv).unwrap();
+        assert_eq!(summary.records, 2);
+        assert_eq!(String::from_utf8(csv).unwrap().lines().count(), 3);
     }
 
     #[test]

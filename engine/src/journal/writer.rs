@@ -24,7 +24,8 @@ use std::time::Duration;
 use std::sync::{Condvar, Mutex};
 
 use super::{
-    create_segment, encode_record, sync_dir, Durability, JournalError, JournalSink, SegmentHeader,
+    create_segment, encode_mark, encode_record, sync_dir, Durability, JournalError, JournalSink,
+    MarkRef, SegmentHeader,
 };
 use crate::roles::DecisionRecord;
 
@@ -533,6 +534,12 @@ impl JournalSink for JournalWriter {
         self.appended = seq;
         if self.failed_at.is_none() {
             encode_record(&mut self.buf, seq, at_unix_ms, origin, record);
+        }
+    }
+
+    fn mark(&mut self, mark: MarkRef<'_>) {
+        if self.failed_at.is_none() {
+            encode_mark(&mut self.buf, mark);
         }
     }
 

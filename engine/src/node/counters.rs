@@ -329,7 +329,7 @@ impl RoleCounters {
 
     /// Every counter as `(role, event, value)`, in a stable order: the
     /// labels of `presence_role_events_total`.
-    pub fn events(&self) -> [(&'static str, &'static str, u64); 36] {
+    pub fn events(&self) -> [(&'static str, &'static str, u64); 37] {
         let (wa, ogps, igps, ps) = (&self.wa, &self.ogps, &self.igps, &self.ps);
         [
             ("wa", "accepted", wa.accepted),
@@ -368,6 +368,7 @@ impl RoleCounters {
             ("ps", "out_of_window", ps.out_of_window),
             ("ps", "window_full", ps.drops.overloaded),
             ("ps", "charging_refused", ps.charging_refused),
+            ("ps", "restart_held", ps.restart_held),
         ]
     }
 }

@@ -30,7 +30,7 @@ use std::collections::VecDeque;
 use presence_codec::{Answer, ErrorReason, Message, Outcome};
 
 use super::{BorderDest, DropReason, Node};
-use crate::journal::{Durability, JournalSink};
+use crate::journal::{Durability, JournalSink, MarkRef};
 use crate::roles::{Charging, DecisionRecord};
 use crate::table::{NetworkId, NetworkNames};
 
@@ -55,12 +55,22 @@ struct HeldAnswer {
     answer: Answer,
 }
 
+/// One stream's mark in the making.
+#[derive(Clone, Copy, Debug)]
+struct TurnMark {
+    stream: (NetworkId, u16),
+    high_water: u64,
+    at_unix_ms: u64,
+}
+
 /// The node's side of the journal: numbering, held answers, health.
 #[derive(Debug)]
 pub(super) struct Held {
     next_seq: u64,
     /// Records numbered this turn: (seq, decided at, unix ms).
     records: Vec<(u64, u64, DecisionRecord)>,
+    /// Streams with decisions that charge nothing this turn: their marks.
+    marks: Vec<TurnMark>,
     /// Highest record numbered.
     appended: u64,
     /// Highest record the journal reported durable.
@@ -79,6 +89,7 @@ impl Held {
         Held {
             next_seq: first_seq,
             records: Vec::with_capacity(1024),
+            marks: Vec::with_capacity(64),
             appended: first_seq - 1,
             durable: first_seq - 1,
             next_ticket: 1,
@@ -104,12 +115,38 @@ impl Held {
         Some(seq)
     }
 
-    /// Hands the turn's records to `sink` and asks for the sync held
-    /// answers wait for.
+    /// Notes a decision on another network's query that charges nothing:
+    /// its stream's mark for this turn covers it (see
+    /// [`StreamMark`](crate::journal::StreamMark)).
+    pub(super) fn mark(&mut self, at_unix_ms: u64, record: &DecisionRecord) {
+        let stream = (record.origin, record.reply_node);
+        match self.marks.iter_mut().find(|m| m.stream == stream) {
+            Some(m) => {
+                m.high_water = m.high_water.max(record.txid);
+                m.at_unix_ms = m.at_unix_ms.max(at_unix_ms);
+            }
+            None => self.marks.push(TurnMark {
+                stream,
+                high_water: record.txid,
+                at_unix_ms,
+            }),
+        }
+    }
+
+    /// Hands the turn's records and marks to `sink` and asks for the sync
+    /// held answers wait for.
     pub(super) fn flush(&mut self, sink: &mut impl JournalSink, names: &NetworkNames) {
-        let wrote = !self.records.is_empty();
+        let wrote = !self.records.is_empty() || !self.marks.is_empty();
         for (seq, at, record) in self.records.drain(..) {
             sink.append(seq, at, names.name(record.origin), &record);
+        }
+        for m in self.marks.drain(..) {
+            sink.mark(MarkRef {
+                at_unix_ms: m.at_unix_ms,
+                origin: names.name(m.stream.0),
+                reply_node: m.stream.1,
+                high_water: m.high_water,
+            });
         }
         if wrote || self.sync_wanted {
             sink.sync(self.next_ticket);

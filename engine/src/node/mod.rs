@@ -134,6 +134,9 @@ pub struct NodeConfig {
     /// may have been taken before a restart (the runtime's `alive` stamp).
     /// 0: no floor (a first start).
     pub device_floor_unix_ms: u64,
+    /// After a restart, the stream marks of the last window, shared by
+    /// the node's presence servers (set by [`Node::rebuild_windows`]).
+    pub restart_marks: Option<std::sync::Arc<crate::roles::RestartMarks>>,
     /// How far behind this node's wall clock a device's counter may be.
     pub device_clock_skew_ms: u64,
     /// How far ahead of it.
@@ -170,6 +173,7 @@ impl NodeConfig {
             border_frame_max: BORDER_FRAME_MAX,
             unix_ms_at_zero: 0,
             device_floor_unix_ms: 0,
+            restart_marks: None,
             device_clock_skew_ms: DeviceAuthPolicy::default().clock_skew_ms,
             device_clock_ahead_ms: DeviceAuthPolicy::default().clock_ahead_ms,
             insecure_credentials: false,
@@ -564,6 +568,9 @@ impl Node {
             ps.set_charging(charging);
             ps.set_auth_policy(config.limits.auth);
             ps.set_device_auth(config.device_auth());
+            if let Some(marks) = &config.restart_marks {
+                ps.set_restart_marks(marks.clone());
+            }
             ps
         }))
     }

@@ -8,7 +8,7 @@ use ahash::AHashMap;
 use presence_codec::{AckStatus, Message, Msisdn};
 
 use super::{DropReason, Node};
-use crate::journal::JournalEntry;
+use crate::journal::{JournalEntry, StreamMark};
 use crate::roles::{Addr, DecisionRecord, Hss, HssVersion, PsId, Subscriber};
 
 /// One subscriber as provisioned (`subscribers.csv`).
@@ -199,10 +199,31 @@ impl Node {
     /// Rebuilds the presence servers' duplicate windows from journaled
     /// decisions (the appliance's recovery on start), keeping those about
     /// subscribers this node owns, on the server the HSS places them on now
-    /// (it may have moved them since).
-    pub fn rebuild_windows(&mut self, now_us: u64, entries: &[JournalEntry]) {
+    /// (it may have moved them since); and hands them the stream marks of
+    /// the last window (every worker's: a stream's queries may land on any
+    /// worker once the worker count changed), which hold off what may have
+    /// been decided without a charge before the restart
+    /// ([`RestartMarks`](crate::roles::RestartMarks)).
+    pub fn rebuild_windows(&mut self, now_us: u64, entries: &[JournalEntry], marks: &[StreamMark]) {
         self.begin(now_us);
         let names = self.table.snapshot();
+        let window_ms = self.config.window_ms();
+        let at_zero = self.config.unix_ms_at_zero;
+        let restart_marks = crate::roles::RestartMarks::new(marks.iter().filter_map(|m| {
+            let origin = names.names().id(&m.origin)?;
+            let lapses = m
+                .at_unix_ms
+                .saturating_add(window_ms)
+                .saturating_sub(at_zero);
+            Some((origin, m.reply_node, m.high_water, lapses))
+        }));
+        if !restart_marks.is_empty() {
+            let shared = std::sync::Arc::new(restart_marks);
+            for slice in self.ps.iter_mut().flatten() {
+                slice.set_restart_marks(shared.clone());
+            }
+            self.config.restart_marks = Some(shared);
+        }
         let mut by_server: AHashMap<PsId, Vec<DecisionRecord>> = AHashMap::new();
         let (workers, worker) = (self.config.workers, self.config.worker);
         let owned = entries

@@ -27,9 +27,17 @@ impl Node {
                         )
                     });
                 }
+                // Only decisions that charge are journaled one by one; the
+                // others leave their stream's mark for the turn (a flood
+                // of queries answered without B's status writes a mark a
+                // turn, not a record a query).
                 let at = self.config.unix_ms_at_zero.saturating_add(record.at);
-                if let Some(seq) = self.held.record(at, record) {
-                    fresh = Some((record.origin, record.txid, seq));
+                if record.chargeable() {
+                    if let Some(seq) = self.held.record(at, record) {
+                        fresh = Some((record.origin, record.txid, seq));
+                    }
+                } else {
+                    self.held.mark(at, &record);
                 }
             }
             if self.config.observe {

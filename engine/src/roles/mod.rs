@@ -43,7 +43,7 @@ pub use limit::{Bucket, Rate};
 pub use ogps::{Ogps, OgpsCounters};
 pub use ps::{
     ChargeRecord, Charging, DecisionRecord, DecisionWindowEntry, PresenceServer, PsCounters,
-    SubscriberRecord, BUDDIES_MAX, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX,
+    RestartMarks, SubscriberRecord, BUDDIES_MAX, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX,
 };
 pub use shed::{shed_refused_frame, Shed};
 pub use store::SubscriberView;

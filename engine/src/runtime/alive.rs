@@ -27,6 +27,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// How often the stamp is rewritten.
 pub(crate) const STAMP_EVERY: Duration = Duration::from_millis(500);
 
+/// Housekeeping runs once every this many stamps (a minute).
+const HOUSEKEEPING_EVERY: u64 = 120;
+
 /// The stamp's file name in the charge-record folder.
 const STAMP_FILE: &str = ".alive";
 
@@ -36,17 +39,25 @@ fn unix_ms_now() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The replay floor for this start: the previous life's last stamp plus
-/// one stamp interval and `clock_ahead_ms`; 0 with no readable stamp.
-pub(crate) fn replay_floor(dir: &Path, clock_ahead_ms: u64) -> u64 {
+/// The latest moment the previous life could have taken a request (Unix
+/// ms): its last stamp plus one stamp interval; 0 with no readable stamp
+/// (a first start).
+pub(crate) fn last_alive(dir: &Path) -> u64 {
     let mut bytes = [0u8; 8];
     let read = File::open(dir.join(STAMP_FILE)).and_then(|f| f.read_exact_at(&mut bytes, 0));
     match read {
-        Ok(()) => u64::from_le_bytes(bytes)
-            .saturating_add(STAMP_EVERY.as_millis() as u64)
-            .saturating_add(clock_ahead_ms),
+        Ok(()) => u64::from_le_bytes(bytes).saturating_add(STAMP_EVERY.as_millis() as u64),
         Err(_) => 0,
     }
+}
+
+/// The replay floor for this start: [`last_alive`] plus `clock_ahead_ms`;
+/// 0 on a first start.
+pub(crate) fn replay_floor(last_alive: u64, clock_ahead_ms: u64) -> u64 {
+    if last_alive == 0 {
+        return 0;
+    }
+    last_alive.saturating_add(clock_ahead_ms)
 }
 
 /// Rewrites the stamp until stopped.
@@ -57,8 +68,13 @@ pub(crate) struct AliveStamp {
 }
 
 impl AliveStamp {
-    /// Writes the stamp now, then every [`STAMP_EVERY`] on its own thread.
-    pub(crate) fn start(dir: &Path) -> std::io::Result<AliveStamp> {
+    /// Writes the stamp now, then every [`STAMP_EVERY`] on its own thread,
+    /// which also runs `housekeeping` (the charge records' retention)
+    /// now and then every [`HOUSEKEEPING_EVERY`] stamps.
+    pub(crate) fn start(
+        dir: &Path,
+        mut housekeeping: Option<Box<dyn FnMut() + Send>>,
+    ) -> std::io::Result<AliveStamp> {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -71,7 +87,14 @@ impl AliveStamp {
         let thread = std::thread::Builder::new()
             .name("alive-stamp".into())
             .spawn(move || {
+                let mut stamps = 0u64;
                 while !stop.load(Ordering::Acquire) {
+                    if stamps.is_multiple_of(HOUSEKEEPING_EVERY) {
+                        if let Some(work) = housekeeping.as_mut() {
+                            work();
+                        }
+                    }
+                    stamps += 1;
                     std::thread::park_timeout(STAMP_EVERY);
                     if let Err(e) = file.write_all_at(&unix_ms_now().to_le_bytes(), 0) {
                         tracing::warn!(error = %e, "cannot write the alive stamp");
@@ -109,11 +132,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("alive-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let _ = std::fs::remove_file(dir.join(STAMP_FILE));
-        assert_eq!(replay_floor(&dir, 2_000), 0, "a first start");
+        assert_eq!(replay_floor(last_alive(&dir), 2_000), 0, "a first start");
         let before = unix_ms_now();
-        let mut stamp = AliveStamp::start(&dir).unwrap();
+        let mut stamp = AliveStamp::start(&dir, None).unwrap();
         stamp.stop();
-        let floor = replay_floor(&dir, 2_000);
+        let floor = replay_floor(last_alive(&dir), 2_000);
         assert!(
             floor >= before + 2_500 && floor <= unix_ms_now() + 2_500,
             "{floor}"

@@ -316,9 +316,37 @@ impl Appliance {
         let lock = lock_directory(&config.cdr_directory)?;
         // Device requests signed before this start are not taken after it
         // (read before the stamp is rewritten for this life).
-        let replay_floor =
-            alive::replay_floor(&config.cdr_directory, config.devices.clock_ahead_ms);
-        let alive = alive::AliveStamp::start(&config.cdr_directory)
+        let last_alive = alive::last_alive(&config.cdr_directory);
+        let replay_floor = alive::replay_floor(last_alive, config.devices.clock_ahead_ms);
+        let housekeeping: Option<Box<dyn FnMut() + Send>> = config.retention.is_on().then(|| {
+            let (dir, network, retention) = (
+                config.cdr_directory.clone(),
+                config.network.clone(),
+                config.retention,
+            );
+            let mut warned_unexported = 0usize;
+            Box::new(move || {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                match crate::journal::retention::sweep(&dir, &network, &retention, now) {
+                    Ok(sweep) => {
+                        for path in &sweep.deleted {
+                            tracing::info!(segment = %path.display(), "charge-record segment deleted by retention");
+                        }
+                        if sweep.held_unexported > warned_unexported {
+                            tracing::warn!(
+                                segments = sweep.held_unexported,
+                                "charge-record segments past retention are kept: no collector has marked them exported"
+                            );
+                        }
+                        warned_unexported = sweep.held_unexported;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "charge-record retention failed"),
+                }
+            }) as Box<dyn FnMut() + Send>
+        });
+        let alive = alive::AliveStamp::start(&config.cdr_directory, housekeeping)
             .map_err(io_error("alive stamp in the CDR directory"))?;
         // The journal: torn tails cut, numbering continued, and the
         // decisions young enough to matter for duplicate suppression.
@@ -336,6 +364,7 @@ impl Appliance {
             segments = recovery.segments,
             records = recovery.records,
             recent = recovery.recent.len(),
+            marks = recovery.recent_marks.len(),
             "charge-record journal recovered"
         );
         // Started before the workers, so a failure leaves nothing running.
@@ -384,6 +413,7 @@ impl Appliance {
                 hss: hss.clone(),
                 subscribers: &subscribers,
                 recent: &recovery.recent,
+                recent_marks: &recovery.recent_marks,
                 config: &config,
                 tls: tls.clone(),
                 shared: shared.clone(),
@@ -491,6 +521,7 @@ impl Appliance {
                 config.metrics_listen != old.metrics_listen,
             ),
             ("cdr.directory", config.cdr_directory != old.cdr_directory),
+            ("cdr.retain_*", config.retention != old.retention),
             ("wa.deadline_ms", config.deadline_ms != old.deadline_ms),
             ("wa.query_cost", config.query_cost != old.query_cost),
             ("wa.pending_max", config.pending_max != old.pending_max),

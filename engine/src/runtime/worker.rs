@@ -66,6 +66,8 @@ pub(super) struct WorkerSetup<'a> {
     pub(super) hss: Arc<Hss>,
     pub(super) subscribers: &'a SharedSubscribers,
     pub(super) recent: &'a [JournalEntry],
+    /// The stream marks of the last window.
+    pub(super) recent_marks: &'a [crate::journal::StreamMark],
     pub(super) config: &'a ApplianceConfig,
     pub(super) tls: Arc<BgTls>,
     pub(super) shared: Arc<Shared>,
@@ -161,6 +163,7 @@ impl Worker {
             hss,
             subscribers,
             recent,
+            recent_marks,
             config,
             tls,
             shared,
@@ -189,7 +192,7 @@ impl Worker {
         let mut node = Node::new(node_config, &table, &hss);
         let now_us = clock.now_us();
         node.provision(now_us, subscribers, &hss);
-        node.rebuild_windows(now_us, recent);
+        node.rebuild_windows(now_us, recent, recent_marks);
         let endpoint = BgEndpoint::new(
             EndpointSetup {
                 tls: tls.clone(),

@@ -4,7 +4,7 @@
 //! durability; a failed disk takes nothing until it recovers, and the new
 //! segment voids what was written but not known durable.
 
-use crate::journal::{Durability, JournalSink};
+use crate::journal::{Durability, JournalSink, MarkRef, StreamMark};
 use crate::roles::DecisionRecord;
 
 /// One record as the journal holds it.
@@ -23,6 +23,10 @@ pub(super) struct SimJournal {
     pub(super) written: Vec<Stored>,
     /// Records handed over this turn, not yet written.
     turn: Vec<Stored>,
+    /// Stream marks written (kept across crashes like the records).
+    pub(super) marks: Vec<StreamMark>,
+    /// Stream marks handed over this turn, not yet written.
+    turn_marks: Vec<StreamMark>,
     /// The ticket the node asked to have synced this turn.
     ticket_wanted: Option<u64>,
     /// Highest number handed over (taken or refused).
@@ -48,11 +52,13 @@ impl SimJournal {
     pub(super) fn end_turn(&mut self) -> Option<SyncInFlight> {
         if self.failed {
             self.turn.clear();
+            self.turn_marks.clear();
             self.ticket_wanted = None;
             return None;
         }
-        let wrote = !self.turn.is_empty();
+        let wrote = !self.turn.is_empty() || !self.turn_marks.is_empty();
         self.written.append(&mut self.turn);
+        self.marks.append(&mut self.turn_marks);
         let ticket = self.ticket_wanted.take();
         (wrote || ticket.is_some()).then(|| SyncInFlight {
             upto: self.written.last().map_or(self.durable, |s| s.seq),
@@ -72,6 +78,7 @@ impl SimJournal {
     pub(super) fn fail(&mut self) {
         self.failed = true;
         self.turn.clear();
+        self.turn_marks.clear();
         self.ticket_wanted = None;
     }
 
@@ -119,6 +126,17 @@ impl JournalSink for SimJournal {
                 seq,
                 at_unix_ms,
                 record: *record,
+            });
+        }
+    }
+
+    fn mark(&mut self, mark: MarkRef<'_>) {
+        if !self.failed {
+            self.turn_marks.push(StreamMark {
+                at_unix_ms: mark.at_unix_ms,
+                origin: mark.origin.to_string(),
+                reply_node: mark.reply_node,
+                high_water: mark.high_water,
             });
         }
     }

@@ -66,6 +66,7 @@ impl JournalSink for InstantJournal {
     fn append(&mut self, seq: u64, _at_unix_ms: u64, _origin: &str, _record: &DecisionRecord) {
         self.last_seq = self.last_seq.max(seq);
     }
+    fn mark(&mut self, _mark: crate::journal::MarkRef<'_>) {}
     fn sync(&mut self, ticket: u64) {
         self.last_ticket = self.last_ticket.max(ticket);
     }

@@ -410,7 +410,14 @@ impl World {
                     outcome: s.record.outcome,
                 })
                 .collect();
-            node.rebuild_windows(self.now_us, &recent);
+            let marks: Vec<crate::journal::StreamMark> = state
+                .journals
+                .iter()
+                .flat_map(|j| j.marks.iter())
+                .filter(|m| m.at_unix_ms >= since)
+                .cloned()
+                .collect();
+            node.rebuild_windows(self.now_us, &recent, &marks);
             state.nodes[w] = Some(node);
             state.timer_at[w] = None;
         }

@@ -71,3 +71,33 @@ pub(crate) fn start(config: &Path) -> presence_engine::lab::SpawnedAppliance {
     )
     .unwrap()
 }
+
+/// A `presence-gw run` process of this build, its log written to `log`.
+#[allow(dead_code)] // not every test binary runs an appliance
+pub(crate) fn start_logged(config: &Path, log: &Path) -> presence_engine::lab::SpawnedAppliance {
+    presence_engine::lab::SpawnedAppliance::start(
+        Path::new(env!("CARGO_BIN_EXE_presence-gw")),
+        config,
+        Some(log),
+        |_| {},
+    )
+    .unwrap()
+}
+
+/// A query as a peer network's WA instance 0 sends it: transaction `txid`.
+#[allow(dead_code)] // not every test binary plays a peer
+pub(crate) fn peer_query(
+    txid: u64,
+    watcher: presence_codec::Msisdn,
+    target: presence_codec::Msisdn,
+) -> presence_codec::Message<'static> {
+    presence_codec::Message::Query(presence_codec::Query {
+        txid,
+        watcher,
+        target,
+        hop_limit: 7,
+        budget_ms: 1500,
+        reply_node: 0,
+        route_version: 1,
+    })
+}

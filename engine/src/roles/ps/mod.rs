@@ -213,6 +213,10 @@ pub struct PsCounters {
     pub out_of_window: u64,
     /// Queries refused because charging was unavailable (fail closed).
     pub charging_refused: u64,
+    /// Queries from other networks answered `Overloaded` after a restart:
+    /// at or below their stream's mark, not in the rebuilt window (see
+    /// [`RestartMarks`]).
+    pub restart_held: u64,
     /// Dropped.
     pub drops: DropCounters,
 }
@@ -234,7 +238,71 @@ impl PsCounters {
         self.insecure_refused += other.insecure_refused;
         self.out_of_window += other.out_of_window;
         self.charging_refused += other.charging_refused;
+        self.restart_held += other.restart_held;
         self.drops.add(&other.drops);
+    }
+}
+
+/// What a restart knows of the decisions it did not journal one by one:
+/// per transaction stream (origin network × A's WA instance), the highest
+/// transaction decided without a charge in the last window, and when that
+/// knowledge lapses (the mark's time plus the window: a retransmission
+/// comes within a window of its original, so past it nothing decided
+/// before the restart can come back).
+///
+/// A query from a marked stream, at or below its mark, that the rebuilt
+/// window does not hold (so not a charged decision) may have been decided
+/// before the restart; deciding it again could charge A for an answer its
+/// WA no longer takes. It is answered `Overloaded` until the mark lapses.
+/// Queries above the mark (a WA's new transactions) are decided at once.
+#[derive(Debug, Default)]
+pub struct RestartMarks {
+    by_stream: HashMap<(NetworkId, u16), (u64, Millis)>,
+    /// When the last mark lapses.
+    until: Millis,
+}
+
+/// What a stream's mark says of a query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MarkHold {
+    /// Every mark has lapsed.
+    Passed,
+    /// At or below a live mark: answered `Overloaded`.
+    Held { retry_after_ms: u32 },
+    /// Not covered.
+    Free,
+}
+
+impl RestartMarks {
+    /// Marks from `(origin, instance, highest txid, lapses at)`, the
+    /// highest and latest kept per stream.
+    pub fn new(marks: impl IntoIterator<Item = (NetworkId, u16, u64, Millis)>) -> RestartMarks {
+        let mut by_stream: HashMap<(NetworkId, u16), (u64, Millis)> = HashMap::default();
+        let mut until = 0;
+        for (origin, instance, high_water, lapses) in marks {
+            let entry = by_stream.entry((origin, instance)).or_insert((0, 0));
+            entry.0 = entry.0.max(high_water);
+            entry.1 = entry.1.max(lapses);
+            until = until.max(lapses);
+        }
+        RestartMarks { by_stream, until }
+    }
+
+    /// Whether no mark was kept.
+    pub fn is_empty(&self) -> bool {
+        self.by_stream.is_empty()
+    }
+
+    fn holds(&self, now: Millis, origin: NetworkId, instance: u16, txid: u64) -> MarkHold {
+        if now >= self.until {
+            return MarkHold::Passed;
+        }
+        match self.by_stream.get(&(origin, instance)) {
+            Some(&(high_water, lapses)) if txid <= high_water && now < lapses => MarkHold::Held {
+                retry_after_ms: u32::try_from(lapses - now).unwrap_or(u32::MAX),
+            },
+            _ => MarkHold::Free,
+        }
     }
 }
 
@@ -254,6 +322,9 @@ pub struct PresenceServer {
     auth: AuthPolicy,
     /// How devices authenticate publications.
     device_auth: DeviceAuthPolicy,
+    /// After a restart: the streams' marks of the last window (see
+    /// [`RestartMarks`]); `None` once they have all passed.
+    restart_marks: Option<std::sync::Arc<RestartMarks>>,
     counters: PsCounters,
 }
 
@@ -279,8 +350,15 @@ impl PresenceServer {
             charging: Charging::Available,
             auth: AuthPolicy::default(),
             device_auth: DeviceAuthPolicy::default(),
+            restart_marks: None,
             counters: PsCounters::default(),
         }
+    }
+
+    /// After a restart: the stream marks of the last window (shared by
+    /// every presence server of the node).
+    pub fn set_restart_marks(&mut self, marks: std::sync::Arc<RestartMarks>) {
+        self.restart_marks = Some(marks);
     }
 
     /// This server's id.
@@ -538,6 +616,21 @@ impl PresenceServer {
             WindowLookup::New => {}
         }
         let foreign = origin != self.network;
+        if let (true, Some(marks)) = (foreign, &self.restart_marks) {
+            match marks.holds(now, origin, query.reply_node, query.txid) {
+                MarkHold::Passed => self.restart_marks = None,
+                MarkHold::Held { retry_after_ms } => {
+                    self.counters.restart_held += 1;
+                    out.send(
+                        reply_to,
+                        origin,
+                        answer(Outcome::Overloaded { retry_after_ms }),
+                    );
+                    return;
+                }
+                MarkHold::Free => {}
+            }
+        }
         if let (true, Charging::Backlogged { retry_after_ms }) = (foreign, self.charging) {
             self.counters.drops.overloaded += 1;
             out.send(
@@ -1055,6 +1148,53 @@ mod tests {
         ));
         let stepped_back = 7;
         assert_eq!(ask(&mut ps, 30_000, query(0, stepped_back, a)).1, 1);
+    }
+
+    #[test]
+    fn after_a_restart_a_marked_transaction_is_held_and_a_new_one_decided() {
+        let mut ps = server(64);
+        let (buddy, stranger) = ("447700900123", "447700900999");
+        let mut out = Outbox::default();
+        // Before the restart: 5 charged, 6 to 8 decided without a charge
+        // (journaled as the stream's mark: 8).
+        ps.handle(10, Addr::Igps, PEER, &query(0, 5, buddy), &mut out);
+        let journal = out.records.clone();
+        ps.restart(100, journal.iter());
+        ps.set_restart_marks(std::sync::Arc::new(RestartMarks::new([(
+            PEER, 0, 8, 10_010,
+        )])));
+        assert_eq!(
+            ask(&mut ps, 200, query(0, 5, buddy)),
+            (ask(&mut server(64), 10, query(0, 5, buddy)).0, 0),
+            "charged before: answered from the window, not charged again"
+        );
+        assert_eq!(
+            ask(&mut ps, 200, query(0, 7, buddy)),
+            (
+                Some(Outcome::Overloaded {
+                    retry_after_ms: 9_810
+                }),
+                0
+            ),
+            "at or below the mark: perhaps decided before, held"
+        );
+        assert_eq!(ps.counters().restart_held, 1);
+        assert_eq!(ask(&mut ps, 200, query(0, 9, buddy)).1, 1, "above: decided");
+        assert_eq!(
+            ask(&mut ps, 200, query(1, 3, buddy)).1,
+            1,
+            "another stream: decided"
+        );
+        assert_eq!(
+            ask(&mut ps, 300, query(0, 6, stranger)).0,
+            Some(Outcome::Overloaded {
+                retry_after_ms: 9_710
+            })
+        );
+        // Once the mark has lapsed, nothing decided before the restart can
+        // come back: decided.
+        assert_eq!(ask(&mut ps, 10_010, query(0, 7, buddy)).1, 1);
+        assert_eq!(ps.counters().restart_held, 2);
     }
 
     #[test]
