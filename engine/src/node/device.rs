@@ -272,6 +272,10 @@ impl Node {
         };
         let source = SourcePrefix::of(from.ip());
         let now_ms = self.now_ms;
+        // A number in no range goes to the decoy server, which refuses it
+        // as it refuses an unknown subscriber: the same work, so the ack's
+        // time says nothing of where the ranges end.
+        let server = server.or_else(|| self.hss.current().decoy());
         if let Some(guard) = &mut self.source_guard {
             if !guard.admits(now_ms, source) {
                 self.counters.drop(DropReason::AuthSourceLimited);

@@ -118,16 +118,16 @@ impl Held {
     /// Notes a decision on another network's query that charges nothing:
     /// its stream's mark for this turn covers it (see
     /// [`StreamMark`](crate::journal::StreamMark)).
-    pub(super) fn mark(&mut self, at_unix_ms: u64, record: &DecisionRecord) {
-        let stream = (record.origin, record.reply_node);
+    pub(super) fn mark(&mut self, at_unix_ms: u64, origin: NetworkId, reply_node: u16, txid: u64) {
+        let stream = (origin, reply_node);
         match self.marks.iter_mut().find(|m| m.stream == stream) {
             Some(m) => {
-                m.high_water = m.high_water.max(record.txid);
+                m.high_water = m.high_water.max(txid);
                 m.at_unix_ms = m.at_unix_ms.max(at_unix_ms);
             }
             None => self.marks.push(TurnMark {
                 stream,
-                high_water: record.txid,
+                high_water: txid,
                 at_unix_ms,
             }),
         }

@@ -47,6 +47,9 @@ pub struct HssVersion {
     number: u64,
     ranges: Arc<PrefixIndex<PsId>>,
     moves: PortedMap<PsId>,
+    /// The presence server that answers for numbers outside every range:
+    /// the lowest one any range names (see [`HssVersion::decoy`]).
+    decoy: Option<PsId>,
 }
 
 impl Numbered for HssVersion {
@@ -74,6 +77,18 @@ impl HssVersion {
     pub fn number(&self) -> u64 {
         self.number
     }
+
+    /// The presence server a query about a number outside every range is
+    /// sent to anyway, to be answered as an unknown subscriber is: the
+    /// same work, the same answer, the same time, so nobody learns where
+    /// the ranges end. `None` when no range names a server.
+    pub fn decoy(&self) -> Option<PsId> {
+        self.decoy
+    }
+}
+
+fn decoy_of(ranges: &[(Prefix, PsId)]) -> Option<PsId> {
+    ranges.iter().map(|(_, ps)| *ps).min()
 }
 
 /// MSISDN → presence server, shared by the nodes of a network.
@@ -102,6 +117,7 @@ impl Hss {
                 number: 1,
                 ranges: Arc::new(PrefixIndex::build(&ranges)),
                 moves: PortedMap::empty(MOVES_SEED),
+                decoy: decoy_of(&ranges),
             }),
             ranges: Mutex::new(ranges),
         }
@@ -133,6 +149,7 @@ impl Hss {
                 number: 0,
                 ranges: old.ranges.clone(),
                 moves: old.moves.apply(&[(msisdn, Some(ps))]),
+                decoy: old.decoy,
             })
         })
     }
@@ -178,6 +195,7 @@ impl Hss {
                 number: 1,
                 ranges: current.ranges.clone(),
                 moves: current.moves.clone(),
+                decoy: current.decoy,
             }),
             ranges: Mutex::new(ranges),
         }
@@ -199,6 +217,7 @@ impl Hss {
                 number: 0,
                 ranges: next.ranges.clone(),
                 moves: next.moves.clone(),
+                decoy: next.decoy,
             })
         });
         published.unwrap_or(0)
@@ -206,11 +225,13 @@ impl Hss {
 
     fn publish_ranges(&self, ranges: &[(Prefix, PsId)]) -> Result<u64, HssError> {
         let index = Arc::new(PrefixIndex::build(ranges));
+        let decoy = decoy_of(ranges);
         self.versions.publish(|old| {
             Ok(HssVersion {
                 number: 0,
                 ranges: index,
                 moves: old.moves.clone(),
+                decoy,
             })
         })
     }
@@ -224,6 +245,11 @@ impl Reader<HssVersion> {
     #[inline]
     pub fn lookup(&mut self, msisdn: Msisdn) -> Option<PsId> {
         self.current().lookup(msisdn)
+    }
+
+    /// [`HssVersion::decoy`] of the current version.
+    pub fn decoy(&mut self) -> Option<PsId> {
+        self.current().decoy()
     }
 }
 

@@ -7,9 +7,10 @@
 //! origin carried beside it. It forwards only to a presence server the HSS
 //! returned. A peer's query about a watcher who is not the peer's own
 //! subscriber is refused before the HSS is asked (an alarm counter). A
-//! subscriber this network does not know is answered
-//! `NotAvailable` here, byte for byte the answer a presence server gives for a
-//! watcher it does not permit, so another network cannot tell the two apart.
+//! number outside every HSS range is sent to a presence server all the same
+//! (the HSS's decoy), which answers it `NotAvailable` as it answers an
+//! unknown subscriber or a watcher it does not permit: one answer, byte for
+//! byte, after the same work, so nobody can tell the three apart.
 
 use std::sync::Arc;
 
@@ -202,10 +203,19 @@ impl Igps {
             self.counters.hop_limit_exceeded += 1;
             return reply(out, Outcome::Error(ErrorReason::HopLimitExceeded));
         }
-        // Steps 7–8.
-        let Some(ps) = ps else {
-            self.counters.unknown_subscriber += 1;
-            return reply(out, Outcome::NotAvailable);
+        // Steps 7–8. A number outside every range goes to the decoy
+        // server, which answers it as the unknown subscriber it is: the
+        // same answer after the same work, so neither its bytes nor its
+        // time say where the ranges end.
+        let ps = match ps {
+            Some(ps) => ps,
+            None => {
+                self.counters.unknown_subscriber += 1;
+                match self.hss.decoy() {
+                    Some(decoy) => decoy,
+                    None => return reply(out, Outcome::NotAvailable),
+                }
+            }
         };
         // Step 9.
         self.counters.forwarded += 1;

@@ -19,7 +19,7 @@
 //! - withdrawn-consent lists are rare and kept aside, by subscriber.
 
 use ahash::AHashMap;
-use presence_codec::{Msisdn, PresenceState};
+use presence_codec::{Msisdn, PresenceState, DEVICE_KEY_LEN};
 use smallvec::SmallVec;
 
 use super::auth::AuthGuard;
@@ -232,11 +232,19 @@ impl SubscriberStore {
         Some(record)
     }
 
-    /// The guard of a subscriber's device key, to read and update.
-    pub(crate) fn guard_mut(&mut self, msisdn: Msisdn) -> Option<&mut AuthGuard> {
-        self.entries
-            .get_mut(&msisdn)
-            .map(|stored| &mut stored.guard)
+    /// A subscriber's device key (when it is a whole key) and the guard of
+    /// its checks, to read and update: one lookup.
+    pub(crate) fn device_auth_mut(
+        &mut self,
+        msisdn: Msisdn,
+    ) -> Option<(Option<[u8; DEVICE_KEY_LEN]>, &mut AuthGuard)> {
+        let stored = self.entries.get_mut(&msisdn)?;
+        let at = stored.device_key_at as usize;
+        let key = self
+            .device_keys
+            .get(at..at.saturating_add(usize::from(stored.device_key_len)))
+            .and_then(|k| <[u8; DEVICE_KEY_LEN]>::try_from(k).ok());
+        Some((key, &mut stored.guard))
     }
 
     /// The highest publication counter taken for a subscriber, to read and

@@ -41,7 +41,7 @@ mod window;
 
 use self::window::{DecisionWindow, WindowLookup};
 pub use self::window::{DecisionWindowEntry, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX};
-use super::auth::{AuthPolicy, DeviceAuthPolicy, Failure, Timeliness};
+use super::auth::{AuthGuard, AuthPolicy, DeviceAuthPolicy, Failure, Timeliness};
 use super::igps::reply_addr;
 use super::store::{SubscriberStore, SubscriberView};
 use super::{answer_to, one_hop_on, Addr, DropCounters, Millis, Outbox, PsId};
@@ -107,8 +107,10 @@ impl SubscriberRecord {
 }
 
 /// A fresh decision on a query (step 11). Those on queries from another
-/// network are journaled, so that duplicate suppression survives a restart;
-/// of those, the chargeable ones are the charge records.
+/// network that show B's status are the charge records, journaled one by
+/// one; the others leave their stream's mark in the journal
+/// ([`StreamMark`](crate::journal::StreamMark)), so that duplicate
+/// suppression survives a restart.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecisionRecord {
     /// A's network: the authenticated origin of the query.
@@ -261,6 +263,12 @@ pub struct RestartMarks {
     /// When the last mark lapses.
     until: Millis,
 }
+
+/// The key a publication is checked under when there is no subscriber's
+/// key to check it with (an unknown number, a locked-out subscriber): any
+/// fixed key does, since only the time the check takes matters, and its
+/// result is never used.
+const DECOY_DEVICE_KEY: [u8; DEVICE_KEY_LEN] = [0x5a; DEVICE_KEY_LEN];
 
 /// What a stream's mark says of a query.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -744,44 +752,54 @@ impl PresenceServer {
     /// the guard learns the result; then its counter.
     fn check_publisher(&mut self, now: Millis, device: Msisdn, publish: &Publish<'_>) -> Publisher {
         let subscriber = publish.subscriber;
-        let guard = self.store.guard_mut(subscriber).map(|g| *g);
-        let Some(guard) = guard.filter(|_| device == subscriber) else {
-            // Unknown: a failure, answered as a wrong MAC is.
-            self.counters.auth_failures += 1;
-            return Publisher::Refused;
-        };
         if let DeviceAuth::Credential(_) = publish.auth {
             if !self.device_auth.insecure_credentials {
                 self.counters.insecure_refused += 1;
                 return Publisher::Refused;
             }
         }
-        if !guard.admits(now) {
-            self.counters.auth_locked += 1;
-            return Publisher::Refused;
-        }
-        let authentic = self.store.get(subscriber).is_some_and(|b| {
-            let Ok(key) = <[u8; DEVICE_KEY_LEN]>::try_from(b.device_key()) else {
-                return false;
-            };
-            let key = DeviceKey::from_bytes(key);
-            match publish.auth {
-                DeviceAuth::Mac { .. } => key.verifies(&Message::Publish(*publish)),
-                DeviceAuth::Credential(c) => key.matches_secret(subscriber, c.as_bytes()),
-            }
-        });
-        let auth = self.auth;
-        if let Some(guard) = self.store.guard_mut(subscriber) {
-            if authentic {
-                guard.succeeded();
+        // The same work whoever the number is (docs/reliability.md §4h):
+        // one lookup, one MAC (under a decoy key when there is no
+        // subscriber's, or it is locked out), one guard step (on a scratch
+        // guard for an unknown number). Only then is the result used.
+        let policy = self.auth;
+        let mut scratch = AuthGuard::default();
+        let found = self
+            .store
+            .device_auth_mut(subscriber)
+            .filter(|_| device == subscriber);
+        let known = found.is_some();
+        let (key, guard) = match found {
+            Some((key, guard)) => (key, guard),
+            None => (None, &mut scratch),
+        };
+        let admitted = guard.admits(now);
+        let checked_key = key.filter(|_| admitted);
+        let key = DeviceKey::from_bytes(checked_key.unwrap_or(DECOY_DEVICE_KEY));
+        let matches = match publish.auth {
+            DeviceAuth::Mac { .. } => key.verifies(&Message::Publish(*publish)),
+            DeviceAuth::Credential(c) => key.matches_secret(subscriber, c.as_bytes()),
+        };
+        let authentic = matches && checked_key.is_some();
+        let mut next = *guard;
+        let failure = next.failed(now, &policy);
+        if admitted {
+            *guard = if authentic {
+                AuthGuard::default()
             } else {
-                self.counters.auth_failures += 1;
-                if let Failure::LockedOut { first: true } = guard.failed(now, &auth) {
-                    self.counters.lockouts += 1;
-                }
-            }
+                next
+            };
         }
         if !authentic {
+            match (known, admitted) {
+                (true, false) => self.counters.auth_locked += 1,
+                _ => {
+                    self.counters.auth_failures += 1;
+                    if let (true, Failure::LockedOut { first: true }) = (known, failure) {
+                        self.counters.lockouts += 1;
+                    }
+                }
+            }
             return Publisher::Refused;
         }
         let DeviceAuth::Mac { counter, .. } = publish.auth else {
