@@ -51,6 +51,20 @@ pub(crate) fn last_alive(dir: &Path) -> u64 {
     }
 }
 
+/// The second the WA's transaction counter starts from (its ids are
+/// `start second × 2^22 + n`): now, but never at or before the previous
+/// life's last second, so ids never step back across a restart even when
+/// the clock did (a stepped-back counter would fall behind the presence
+/// servers' marks for its stream, and its queries be taken for stale
+/// duplicates).
+pub(crate) fn wa_boot_time_s(now_unix_ms: u64, last_alive: u64) -> u64 {
+    let now_s = now_unix_ms / 1000;
+    if last_alive == 0 {
+        return now_s;
+    }
+    now_s.max(last_alive / 1000 + 1)
+}
+
 /// The replay floor for this start: [`last_alive`] plus `clock_ahead_ms`;
 /// 0 on a first start.
 pub(crate) fn replay_floor(last_alive: u64, clock_ahead_ms: u64) -> u64 {
@@ -126,6 +140,20 @@ impl Drop for AliveStamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_wa_counter_never_starts_at_or_before_the_last_lifes_last_second() {
+        assert_eq!(wa_boot_time_s(1_700_000_123_456, 0), 1_700_000_123);
+        assert_eq!(
+            wa_boot_time_s(1_700_000_123_456, 1_700_000_100_000),
+            1_700_000_123
+        );
+        // The clock stepped back a minute across the restart.
+        assert_eq!(
+            wa_boot_time_s(1_700_000_063_000, 1_700_000_123_999),
+            1_700_000_124
+        );
+    }
 
     #[test]
     fn no_stamp_no_floor_and_a_stamp_gives_its_time_plus_margins() {

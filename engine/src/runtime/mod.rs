@@ -389,7 +389,7 @@ impl Appliance {
             node_config.deadline_ms = config.deadline_ms;
             node_config.query_cost = config.query_cost;
             node_config.pending_max = config.pending_per_worker();
-            node_config.boot_time_s = clock.unix_ms_at_start / 1000;
+            node_config.boot_time_s = alive::wa_boot_time_s(clock.unix_ms_at_start, last_alive);
             node_config.window_slots = config.window_slots;
             node_config.limits = limits.clone();
             node_config.border_frame_max =
