@@ -400,6 +400,11 @@ impl Link {
         self.last_rx
     }
 
+    /// When the link was made.
+    pub fn created_at(&self) -> Millis {
+        self.created
+    }
+
     /// Whether the peer has sent at least one byte.
     pub fn heard_from(&self) -> bool {
         self.heard

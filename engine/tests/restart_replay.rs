@@ -75,8 +75,7 @@ fn a_replay_across_a_restart_is_neither_charged_twice_nor_decided_again() {
     // A's network is a test border gateway that B dials (B's border port
     // changes with each start; A's stays).
     let node_a = common::bg_node(&a_material, &b_material, None);
-    let b_config =
-        lab::write_config(&b, &a, &table(), 1, Some(node_a.local_addr()), false).unwrap();
+    let b_config = lab::write_config(&b, &a, &table(), 1, Some(node_a.local_addr()), true).unwrap();
     // A window of 20 s, so the replay below surely comes within it.
     let text = std::fs::read_to_string(&b_config).unwrap();
     std::fs::write(
@@ -165,6 +164,14 @@ fn a_replay_across_a_restart_is_neither_charged_twice_nor_decided_again() {
         "a new transaction above the mark is decided at once: {:?}",
         after.get(&fresh_txid)
     );
+    // Held by the marks, not by anything else that answers `Overloaded`.
+    let held = "presence_role_events_total{role=\"ps\",event=\"restart_held\"}";
+    let metrics = node_b.metrics.unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while common::metric(metrics, held) < 2 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(common::metric(metrics, held), 2);
 
     let mut node_b = node_b;
     assert_eq!(node_b.terminate(Duration::from_secs(10)), Some(0));

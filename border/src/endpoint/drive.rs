@@ -236,7 +236,13 @@ impl BgEndpoint {
     /// (counted, and logged at most once a second per reason).
     fn admit(&mut self, registry: &Registry, addr: SocketAddr, now: Millis) -> Option<usize> {
         let source = SourceKey::of(addr.ip());
-        if !self.source_rates.take(now, source) {
+        // A configured peer's address (one we dial) has no budget or cap
+        // that others could spend for it.
+        let peer_address = self
+            .dialers
+            .iter()
+            .any(|d| d.addr.is_some_and(|a| a.ip() == addr.ip()));
+        if !peer_address && !self.source_rates.take(now, source) {
             BgCounters::add(&self.counters.handshake_rate_limited, 1);
             if let Some(suppressed) = super::log_limit::admit("handshake_rate") {
                 tracing::warn!(%addr, suppressed, "border connection dropped: too many handshakes from its source");
@@ -256,10 +262,11 @@ impl BgEndpoint {
                     .map_or(SourceKey::of(addr.ip()), |a| SourceKey::of(a.ip())),
                 talking: slot.link.heard_from(),
                 last_rx: slot.link.last_rx(),
+                created: slot.link.created_at(),
             });
         }
         let from_source = self.pending.iter().filter(|p| p.source == source).count();
-        if from_source >= self.settings.max_pending_per_source.max(1) {
+        if !peer_address && from_source >= self.settings.max_pending_per_source.max(1) {
             let Some(evict) = victim(&self.pending, now, |p| p.source == source) else {
                 BgCounters::add(&self.counters.accept_source_full, 1);
                 if let Some(suppressed) = super::log_limit::admit("source_full") {

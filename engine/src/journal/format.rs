@@ -57,8 +57,17 @@ pub fn encode_mark(buf: &mut Vec<u8>, mark: MarkRef<'_>) {
     buf.extend_from_slice(&mark.reply_node.to_be_bytes());
     buf.push(name.len() as u8);
     buf.extend_from_slice(name);
-    let crc = crc32fast::hash(&buf[body..]);
+    let crc = mark_crc(&buf[start..start + 4], &buf[body..]);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// A mark's checksum covers its length word too (flag bit included), so
+/// no flipped bit turns an intact record into a mark or back.
+fn mark_crc(word: &[u8], body: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(word);
+    hasher.update(body);
+    hasher.finalize()
 }
 
 /// A stream mark to write, its origin borrowed (no allocation per turn).
@@ -89,9 +98,10 @@ impl StreamMark {
 /// The stream mark at the start of `bytes` and its length, or `None` if the
 /// bytes there are not a whole, intact mark.
 pub(super) fn decode_mark(bytes: &[u8]) -> Option<(StreamMark, usize)> {
-    let (word, body) = framed(bytes)?;
+    let (word, crc, body) = framed(bytes)?;
     if word & MARK_FLAG == 0
         || !(MARK_BODY_FIXED..=MARK_BODY_FIXED + ORIGIN_NAME_MAX).contains(&body.len())
+        || mark_crc(&word.to_be_bytes(), body) != crc
     {
         return None;
     }
@@ -115,9 +125,9 @@ pub(super) fn decode_mark(bytes: &[u8]) -> Option<(StreamMark, usize)> {
     ))
 }
 
-/// The length word and the checksummed body at the start of `bytes` (any
-/// body of at most [`BODY_MAX`] bytes whose CRC-32 matches).
-fn framed(bytes: &[u8]) -> Option<(u32, &[u8])> {
+/// The length word, the checksum and the body at the start of `bytes`
+/// (a body of at most [`BODY_MAX`] bytes; the caller checks the sum).
+fn framed(bytes: &[u8]) -> Option<(u32, u32, &[u8])> {
     let mut c = Cursor(bytes);
     let word = c.u32()?;
     let len = (word & !MARK_FLAG) as usize;
@@ -126,7 +136,7 @@ fn framed(bytes: &[u8]) -> Option<(u32, &[u8])> {
     }
     let crc = c.u32()?;
     let body = c.take(len)?;
-    (crc32fast::hash(body) == crc).then_some((word, body))
+    Some((word, crc, body))
 }
 
 /// What a segment holds after its header.
@@ -207,8 +217,11 @@ impl<'a> Cursor<'a> {
 /// The record at the start of `bytes`: the entry and its length, or `None`
 /// if the bytes there are not a whole, intact record.
 pub(super) fn decode_record(bytes: &[u8]) -> Option<(JournalEntry, usize)> {
-    let (word, body) = framed(bytes)?;
-    if word & MARK_FLAG != 0 || !(BODY_FIXED..=BODY_MAX).contains(&body.len()) {
+    let (word, crc, body) = framed(bytes)?;
+    if word & MARK_FLAG != 0
+        || !(BODY_FIXED..=BODY_MAX).contains(&body.len())
+        || crc32fast::hash(body) != crc
+    {
         return None;
     }
     let mut b = Cursor(body);

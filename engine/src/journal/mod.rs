@@ -7,10 +7,11 @@
 //! (`NotAvailable`, refusals) are not journaled one by one; instead, once
 //! per turn, each transaction stream that had any leaves one
 //! [`StreamMark`] (its highest such transaction), which is all a restart
-//! needs to know of them. So the journal grows by one record (about 60
-//! bytes plus the origin's name) per charged query, and by one mark (about
-//! 30 bytes plus the name) per stream per turn for everything else,
-//! however many queries the turn answered. The journal promises:
+//! needs to know of them. So the journal grows by one record (57 bytes
+//! plus the origin's name) per charged query, and by one mark (27 bytes
+//! plus the name) per stream per turn for everything else, however many
+//! queries the turn answered; at worst (one query a turn) a mark a query,
+//! less than half a record. The journal promises:
 //!
 //! - **Durable before answered.** The node numbers its decision records and
 //!   holds every presence-server answer to another network until the
@@ -24,7 +25,9 @@
 //!   its own.
 //! - **Rotation** by size and age: a new segment is opened (and the
 //!   directory synced) before a write would pass `segment_max_bytes`, or when
-//!   the segment is older than `segment_max_age`. Nothing is rewritten.
+//!   the segment is older than `segment_max_age`. Nothing is rewritten;
+//!   closed segments are deleted only by retention, when configured
+//!   ([`retention`]).
 //! - **Recovery.** On start every segment is read and checked. A torn tail (a
 //!   record cut short, or whose checksum fails, with nothing valid after it)
 //!   is cut off and reported; damage followed by valid records is reported
@@ -55,7 +58,7 @@
 //!         wire form of wire-format §2) | target (7 bytes) | u16 reply node
 //!         | u16 presence server
 //!         | u8 outcome | u8 detail | u32 value | u8 length | origin network
-//! mark:   u32 (0x8000_0000 | body length) | u32 CRC-32 of body | body
+//! mark:   u32 (0x8000_0000 | body length) | u32 CRC-32 of that word and body | body
 //! body:   u64 at (unix ms) | u64 highest txid | u16 reply node
 //!         | u8 length | origin network
 //! ```

@@ -14,17 +14,28 @@
 //!   `docs/operations.md`). `retain_unexported = true` lifts this, for a
 //!   deployment whose records are not billed from this folder.
 //! - **Never a worker's two newest segments**: the one being written, and
-//!   the one before it (it may still hold the decisions a restart rebuilds
-//!   its duplicate window from).
-//! - Oldest first (by the time in each segment's header): every exported
-//!   segment older than `retain_days`, then more, oldest first, while the
-//!   folder's segments take more than `retain_max_bytes`.
+//!   the one before it; and never one closed (its successor opened) less
+//!   than [`KEEP_RECENT_MS`] ago: it may hold decisions a restart rebuilds
+//!   its duplicate window from.
+//! - **Oldest first, and only from the start of each worker's series**: a
+//!   segment is deleted only when every older one of its worker has been.
+//!   A segment's header may void records of older segments of its worker
+//!   (a failed disk, `void from`); deleting it while keeping them would
+//!   turn those records back into charges.
+//! - A segment's age runs from when it was closed (its successor's
+//!   creation): every segment closed more than `retain_days` ago goes, then
+//!   more, oldest first, while the folder's segments take more than
+//!   `retain_max_bytes`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::scan::{read_header, segment_paths};
 use super::{io_err, JournalError};
+
+/// A segment closed less than this long ago is kept whatever the limits
+/// (more than the longest duplicate window: a deadline of at most 60 s).
+pub const KEEP_RECENT_MS: u64 = 120_000;
 
 /// Suffix of the marker a collector leaves once it has a segment.
 pub const EXPORTED_SUFFIX: &str = ".exported";
@@ -60,7 +71,7 @@ pub struct Sweep {
     pub held_unexported: usize,
 }
 
-struct Candidate {
+struct Segment {
     path: PathBuf,
     worker: u16,
     first_seq: u64,
@@ -77,7 +88,7 @@ fn marker_of(path: &Path) -> PathBuf {
 
 /// Deletes what `retention` allows of `network`'s segments in `dir` at
 /// `now_unix_ms` (and their export markers). Unreadable headers are left
-/// alone.
+/// alone (and stop their worker's series there).
 pub fn sweep(
     dir: &Path,
     network: &str,
@@ -88,7 +99,8 @@ pub fn sweep(
     if !retention.is_on() {
         return Ok(report);
     }
-    let mut segments = Vec::new();
+    // Each worker's series, oldest first.
+    let mut series: Vec<(u16, Vec<Segment>)> = Vec::new();
     for path in segment_paths(dir, Some(network))? {
         let Ok(header) = read_header(&path) else {
             continue;
@@ -98,53 +110,72 @@ pub fn sweep(
         }
         let bytes = std::fs::metadata(&path).map_err(io_err(&path))?.len();
         let exported = marker_of(&path).exists();
-        segments.push(Candidate {
+        let segment = Segment {
             path,
             worker: header.worker,
             first_seq: header.first_seq,
             created_unix_ms: header.created_unix_ms,
             bytes,
             exported,
-        });
-    }
-    let mut total: u64 = segments.iter().map(|s| s.bytes).sum();
-    // A worker's two newest segments are never candidates.
-    let mut newest: Vec<(u16, Vec<u64>)> = Vec::new();
-    for s in &segments {
-        match newest.iter_mut().find(|(w, _)| *w == s.worker) {
-            Some((_, seqs)) => seqs.push(s.first_seq),
-            None => newest.push((s.worker, vec![s.first_seq])),
+        };
+        match series.iter_mut().find(|(w, _)| *w == segment.worker) {
+            Some((_, list)) => list.push(segment),
+            None => series.push((segment.worker, vec![segment])),
         }
     }
-    for (_, seqs) in &mut newest {
-        seqs.sort_unstable_by(|a, b| b.cmp(a));
-        seqs.truncate(2);
+    let mut total: u64 = series
+        .iter()
+        .flat_map(|(_, list)| list.iter().map(|s| s.bytes))
+        .sum();
+    // Per worker: the candidates, each with when it was closed; a worker's
+    // two newest, and those closed too recently, are never candidates.
+    let mut heads: Vec<std::collections::VecDeque<(Segment, u64)>> = Vec::new();
+    for (_, mut list) in series {
+        list.sort_by_key(|s| s.first_seq);
+        let closed: Vec<u64> = list.iter().skip(1).map(|s| s.created_unix_ms).collect();
+        let keep = list.len().saturating_sub(2);
+        let candidates = list
+            .into_iter()
+            .zip(closed)
+            .take(keep)
+            .take_while(|(_, closed)| now_unix_ms.saturating_sub(*closed) >= KEEP_RECENT_MS)
+            .collect();
+        heads.push(candidates);
     }
-    segments.retain(|s| {
-        !newest
-            .iter()
-            .any(|(w, seqs)| *w == s.worker && seqs.contains(&s.first_seq))
-    });
-    segments.sort_by_key(|s| (s.created_unix_ms, s.worker, s.first_seq));
     let max_age_ms = retention
         .max_age
         .map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX));
-    for s in segments {
-        let too_old =
-            max_age_ms.is_some_and(|age| now_unix_ms.saturating_sub(s.created_unix_ms) > age);
+    // The oldest head of any series, each time.
+    while let Some(w) = (0..heads.len())
+        .filter(|&w| !heads[w].is_empty())
+        .min_by_key(|&w| heads[w].front().map_or(u64::MAX, |(_, closed)| *closed))
+    {
+        let Some((segment, closed)) = heads[w].pop_front() else {
+            break;
+        };
+        let too_old = max_age_ms.is_some_and(|age| now_unix_ms.saturating_sub(closed) > age);
         let too_big = retention.max_bytes.is_some_and(|max| total > max);
         if !(too_old || too_big) {
+            // Nothing closed later is due either.
+            break;
+        }
+        if !(segment.exported || retention.unexported) {
+            // Its worker's series stops here; count what waits on export.
+            report.held_unexported += 1 + heads[w]
+                .iter()
+                .filter(|(s, closed)| {
+                    !s.exported
+                        && max_age_ms.is_some_and(|age| now_unix_ms.saturating_sub(*closed) > age)
+                })
+                .count();
+            heads[w].clear();
             continue;
         }
-        if !(s.exported || retention.unexported) {
-            report.held_unexported += 1;
-            continue;
-        }
-        std::fs::remove_file(&s.path).map_err(io_err(&s.path))?;
-        let _ = std::fs::remove_file(marker_of(&s.path));
-        total = total.saturating_sub(s.bytes);
-        report.freed += s.bytes;
-        report.deleted.push(s.path);
+        std::fs::remove_file(&segment.path).map_err(io_err(&segment.path))?;
+        let _ = std::fs::remove_file(marker_of(&segment.path));
+        total = total.saturating_sub(segment.bytes);
+        report.freed += segment.bytes;
+        report.deleted.push(segment.path);
     }
     if !report.deleted.is_empty() {
         super::sync_dir(dir)?;
@@ -213,11 +244,16 @@ mod tests {
         let held = sweep(&dir, "t-mobile.de", &by_age, now).unwrap();
         assert_eq!(held.deleted, Vec::<PathBuf>::new());
         assert_eq!(held.held_unexported, 2, "the two newest are not candidates");
+        // An exported segment after an unexported one stays: its header
+        // may void records of the older one.
+        export(&old[1]);
+        let held = sweep(&dir, "t-mobile.de", &by_age, now).unwrap();
+        assert_eq!(held.deleted, Vec::<PathBuf>::new());
         export(&old[0]);
         let swept = sweep(&dir, "t-mobile.de", &by_age, now).unwrap();
-        assert_eq!(swept.deleted, vec![old[0].clone()]);
+        assert_eq!(swept.deleted, vec![old[0].clone(), old[1].clone()]);
         assert!(!old[0].exists() && !marker_of(&old[0]).exists());
-        assert!(old[1].exists(), "not exported");
+        assert!(old[2].exists() && old[3].exists(), "the two newest");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -234,30 +270,46 @@ mod tests {
             export(p);
         }
         let one = std::fs::metadata(&w0[0]).unwrap().len();
-        // By age: older than 2.5 days at day 4 — w0[0], w0[1], w1[0]
-        // (w1[1] is among w1's two newest).
+        // By age, counted from when a segment closed (its successor
+        // opened): closed more than 2.5 days before day 4 are w0[0]
+        // (closed day 1) and w1[0] (day 1 + 1 ms); w0[1] closed on day 2.
         let by_age = Retention {
             max_age: Some(Duration::from_secs(2 * 86_400 + 43_200)),
             ..Retention::default()
         };
         let swept = sweep(&dir, "t-mobile.de", &by_age, DAY_MS * 4).unwrap();
-        assert_eq!(
-            swept.deleted,
-            vec![w0[0].clone(), w1[0].clone(), w0[1].clone()]
-        );
-        assert_eq!(swept.freed, 3 * one);
-        // By size: five segments left, room for three: the oldest
-        // candidate goes (w0[2]); w0[3], w0[4], w1[1], w1[2] are the
-        // workers' two newest and stay even over the limit.
+        assert_eq!(swept.deleted, vec![w0[0].clone(), w1[0].clone()]);
+        assert_eq!(swept.freed, 2 * one);
+        // By size: six left, room for three: w0[1] and w0[2] go, oldest
+        // first; w0[3], w0[4], w1[1], w1[2] are their workers' two newest
+        // and stay even over the limit.
         let by_size = Retention {
             max_bytes: Some(3 * one),
             ..Retention::default()
         };
         let swept = sweep(&dir, "t-mobile.de", &by_size, DAY_MS * 4).unwrap();
-        assert_eq!(swept.deleted, vec![w0[2].clone()]);
+        assert_eq!(swept.deleted, vec![w0[1].clone(), w0[2].clone()]);
         for kept in [&w0[3], &w0[4], &w1[1], &w1[2]] {
             assert!(kept.exists());
         }
+        // A segment closed within the last two minutes is kept whatever
+        // the limits.
+        let recent = test_dir("retention-recent");
+        let r: Vec<PathBuf> = (0..4)
+            .map(|i| write(&recent, 0, 1 + i * 10, DAY_MS * 10 + i * 1_000, 10))
+            .collect();
+        for p in &r {
+            export(p);
+        }
+        let tiny = Retention {
+            max_bytes: Some(1),
+            ..Retention::default()
+        };
+        let swept = sweep(&recent, "t-mobile.de", &tiny, DAY_MS * 10 + 61_000).unwrap();
+        assert_eq!(swept.deleted, Vec::<PathBuf>::new(), "closed a minute ago");
+        let swept = sweep(&recent, "t-mobile.de", &tiny, DAY_MS * 10 + 130_000).unwrap();
+        assert_eq!(swept.deleted, vec![r[0].clone(), r[1].clone()]);
+        std::fs::remove_dir_all(&recent).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -401,6 +401,21 @@ mod tests {
             [1, 2],
             "records keep their numbers without a gap"
         );
+        // A flipped flag bit turns neither into the other: damage, not a
+        // record read as a mark or a mark as a record.
+        let header_len = segment(&[]).len();
+        let mut flipped = bytes.clone();
+        flipped[header_len] ^= 0x80;
+        let scan_flipped = scan_segment(Path::new("s"), &flipped).unwrap();
+        assert_eq!(scan_flipped.entries.len(), 1, "the first record is damage");
+        assert_eq!(scan_flipped.marks, vec![mark.clone()]);
+        assert!(!scan_flipped.damage.is_empty());
+        let mark_at = segment(&[(1, ATTACHED)]).len();
+        let mut flipped = bytes.clone();
+        flipped[mark_at] ^= 0x80;
+        let scan_flipped = scan_segment(Path::new("s"), &flipped).unwrap();
+        assert_eq!(scan_flipped.marks, vec![], "the mark is damage");
+        assert_eq!(scan_flipped.entries.len(), 2);
         // A mark cut short is a torn tail like a record.
         let cut = bytes.len() - 3;
         let torn = scan_segment(Path::new("s"), &bytes[..cut]).unwrap();

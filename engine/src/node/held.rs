@@ -136,11 +136,16 @@ impl Held {
     /// Hands the turn's records and marks to `sink` and asks for the sync
     /// held answers wait for.
     pub(super) fn flush(&mut self, sink: &mut impl JournalSink, names: &NetworkNames) {
-        let wrote = !self.records.is_empty() || !self.marks.is_empty();
+        // While the journal has failed, marks wait (one per stream at
+        // most) for the segment that opens after it: what was answered
+        // meanwhile without a charge is covered once it is back.
+        let marks = self.healthy && !self.marks.is_empty();
+        let wrote = !self.records.is_empty() || marks;
         for (seq, at, record) in self.records.drain(..) {
             sink.append(seq, at, names.name(record.origin), &record);
         }
-        for m in self.marks.drain(..) {
+        let take = if self.healthy { self.marks.len() } else { 0 };
+        for m in self.marks.drain(..take) {
             sink.mark(MarkRef {
                 at_unix_ms: m.at_unix_ms,
                 origin: names.name(m.stream.0),
@@ -244,6 +249,10 @@ impl Node {
                         }
                         answer.outcome = Outcome::Error(ErrorReason::ChargingUnavailable);
                         self.counters.voided += 1;
+                        // Its record is voided: it is now a decision that
+                        // charges nothing, and leaves its stream's mark.
+                        let at = self.config.unix_ms_at_zero.saturating_add(self.now_ms);
+                        self.held.mark(at, network, answer.reply_node, answer.txid);
                     }
                     Some(_) => {}
                     // A repeat says what its decision says now: refused if

@@ -154,6 +154,8 @@ pub struct Appliance {
     metrics_server: Option<metrics::MetricsServer>,
     /// The "alive until" stamp the next start's replay floor comes from.
     alive: alive::AliveStamp,
+    /// The charge records' retention, if configured.
+    housekeeping: Option<alive::Housekeeping>,
     stopped: Arc<AtomicBool>,
     /// Held while running: the CDR directory's lock.
     _lock: std::fs::File,
@@ -318,6 +320,34 @@ impl Appliance {
         // (read before the stamp is rewritten for this life).
         let last_alive = alive::last_alive(&config.cdr_directory);
         let replay_floor = alive::replay_floor(last_alive, config.devices.clock_ahead_ms);
+        let wa_boot_s = alive::wa_boot_time_s(
+            clock.unix_ms_at_start,
+            last_alive,
+            alive::last_wa_second(&config.cdr_directory),
+        );
+        let alive = alive::AliveStamp::start(&config.cdr_directory, wa_boot_s)
+            .map_err(io_error("alive stamp in the CDR directory"))?;
+        // The journal: torn tails cut, numbering continued, and the
+        // decisions young enough to matter for duplicate suppression.
+        let window_ms = u64::from(config.deadline_ms) + 200;
+        let recovery = crate::journal::recover(
+            &config.cdr_directory,
+            &config.network,
+            clock.unix_ms_at_start.saturating_sub(window_ms),
+        )
+        .map_err(|e| StartError::Journal(Box::new(e)))?;
+        for (path, damage) in &recovery.damage {
+            tracing::warn!(segment = %path.display(), %damage, "charge-record journal damage found on start");
+        }
+        tracing::info!(
+            segments = recovery.segments,
+            records = recovery.records,
+            recent = recovery.recent.len(),
+            marks = recovery.recent_marks.len(),
+            "charge-record journal recovered"
+        );
+        // Retention, on its own thread, from now on (after recovery has read
+        // every segment).
         let housekeeping: Option<Box<dyn FnMut() + Send>> = config.retention.is_on().then(|| {
             let (dir, network, retention) = (
                 config.cdr_directory.clone(),
@@ -346,27 +376,11 @@ impl Appliance {
                 }
             }) as Box<dyn FnMut() + Send>
         });
-        let alive = alive::AliveStamp::start(&config.cdr_directory, housekeeping)
-            .map_err(io_error("alive stamp in the CDR directory"))?;
-        // The journal: torn tails cut, numbering continued, and the
-        // decisions young enough to matter for duplicate suppression.
-        let window_ms = u64::from(config.deadline_ms) + 200;
-        let recovery = crate::journal::recover(
-            &config.cdr_directory,
-            &config.network,
-            clock.unix_ms_at_start.saturating_sub(window_ms),
-        )
-        .map_err(|e| StartError::Journal(Box::new(e)))?;
-        for (path, damage) in &recovery.damage {
-            tracing::warn!(segment = %path.display(), %damage, "charge-record journal damage found on start");
-        }
-        tracing::info!(
-            segments = recovery.segments,
-            records = recovery.records,
-            recent = recovery.recent.len(),
-            marks = recovery.recent_marks.len(),
-            "charge-record journal recovered"
-        );
+        let housekeeping = housekeeping
+            .map(alive::Housekeeping::start)
+            .transpose()
+            .map_err(io_error("housekeeping thread"))?;
+
         // Started before the workers, so a failure leaves nothing running.
         let metrics_server = match config.metrics_listen {
             Some(addr) => Some(
@@ -389,7 +403,7 @@ impl Appliance {
             node_config.deadline_ms = config.deadline_ms;
             node_config.query_cost = config.query_cost;
             node_config.pending_max = config.pending_per_worker();
-            node_config.boot_time_s = alive::wa_boot_time_s(clock.unix_ms_at_start, last_alive);
+            node_config.boot_time_s = wa_boot_s;
             node_config.window_slots = config.window_slots;
             node_config.limits = limits.clone();
             node_config.border_frame_max =
@@ -462,6 +476,7 @@ impl Appliance {
             border_addr,
             metrics_server,
             alive,
+            housekeeping,
             stopped,
             _lock: lock,
         })
@@ -643,6 +658,9 @@ impl Appliance {
         stop_handles(&mut self.workers, &self.shared);
         if let Some(server) = self.metrics_server.take() {
             server.stop();
+        }
+        if let Some(housekeeping) = self.housekeeping.as_mut() {
+            housekeeping.stop();
         }
         self.alive.stop();
         tracing::info!(network = %self.config.network, "appliance stopped");
