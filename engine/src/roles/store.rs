@@ -50,6 +50,9 @@ const COMPACT_MIN: usize = 1 << 20;
 #[derive(Debug, Default)]
 pub(crate) struct SubscriberStore {
     entries: AHashMap<Msisdn, Stored>,
+    /// A subscriber held here whose entry a check of an unknown number
+    /// reads and writes in place of one ([`SubscriberStore::device_auth_mut`]).
+    decoy: Option<Msisdn>,
     buddies: Vec<Msisdn>,
     device_keys: Vec<u8>,
     withdrawn: AHashMap<Msisdn, Vec<Msisdn>>,
@@ -211,6 +214,7 @@ impl SubscriberStore {
         if let Some(old) = self.entries.insert(msisdn, stored) {
             self.discard(&old);
         }
+        self.decoy.get_or_insert(msisdn);
         if record.withdrawn.is_empty() {
             self.withdrawn.remove(&msisdn);
         } else {
@@ -226,25 +230,33 @@ impl SubscriberStore {
         self.entries.remove(&msisdn);
         self.withdrawn.remove(&msisdn);
         self.discard(&stored);
+        if self.decoy == Some(msisdn) {
+            self.decoy = self.entries.keys().next().copied();
+        }
         if self.wasteful() {
             self.compact();
         }
         Some(record)
     }
 
-    /// A subscriber's device key (when it is a whole key) and the guard of
-    /// its checks, to read and update: one lookup.
+    /// What a device check of `msisdn` reads and writes, with the same
+    /// memory work whether it is held or not: whether it is held, and the
+    /// device key (when it is a whole key) and guard of its entry, or of
+    /// the decoy entry (a subscriber held here) when it is not. Two
+    /// lookups either way; `None` only when nothing is held at all.
     pub(crate) fn device_auth_mut(
         &mut self,
         msisdn: Msisdn,
-    ) -> Option<(Option<[u8; DEVICE_KEY_LEN]>, &mut AuthGuard)> {
-        let stored = self.entries.get_mut(&msisdn)?;
+    ) -> Option<(bool, Option<[u8; DEVICE_KEY_LEN]>, &mut AuthGuard)> {
+        let held = self.entries.contains_key(&msisdn);
+        let target = if held { msisdn } else { self.decoy? };
+        let stored = self.entries.get_mut(&target)?;
         let at = stored.device_key_at as usize;
         let key = self
             .device_keys
             .get(at..at.saturating_add(usize::from(stored.device_key_len)))
             .and_then(|k| <[u8; DEVICE_KEY_LEN]>::try_from(k).ok());
-        Some((key, &mut stored.guard))
+        Some((held, key, &mut stored.guard))
     }
 
     /// The highest publication counter taken for a subscriber, to read and

@@ -759,19 +759,15 @@ impl PresenceServer {
             }
         }
         // The same work whoever the number is (docs/reliability.md §4h):
-        // one lookup, one MAC (under a decoy key when there is no
-        // subscriber's, or it is locked out), one guard step (on a scratch
-        // guard for an unknown number). Only then is the result used.
+        // two lookups, one MAC (under a decoy key when there is no
+        // subscriber's key to use, or it is locked out), one guard step and
+        // one write of a guard in the store (an unknown number's on the
+        // decoy entry, its value unchanged). Only then is the result used.
         let policy = self.auth;
         let mut scratch = AuthGuard::default();
-        let found = self
-            .store
-            .device_auth_mut(subscriber)
-            .filter(|_| device == subscriber);
-        let known = found.is_some();
-        let (key, guard) = match found {
-            Some((key, guard)) => (key, guard),
-            None => (None, &mut scratch),
+        let (known, key, guard) = match self.store.device_auth_mut(subscriber) {
+            Some((held, key, guard)) => (held && device == subscriber, key, guard),
+            None => (false, None, &mut scratch),
         };
         let admitted = guard.admits(now);
         let checked_key = key.filter(|_| admitted);
@@ -780,16 +776,14 @@ impl PresenceServer {
             DeviceAuth::Mac { .. } => key.verifies(&Message::Publish(*publish)),
             DeviceAuth::Credential(c) => key.matches_secret(subscriber, c.as_bytes()),
         };
-        let authentic = matches && checked_key.is_some();
+        let authentic = known && matches && checked_key.is_some();
         let mut next = *guard;
         let failure = next.failed(now, &policy);
-        if admitted {
-            *guard = if authentic {
-                AuthGuard::default()
-            } else {
-                next
-            };
-        }
+        *guard = match (known && admitted, authentic) {
+            (true, true) => AuthGuard::default(),
+            (true, false) => next,
+            (false, _) => std::hint::black_box(*guard),
+        };
         if !authentic {
             match (known, admitted) {
                 (true, false) => self.counters.auth_locked += 1,
