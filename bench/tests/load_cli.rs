@@ -61,6 +61,11 @@ fn embedded_mix_is_answered_as_each_class_should_be() {
         assert!(json[key].as_f64().unwrap() > 0.0, "{key} in {json}");
     }
     assert!(json["ceiling_qps"].as_f64().unwrap() >= 20_000.0, "{json}");
+    // No interval without an answer while requests were out is longer than
+    // the slowest answer: those out at its start waited through it.
+    let gap_ms = json["max_gap_ms"].as_f64().unwrap();
+    let max_ms = json["max_us"].as_f64().unwrap() / 1e3;
+    assert!(gap_ms > 0.0 && gap_ms <= max_ms + 0.001, "{json}");
     // Embedded, the harness's process holds both appliances: its CPU time
     // per query is reported.
     assert!(

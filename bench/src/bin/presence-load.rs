@@ -569,6 +569,10 @@ fn measure(
         );
         extra.insert("backlog_at_end".into(), headline.backlog_at_end.into());
         extra.insert("send_lag_max_us".into(), headline.send_lag_max_us.into());
+        extra.insert(
+            "max_gap_ms".into(),
+            serde_json::json!((headline.max_gap_us as f64 / 1e3 * 1e3).round() / 1e3),
+        );
         extra.insert("stray".into(), headline.stray.into());
         if !cpu_per_query.is_empty() {
             let map: serde_json::Map<String, serde_json::Value> = cpu_per_query

@@ -117,6 +117,10 @@ pub struct StepResult {
     pub backlog_at_end: u64,
     /// Answers in the send window that were neither shed nor wrong.
     pub good_in_window: u64,
+    /// The longest interval with no answer while requests were
+    /// outstanding, µs (a stall of the system under test, or of the
+    /// harness's receiving); to the step's end if some never were.
+    pub max_gap_us: u64,
 }
 
 impl StepResult {
@@ -468,7 +472,9 @@ impl<'p> Driver<'p> {
                 stuck_datagrams: 0,
                 backlog_at_end: 0,
                 good_in_window: 0,
+                max_gap_us: 0,
             },
+            gap_from_ns: 0,
             start: Instant::now(),
             max_since_progress_us: 0,
             window_closed: false,
@@ -486,6 +492,10 @@ impl<'p> Driver<'p> {
                         .saturating_sub((state.result.sent as f64 * state.ns_per_request) as u64);
                     state.result.send_lag_max_us = state.result.send_lag_max_us.max(lag_ns / 1000);
                     let upto = due.min(state.result.sent + BURST_MAX);
+                    if state.result.sent == state.result.answered {
+                        // Nothing outstanding until now: a gap starts here.
+                        state.gap_from_ns = now_ns;
+                    }
                     self.send_burst(&spec.workload, &mut state, upto);
                     worked = true;
                 }
@@ -525,6 +535,11 @@ impl<'p> Driver<'p> {
             if done || now_ns > last_intended.saturating_add(timeout_ns) {
                 state.result.not_sent = total - state.result.sent;
                 state.result.stuck_datagrams = queued;
+                if state.result.answered < state.result.sent {
+                    // Some never were answered: the gap runs to the end.
+                    let gap = now_ns.saturating_sub(state.gap_from_ns) / 1000;
+                    state.result.max_gap_us = state.result.max_gap_us.max(gap);
+                }
                 break;
             }
             if !worked {
@@ -733,6 +748,8 @@ struct StepState {
     start: Instant,
     max_since_progress_us: u64,
     window_closed: bool,
+    /// Since when no answer has come while requests were outstanding.
+    gap_from_ns: u64,
 }
 
 impl StepState {
@@ -781,6 +798,10 @@ impl StepState {
         }
         *w |= bit;
         let r = &mut self.result;
+        r.max_gap_us = r
+            .max_gap_us
+            .max(now_ns.saturating_sub(self.gap_from_ns) / 1000);
+        self.gap_from_ns = now_ns;
         r.answered += 1;
         if now_ns <= self.window_ns {
             r.answered_in_window += 1;

@@ -115,10 +115,11 @@ pub fn final_table(
     )?;
     writeln!(
         out,
-        "  pace         {} unanswered when the send window closed (at most {} to be carried); sender at worst {} µs behind",
+        "  pace         {} unanswered when the send window closed (at most {} to be carried); sender at worst {} µs behind; longest gap with no answer while requests were out {:.1} ms",
         thousands(r.backlog_at_end),
         thousands((r.rate * super::driver::BACKLOG_MAX_S) as u64),
-        thousands(r.send_lag_max_us)
+        thousands(r.send_lag_max_us),
+        r.max_gap_us as f64 / 1e3
     )?;
     writeln!(
         out,
