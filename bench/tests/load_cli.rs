@@ -16,6 +16,29 @@ fn scratch(tag: &str) -> std::path::PathBuf {
     dir
 }
 
+/// `presence-load ARGS --table … --networks DIR/networks`, run to its end.
+fn load_in(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_presence-load"))
+        .args(args)
+        .arg("--table")
+        .arg(table())
+        .arg("--networks")
+        .arg(dir.join("networks"))
+        .output()
+        .unwrap()
+}
+
+/// A --max search of two rates, from 1,000/s, half a second each.
+const SEARCH_TWO_RATES: [&str; 7] = [
+    "--max",
+    "--rate",
+    "1000",
+    "--duration",
+    "0.5",
+    "--steps",
+    "2",
+];
+
 fn last_json(stdout: &str) -> serde_json::Value {
     let line = stdout.lines().last().expect("some output");
     serde_json::from_str(line).unwrap_or_else(|e| panic!("last line {line:?}: {e}"))
@@ -110,22 +133,16 @@ fn embedded_mix_is_answered_as_each_class_should_be() {
 fn a_second_run_reuses_the_generated_networks_and_max_finds_a_clean_rate() {
     let dir = scratch("max");
     let run = |extra: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_presence-load"))
-            .args([
-                "--watchers",
-                "200",
-                "--targets",
-                "200",
-                "--json",
-                "--no-warm-up",
-            ])
-            .args(extra)
-            .arg("--table")
-            .arg(table())
-            .arg("--networks")
-            .arg(dir.join("networks"))
-            .output()
-            .unwrap();
+        let mut args = vec![
+            "--watchers",
+            "200",
+            "--targets",
+            "200",
+            "--json",
+            "--no-warm-up",
+        ];
+        args.extend_from_slice(extra);
+        let out = load_in(&dir, &args);
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -135,15 +152,7 @@ fn a_second_run_reuses_the_generated_networks_and_max_finds_a_clean_rate() {
     let (code, _, stderr) = run(&["--rate", "500", "--duration", "0.5"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("generated"), "{stderr}");
-    let (code, stdout, stderr) = run(&[
-        "--max",
-        "--rate",
-        "1000",
-        "--duration",
-        "0.5",
-        "--steps",
-        "2",
-    ]);
+    let (code, stdout, stderr) = run(&SEARCH_TWO_RATES);
     assert_eq!(code, Some(0), "{stdout}\n{stderr}");
     assert!(stderr.contains("reused"), "{stderr}");
     let json = last_json(&stdout);
@@ -194,4 +203,64 @@ fn bad_arguments_are_refused_with_a_reason() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--networks"));
+}
+
+#[test]
+fn overload_offers_a_multiple_of_the_highest_clean_rate_and_reports_how_it_was_met() {
+    let dir = scratch("overload");
+    let out = load_in(
+        &dir,
+        &[
+            "--embedded",
+            "--watchers",
+            "200",
+            "--targets",
+            "200",
+            "--overload",
+            "2",
+            "--json",
+            "--no-warm-up",
+        ]
+        .into_iter()
+        .chain(SEARCH_TWO_RATES)
+        .collect::<Vec<_>>(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("overload result"), "{stdout}");
+    let json = last_json(&stdout);
+    let best = json["offered_qps"].as_f64().unwrap();
+    assert_eq!(
+        json["overload_offered_qps"].as_f64().unwrap(),
+        2.0 * best,
+        "{json}"
+    );
+    let sent = json["overload_sent"].as_u64().unwrap();
+    assert!(sent as f64 >= 0.99 * 2.0 * best * 0.5, "{json}");
+    let goodput = json["overload_goodput_qps"].as_f64().unwrap();
+    let shed = json["overload_shed"].as_u64().unwrap();
+    let timeouts = json["overload_timeouts"].as_u64().unwrap();
+    // What was offered is answered well in the window, shed, or counted as
+    // timed out (a few answered well just after the window are none).
+    let good = (goodput * 0.5).round() as u64;
+    assert!(good > 0, "{json}");
+    let accounted = good + shed + timeouts;
+    assert!(
+        accounted <= sent && accounted * 100 >= sent * 95,
+        "requests accounted for: {json}"
+    );
+    // --overload needs --max, and a factor from 1 to 100.
+    for bad in [
+        &["--overload", "2"][..],
+        &["--max", "--overload", "0.5"][..],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_presence-load"))
+            .args(["--embedded"])
+            .args(bad)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -94,6 +94,11 @@ struct Cli {
     /// Most rates --max tries.
     #[arg(long, default_value_t = 12)]
     steps: usize,
+    /// After --max, offer FACTOR times the highest rate carried with no
+    /// loss for --duration, and report how the overload was met: goodput,
+    /// requests shed (`Overloaded`) and requests left to time out.
+    #[arg(long, value_name = "FACTOR", requires = "max", value_parser = parse_factor)]
+    overload: Option<f64>,
     /// Also measure the ceiling: the same sockets and batching against an
     /// echo with as many threads as the appliance has workers.
     #[arg(long)]
@@ -145,6 +150,18 @@ struct Cli {
     /// milliseconds) to this file.
     #[arg(long, value_name = "FILE")]
     percentiles: Option<PathBuf>,
+}
+
+/// An overload factor: a number from 1 to 100.
+fn parse_factor(text: &str) -> Result<f64, String> {
+    let factor: f64 = text
+        .parse()
+        .map_err(|_| format!("{text} is not a number"))?;
+    if (1.0..=100.0).contains(&factor) {
+        Ok(factor)
+    } else {
+        Err(format!("{text} is not from 1 to 100"))
+    }
 }
 
 fn main() -> ExitCode {
@@ -555,6 +572,48 @@ fn measure(
         report::write_percentiles(path, &headline.latency)?;
         writeln!(out, "  percentiles  {}", path.display())?;
     }
+    // Overload: FACTOR × the highest clean rate, and how it was met.
+    let overload = match (cli.overload, result.best.and_then(|i| result.steps.get(i))) {
+        (Some(factor), Some(best)) => {
+            std::thread::sleep(Duration::from_secs(1));
+            let rate = best.rate * factor;
+            writeln!(
+                out,
+                "\noverload: {factor} × {}/s = {}/s for {} s",
+                thousands(best.rate as u64),
+                thousands(rate as u64),
+                cli.duration
+            )?;
+            out.flush()?;
+            let step = driver.run(
+                &StepSpec {
+                    rate,
+                    seconds: cli.duration,
+                    timeout,
+                    workload,
+                },
+                &mut progress,
+            )?;
+            report::final_table(out, "overload result", &step, None)?;
+            let goodput = step.good_in_window as f64 / step.seconds.max(1e-9);
+            writeln!(
+                out,
+                "  overload     goodput {}/s ({:.1}% of the highest no-loss rate)  shed {}  timeouts {} ({:.3}% of {} offered)",
+                thousands(goodput as u64),
+                100.0 * goodput / best.throughput_qps().max(1.0),
+                thousands(step.overloaded()),
+                thousands(step.timeouts()),
+                100.0 * step.timeouts() as f64 / step.sent.max(1) as f64,
+                thousands(step.sent)
+            )?;
+            Some((goodput, step))
+        }
+        (Some(_), None) => {
+            writeln!(out, "\noverload: not run, no rate was carried without loss")?;
+            None
+        }
+        (None, _) => None,
+    };
     if cli.json {
         let mut extra = serde_json::Map::new();
         extra.insert("mode".into(), mode.into());
@@ -598,6 +657,13 @@ fn measure(
         extra.insert("send_errors".into(), headline.send_errors.into());
         extra.insert("not_sent".into(), headline.not_sent.into());
         extra.insert("stuck_datagrams".into(), headline.stuck_datagrams.into());
+        if let Some((goodput, step)) = &overload {
+            extra.insert("overload_offered_qps".into(), step.rate.round().into());
+            extra.insert("overload_goodput_qps".into(), goodput.round().into());
+            extra.insert("overload_shed".into(), step.overloaded().into());
+            extra.insert("overload_timeouts".into(), step.timeouts().into());
+            extra.insert("overload_sent".into(), step.sent.into());
+        }
         writeln!(out, "{}", report::json(headline, ceiling, extra))?;
     }
     out.flush()?;
