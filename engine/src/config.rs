@@ -120,6 +120,7 @@ struct RawLimits {
     auth_lockout_max_ms: Option<u64>,
     auth_failures_per_source_per_s: Option<u32>,
     auth_failures_per_source_burst: Option<u32>,
+    device_queue_ms: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -156,6 +157,11 @@ impl Default for DeviceSettings {
 
 /// Each watcher's queries per second unless `[limits]` says otherwise.
 pub const WATCHER_QUERIES_PER_S_DEFAULT: u32 = 10;
+/// How long a device datagram may wait in the socket before it is shed,
+/// unless `[limits]` says otherwise: long enough that a burst is served,
+/// short against any deadline.
+pub const DEVICE_QUEUE_MS_DEFAULT: u32 = 20;
+
 /// Each watcher's burst unless `[limits]` says otherwise.
 pub const WATCHER_BURST_DEFAULT: u32 = 20;
 /// Failed credential checks per second from one source network (IPv4 /24,
@@ -180,6 +186,11 @@ pub struct Limits {
     /// Failed credential checks per source network for the appliance
     /// (`None`: unlimited, `auth_failures_per_source_per_s = 0`).
     pub auth_failures_per_source: Option<Rate>,
+    /// A device datagram that waited longer than this in the client
+    /// socket (the kernel's arrival stamp to the moment it is read) is
+    /// answered `Overloaded` unchecked, so the excess past capacity gets an
+    /// answer instead of a timeout (`None`: never, `device_queue_ms = 0`).
+    pub device_queue_ms: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -535,12 +546,23 @@ impl RawLimits {
                 "must be at least auth_lockout_initial_ms and at most 604800000 (a week)".into(),
             ));
         }
+        let device_queue_ms = match self.device_queue_ms.unwrap_or(DEVICE_QUEUE_MS_DEFAULT) {
+            0 => None,
+            ms @ 1..=10_000 => Some(ms),
+            _ => {
+                return Err(error(
+                    "limits.device_queue_ms",
+                    "must be 0 (never shed) to 10000".into(),
+                ));
+            }
+        };
         Ok(Limits {
             peer_default,
             peers,
             watcher,
             auth,
             auth_failures_per_source,
+            device_queue_ms,
         })
     }
 }

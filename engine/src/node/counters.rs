@@ -230,6 +230,10 @@ pub struct NodeCounters {
     pub charged: u64,
     /// Answers refused because their charge record did not become durable.
     pub voided: u64,
+    /// Device requests and publications answered `Overloaded` unchecked,
+    /// their datagram having waited too long in the socket
+    /// ([`Node::shed_datagram`](super::Node::shed_datagram)).
+    pub queue_shed: u64,
     /// Hand-offs to other workers, by [`CrossKind`].
     pub cross_worker: Counts<5>,
     /// Drops, by [`DropReason`].
@@ -292,6 +296,7 @@ impl NodeCounters {
         self.border_frames_out += other.border_frames_out;
         self.charged += other.charged;
         self.voided += other.voided;
+        self.queue_shed += other.queue_shed;
         self.cross_worker.add(&other.cross_worker);
         self.drops.add(&other.drops);
         self.alarms.add(&other.alarms);

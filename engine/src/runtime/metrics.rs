@@ -243,6 +243,12 @@ impl Metrics {
             "Answers refused because their charge record did not become durable.",
             node.voided,
         );
+        counter(
+            &mut out,
+            "device_queue_shed_total",
+            "Device requests and publications answered Overloaded unchecked: their datagram waited longer than [limits] device_queue_ms in the socket.",
+            node.queue_shed,
+        );
         header(
             &mut out,
             "cross_worker_total",

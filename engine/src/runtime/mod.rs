@@ -100,6 +100,8 @@ pub(crate) struct Shared {
     pub(crate) wakers: Vec<Arc<Waker>>,
     pub(crate) poll_mode: bool,
     pub(crate) deadline_ms: u16,
+    /// Device datagrams queued longer than this (ns) are shed (0: never).
+    pub(crate) device_queue_ns: u64,
     /// Each worker's pending WA transactions, published every turn while
     /// stopping (the drain ends when all are zero).
     pub(crate) stop_pending: Vec<AtomicUsize>,
@@ -283,6 +285,10 @@ impl Appliance {
             wakers,
             poll_mode: config.poll_mode,
             deadline_ms: config.deadline_ms,
+            device_queue_ns: config
+                .limits
+                .device_queue_ms
+                .map_or(0, |ms| u64::from(ms) * 1_000_000),
             stop_pending: (0..workers).map(|_| AtomicUsize::new(usize::MAX)).collect(),
             closed_workers: AtomicUsize::new(0),
         });
@@ -794,6 +800,11 @@ fn bind_udp(addr: SocketAddr) -> Result<std::net::UdpSocket, StartError> {
     // Room for bursts: 4 MB each way (the kernel caps it at rmem_max).
     let _ = socket.set_recv_buffer_size(4 << 20);
     let _ = socket.set_send_buffer_size(4 << 20);
+    // Arrival stamps tell a datagram that waited too long (shed, not
+    // served late); without them nothing is shed.
+    if let Err(e) = udp::enable_arrival_times(&socket) {
+        tracing::warn!(error = %e, "no arrival stamps on the client socket: nothing is shed by queueing delay");
+    }
     socket
         .set_nonblocking(true)
         .map_err(io_error(what.clone()))?;

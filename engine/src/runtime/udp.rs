@@ -36,7 +36,37 @@ pub struct RecvBatch {
     addrs: Box<[libc::sockaddr_storage]>,
     iovecs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
+    /// Per datagram, room for its control messages (the kernel's arrival
+    /// timestamp, when the socket asks for it: [`enable_arrival_times`]);
+    /// `u64`s, so the room is aligned as `cmsghdr` needs.
+    controls: Box<[[u64; CONTROL_WORDS]]>,
     count: usize,
+}
+
+/// Control-message room per received datagram: a `cmsghdr` and a
+/// `timespec`, with room to spare.
+const CONTROL_WORDS: usize = 8;
+
+/// Asks the kernel to stamp each datagram `socket` receives with its
+/// arrival time (`SO_TIMESTAMPNS`), read by [`RecvBatch::arrival_unix_ns`].
+pub fn enable_arrival_times(socket: &impl AsRawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a plain setsockopt with a pointer to a c_int that lives across
+    // the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 impl std::fmt::Debug for RecvBatch {
@@ -65,6 +95,7 @@ impl RecvBatch {
             addrs: (0..BATCH).map(|_| zeroed_plain()).collect(),
             iovecs: (0..BATCH).map(|_| zeroed_plain()).collect(),
             hdrs: (0..BATCH).map(|_| zeroed_plain()).collect(),
+            controls: vec![[0u64; CONTROL_WORDS]; BATCH].into_boxed_slice(),
             count: 0,
         }
     }
@@ -74,11 +105,12 @@ impl RecvBatch {
     pub fn recv(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
         self.count = 0;
         for i in 0..BATCH {
-            let (Some(buf), Some(iov), Some(addr), Some(hdr)) = (
+            let (Some(buf), Some(iov), Some(addr), Some(hdr), Some(control)) = (
                 self.bufs.get_mut(i),
                 self.iovecs.get_mut(i),
                 self.addrs.get_mut(i),
                 self.hdrs.get_mut(i),
+                self.controls.get_mut(i),
             ) else {
                 break;
             };
@@ -88,8 +120,8 @@ impl RecvBatch {
             hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             hdr.msg_hdr.msg_iov = iov;
             hdr.msg_hdr.msg_iovlen = 1;
-            hdr.msg_hdr.msg_control = std::ptr::null_mut();
-            hdr.msg_hdr.msg_controllen = 0;
+            hdr.msg_hdr.msg_control = control.as_mut_ptr().cast();
+            hdr.msg_hdr.msg_controllen = size_of::<[u64; CONTROL_WORDS]>() as _;
             hdr.msg_hdr.msg_flags = 0;
             hdr.msg_len = 0;
         }
@@ -130,6 +162,38 @@ impl RecvBatch {
         let len = usize::try_from(hdr.msg_len).ok()?.min(DATAGRAM_MAX);
         let addr = socket_addr(self.addrs.get(i)?, hdr.msg_hdr.msg_namelen)?;
         Some((self.bufs.get(i)?.get(..len)?, addr))
+    }
+
+    /// When datagram `i` of the last [`recv`](Self::recv) reached the
+    /// socket (Unix ns, the kernel's stamp), if the socket asks for stamps
+    /// ([`enable_arrival_times`]).
+    pub fn arrival_unix_ns(&self, i: usize) -> Option<u64> {
+        if i >= self.count {
+            return None;
+        }
+        let hdr = self.hdrs.get(i)?;
+        // SAFETY: the header's control pointer and length are those the
+        // kernel filled for this datagram (into `controls[i]`, which lives
+        // as long as `self`); CMSG_FIRSTHDR/NXTHDR stay within that length,
+        // and the timestamp is read unaligned.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&hdr.msg_hdr);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_SOCKET
+                    && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+                    && (*cmsg).cmsg_len as usize
+                        >= libc::CMSG_LEN(size_of::<libc::timespec>() as u32) as usize
+                {
+                    let ts =
+                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                    let secs = u64::try_from(ts.tv_sec).ok()?;
+                    let nanos = u64::try_from(ts.tv_nsec).ok()?;
+                    return secs.checked_mul(1_000_000_000)?.checked_add(nanos);
+                }
+                cmsg = libc::CMSG_NXTHDR(&hdr.msg_hdr, cmsg);
+            }
+        }
+        None
     }
 }
 
@@ -445,6 +509,42 @@ fn cmsg_space_u16() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_socket_asking_for_arrival_stamps_gets_the_time_each_datagram_arrived() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for s in [&b, &plain] {
+            s.set_nonblocking(true).unwrap();
+        }
+        enable_arrival_times(&b).unwrap();
+        // The kernel turns receive stamping on shortly after the first
+        // socket asks (until then a datagram is stamped when it is read).
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now_ns = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        };
+        let before = now_ns();
+        a.send_to(b"first", b.local_addr().unwrap()).unwrap();
+        a.send_to(b"plain", plain.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        let after_sleep = now_ns();
+        let mut recv = RecvBatch::new();
+        assert_eq!(recv.recv(&b).unwrap(), 1);
+        let at = recv.arrival_unix_ns(0).expect("stamped");
+        assert!(
+            at >= before && at <= after_sleep,
+            "{before} <= {at} <= {after_sleep}"
+        );
+        assert!(now_ns() - at >= 30_000_000, "it waited 30 ms in the socket");
+        assert_eq!(recv.arrival_unix_ns(1), None, "no second datagram");
+        assert_eq!(recv.recv(&plain).unwrap(), 1);
+        assert_eq!(recv.arrival_unix_ns(0), None, "not asked: not stamped");
+    }
 
     #[test]
     fn a_batch_goes_out_in_one_call_and_comes_back_in_one_call() {

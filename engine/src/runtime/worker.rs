@@ -397,9 +397,24 @@ impl Worker {
                 return;
             }
             let now_us = self.now_us();
+            let shed_after_ns = self.shared.device_queue_ns;
+            let now_unix_ns = if shed_after_ns > 0 { unix_ns_now() } else { 0 };
             for i in 0..n {
                 if let Some((bytes, from)) = self.recv.get(i) {
-                    self.node.handle_datagram(now_us, from, bytes);
+                    let queued_ns = self
+                        .recv
+                        .arrival_unix_ns(i)
+                        .map_or(0, |at| now_unix_ns.saturating_sub(at));
+                    if shed_after_ns > 0 && queued_ns > shed_after_ns {
+                        // Past capacity: answered now, unchecked, rather
+                        // than served after its device gave up.
+                        let retry_after_ms =
+                            u32::try_from(queued_ns / 1_000_000).unwrap_or(u32::MAX);
+                        self.node
+                            .shed_datagram(now_us, from, bytes, retry_after_ms.max(1));
+                    } else {
+                        self.node.handle_datagram(now_us, from, bytes);
+                    }
                 }
             }
             self.write_out();
@@ -562,6 +577,13 @@ impl Worker {
 }
 
 /// The journal's state at start: everything recovered is durable.
+/// The wall clock in Unix ns (what the kernel stamps datagrams with).
+fn unix_ns_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 fn journal_durability_start(journal: &JournalWriter) -> Durability {
     Durability {
         durable_seq: journal.next_seq() - 1,
