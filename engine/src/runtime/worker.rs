@@ -576,7 +576,6 @@ impl Worker {
     }
 }
 
-/// The journal's state at start: everything recovered is durable.
 /// The wall clock in Unix ns (what the kernel stamps datagrams with).
 fn unix_ns_now() -> u64 {
     std::time::SystemTime::now()
@@ -584,6 +583,7 @@ fn unix_ns_now() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// The journal's state at start: everything recovered is durable.
 fn journal_durability_start(journal: &JournalWriter) -> Durability {
     Durability {
         durable_seq: journal.next_seq() - 1,
