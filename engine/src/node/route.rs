@@ -46,16 +46,6 @@ impl Node {
             }
         }
         for transmit in self.out.transmits.drain(..) {
-            // The IGPS's `NotAvailable` for a number no HSS range holds
-            // leaves its stream's mark like a presence server's: the same
-            // write and the same sync before it leaves, so its time does
-            // not tell an out-of-range number from a subscriber's.
-            if let (Addr::Igps, Message::Answer(a)) = (from, transmit.message) {
-                if a.outcome == Outcome::NotAvailable && transmit.origin != self.config.network {
-                    let at = self.config.unix_ms_at_zero.saturating_add(self.now_ms);
-                    self.held.mark(at, transmit.origin, a.reply_node, a.txid);
-                }
-            }
             let record = match (transmit.message, fresh) {
                 (Message::Answer(a), Some((origin, txid, seq)))
                     if a.txid == txid && transmit.origin == origin =>

@@ -39,7 +39,8 @@ pub struct IgpsLookup {
 pub struct IgpsCounters {
     /// Queries forwarded to a presence server.
     pub forwarded: u64,
-    /// Answered `NotAvailable`: no such subscriber here.
+    /// Numbers no HSS range holds: sent to the decoy presence server
+    /// (answered `NotAvailable` here only when no range names one).
     pub unknown_subscriber: u64,
     /// Answered `HopLimitExceeded`.
     pub hop_limit_exceeded: u64,

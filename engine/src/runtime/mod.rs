@@ -331,6 +331,16 @@ impl Appliance {
             last_alive,
             alive::last_wa_second(&config.cdr_directory),
         );
+        if wa_boot_s > clock.unix_ms_at_start / 1000 + 5 {
+            // The clock is behind where the previous life left it (it
+            // stepped back, or that life's counter ran ahead of it); a
+            // second or two is only the stamp's rounding after a quick
+            // restart.
+            tracing::warn!(
+                behind_s = wa_boot_s - clock.unix_ms_at_start / 1000,
+                "the clock is behind the previous run's: transaction ids continue from where it left them"
+            );
+        }
         let alive = alive::AliveStamp::start(&config.cdr_directory, wa_boot_s)
             .map_err(io_error("alive stamp in the CDR directory"))?;
         // The journal: torn tails cut, numbering continued, and the

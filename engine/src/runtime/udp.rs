@@ -50,15 +50,24 @@ const CONTROL_WORDS: usize = 8;
 /// Asks the kernel to stamp each datagram `socket` receives with its
 /// arrival time (`SO_TIMESTAMPNS`), read by [`RecvBatch::arrival_unix_ns`].
 pub fn enable_arrival_times(socket: &impl AsRawFd) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a plain setsockopt with a pointer to a c_int that lives across
-    // the call.
+    set_int_option(socket, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, 1)
+}
+
+/// `setsockopt(level, name)` with an integer value.
+fn set_int_option(
+    socket: &impl AsRawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&value`,
+    // which lives across the call.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -292,20 +301,9 @@ impl SendBatch {
 
     /// Turns GSO on if `socket`'s kernel supports it; returns whether it did.
     pub fn enable_gso(&mut self, socket: &impl AsRawFd) -> bool {
-        let zero: libc::c_int = 0;
-        // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `&zero`.
-        // Setting a segment size of 0 changes nothing; it only tells whether
-        // the option exists.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::SOL_UDP,
-                libc::UDP_SEGMENT,
-                (&zero as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        self.gso = rc == 0;
+        // A segment size of 0 changes nothing; it only tells whether the
+        // option exists.
+        self.gso = set_int_option(socket, libc::SOL_UDP, libc::UDP_SEGMENT, 0).is_ok();
         self.gso
     }
 
