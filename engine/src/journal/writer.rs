@@ -40,7 +40,7 @@ pub struct SegmentLimits {
 
 /// How many records a sync should cover under load: group commit.
 ///
-/// A sync costs the same however many records it covers (about 50 µs of
+/// A sync costs the same however many records it covers (about 100 µs of
 /// CPU per `fdatasync` on the project's VM, `BENCHMARKS.md`), so under load
 /// the writer lets records gather: after a sync was asked for, the next is
 /// asked for once `records` more are written, or `wait_us` after the last,
@@ -67,7 +67,7 @@ pub struct JournalSettings {
 impl Default for GroupCommit {
     fn default() -> GroupCommit {
         GroupCommit {
-            records: 64,
+            records: 1_024,
             wait_us: 1_000,
         }
     }
