@@ -580,7 +580,8 @@ impl WatcherApp {
         // until well after the deadline (its own answer may be lost more
         // than once) finds it, and is not charged twice.
         let keep_ms = u64::from(self.config.deadline_ms) * DEVICE_REPEAT_DEADLINES;
-        self.device_requests
+        let device_slot = self
+            .device_requests
             .insert(now, key, request.target, from, keep_ms);
         let Some(subscriber) = self.subscribers.get_mut(&request.watcher) else {
             return RequestFate::Refused;
@@ -591,7 +592,8 @@ impl WatcherApp {
             None => {
                 self.counters.credit_exhausted += 1;
                 let outcome = Outcome::Error(ErrorReason::CreditExhausted);
-                self.device_requests.answered(key, request.target, outcome);
+                self.device_requests
+                    .answered(device_slot, key, request.target, outcome);
                 refuse(self, outcome, out);
                 return RequestFate::Refused;
             }
@@ -614,6 +616,7 @@ impl WatcherApp {
             internal,
             route: None,
             cost,
+            device_slot,
         };
         self.counters.accepted += 1;
         self.counters.internal += u64::from(internal);
@@ -695,6 +698,7 @@ impl WatcherApp {
         self.counters.final_answers += 1;
         self.counters.timeouts += u64::from(outcome == Outcome::Error(ErrorReason::Timeout));
         self.device_requests.answered(
+            pending.device_slot,
             (pending.watcher, pending.client_txid),
             pending.target,
             outcome,

@@ -5,6 +5,8 @@ use presence_codec::Msisdn;
 use crate::roles::Millis;
 use crate::table::NetworkId;
 
+use super::device::DeviceSlot;
+
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Pending {
     pub(super) device: Msisdn,
@@ -22,6 +24,8 @@ pub(super) struct Pending {
     /// decides a transaction, so it is charged once).
     pub(super) route: Option<NetworkId>,
     pub(super) cost: u64,
+    /// Where the device request sits in the WA's memory of them.
+    pub(super) device_slot: DeviceSlot,
 }
 
 /// Pending transactions, indexed directly by transaction id. The WA numbers
