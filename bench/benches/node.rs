@@ -22,6 +22,12 @@ use presence_bench::shared_table_path;
 use presence_engine::sim::{NodePair, NodePairSettings, SimNetwork};
 use presence_engine::table::NumberingTable;
 
+/// Large arenas on huge pages when `PRESENCE_BENCH_HUGE_PAGES=1`, as
+/// `[network] huge_pages = true` does in the appliance.
+#[global_allocator]
+static ALLOCATOR: presence_engine::runtime::hugepages::HugePageAlloc =
+    presence_engine::runtime::hugepages::HugePageAlloc;
+
 /// Queries per measured iteration.
 const BATCH: u64 = 16_000;
 
@@ -40,6 +46,9 @@ fn pair(world: &Arc<NumberingTable>, worker: u16, workers: u16, subscribers: usi
 }
 
 fn node(c: &mut Criterion) {
+    presence_engine::runtime::hugepages::set_enabled(
+        std::env::var_os("PRESENCE_BENCH_HUGE_PAGES").is_some_and(|v| v == "1"),
+    );
     let world = Arc::new(NumberingTable::load(&shared_table_path(), None).expect("shared table"));
     let mut group = c.benchmark_group("node");
     group.throughput(Throughput::Elements(BATCH));

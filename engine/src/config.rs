@@ -55,6 +55,9 @@ struct RawNetwork {
     poll_mode: bool,
     #[serde(default)]
     pin_workers: Option<bool>,
+    /// Advise large arenas onto transparent huge pages (default false).
+    #[serde(default)]
+    huge_pages: bool,
     /// Steer traffic to its owner's worker in the kernel (default true).
     steering: Option<bool>,
     /// This network's number ranges, overriding what the numbering table says.
@@ -214,6 +217,9 @@ pub struct ApplianceConfig {
     pub poll_mode: bool,
     /// Pin worker `i` to CPU `i`.
     pub pin_workers: bool,
+    /// Advise allocations of 4 MiB and more onto transparent huge pages
+    /// (`runtime::hugepages`); off by default, see `docs/operations.md`.
+    pub huge_pages: bool,
     /// Steer each device datagram and border connection to the worker
     /// owning it with reuseport BPF programs (`docs/architecture.md`,
     /// "Ownership and steering"); off, the kernel hashes and workers hand
@@ -447,6 +453,7 @@ impl ApplianceConfig {
             workers,
             poll_mode: raw.network.poll_mode,
             pin_workers: raw.network.pin_workers.unwrap_or(true),
+            huge_pages: raw.network.huge_pages,
             steering: raw.network.steering.unwrap_or(true),
             own_ranges,
             client_listen,

@@ -25,6 +25,7 @@
 //! worker it handed messages to.
 
 mod alive;
+pub mod hugepages;
 pub mod metrics;
 pub mod steer;
 pub mod udp;
@@ -248,6 +249,8 @@ impl Appliance {
     /// Loads everything the configuration names and starts the workers.
     pub fn start(config: ApplianceConfig, options: StartOptions) -> Result<Appliance, StartError> {
         let clock = Clock::new();
+        // Before any large table is allocated.
+        hugepages::set_enabled(config.huge_pages);
         let table = Arc::new(load_table(&config)?);
         let names = table.snapshot().names().clone();
         let network = names.id(&config.network).ok_or_else(|| ConfigError {
@@ -478,6 +481,20 @@ impl Appliance {
             subscribers = subscribers.len(),
             "appliance started"
         );
+        // Large arenas advised onto huge pages (hugepages.rs): say whether
+        // the kernel will honour that.
+        match hugepages::transparent_huge_pages().as_deref() {
+            _ if !config.huge_pages => {}
+            Some("always" | "madvise") => {}
+            Some(setting) => tracing::warn!(
+                setting,
+                "transparent huge pages are off: large tables stay on 4 KiB pages \
+                 (echo madvise > /sys/kernel/mm/transparent_hugepage/enabled)"
+            ),
+            None => tracing::warn!(
+                "no transparent huge pages in this kernel: large tables stay on 4 KiB pages"
+            ),
+        }
         Ok(Appliance {
             config,
             shared,
@@ -545,6 +562,7 @@ impl Appliance {
             ("network.workers", config.workers != old.workers),
             ("network.poll_mode", config.poll_mode != old.poll_mode),
             ("network.pin_workers", config.pin_workers != old.pin_workers),
+            ("network.huge_pages", config.huge_pages != old.huge_pages),
             ("network.steering", config.steering != old.steering),
             ("listen.client", config.client_listen != old.client_listen),
             (

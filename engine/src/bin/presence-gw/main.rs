@@ -10,6 +10,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use presence_engine::table::NumberingTable;
 
+/// Large arenas on huge pages where `[network] huge_pages` asks for them
+/// (`presence_engine::runtime::hugepages`).
+#[global_allocator]
+static ALLOCATOR: presence_engine::runtime::hugepages::HugePageAlloc =
+    presence_engine::runtime::hugepages::HugePageAlloc;
+
 mod border;
 mod demo;
 mod route;
