@@ -250,6 +250,12 @@ fn overload_offers_a_multiple_of_the_highest_clean_rate_and_reports_how_it_was_m
         accounted <= sent && accounted * 100 >= sent * 95,
         "requests accounted for: {json}"
     );
+    // When anything was shed, how soon its answer came is reported.
+    if shed > 0 {
+        let p50 = json["overload_shed_p50_us"].as_u64().unwrap();
+        let p99 = json["overload_shed_p99_us"].as_u64().unwrap();
+        assert!(p50 >= 1 && p50 <= p99, "{json}");
+    }
     // --overload needs --max, and a factor from 1 to 100.
     for bad in [
         &["--overload", "2"][..],

@@ -606,6 +606,15 @@ fn measure(
                 100.0 * step.timeouts() as f64 / step.sent.max(1) as f64,
                 thousands(step.sent)
             )?;
+            if !step.shed_latency.is_empty() {
+                writeln!(
+                    out,
+                    "  shed answers µs  p50 {}  p99 {}  max {}   (from each shed request's intended send time)",
+                    thousands(step.shed_latency.value_at_quantile(0.5)),
+                    thousands(step.shed_latency.value_at_quantile(0.99)),
+                    thousands(step.shed_latency.max())
+                )?;
+            }
             Some((goodput, step))
         }
         (Some(_), None) => {
@@ -663,6 +672,16 @@ fn measure(
             extra.insert("overload_shed".into(), step.overloaded().into());
             extra.insert("overload_timeouts".into(), step.timeouts().into());
             extra.insert("overload_sent".into(), step.sent.into());
+            if !step.shed_latency.is_empty() {
+                extra.insert(
+                    "overload_shed_p50_us".into(),
+                    step.shed_latency.value_at_quantile(0.5).into(),
+                );
+                extra.insert(
+                    "overload_shed_p99_us".into(),
+                    step.shed_latency.value_at_quantile(0.99).into(),
+                );
+            }
         }
         writeln!(out, "{}", report::json(headline, ceiling, extra))?;
     }

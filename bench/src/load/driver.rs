@@ -102,6 +102,9 @@ pub struct StepResult {
     pub wrong: u64,
     /// Latency from intended send time to answer, µs.
     pub latency: Histogram<u64>,
+    /// The same, of the `Overloaded` answers only: how soon a shed request
+    /// learns it was shed, µs.
+    pub shed_latency: Histogram<u64>,
     /// How far behind its schedule the sender fell at worst, µs.
     pub send_lag_max_us: u64,
     /// Failed `sendmmsg` calls (each may have dropped a batch's head).
@@ -466,6 +469,8 @@ impl<'p> Driver<'p> {
                 wrong: 0,
                 latency: Histogram::new_with_bounds(1, 120_000_000, 3)
                     .map_err(|e| DriverError::Histogram(e.to_string()))?,
+                shed_latency: Histogram::new_with_bounds(1, 120_000_000, 3)
+                    .map_err(|e| DriverError::Histogram(e.to_string()))?,
                 send_lag_max_us: 0,
                 send_errors: 0,
                 not_sent: 0,
@@ -809,6 +814,9 @@ impl StepState {
         let intended_ns = (seq as f64 * self.ns_per_request) as u64;
         let latency_us = now_ns.saturating_sub(intended_ns) / 1000;
         r.latency.saturating_record(latency_us.max(1));
+        if outcome == OutcomeKind::Overloaded {
+            r.shed_latency.saturating_record(latency_us.max(1));
+        }
         self.max_since_progress_us = self.max_since_progress_us.max(latency_us);
         if latency_us > self.timeout_us {
             r.late += 1;

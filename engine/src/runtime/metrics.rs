@@ -40,6 +40,10 @@ pub(crate) struct RuntimeCounts {
     pub(crate) udp_send_errors: u64,
     /// Event-loop turns.
     pub(crate) turns: u64,
+    /// Device datagrams read and admitted, not yet served, now.
+    pub(crate) staged: usize,
+    /// The measured service time per device datagram, ns.
+    pub(crate) service_ns: u64,
 }
 
 /// What one worker last published (or all workers, summed).
@@ -59,6 +63,11 @@ pub struct WorkerReport {
     pub pending: usize,
     /// Inbox depth now.
     pub inbox: usize,
+    /// Device datagrams staged now.
+    pub staged: usize,
+    /// Measured service time per device datagram, ns (the last worker's
+    /// in a sum).
+    pub service_ns: u64,
     /// Subscribers held.
     pub subscribers: usize,
     /// Request-to-answer latency, µs.
@@ -74,6 +83,8 @@ impl WorkerReport {
         self.turns += other.turns;
         self.pending += other.pending;
         self.inbox += other.inbox;
+        self.staged += other.staged;
+        self.service_ns = self.service_ns.max(other.service_ns);
         self.subscribers += other.subscribers;
         match (&mut self.latency, &other.latency) {
             (Some(mine), Some(theirs)) => {
@@ -137,6 +148,8 @@ impl Metrics {
         report.turns = runtime.turns;
         report.pending = node.pending();
         report.inbox = runtime.inbox;
+        report.staged = runtime.staged;
+        report.service_ns = runtime.service_ns;
         report.subscribers = node.subscriber_count();
         match report.latency.as_mut() {
             Some(total) => node.take_latency(total),
@@ -364,6 +377,18 @@ impl Metrics {
             "inbox_depth",
             "Hand-offs waiting in a worker's inbox.",
             &per(|r| r.inbox),
+        );
+        gauge(
+            &mut out,
+            "device_staged",
+            "Device datagrams a worker read and admitted but has not served yet.",
+            &per(|r| r.staged),
+        );
+        gauge(
+            &mut out,
+            "device_service_ns",
+            "A worker's measured service time per device datagram, ns: admission projects a datagram's wait with it.",
+            &per(|r| usize::try_from(r.service_ns).unwrap_or(usize::MAX)),
         );
         gauge(
             &mut out,

@@ -24,6 +24,7 @@
 //! one `write` of charge records and its sync request, and one wake-up per
 //! worker it handed messages to.
 
+mod admission;
 mod alive;
 pub mod hugepages;
 pub mod metrics;

@@ -157,6 +157,16 @@ impl RecvBatch {
         Ok(self.count)
     }
 
+    /// Datagrams the last [`recv`](Self::recv) took.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether the last [`recv`](Self::recv) took nothing.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     /// Datagram `i` of the last [`recv`](Self::recv): its bytes and source,
     /// or `None` if it was truncated (longer than [`DATAGRAM_MAX`]) or its
     /// source is not an IP address.

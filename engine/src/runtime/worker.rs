@@ -14,6 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 use presence_border::endpoint::{BgEndpoint, EndpointSetup};
 use presence_border::{BgCounters, BgTls, NetworkName, PeerIndex, SendError};
 
+use super::admission::{Admit, DeviceAdmission, WORK_SLICE_US};
 use super::metrics::{Metrics, RuntimeCounts};
 use super::udp::{RecvBatch, SendBatch, BATCH};
 use super::{io_error, shard_identity, Shared, SharedSubscribers, StartError};
@@ -30,6 +31,9 @@ const BORDER_TOKENS: usize = 2;
 const INBOX_BUDGET: usize = 4096;
 /// Datagram batches a worker reads per turn before turning to other work.
 const RECV_BATCHES_PER_TURN: usize = 16;
+/// Batches of device datagrams a worker holds read but not yet served
+/// (about 140 KB each): past them the socket buffer holds the rest.
+const STAGED_BATCHES: usize = 32;
 /// How often a worker publishes its counters.
 const REPORT_MS: u64 = 100;
 /// How often a worker runs border timers.
@@ -129,7 +133,9 @@ pub(super) struct Worker {
     index: usize,
     poll: Poll,
     udp: UdpSocket,
-    recv: RecvBatch,
+    /// Device datagrams read and admitted, not yet served.
+    staged: Staged,
+    admission: DeviceAdmission,
     send: SendBatch,
     endpoint: BgEndpoint,
     node: Node,
@@ -210,7 +216,8 @@ impl Worker {
         let mut worker = Worker {
             index,
             udp: UdpSocket::from_std(udp),
-            recv: RecvBatch::new(),
+            staged: Staged::new(),
+            admission: DeviceAdmission::new(shared.device_queue_ns),
             send: SendBatch::new(),
             endpoint,
             durability: journal_durability_start(&journal),
@@ -321,6 +328,9 @@ impl Worker {
             if udp_ready && draining_since.is_none() {
                 self.read_datagrams();
             }
+            // Staged datagrams are served even while draining: they were
+            // read, so their devices get an answer.
+            self.serve_staged();
             self.read_inbox(now_us);
             if self.node.poll_timeout().is_some_and(|at| at <= now_us) {
                 self.node.handle_timeout(now_us);
@@ -383,46 +393,100 @@ impl Worker {
         }
     }
 
-    /// Reads up to [`RECV_BATCHES_PER_TURN`] batches; if the budget runs
-    /// out with the socket still full, `udp_more` makes the next turn read
-    /// again (edge-triggered readiness will not say so).
+    /// Reads the client socket dry (up to [`RECV_BATCHES_PER_TURN`]
+    /// batches, and while staging has room), deciding for each datagram at
+    /// once ([`DeviceAdmission`]): staged to be served, or answered
+    /// `Overloaded` now because the work ahead of it would keep it past
+    /// `[limits] device_queue_ms`. If the budget or the staging room runs
+    /// out with datagrams left, `udp_more` makes the next turn read again
+    /// (edge-triggered readiness will not say so).
     fn read_datagrams(&mut self) {
         self.udp_more = false;
         for _ in 0..RECV_BATCHES_PER_TURN {
-            let n = match self.recv.recv(&self.udp) {
+            let Some(slot) = self.staged.free_slot() else {
+                self.udp_more = true;
+                return;
+            };
+            let n = match self.staged.batches[slot].recv(&self.udp) {
                 Ok(n) => n,
                 Err(_) => return,
             };
             if n == 0 {
                 return;
             }
-            let now_us = self.now_us();
-            let shed_after_ns = self.shared.device_queue_ns;
-            let now_unix_ns = if shed_after_ns > 0 { unix_ns_now() } else { 0 };
+            let now_us = self.shared.clock.now_us();
+            let now_unix_ns = if self.shared.device_queue_ns > 0 {
+                unix_ns_now()
+            } else {
+                0
+            };
+            let batch = &self.staged.batches[slot];
+            let mut shed = 0u64;
             for i in 0..n {
-                if let Some((bytes, from)) = self.recv.get(i) {
-                    let queued_ns = self
-                        .recv
-                        .arrival_unix_ns(i)
-                        .map_or(0, |at| now_unix_ns.saturating_sub(at));
-                    if shed_after_ns > 0 && queued_ns > shed_after_ns {
+                let Some((bytes, from)) = batch.get(i) else {
+                    shed |= 1 << i;
+                    continue;
+                };
+                let queued_ns = batch
+                    .arrival_unix_ns(i)
+                    .map_or(0, |at| now_unix_ns.saturating_sub(at));
+                match self.admission.decide(queued_ns, self.staged.waiting) {
+                    Admit::Stage => self.staged.waiting += 1,
+                    Admit::Shed { retry_after_ms } => {
                         // Past capacity: answered now, unchecked, rather
                         // than served after its device gave up.
-                        let retry_after_ms =
-                            u32::try_from(queued_ns / 1_000_000).unwrap_or(u32::MAX);
-                        self.node
-                            .shed_datagram(now_us, from, bytes, retry_after_ms.max(1));
-                    } else {
-                        self.node.handle_datagram(now_us, from, bytes);
+                        self.node.shed_datagram(now_us, from, bytes, retry_after_ms);
+                        shed |= 1 << i;
                     }
                 }
             }
-            self.write_out();
+            self.staged.push(shed);
+            if shed != 0 {
+                self.write_out();
+            }
             if n < BATCH {
                 return;
             }
         }
         self.udp_more = true;
+    }
+
+    /// Serves staged datagrams, oldest first, for about
+    /// [`WORK_SLICE_US`]; what is left waits for the next turn, after the
+    /// socket was read (and its excess shed) again.
+    fn serve_staged(&mut self) {
+        if self.staged.waiting == 0 {
+            return;
+        }
+        let started_us = self.now_us();
+        let mut now_us = started_us;
+        let mut served = 0usize;
+        let mut steps = 0usize;
+        while let Some((slot, i, shed)) = self.staged.next() {
+            if !shed {
+                if let Some((bytes, from)) = self.staged.batches[slot].get(i) {
+                    self.node.handle_datagram(now_us, from, bytes);
+                }
+                served += 1;
+            }
+            steps += 1;
+            if steps.is_multiple_of(BATCH) {
+                self.write_out();
+                now_us = self.now_us();
+                if now_us.saturating_sub(started_us) >= WORK_SLICE_US {
+                    break;
+                }
+            }
+        }
+        self.write_out();
+        let elapsed_ns = self
+            .now_us()
+            .saturating_sub(started_us)
+            .saturating_mul(1000);
+        self.admission.served(served, elapsed_ns);
+        if self.staged.waiting > 0 {
+            self.udp_more = true;
+        }
     }
 
     fn read_inbox(&mut self, now_us: u64) {
@@ -571,8 +635,76 @@ impl Worker {
             cdr_written: self.journal.records_written,
             udp_send_errors: self.udp_send_errors,
             turns: self.turns,
+            staged: self.staged.waiting,
+            service_ns: self.admission.ns_per_datagram(),
         };
         self.metrics.publish(self.index, &mut self.node, runtime);
+    }
+}
+
+/// Device datagrams read from the client socket and not yet served: a
+/// ring of [`STAGED_BATCHES`] receive batches, oldest first, each with a
+/// mask of the datagrams already answered when read (shed, or not a
+/// datagram to serve). Bounded: when every batch is staged, reading waits.
+struct Staged {
+    batches: Box<[RecvBatch]>,
+    shed: [u64; STAGED_BATCHES],
+    /// The oldest staged batch.
+    head: usize,
+    /// Staged batches.
+    len: usize,
+    /// The next datagram of the head batch.
+    cursor: usize,
+    /// Datagrams staged and not yet served (the shed ones not counted).
+    waiting: usize,
+}
+
+impl Staged {
+    fn new() -> Staged {
+        Staged {
+            batches: (0..STAGED_BATCHES).map(|_| RecvBatch::new()).collect(),
+            shed: [0; STAGED_BATCHES],
+            head: 0,
+            len: 0,
+            cursor: 0,
+            waiting: 0,
+        }
+    }
+
+    /// The batch the next read goes into, if staging has room.
+    fn free_slot(&self) -> Option<usize> {
+        (self.len < STAGED_BATCHES).then_some((self.head + self.len) % STAGED_BATCHES)
+    }
+
+    /// Stages the batch just read into [`free_slot`](Self::free_slot),
+    /// with the mask of its datagrams already answered.
+    fn push(&mut self, shed: u64) {
+        if let Some(slot) = self.free_slot() {
+            self.shed[slot] = shed;
+            self.len += 1;
+        }
+    }
+
+    /// The next staged datagram (its batch, its index, whether it was
+    /// answered when read), taken off the queue.
+    fn next(&mut self) -> Option<(usize, usize, bool)> {
+        while self.len > 0 {
+            let slot = self.head;
+            let count = self.batches[slot].len();
+            if self.cursor < count {
+                let i = self.cursor;
+                self.cursor += 1;
+                let shed = self.shed[slot] & (1 << i) != 0;
+                if !shed {
+                    self.waiting = self.waiting.saturating_sub(1);
+                }
+                return Some((slot, i, shed));
+            }
+            self.head = (self.head + 1) % STAGED_BATCHES;
+            self.len -= 1;
+            self.cursor = 0;
+        }
+        None
     }
 }
 

@@ -1,0 +1,156 @@
+//! Admission at the device port: shed by projected queueing delay, at once.
+//!
+//! A worker reads its client socket dry into a bounded staging queue every
+//! turn and works the queue in slices of [`WORK_SLICE_US`], so no datagram
+//! waits in the kernel's socket buffer for longer than about one slice.
+//! Each datagram read is admitted or shed there and then: its *projected*
+//! wait is what it already waited in the socket (the kernel's arrival
+//! stamp) plus the work staged ahead of it (datagrams × the measured
+//! service time per datagram). Past `[limits] device_queue_ms` it is
+//! answered `Overloaded` at once, with that projection as its retry-after,
+//! instead of being served after its device gave up, or shed only after it
+//! waited the whole limit (the rule before this module: a shed answer then
+//! came 20 ms late). Admitted datagrams are served within the limit (as far
+//! as the estimate holds: it counts the device work only, not border
+//! answers arriving meanwhile, so a worker busy with both serves later).
+//!
+//! Pure arithmetic, no clock of its own: the worker passes times in.
+
+/// How long one turn works staged datagrams before it reads the socket
+/// again (and sheds what arrived past capacity), µs.
+pub(crate) const WORK_SLICE_US: u64 = 500;
+
+/// A slice that served fewer datagrams is no sample of the service time:
+/// its fixed costs (the turn's sends, a TLS write) divided by one or two
+/// datagrams would overstate it many times, and a burst after a light
+/// spell would then be shed for a backlog the worker clears in time.
+const SAMPLE_DATAGRAMS_MIN: usize = 32;
+
+/// What to do with a datagram just read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// Stage it: it will be served within the limit.
+    Stage,
+    /// Answer it `Overloaded` now, retry after this many ms.
+    Shed {
+        /// The projected wait, ms (at least 1).
+        retry_after_ms: u32,
+    },
+}
+
+/// The device port's admission control: the limit and the measured
+/// service time.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DeviceAdmission {
+    /// Longest projected wait admitted, ns; 0 admits everything.
+    limit_ns: u64,
+    /// Service time per datagram, ns, a moving average (1/8 per sample).
+    /// Starts at 0: nothing is shed for work not yet measured.
+    ns_per_datagram: u64,
+}
+
+impl DeviceAdmission {
+    /// Admission with a limit of `limit_ns` (0: off).
+    pub(crate) fn new(limit_ns: u64) -> DeviceAdmission {
+        DeviceAdmission {
+            limit_ns,
+            ns_per_datagram: 0,
+        }
+    }
+
+    /// Decides for a datagram that waited `queued_ns` in the socket, with
+    /// `staged_ahead` datagrams staged and not yet served.
+    pub(crate) fn decide(&self, queued_ns: u64, staged_ahead: usize) -> Admit {
+        if self.limit_ns == 0 {
+            return Admit::Stage;
+        }
+        let ahead_ns = self
+            .ns_per_datagram
+            .saturating_mul(u64::try_from(staged_ahead).unwrap_or(u64::MAX));
+        let projected_ns = queued_ns.saturating_add(ahead_ns);
+        if projected_ns <= self.limit_ns {
+            return Admit::Stage;
+        }
+        let retry_after_ms = u32::try_from(projected_ns / 1_000_000).unwrap_or(u32::MAX);
+        Admit::Shed {
+            retry_after_ms: retry_after_ms.max(1),
+        }
+    }
+
+    /// `datagrams` were served in `elapsed_ns` (a sample once there are
+    /// [`SAMPLE_DATAGRAMS_MIN`] of them).
+    pub(crate) fn served(&mut self, datagrams: usize, elapsed_ns: u64) {
+        let Some(sample) = u64::try_from(datagrams)
+            .ok()
+            .filter(|&d| d >= SAMPLE_DATAGRAMS_MIN as u64)
+            .map(|d| elapsed_ns / d)
+        else {
+            return;
+        };
+        self.ns_per_datagram = if self.ns_per_datagram == 0 {
+            sample
+        } else {
+            (self.ns_per_datagram.saturating_mul(7)).saturating_add(sample) / 8
+        };
+    }
+
+    /// The measured service time per datagram, ns.
+    pub(crate) fn ns_per_datagram(&self) -> u64 {
+        self.ns_per_datagram
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn off_admits_everything() {
+        let mut a = DeviceAdmission::new(0);
+        a.served(1, 10 * MS);
+        assert_eq!(a.decide(u64::MAX, usize::MAX), Admit::Stage);
+    }
+
+    #[test]
+    fn nothing_is_shed_before_service_is_measured_unless_it_already_waited_too_long() {
+        let a = DeviceAdmission::new(20 * MS);
+        assert_eq!(a.decide(0, 1_000_000), Admit::Stage);
+        assert_eq!(a.decide(25 * MS, 0), Admit::Shed { retry_after_ms: 25 });
+    }
+
+    #[test]
+    fn a_datagram_behind_more_work_than_the_limit_is_shed_at_once_with_the_projection() {
+        let mut a = DeviceAdmission::new(20 * MS);
+        // 100 µs per datagram: 200 staged datagrams are the whole limit.
+        a.served(40, 4 * MS);
+        assert_eq!(a.ns_per_datagram(), 100_000);
+        assert_eq!(a.decide(0, 199), Admit::Stage);
+        assert_eq!(a.decide(0, 200), Admit::Stage, "exactly the limit");
+        assert_eq!(a.decide(0, 201), Admit::Shed { retry_after_ms: 20 });
+        // Time already spent in the socket counts too.
+        assert_eq!(a.decide(5 * MS, 150), Admit::Stage);
+        assert_eq!(a.decide(6 * MS, 150), Admit::Shed { retry_after_ms: 21 });
+    }
+
+    #[test]
+    fn the_service_time_follows_the_work_as_a_moving_average() {
+        let mut a = DeviceAdmission::new(20 * MS);
+        a.served(32, 32 * 80_000);
+        for _ in 0..64 {
+            a.served(40, 40 * 10_000);
+        }
+        assert!(
+            (10_000..11_000).contains(&a.ns_per_datagram()),
+            "{}",
+            a.ns_per_datagram()
+        );
+        a.served(0, 5 * MS);
+        a.served(2, 5 * MS);
+        assert!(
+            a.ns_per_datagram() < 11_000,
+            "a slice of a datagram or two is no sample: its fixed costs would dominate"
+        );
+    }
+}
