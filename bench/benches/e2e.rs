@@ -34,6 +34,7 @@ fn e2e(c: &mut Criterion) {
             metrics: false,
             steering: true,
             pin_workers: false,
+            io_backend: presence_engine::config::IoBackend::Auto,
         },
         cpus: Vec::new(),
     };

@@ -41,6 +41,8 @@ struct RawFile {
     limits: RawLimits,
     #[serde(default)]
     devices: RawDevices,
+    #[serde(default)]
+    io: RawIo,
     // Validated by presence-border.
     #[allow(dead_code)]
     border: toml::Value,
@@ -101,6 +103,36 @@ struct RawCdr {
     retain_days: Option<u64>,
     retain_max_bytes: Option<u64>,
     retain_unexported: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIo {
+    #[serde(default)]
+    backend: IoBackend,
+}
+
+/// How a worker's client socket moves datagrams (`[io] backend`;
+/// `BENCHMARKS.md` has what each costs on the project's VM).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoBackend {
+    /// The fastest this kernel supports: UDP GRO where the kernel has it
+    /// (Linux 5.0 and later), else `mmsg`.
+    #[default]
+    Auto,
+    /// `recvmmsg`/`sendmmsg`, 64 datagrams a call, GSO on send.
+    Mmsg,
+    /// `mmsg` with UDP GRO on receive: a run of datagrams one source sent
+    /// with GSO arrives as one entry and is cut back into its datagrams.
+    Gro,
+}
+
+impl IoBackend {
+    /// Whether receive asks for UDP GRO.
+    pub fn wants_gro(self) -> bool {
+        matches!(self, IoBackend::Auto | IoBackend::Gro)
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -220,6 +252,8 @@ pub struct ApplianceConfig {
     /// Advise allocations of 4 MiB and more onto transparent huge pages
     /// (`runtime::hugepages`); off by default, see `docs/operations.md`.
     pub huge_pages: bool,
+    /// How the client socket moves datagrams (`[io] backend`).
+    pub io_backend: IoBackend,
     /// Steer each device datagram and border connection to the worker
     /// owning it with reuseport BPF programs (`docs/architecture.md`,
     /// "Ownership and steering"); off, the kernel hashes and workers hand
@@ -454,6 +488,7 @@ impl ApplianceConfig {
             poll_mode: raw.network.poll_mode,
             pin_workers: raw.network.pin_workers.unwrap_or(true),
             huge_pages: raw.network.huge_pages,
+            io_backend: raw.io.backend,
             steering: raw.network.steering.unwrap_or(true),
             own_ranges,
             client_listen,
@@ -749,6 +784,20 @@ private_key = "pki/bg.key"
         );
         assert!(config.own_ranges.is_none());
         assert!(config.numbering.ends_with("table.csv") && config.numbering.is_absolute());
+    }
+
+    #[test]
+    fn the_io_backend_is_auto_unless_named_and_an_unknown_one_is_refused_by_line() {
+        assert_eq!(load(MINIMAL).unwrap().io_backend, IoBackend::Auto);
+        let gro = MINIMAL.replace("[cdr]", "[io]\nbackend = \"mmsg\"\n\n[cdr]");
+        assert_eq!(load(&gro).unwrap().io_backend, IoBackend::Mmsg);
+        let xdp = MINIMAL.replace("[cdr]", "[io]\nbackend = \"xdp\"\n\n[cdr]");
+        let error = load(&xdp).unwrap_err();
+        assert!(error.field.starts_with("line "), "{error}");
+        assert!(
+            error.reason.contains("auto"),
+            "says what is allowed: {error}"
+        );
     }
 
     #[test]

@@ -117,6 +117,17 @@ struct Cli {
     /// each burst's datagrams go at once; the wait counts in the latency).
     #[arg(long, default_value_t = 0)]
     hold_us: u64,
+    /// At most this many requests per datagram (0: as many as fit). With 1
+    /// every request is a datagram of its own, as from devices that do not
+    /// batch (the requests of one burst to one worker then go as one GSO
+    /// send, and with `--io-backend gro` arrive as one entry).
+    #[arg(long, default_value_t = 0)]
+    per_datagram: usize,
+    /// How the appliances' client sockets, the echo and the harness's own
+    /// sockets receive (`[io] backend`): auto (GRO where the kernel has
+    /// it), mmsg (recvmmsg, one datagram per entry) or gro.
+    #[arg(long, value_enum, default_value_t = IoChoice::Auto)]
+    io_backend: IoChoice,
     /// Source sockets (the kernel spreads them over the appliance's workers).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     sockets: u64,
@@ -150,6 +161,25 @@ struct Cli {
     /// milliseconds) to this file.
     #[arg(long, value_name = "FILE")]
     percentiles: Option<PathBuf>,
+}
+
+/// `--io-backend`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum IoChoice {
+    Auto,
+    Mmsg,
+    Gro,
+}
+
+impl IoChoice {
+    fn config(self) -> presence_engine::config::IoBackend {
+        use presence_engine::config::IoBackend;
+        match self {
+            IoChoice::Auto => IoBackend::Auto,
+            IoChoice::Mmsg => IoBackend::Mmsg,
+            IoChoice::Gro => IoBackend::Gro,
+        }
+    }
 }
 
 /// An overload factor: a number from 1 to 100.
@@ -286,7 +316,8 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     // The ceiling first, before the appliances start competing for CPU.
     let ceiling = if cli.ceiling {
         // The echo stands in for the appliances: it runs where they will.
-        let echo = with_cpus(&cli.appliance_cpus, || EchoServer::start(workers))?;
+        let gro = cli.io_backend.config().wants_gro();
+        let echo = with_cpus(&cli.appliance_cpus, || EchoServer::start(workers, gro))?;
         // The same grouping of requests by owner as the appliances get.
         let grouping = u16::try_from(workers).unwrap_or(1);
         let mut driver = Driver::new(
@@ -301,6 +332,10 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             sockets,
         )?;
         driver.hold_frames(Duration::from_micros(cli.hold_us));
+        driver.requests_per_datagram(cli.per_datagram);
+        if gro {
+            driver.enable_gro();
+        }
         writeln!(
             out,
             "\nceiling: echo on {} thread(s), same sockets and batching",
@@ -349,6 +384,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             metrics: false,
             steering: !cli.no_steering,
             pin_workers: cli.pin_workers,
+            io_backend: cli.io_backend.config(),
         },
         cpus: cli.appliance_cpus.clone(),
     };
@@ -413,6 +449,10 @@ fn measure(
         cli.sockets as usize,
     )?;
     driver.hold_frames(Duration::from_micros(cli.hold_us));
+    driver.requests_per_datagram(cli.per_datagram);
+    if cli.io_backend.config().wants_gro() {
+        driver.enable_gro();
+    }
     if let Err(probe) = wait_until_answering(&mut driver, Duration::from_secs(60))? {
         report::final_table(out, "the last probe", &probe, None)?;
         return Err(format!("the appliance at {} does not answer queries", targets.a).into());

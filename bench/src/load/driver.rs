@@ -20,7 +20,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use presence_codec::shard::owner;
 use presence_codec::{FrameReader, Message};
-use presence_engine::runtime::udp::{RecvBatch, SendBatch, BATCH};
+use presence_engine::runtime::udp::{RecvBatch, SendBatch};
 
 use super::frames::{Added, OpenFrames, FRAME_MAX};
 use super::plan::{Class, Destination, OutcomeKind, Workload, CLASSES, OUTCOME_KINDS, SEQ_MASK};
@@ -414,6 +414,23 @@ impl<'p> Driver<'p> {
             .set_hold(u64::try_from(hold.as_nanos()).unwrap_or(u64::MAX));
     }
 
+    /// At most `requests` requests per datagram (0: as many as fit): with
+    /// 1, every request is a datagram of its own, as devices that do not
+    /// batch send them.
+    pub fn requests_per_datagram(&mut self, requests: usize) {
+        self.frames.set_per_frame(requests);
+    }
+
+    /// Turns UDP GRO on for the answers' sockets; whether the kernel took
+    /// it on all of them.
+    pub fn enable_gro(&mut self) -> bool {
+        let mut all = true;
+        for socket in &self.sockets {
+            all &= self.recv.enable_gro(socket);
+        }
+        all
+    }
+
     /// Runs one step and returns what it measured; `progress` is called
     /// about once a second.
     pub fn run(
@@ -729,12 +746,16 @@ impl<'p> Driver<'p> {
                 any = true;
                 let now_ns = state.elapsed_ns();
                 for k in 0..n {
-                    match self.recv.get(k) {
-                        Some((bytes, _)) => state.record_datagram(bytes, now_ns, self.responder),
+                    match self.recv.datagrams(k) {
+                        Some((datagrams, _)) => {
+                            for bytes in datagrams {
+                                state.record_datagram(bytes, now_ns, self.responder);
+                            }
+                        }
                         None => state.result.stray += 1,
                     }
                 }
-                if n < BATCH {
+                if n < self.recv.capacity() {
                     if let Some(r) = self.readable.get_mut(i) {
                         *r = false;
                     }

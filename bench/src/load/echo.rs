@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
-use presence_engine::runtime::udp::{RecvBatch, SendBatch, BATCH};
+use presence_engine::runtime::udp::{RecvBatch, SendBatch};
 
 /// A running echo server.
 #[derive(Debug)]
@@ -38,8 +38,9 @@ fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 }
 
 impl EchoServer {
-    /// Starts `threads` echo threads sharing one loopback port.
-    pub fn start(threads: usize) -> std::io::Result<EchoServer> {
+    /// Starts `threads` echo threads sharing one loopback port, with UDP
+    /// GRO on receive if `gro` (as the appliance's `[io] backend = "gro"`).
+    pub fn start(threads: usize, gro: bool) -> std::io::Result<EchoServer> {
         let first = reuse_port_socket(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let addr = first.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -53,7 +54,7 @@ impl EchoServer {
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("echo-{i}"))
-                    .spawn(move || echo(UdpSocket::from_std(socket), &stop))?,
+                    .spawn(move || echo(UdpSocket::from_std(socket), gro, &stop))?,
             );
         }
         Ok(EchoServer {
@@ -78,7 +79,7 @@ impl Drop for EchoServer {
     }
 }
 
-fn echo(mut socket: UdpSocket, stop: &AtomicBool) {
+fn echo(mut socket: UdpSocket, gro: bool, stop: &AtomicBool) {
     let Ok(mut poll) = Poll::new() else { return };
     if poll
         .registry()
@@ -89,6 +90,9 @@ fn echo(mut socket: UdpSocket, stop: &AtomicBool) {
     }
     let mut events = Events::with_capacity(16);
     let mut recv = RecvBatch::new();
+    if gro {
+        recv.enable_gro(&socket);
+    }
     let mut send = SendBatch::new();
     send.enable_gso(&socket);
     let mut more = true;
@@ -98,11 +102,13 @@ fn echo(mut socket: UdpSocket, stop: &AtomicBool) {
         }
         let n = recv.recv(&socket).unwrap_or(0);
         for i in 0..n {
-            if let Some((bytes, from)) = recv.get(i) {
-                if send.is_full() {
-                    let _ = send.flush(&socket);
+            if let Some((datagrams, from)) = recv.datagrams(i) {
+                for bytes in datagrams {
+                    if send.is_full() {
+                        let _ = send.flush(&socket);
+                    }
+                    let _ = send.push(from, bytes);
                 }
-                let _ = send.push(from, bytes);
             }
         }
         while !send.is_empty() {
@@ -111,6 +117,6 @@ fn echo(mut socket: UdpSocket, stop: &AtomicBool) {
                 Ok(_) => {}
             }
         }
-        more = n == BATCH;
+        more = n == recv.capacity();
     }
 }

@@ -16,6 +16,8 @@ pub(super) const FRAME_MAX: usize = FRAME_LEN_DEFAULT_MAX;
 struct OpenFrame {
     bytes: Vec<u8>,
     opened_ns: u64,
+    /// Requests in it.
+    requests: usize,
 }
 
 /// What adding a request to its owner's frame did.
@@ -36,6 +38,8 @@ pub(super) struct OpenFrames {
     a_workers: usize,
     /// How long a frame that is not full may wait for more requests.
     hold_ns: u64,
+    /// Most requests per frame (0: as many as fit).
+    per_frame: usize,
 }
 
 impl OpenFrames {
@@ -48,10 +52,12 @@ impl OpenFrames {
                 .map(|_| OpenFrame {
                     bytes: Vec::with_capacity(FRAME_MAX),
                     opened_ns: 0,
+                    requests: 0,
                 })
                 .collect(),
             a_workers,
             hold_ns: 0,
+            per_frame: 0,
         }
     }
 
@@ -59,6 +65,11 @@ impl OpenFrames {
     /// at the end of every burst).
     pub(super) fn set_hold(&mut self, hold_ns: u64) {
         self.hold_ns = hold_ns;
+    }
+
+    /// Closes a frame once it holds `requests` (0: only when full).
+    pub(super) fn set_per_frame(&mut self, requests: usize) {
+        self.per_frame = requests;
     }
 
     /// How many frames there are (open or not).
@@ -109,10 +120,14 @@ impl OpenFrames {
         // A frame holds device messages of one wire version (§10).
         let version = message.version();
         let other_version = version.is_some_and(|v| frame.bytes.get(1).is_some_and(|&h| h != v));
-        if !frame.bytes.is_empty() && (frame.bytes.len() + len > FRAME_MAX || other_version) {
+        let at_most = self.per_frame > 0 && frame.requests >= self.per_frame;
+        if !frame.bytes.is_empty()
+            && (frame.bytes.len() + len > FRAME_MAX || other_version || at_most)
+        {
             return Added::Full;
         }
         if frame.bytes.is_empty() {
+            frame.requests = 0;
             let version = version.unwrap_or(presence_codec::FRAME_VERSION);
             if FrameWriter::with_version(&mut frame.bytes, FRAME_MAX, version).is_err() {
                 return Added::Refused;
@@ -125,6 +140,7 @@ impl OpenFrames {
             }
             return Added::Refused;
         }
+        frame.requests += 1;
         Added::Taken
     }
 

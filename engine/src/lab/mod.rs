@@ -255,6 +255,7 @@ pub fn write_config(
         metrics,
         steering: true,
         pin_workers: false,
+        io_backend: crate::config::IoBackend::Auto,
     };
     write_config_with(
         &network.folder(),
@@ -280,7 +281,13 @@ pub fn write_config_with(
         metrics,
         steering,
         pin_workers,
+        io_backend,
     } = *settings;
+    let io_backend = match io_backend {
+        crate::config::IoBackend::Auto => "auto",
+        crate::config::IoBackend::Mmsg => "mmsg",
+        crate::config::IoBackend::Gro => "gro",
+    };
     let table = std::fs::canonicalize(table_path)?;
     let address = peer_addr
         .map(|a| format!("address = \"{a}\"\n"))
@@ -313,6 +320,9 @@ subscribers = "subscribers.csv"
 
 [cdr]
 directory = "cdr"
+
+[io]
+backend = "{io_backend}"
 
 # The duplicate window's ring per peer WA instance (docs/operations.md,
 # "Memory"): the demo's single worker takes ~400,000 queries/s from one.
@@ -354,6 +364,8 @@ pub struct TwoNetworkSettings {
     /// Pin worker `i` to the `i`-th CPU the process may use
     /// (`network.pin_workers`).
     pub pin_workers: bool,
+    /// How client sockets move datagrams (`[io] backend`).
+    pub io_backend: crate::config::IoBackend,
 }
 
 /// Both networks' appliances, running in this process.

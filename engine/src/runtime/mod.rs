@@ -564,6 +564,7 @@ impl Appliance {
             ("network.poll_mode", config.poll_mode != old.poll_mode),
             ("network.pin_workers", config.pin_workers != old.pin_workers),
             ("network.huge_pages", config.huge_pages != old.huge_pages),
+            ("io.backend", config.io_backend != old.io_backend),
             ("network.steering", config.steering != old.steering),
             ("listen.client", config.client_listen != old.client_listen),
             (

@@ -16,6 +16,10 @@ use socket2::SockAddr;
 pub const BATCH: usize = 64;
 /// Largest datagram received whole (larger ones are truncated and refused).
 pub const DATAGRAM_MAX: usize = 2048;
+/// With UDP GRO ([`RecvBatch::enable_gro`]): entries per batch, each room
+/// for one coalesced run of datagrams (up to a UDP payload's 64 KiB).
+pub const GRO_ENTRIES: usize = 16;
+const GRO_ENTRY_BYTES: usize = 65_536;
 
 /// Plain C structs the kernel interface uses, all-zero.
 trait ZeroedPlain {}
@@ -30,9 +34,15 @@ fn zeroed_plain<T: ZeroedPlain>() -> T {
     unsafe { zeroed() }
 }
 
-/// Receive side: [`BATCH`] buffers with their source addresses.
+/// Receive side: [`BATCH`] buffers with their source addresses, or with
+/// UDP GRO [`GRO_ENTRIES`] larger ones, each holding a run of datagrams
+/// from one source that the kernel coalesced (see [`datagrams`](Self::datagrams)).
 pub struct RecvBatch {
-    bufs: Box<[[u8; DATAGRAM_MAX]]>,
+    /// `entries` buffers of `entry_bytes` each, back to back.
+    bufs: Box<[u8]>,
+    entry_bytes: usize,
+    entries: usize,
+    gro: bool,
     addrs: Box<[libc::sockaddr_storage]>,
     iovecs: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
@@ -78,6 +88,28 @@ fn set_int_option(
     }
 }
 
+/// The datagrams of one received entry ([`RecvBatch::datagrams`]).
+#[derive(Debug, Clone)]
+pub struct Datagrams<'a> {
+    rest: &'a [u8],
+    segment: usize,
+    /// An empty datagram is still one datagram.
+    empty_left: bool,
+}
+
+impl<'a> Iterator for Datagrams<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.rest.is_empty() {
+            return std::mem::take(&mut self.empty_left).then_some(self.rest);
+        }
+        let (datagram, rest) = self.rest.split_at(self.segment.min(self.rest.len()));
+        self.rest = rest;
+        Some(datagram)
+    }
+}
+
 impl std::fmt::Debug for RecvBatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecvBatch")
@@ -99,23 +131,58 @@ impl Default for RecvBatch {
 impl RecvBatch {
     /// Allocates the buffers (about 140 KB).
     pub fn new() -> RecvBatch {
+        RecvBatch::with_entries(BATCH, DATAGRAM_MAX, false)
+    }
+
+    fn with_entries(entries: usize, entry_bytes: usize, gro: bool) -> RecvBatch {
         RecvBatch {
-            bufs: vec![[0u8; DATAGRAM_MAX]; BATCH].into_boxed_slice(),
-            addrs: (0..BATCH).map(|_| zeroed_plain()).collect(),
-            iovecs: (0..BATCH).map(|_| zeroed_plain()).collect(),
-            hdrs: (0..BATCH).map(|_| zeroed_plain()).collect(),
-            controls: vec![[0u64; CONTROL_WORDS]; BATCH].into_boxed_slice(),
+            bufs: vec![0u8; entries * entry_bytes].into_boxed_slice(),
+            entry_bytes,
+            entries,
+            gro,
+            addrs: (0..entries).map(|_| zeroed_plain()).collect(),
+            iovecs: (0..entries).map(|_| zeroed_plain()).collect(),
+            hdrs: (0..entries).map(|_| zeroed_plain()).collect(),
+            controls: vec![[0u64; CONTROL_WORDS]; entries].into_boxed_slice(),
             count: 0,
         }
+    }
+
+    /// Turns UDP GRO on for `socket` (the kernel then hands over a run of
+    /// datagrams from one source, sent with GSO, as one entry) and makes
+    /// this batch's buffers large enough for it: [`GRO_ENTRIES`] of 64 KiB
+    /// (1 MiB). Returns whether GRO is on; if the kernel refuses, the
+    /// batch stays as it was.
+    /// One batch may serve several sockets: call this for each.
+    pub fn enable_gro(&mut self, socket: &impl AsRawFd) -> bool {
+        if set_int_option(socket, libc::SOL_UDP, libc::UDP_GRO, 1).is_err() {
+            return false;
+        }
+        if !self.gro {
+            *self = RecvBatch::with_entries(GRO_ENTRIES, GRO_ENTRY_BYTES, true);
+        }
+        true
+    }
+
+    /// Whether GRO is on.
+    pub fn gro(&self) -> bool {
+        self.gro
+    }
+
+    /// The most entries one [`recv`](Self::recv) takes: fewer means the
+    /// socket was read dry.
+    pub fn capacity(&self) -> usize {
+        self.entries
     }
 
     /// Receives what the socket has, up to [`BATCH`] datagrams; `Ok(0)` when
     /// nothing is waiting.
     pub fn recv(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
         self.count = 0;
-        for i in 0..BATCH {
+        let entry_bytes = self.entry_bytes;
+        for i in 0..self.entries {
             let (Some(buf), Some(iov), Some(addr), Some(hdr), Some(control)) = (
-                self.bufs.get_mut(i),
+                self.bufs.get_mut(i * entry_bytes..(i + 1) * entry_bytes),
                 self.iovecs.get_mut(i),
                 self.addrs.get_mut(i),
                 self.hdrs.get_mut(i),
@@ -124,7 +191,7 @@ impl RecvBatch {
                 break;
             };
             iov.iov_base = buf.as_mut_ptr().cast();
-            iov.iov_len = DATAGRAM_MAX;
+            iov.iov_len = entry_bytes;
             hdr.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
             hdr.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
             hdr.msg_hdr.msg_iov = iov;
@@ -134,14 +201,14 @@ impl RecvBatch {
             hdr.msg_hdr.msg_flags = 0;
             hdr.msg_len = 0;
         }
-        // SAFETY: `hdrs` holds BATCH initialised headers whose name and iov
-        // pointers point into `addrs`, `iovecs` and `bufs`, which live as long
-        // as `self` and are not touched until the call returns.
+        // SAFETY: `hdrs` holds `entries` initialised headers whose name and
+        // iov pointers point into `addrs`, `iovecs` and `bufs`, which live as
+        // long as `self` and are not touched until the call returns.
         let n = unsafe {
             libc::recvmmsg(
                 socket.as_raw_fd(),
                 self.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
+                self.entries as libc::c_uint,
                 libc::MSG_DONTWAIT,
                 std::ptr::null_mut(),
             )
@@ -153,11 +220,12 @@ impl RecvBatch {
                 _ => Err(error),
             };
         }
-        self.count = usize::try_from(n).unwrap_or(0).min(BATCH);
+        self.count = usize::try_from(n).unwrap_or(0).min(self.entries);
         Ok(self.count)
     }
 
-    /// Datagrams the last [`recv`](Self::recv) took.
+    /// Entries the last [`recv`](Self::recv) took: datagrams, or with GRO
+    /// runs of datagrams ([`datagrams`](Self::datagrams)).
     pub fn len(&self) -> usize {
         self.count
     }
@@ -167,9 +235,10 @@ impl RecvBatch {
         self.count == 0
     }
 
-    /// Datagram `i` of the last [`recv`](Self::recv): its bytes and source,
-    /// or `None` if it was truncated (longer than [`DATAGRAM_MAX`]) or its
-    /// source is not an IP address.
+    /// Entry `i` of the last [`recv`](Self::recv): its bytes and source,
+    /// or `None` if it was truncated (longer than its buffer) or its source
+    /// is not an IP address. Without GRO an entry is one datagram; with it,
+    /// use [`datagrams`](Self::datagrams).
     pub fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
         if i >= self.count {
             return None;
@@ -178,9 +247,62 @@ impl RecvBatch {
         if hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0 {
             return None;
         }
-        let len = usize::try_from(hdr.msg_len).ok()?.min(DATAGRAM_MAX);
+        let len = usize::try_from(hdr.msg_len).ok()?.min(self.entry_bytes);
         let addr = socket_addr(self.addrs.get(i)?, hdr.msg_hdr.msg_namelen)?;
-        Some((self.bufs.get(i)?.get(..len)?, addr))
+        let start = i * self.entry_bytes;
+        Some((self.bufs.get(start..start + len)?, addr))
+    }
+
+    /// The datagrams of entry `i` and their source: one, or with GRO the
+    /// run the kernel coalesced, cut at the segment size it reports
+    /// (`UDP_GRO`; every datagram of a run has that size but the last).
+    pub fn datagrams(&self, i: usize) -> Option<(Datagrams<'_>, SocketAddr)> {
+        let (bytes, from) = self.get(i)?;
+        let segment = self
+            .control_value(i, libc::SOL_UDP, libc::UDP_GRO)
+            .and_then(|v| usize::try_from(v).ok())
+            .filter(|&s| s > 0)
+            .unwrap_or(bytes.len());
+        Some((
+            Datagrams {
+                rest: bytes,
+                segment,
+                empty_left: bytes.is_empty(),
+            },
+            from,
+        ))
+    }
+
+    /// The `c_int` carried by entry `i`'s control message `level`/`kind`.
+    fn control_value(
+        &self,
+        i: usize,
+        level: libc::c_int,
+        kind: libc::c_int,
+    ) -> Option<libc::c_int> {
+        if i >= self.count || !self.gro {
+            return None;
+        }
+        let hdr = self.hdrs.get(i)?;
+        // SAFETY: as in `arrival_unix_ns`: the kernel filled this header's
+        // control room (`controls[i]`, owned by `self`); the walk stays
+        // within its length and the value is read unaligned.
+        unsafe {
+            let mut cmsg = libc::CMSG_FIRSTHDR(&hdr.msg_hdr);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == level
+                    && (*cmsg).cmsg_type == kind
+                    && (*cmsg).cmsg_len as usize
+                        >= libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as usize
+                {
+                    return Some(std::ptr::read_unaligned(
+                        libc::CMSG_DATA(cmsg).cast::<libc::c_int>(),
+                    ));
+                }
+                cmsg = libc::CMSG_NXTHDR(&hdr.msg_hdr, cmsg);
+            }
+        }
+        None
     }
 
     /// When datagram `i` of the last [`recv`](Self::recv) reached the
@@ -635,6 +757,57 @@ mod tests {
             "each segment arrives as its own datagram, in order"
         );
         assert_eq!(got_c, vec![(7, 500), (8, 400)]);
+    }
+
+    #[test]
+    fn with_gro_a_gso_run_arrives_as_one_entry_and_is_cut_back_into_its_datagrams() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut send = SendBatch::new();
+        let mut recv = RecvBatch::new();
+        // CI and this project's machines run Linux ≥ 5.0: both must work.
+        assert!(send.enable_gso(&a), "UDP GSO");
+        assert!(recv.enable_gro(&b), "UDP GRO");
+        assert!(recv.gro());
+        let to_b = b.local_addr().unwrap();
+        // A run of 30 x 64 bytes with a 20-byte tail, then one lone datagram.
+        for i in 0..30u8 {
+            assert!(send.push(to_b, &[i; 64]));
+        }
+        assert!(send.push(to_b, &[99; 20]));
+        let mut sent = 0;
+        for _ in 0..100 {
+            sent += send.flush(&a).unwrap();
+            if send.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(sent, 31);
+        a.send_to(&[200; 10], to_b).unwrap();
+        let mut entries = 0;
+        let mut got: Vec<(u8, usize)> = Vec::new();
+        for _ in 0..200 {
+            let n = recv.recv(&b).unwrap();
+            entries += n;
+            for i in 0..n {
+                let (datagrams, from) = recv.datagrams(i).unwrap();
+                assert_eq!(from, a.local_addr().unwrap());
+                got.extend(datagrams.map(|d| (d[0], d.len())));
+            }
+            if got.len() == 32 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let mut expected: Vec<(u8, usize)> = (0..30u8).map(|i| (i, 64)).collect();
+        expected.push((99, 20));
+        expected.push((200, 10));
+        assert_eq!(got, expected, "every datagram, whole and in order");
+        assert!(
+            entries < 32,
+            "the GSO run arrived coalesced: {entries} entries for 32 datagrams"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::admission::{Admit, DeviceAdmission, WORK_SLICE_US};
 use super::metrics::{Metrics, RuntimeCounts};
 use super::udp::{RecvBatch, SendBatch, BATCH};
 use super::{io_error, shard_identity, Shared, SharedSubscribers, StartError};
-use crate::config::ApplianceConfig;
+use crate::config::{ApplianceConfig, IoBackend};
 use crate::journal::{Durability, JournalEntry, JournalWriter};
 use crate::node::{Destination, Node, NodeConfig, SubscriberChange};
 use crate::roles::Hss;
@@ -32,8 +32,12 @@ const INBOX_BUDGET: usize = 4096;
 /// Datagram batches a worker reads per turn before turning to other work.
 const RECV_BATCHES_PER_TURN: usize = 16;
 /// Batches of device datagrams a worker holds read but not yet served
-/// (about 140 KB each): past them the socket buffer holds the rest.
+/// (about 140 KB each; with UDP GRO 1 MiB each, and only the first
+/// [`STAGED_BATCHES_GRO`] used): past them the socket buffer holds the rest.
 const STAGED_BATCHES: usize = 32;
+/// Staged batches with GRO: each entry may hold a run of up to 64
+/// datagrams, so fewer entries hold as many.
+const STAGED_BATCHES_GRO: usize = 8;
 /// How often a worker publishes its counters.
 const REPORT_MS: u64 = 100;
 /// How often a worker runs border timers.
@@ -213,10 +217,11 @@ impl Worker {
             now_us / 1000,
         )
         .map_err(io_error("border endpoint"))?;
+        let staged = Staged::new(&udp, config.io_backend);
         let mut worker = Worker {
             index,
             udp: UdpSocket::from_std(udp),
-            staged: Staged::new(),
+            staged,
             admission: DeviceAdmission::new(shared.device_queue_ns),
             send: SendBatch::new(),
             endpoint,
@@ -423,7 +428,8 @@ impl Worker {
             let batch = &self.staged.batches[slot];
             let mut shed = 0u64;
             for i in 0..n {
-                let Some((bytes, from)) = batch.get(i) else {
+                // One datagram, or with GRO a run of them from one source.
+                let Some((datagrams, from)) = batch.datagrams(i) else {
                     shed |= 1 << i;
                     continue;
                 };
@@ -431,20 +437,23 @@ impl Worker {
                     .arrival_unix_ns(i)
                     .map_or(0, |at| now_unix_ns.saturating_sub(at));
                 match self.admission.decide(queued_ns, self.staged.waiting) {
-                    Admit::Stage => self.staged.waiting += 1,
+                    Admit::Stage => self.staged.waiting += datagrams.count(),
                     Admit::Shed { retry_after_ms } => {
                         // Past capacity: answered now, unchecked, rather
                         // than served after its device gave up.
-                        self.node.shed_datagram(now_us, from, bytes, retry_after_ms);
+                        for bytes in datagrams {
+                            self.node.shed_datagram(now_us, from, bytes, retry_after_ms);
+                        }
                         shed |= 1 << i;
                     }
                 }
             }
+            let capacity = self.staged.batches[slot].capacity();
             self.staged.push(shed);
             if shed != 0 {
                 self.write_out();
             }
-            if n < BATCH {
+            if n < capacity {
                 return;
             }
         }
@@ -455,22 +464,28 @@ impl Worker {
     /// [`WORK_SLICE_US`]; what is left waits for the next turn, after the
     /// socket was read (and its excess shed) again.
     fn serve_staged(&mut self) {
-        if self.staged.waiting == 0 {
+        if self.staged.len == 0 {
             return;
         }
         let started_us = self.now_us();
         let mut now_us = started_us;
         let mut served = 0usize;
-        let mut steps = 0usize;
+        let mut since_look = 0usize;
         while let Some((slot, i, shed)) = self.staged.next() {
+            since_look += 1;
             if !shed {
-                if let Some((bytes, from)) = self.staged.batches[slot].get(i) {
-                    self.node.handle_datagram(now_us, from, bytes);
+                if let Some((datagrams, from)) = self.staged.batches[slot].datagrams(i) {
+                    for bytes in datagrams {
+                        self.node.handle_datagram(now_us, from, bytes);
+                        served += 1;
+                        since_look += 1;
+                        self.staged.waiting = self.staged.waiting.saturating_sub(1);
+                    }
                 }
-                served += 1;
             }
-            steps += 1;
-            if steps.is_multiple_of(BATCH) {
+            // Every batch's worth: send what is ready, look at the clock.
+            if since_look >= BATCH {
+                since_look = 0;
                 self.write_out();
                 now_us = self.now_us();
                 if now_us.saturating_sub(started_us) >= WORK_SLICE_US {
@@ -484,7 +499,7 @@ impl Worker {
             .saturating_sub(started_us)
             .saturating_mul(1000);
         self.admission.served(served, elapsed_ns);
-        if self.staged.waiting > 0 {
+        if self.staged.len > 0 {
             self.udp_more = true;
         }
     }
@@ -647,6 +662,8 @@ impl Worker {
 /// mask of the datagrams already answered when read (shed, or not a
 /// datagram to serve). Bounded: when every batch is staged, reading waits.
 struct Staged {
+    /// Batches in use: [`STAGED_BATCHES`], or with GRO [`STAGED_BATCHES_GRO`].
+    limit: usize,
     batches: Box<[RecvBatch]>,
     shed: [u64; STAGED_BATCHES],
     /// The oldest staged batch.
@@ -660,9 +677,28 @@ struct Staged {
 }
 
 impl Staged {
-    fn new() -> Staged {
+    /// Staging for `socket`, with UDP GRO if `backend` asks for it and the
+    /// kernel has it.
+    fn new(socket: &std::net::UdpSocket, backend: IoBackend) -> Staged {
+        let mut first = RecvBatch::new();
+        let gro = backend.wants_gro() && first.enable_gro(socket);
+        let limit = if gro {
+            STAGED_BATCHES_GRO
+        } else {
+            STAGED_BATCHES
+        };
+        let batches = std::iter::once(first)
+            .chain((1..limit).map(|_| {
+                let mut batch = RecvBatch::new();
+                if gro {
+                    batch.enable_gro(socket);
+                }
+                batch
+            }))
+            .collect::<Box<[RecvBatch]>>();
         Staged {
-            batches: (0..STAGED_BATCHES).map(|_| RecvBatch::new()).collect(),
+            limit,
+            batches,
             shed: [0; STAGED_BATCHES],
             head: 0,
             len: 0,
@@ -673,20 +709,31 @@ impl Staged {
 
     /// The batch the next read goes into, if staging has room.
     fn free_slot(&self) -> Option<usize> {
-        (self.len < STAGED_BATCHES).then_some((self.head + self.len) % STAGED_BATCHES)
+        (self.len < self.limit).then_some((self.head + self.len) % self.limit)
     }
 
     /// Stages the batch just read into [`free_slot`](Self::free_slot),
-    /// with the mask of its datagrams already answered.
+    /// with the mask of its entries already answered; a batch answered
+    /// whole when read is not staged (its slot is read into again).
     fn push(&mut self, shed: u64) {
         if let Some(slot) = self.free_slot() {
+            let count = self.batches[slot].len();
+            let all = if count >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << count) - 1
+            };
+            if shed & all == all {
+                return;
+            }
             self.shed[slot] = shed;
             self.len += 1;
         }
     }
 
-    /// The next staged datagram (its batch, its index, whether it was
-    /// answered when read), taken off the queue.
+    /// The next staged entry (its batch, its index, whether it was
+    /// answered when read), taken off the queue; the caller counts its
+    /// datagrams off `waiting` as it serves them.
     fn next(&mut self) -> Option<(usize, usize, bool)> {
         while self.len > 0 {
             let slot = self.head;
@@ -695,12 +742,9 @@ impl Staged {
                 let i = self.cursor;
                 self.cursor += 1;
                 let shed = self.shed[slot] & (1 << i) != 0;
-                if !shed {
-                    self.waiting = self.waiting.saturating_sub(1);
-                }
                 return Some((slot, i, shed));
             }
-            self.head = (self.head + 1) % STAGED_BATCHES;
+            self.head = (self.head + 1) % self.limit;
             self.len -= 1;
             self.cursor = 0;
         }
@@ -743,5 +787,66 @@ fn pin_to_cpu(index: usize) {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `count` datagrams from `from` waiting at `to`.
+    fn send(from: &std::net::UdpSocket, to: &std::net::UdpSocket, count: u8) {
+        for i in 0..count {
+            from.send_to(&[i; 8], to.local_addr().unwrap()).unwrap();
+        }
+    }
+
+    /// Reads into the next free slot until it holds `want` entries.
+    fn read(staged: &mut Staged, socket: &std::net::UdpSocket, want: usize) -> usize {
+        let slot = staged.free_slot().expect("room");
+        for _ in 0..200 {
+            if staged.batches[slot].recv(socket).unwrap() == want {
+                return slot;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!("{want} datagrams did not arrive");
+    }
+
+    #[test]
+    fn staged_entries_come_out_in_order_and_entries_shed_when_read_are_skipped() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut staged = Staged::new(&b, IoBackend::Mmsg);
+        send(&a, &b, 4);
+        read(&mut staged, &b, 4);
+        staged.push(0b0101);
+        let mut seen = Vec::new();
+        while let Some((slot, i, shed)) = staged.next() {
+            let first = staged.batches[slot].get(i).unwrap().0[0];
+            seen.push((first, shed));
+        }
+        assert_eq!(seen, [(0, true), (1, false), (2, true), (3, false)]);
+        assert_eq!(staged.len, 0, "a served batch leaves the ring");
+    }
+
+    #[test]
+    fn a_batch_shed_whole_when_read_takes_no_room_so_reading_never_stops() {
+        // Past capacity every entry of a batch may be shed as it is read;
+        // staged, such batches would fill the ring with nothing to serve
+        // and the worker would stop reading its socket for good.
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut staged = Staged::new(&b, IoBackend::Mmsg);
+        for _ in 0..(STAGED_BATCHES * 2) {
+            send(&a, &b, 3);
+            read(&mut staged, &b, 3);
+            staged.push(0b111);
+            assert!(staged.free_slot().is_some());
+        }
+        assert_eq!(staged.len, 0);
+        assert!(staged.next().is_none());
     }
 }

@@ -73,6 +73,7 @@ pub(crate) fn run(
             metrics: true,
             steering: true,
             pin_workers: false,
+            io_backend: presence_engine::config::IoBackend::Auto,
         },
         options,
     )?;
