@@ -1,8 +1,12 @@
 //! Admission at the device port: shed by projected queueing delay, at once.
 //!
 //! A worker reads its client socket dry into a bounded staging queue every
-//! turn and works the queue in slices of [`WORK_SLICE_US`], so no datagram
-//! waits in the kernel's socket buffer for longer than about one slice.
+//! turn and works the queue in slices of [`WORK_SLICE_US`], so while the
+//! queue has room no datagram waits in the kernel's socket buffer for
+//! longer than about one slice. When it is full (2,048 datagrams with
+//! `mmsg`: about 10 ms of work for one small request each, far more for
+//! packed frames), the rest waits in the socket and is shed by its wait
+//! there alone, as before.
 //! Each datagram read is admitted or shed there and then: its *projected*
 //! wait is what it already waited in the socket (the kernel's arrival
 //! stamp) plus the work staged ahead of it (datagrams × the measured

@@ -18,8 +18,9 @@
 //! Only the 2 MiB-aligned interior of an allocation is advised (the
 //! allocator's own chunk header and the ends stay on small pages). Where the
 //! kernel has no transparent huge pages the advice fails and is ignored: the
-//! memory is the same, only slower to walk. `presence-gw run` logs the
-//! system's setting at start (`/sys/kernel/mm/transparent_hugepage/enabled`).
+//! memory is the same, only slower to walk. `presence-gw run` with
+//! `huge_pages = true` warns at start when the system's setting
+//! (`/sys/kernel/mm/transparent_hugepage/enabled`) is `never` or missing.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,20 +48,33 @@ pub fn enabled() -> bool {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HugePageAlloc;
 
+/// The 2 MiB-aligned interior of `[ptr, ptr + size)` to advise, if the
+/// allocation is large enough to have one worth it.
+fn interior(ptr: usize, size: usize) -> Option<(usize, usize)> {
+    if ptr == 0 || size < HUGE_PAGE_THRESHOLD {
+        return None;
+    }
+    let start = ptr.next_multiple_of(HUGE_PAGE);
+    let end = ptr.saturating_add(size) & !(HUGE_PAGE - 1);
+    (end > start).then_some((start, end))
+}
+
 /// Advises the 2 MiB-aligned interior of `[ptr, ptr + size)` onto huge
-/// pages; harmless where that is refused.
+/// pages, when enabled; harmless where that is refused.
 fn advise(ptr: *mut u8, size: usize) {
-    if ptr.is_null() || size < HUGE_PAGE_THRESHOLD || !enabled() {
+    if !enabled() {
         return;
     }
-    let start = (ptr as usize).next_multiple_of(HUGE_PAGE);
-    let end = (ptr as usize).saturating_add(size) & !(HUGE_PAGE - 1);
-    if end > start {
+    if let Some((start, end)) = interior(ptr as usize, size) {
         // SAFETY: `[start, end)` lies inside an allocation the system
         // allocator just returned; MADV_HUGEPAGE only changes how the kernel
-        // backs those pages, never their contents or their mapping.
+        // backs those pages, never their contents or their mapping. errno
+        // is put back: an allocation between a failed call and its
+        // `last_os_error` must not change the error reported.
         unsafe {
+            let errno = *libc::__errno_location();
             libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            *libc::__errno_location() = errno;
         }
     }
 }
@@ -169,18 +183,14 @@ mod tests {
     }
 
     #[test]
-    fn a_small_allocation_is_left_on_small_pages() {
-        let layout = Layout::from_size_align(64 << 10, 8).expect("layout");
-        // SAFETY: a non-zero layout, freed with itself.
-        unsafe {
-            let p = HugePageAlloc.alloc(layout);
-            assert!(!p.is_null());
-            if transparent_huge_pages().is_some() {
-                let flags = vm_flags(p as usize).unwrap_or_default();
-                assert!(!flags.split_whitespace().any(|f| f == "hg"), "{flags}");
-            }
-            HugePageAlloc.dealloc(p, layout);
-        }
+    fn only_the_aligned_interior_of_a_large_allocation_is_advised() {
+        const MB: usize = 1 << 20;
+        assert_eq!(interior(3 * MB, HUGE_PAGE_THRESHOLD - 1), None, "small");
+        assert_eq!(interior(0, 64 * MB), None, "null");
+        // 4 MiB from 3 MiB: only [4, 6) MiB is whole huge pages.
+        assert_eq!(interior(3 * MB, 4 * MB), Some((4 * MB, 6 * MB)));
+        assert_eq!(interior(2 * MB, 4 * MB), Some((2 * MB, 6 * MB)));
+        assert_eq!(interior(3 * MB + 16, 4 * MB), Some((4 * MB, 6 * MB)));
     }
 
     #[test]

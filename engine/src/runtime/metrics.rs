@@ -65,8 +65,8 @@ pub struct WorkerReport {
     pub inbox: usize,
     /// Device datagrams staged now.
     pub staged: usize,
-    /// Measured service time per device datagram, ns (the last worker's
-    /// in a sum).
+    /// Measured service time per device datagram, ns (in a sum, the
+    /// highest of the workers').
     pub service_ns: u64,
     /// Subscribers held.
     pub subscribers: usize,
@@ -259,7 +259,7 @@ impl Metrics {
         counter(
             &mut out,
             "device_queue_shed_total",
-            "Device requests and publications answered Overloaded unchecked: their datagram waited longer than [limits] device_queue_ms in the socket.",
+            "Device requests and publications answered Overloaded unchecked: their datagram's projected wait (time in the socket plus the staged work ahead of it) passed [limits] device_queue_ms.",
             node.queue_shed,
         );
         header(

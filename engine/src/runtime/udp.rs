@@ -53,8 +53,9 @@ pub struct RecvBatch {
     count: usize,
 }
 
-/// Control-message room per received datagram: a `cmsghdr` and a
-/// `timespec`, with room to spare.
+/// Control-message room per received entry, in `u64`s: the arrival stamp
+/// (`SO_TIMESTAMPNS`: a `cmsghdr` and a `timespec`, 32 bytes) and with GRO
+/// the segment size (`UDP_GRO`: a `cmsghdr` and an `int`, 24 bytes).
 const CONTROL_WORDS: usize = 8;
 
 /// Asks the kernel to stamp each datagram `socket` receives with its
@@ -175,8 +176,9 @@ impl RecvBatch {
         self.entries
     }
 
-    /// Receives what the socket has, up to [`BATCH`] datagrams; `Ok(0)` when
-    /// nothing is waiting.
+    /// Receives what the socket has, up to [`capacity`](Self::capacity)
+    /// entries ([`BATCH`] datagrams, or with GRO [`GRO_ENTRIES`] runs);
+    /// `Ok(0)` when nothing is waiting.
     pub fn recv(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
         self.count = 0;
         let entry_bytes = self.entry_bytes;

@@ -336,6 +336,14 @@ impl Worker {
             // Staged datagrams are served even while draining: they were
             // read, so their devices get an answer.
             self.serve_staged();
+            if draining_since.is_some() {
+                // No more reads: only staged work keeps the loop from
+                // sleeping.
+                self.udp_more = self.staged.len > 0;
+            }
+            // Serving took up to a slice: timers and hand-offs see the time
+            // after it.
+            let now_us = self.now_us();
             self.read_inbox(now_us);
             if self.node.poll_timeout().is_some_and(|at| at <= now_us) {
                 self.node.handle_timeout(now_us);
@@ -349,7 +357,9 @@ impl Worker {
             // the deadline passed), so no worker strands another's query.
             if let (Some(since), None) = (draining_since, stopping_since) {
                 if let Some(mine) = self.shared.stop_pending.get(self.index) {
-                    mine.store(self.node.pending(), Ordering::Relaxed);
+                    // Staged datagrams are queries not yet begun: the drain
+                    // waits for them as for those in flight.
+                    mine.store(self.node.pending() + self.staged.waiting, Ordering::Relaxed);
                 }
                 let all_drained = self
                     .shared
@@ -682,6 +692,11 @@ impl Staged {
     fn new(socket: &std::net::UdpSocket, backend: IoBackend) -> Staged {
         let mut first = RecvBatch::new();
         let gro = backend.wants_gro() && first.enable_gro(socket);
+        if backend.wants_gro() && !gro {
+            tracing::warn!(
+                "[io] backend = \"gro\": this kernel refuses UDP GRO; receiving with mmsg"
+            );
+        }
         let limit = if gro {
             STAGED_BATCHES_GRO
         } else {
