@@ -5,8 +5,9 @@
 //! queue has room no datagram waits in the kernel's socket buffer for
 //! longer than about one slice. When it is full (2,048 datagrams with
 //! `mmsg`: about 10 ms of work for one small request each, far more for
-//! packed frames), the rest waits in the socket and is shed by its wait
-//! there alone, as before.
+//! packed frames), the queue is past its depth: what is read then goes
+//! into a spare batch and is answered `Overloaded` at once, so a full
+//! queue never leaves datagrams to age in the socket.
 //! Each datagram read is admitted or shed there and then: its *projected*
 //! wait is what it already waited in the socket (the kernel's arrival
 //! stamp) plus the work staged ahead of it (datagrams × the measured
@@ -81,6 +82,23 @@ impl DeviceAdmission {
         }
     }
 
+    /// The retry-after for a datagram shed because staging is full: its
+    /// projected wait, ms (at least 1).
+    pub(crate) fn staging_full(&self, queued_ns: u64, staged_ahead: usize) -> Admit {
+        let ahead_ns = self
+            .ns_per_datagram
+            .saturating_mul(u64::try_from(staged_ahead).unwrap_or(u64::MAX));
+        let projected_ms = queued_ns.saturating_add(ahead_ns) / 1_000_000;
+        Admit::Shed {
+            retry_after_ms: u32::try_from(projected_ms).unwrap_or(u32::MAX).max(1),
+        }
+    }
+
+    /// Whether shedding is on at all (a limit is set).
+    pub(crate) fn sheds(&self) -> bool {
+        self.limit_ns > 0
+    }
+
     /// `datagrams` were served in `elapsed_ns` (a sample once there are
     /// [`SAMPLE_DATAGRAMS_MIN`] of them).
     pub(crate) fn served(&mut self, datagrams: usize, elapsed_ns: u64) {
@@ -136,6 +154,19 @@ mod tests {
         // Time already spent in the socket counts too.
         assert_eq!(a.decide(5 * MS, 150), Admit::Stage);
         assert_eq!(a.decide(6 * MS, 150), Admit::Shed { retry_after_ms: 21 });
+    }
+
+    #[test]
+    fn a_datagram_with_no_room_in_staging_is_shed_with_its_projected_wait() {
+        let mut a = DeviceAdmission::new(20 * MS);
+        a.served(40, 4 * MS);
+        assert!(a.sheds());
+        assert_eq!(
+            a.staging_full(2 * MS, 100),
+            Admit::Shed { retry_after_ms: 12 }
+        );
+        assert_eq!(a.staging_full(0, 0), Admit::Shed { retry_after_ms: 1 });
+        assert!(!DeviceAdmission::new(0).sheds());
     }
 
     #[test]

@@ -418,9 +418,16 @@ impl Worker {
     fn read_datagrams(&mut self) {
         self.udp_more = false;
         for _ in 0..RECV_BATCHES_PER_TURN {
-            let Some(slot) = self.staged.free_slot() else {
-                self.udp_more = true;
-                return;
+            // With staging full the queue is past its depth: read into the
+            // spare batch and shed all of it now, rather than let it age in
+            // the socket (unless shedding is off).
+            let (slot, overflow) = match self.staged.free_slot() {
+                Some(slot) => (slot, false),
+                None if self.admission.sheds() => (self.staged.spare(), true),
+                None => {
+                    self.udp_more = true;
+                    return;
+                }
             };
             let n = match self.staged.batches[slot].recv(&self.udp) {
                 Ok(n) => n,
@@ -446,7 +453,12 @@ impl Worker {
                 let queued_ns = batch
                     .arrival_unix_ns(i)
                     .map_or(0, |at| now_unix_ns.saturating_sub(at));
-                match self.admission.decide(queued_ns, self.staged.waiting) {
+                let admit = if overflow {
+                    self.admission.staging_full(queued_ns, self.staged.waiting)
+                } else {
+                    self.admission.decide(queued_ns, self.staged.waiting)
+                };
+                match admit {
                     Admit::Stage => self.staged.waiting += datagrams.count(),
                     Admit::Shed { retry_after_ms } => {
                         // Past capacity: answered now, unchecked, rather
@@ -459,7 +471,9 @@ impl Worker {
                 }
             }
             let capacity = self.staged.batches[slot].capacity();
-            self.staged.push(shed);
+            if !overflow {
+                self.staged.push(shed);
+            }
             if shed != 0 {
                 self.write_out();
             }
@@ -670,7 +684,9 @@ impl Worker {
 /// Device datagrams read from the client socket and not yet served: a
 /// ring of [`STAGED_BATCHES`] receive batches, oldest first, each with a
 /// mask of the datagrams already answered when read (shed, or not a
-/// datagram to serve). Bounded: when every batch is staged, reading waits.
+/// datagram to serve), and one spare batch outside the ring. Bounded: when
+/// every batch is staged, what is read goes into the spare batch and is
+/// shed whole (or, with shedding off, waits in the socket).
 struct Staged {
     /// Batches in use: [`STAGED_BATCHES`], or with GRO [`STAGED_BATCHES_GRO`].
     limit: usize,
@@ -702,8 +718,9 @@ impl Staged {
         } else {
             STAGED_BATCHES
         };
+        // `limit` staged batches and the spare one.
         let batches = std::iter::once(first)
-            .chain((1..limit).map(|_| {
+            .chain((1..=limit).map(|_| {
                 let mut batch = RecvBatch::new();
                 if gro {
                     batch.enable_gro(socket);
@@ -720,6 +737,11 @@ impl Staged {
             cursor: 0,
             waiting: 0,
         }
+    }
+
+    /// The spare batch: read into when staging is full, and shed whole.
+    fn spare(&self) -> usize {
+        self.limit
     }
 
     /// The batch the next read goes into, if staging has room.
@@ -863,5 +885,36 @@ mod tests {
         }
         assert_eq!(staged.len, 0);
         assert!(staged.next().is_none());
+    }
+
+    #[test]
+    fn the_spare_batch_is_outside_the_ring_so_shedding_into_it_never_touches_staged_work() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_nonblocking(true).unwrap();
+        let mut staged = Staged::new(&b, IoBackend::Mmsg);
+        assert_eq!(staged.batches.len(), STAGED_BATCHES + 1);
+        for _ in 0..STAGED_BATCHES {
+            assert_ne!(staged.free_slot(), Some(staged.spare()));
+            send(&a, &b, 1);
+            read(&mut staged, &b, 1);
+            staged.push(0);
+        }
+        assert_eq!(staged.free_slot(), None, "full");
+        // Reading into the spare batch leaves every staged entry as it was.
+        send(&a, &b, 2);
+        let spare = staged.spare();
+        for _ in 0..200 {
+            if staged.batches[spare].recv(&b).unwrap() == 2 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut served = 0;
+        while let Some((_, _, shed)) = staged.next() {
+            assert!(!shed);
+            served += 1;
+        }
+        assert_eq!(served, STAGED_BATCHES);
     }
 }
