@@ -114,7 +114,7 @@ struct RawIo {
 
 /// How a worker's client socket moves datagrams (`[io] backend`;
 /// `BENCHMARKS.md` has what each costs on the project's VM).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum IoBackend {
     /// The backend that measured best for device traffic: `mmsg` today.
@@ -134,6 +134,15 @@ impl IoBackend {
     /// Whether receive asks for UDP GRO.
     pub fn wants_gro(self) -> bool {
         matches!(self, IoBackend::Gro)
+    }
+
+    /// Its name in the configuration file.
+    pub fn name(self) -> &'static str {
+        match self {
+            IoBackend::Auto => "auto",
+            IoBackend::Mmsg => "mmsg",
+            IoBackend::Gro => "gro",
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use presence_bench::load::topology::{
     original_cpus, process_cpu_us, with_cpus, ApplianceSettings, Networks, Topology, A_NAME, B_NAME,
 };
 use presence_bench::load::{find_max, wait_until_answering, Search, SearchResult};
+use presence_engine::config::IoBackend;
 use presence_engine::lab::TwoNetworkSettings;
 
 #[derive(Parser, Debug)]
@@ -124,10 +125,10 @@ struct Cli {
     #[arg(long, default_value_t = 0)]
     per_datagram: usize,
     /// How the appliances' client sockets, the echo and the harness's own
-    /// sockets receive (`[io] backend`): auto (GRO where the kernel has
-    /// it), mmsg (recvmmsg, one datagram per entry) or gro.
-    #[arg(long, value_enum, default_value_t = IoChoice::Auto)]
-    io_backend: IoChoice,
+    /// sockets receive (`[io] backend`): auto (mmsg today), mmsg (recvmmsg,
+    /// one datagram per entry) or gro (UDP GRO: a GSO run as one entry).
+    #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
+    io_backend: IoBackend,
     /// Source sockets (the kernel spreads them over the appliance's workers).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=256))]
     sockets: u64,
@@ -161,25 +162,6 @@ struct Cli {
     /// milliseconds) to this file.
     #[arg(long, value_name = "FILE")]
     percentiles: Option<PathBuf>,
-}
-
-/// `--io-backend`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum IoChoice {
-    Auto,
-    Mmsg,
-    Gro,
-}
-
-impl IoChoice {
-    fn config(self) -> presence_engine::config::IoBackend {
-        use presence_engine::config::IoBackend;
-        match self {
-            IoChoice::Auto => IoBackend::Auto,
-            IoChoice::Mmsg => IoBackend::Mmsg,
-            IoChoice::Gro => IoBackend::Gro,
-        }
-    }
 }
 
 /// An overload factor: a number from 1 to 100.
@@ -316,7 +298,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     // The ceiling first, before the appliances start competing for CPU.
     let ceiling = if cli.ceiling {
         // The echo stands in for the appliances: it runs where they will.
-        let gro = cli.io_backend.config().wants_gro();
+        let gro = cli.io_backend.wants_gro();
         let echo = with_cpus(&cli.appliance_cpus, || EchoServer::start(workers, gro))?;
         // The same grouping of requests by owner as the appliances get.
         let grouping = u16::try_from(workers).unwrap_or(1);
@@ -384,7 +366,7 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             metrics: false,
             steering: !cli.no_steering,
             pin_workers: cli.pin_workers,
-            io_backend: cli.io_backend.config(),
+            io_backend: cli.io_backend,
         },
         cpus: cli.appliance_cpus.clone(),
     };
@@ -450,7 +432,7 @@ fn measure(
     )?;
     driver.hold_frames(Duration::from_micros(cli.hold_us));
     driver.requests_per_datagram(cli.per_datagram);
-    if cli.io_backend.config().wants_gro() {
+    if cli.io_backend.wants_gro() {
         driver.enable_gro();
     }
     if let Err(probe) = wait_until_answering(&mut driver, Duration::from_secs(60))? {

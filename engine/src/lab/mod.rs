@@ -283,11 +283,7 @@ pub fn write_config_with(
         pin_workers,
         io_backend,
     } = *settings;
-    let io_backend = match io_backend {
-        crate::config::IoBackend::Auto => "auto",
-        crate::config::IoBackend::Mmsg => "mmsg",
-        crate::config::IoBackend::Gro => "gro",
-    };
+    let io_backend = io_backend.name();
     let table = std::fs::canonicalize(table_path)?;
     let address = peer_addr
         .map(|a| format!("address = \"{a}\"\n"))

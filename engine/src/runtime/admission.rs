@@ -66,32 +66,26 @@ impl DeviceAdmission {
     /// Decides for a datagram that waited `queued_ns` in the socket, with
     /// `staged_ahead` datagrams staged and not yet served.
     pub(crate) fn decide(&self, queued_ns: u64, staged_ahead: usize) -> Admit {
-        if self.limit_ns == 0 {
-            return Admit::Stage;
-        }
-        let ahead_ns = self
-            .ns_per_datagram
-            .saturating_mul(u64::try_from(staged_ahead).unwrap_or(u64::MAX));
-        let projected_ns = queued_ns.saturating_add(ahead_ns);
-        if projected_ns <= self.limit_ns {
-            return Admit::Stage;
-        }
-        let retry_after_ms = u32::try_from(projected_ns / 1_000_000).unwrap_or(u32::MAX);
-        Admit::Shed {
-            retry_after_ms: retry_after_ms.max(1),
+        let projected_ns = self.projected_ns(queued_ns, staged_ahead);
+        if self.limit_ns == 0 || projected_ns <= self.limit_ns {
+            Admit::Stage
+        } else {
+            shed_after(projected_ns)
         }
     }
 
-    /// The retry-after for a datagram shed because staging is full: its
-    /// projected wait, ms (at least 1).
+    /// For a datagram read while staging is full: shed, with its projected
+    /// wait as retry-after.
     pub(crate) fn staging_full(&self, queued_ns: u64, staged_ahead: usize) -> Admit {
+        shed_after(self.projected_ns(queued_ns, staged_ahead))
+    }
+
+    /// Time in the socket plus the staged work ahead, ns.
+    fn projected_ns(&self, queued_ns: u64, staged_ahead: usize) -> u64 {
         let ahead_ns = self
             .ns_per_datagram
             .saturating_mul(u64::try_from(staged_ahead).unwrap_or(u64::MAX));
-        let projected_ms = queued_ns.saturating_add(ahead_ns) / 1_000_000;
-        Admit::Shed {
-            retry_after_ms: u32::try_from(projected_ms).unwrap_or(u32::MAX).max(1),
-        }
+        queued_ns.saturating_add(ahead_ns)
     }
 
     /// Whether shedding is on at all (a limit is set).
@@ -119,6 +113,14 @@ impl DeviceAdmission {
     /// The measured service time per datagram, ns.
     pub(crate) fn ns_per_datagram(&self) -> u64 {
         self.ns_per_datagram
+    }
+}
+
+/// Shed, retry after `projected_ns` (in whole ms, at least 1).
+fn shed_after(projected_ns: u64) -> Admit {
+    let retry_after_ms = u32::try_from(projected_ns / 1_000_000).unwrap_or(u32::MAX);
+    Admit::Shed {
+        retry_after_ms: retry_after_ms.max(1),
     }
 }
 

@@ -27,6 +27,12 @@ impl ZeroedPlain for libc::sockaddr_storage {}
 impl ZeroedPlain for libc::iovec {}
 impl ZeroedPlain for libc::mmsghdr {}
 
+/// What a control message may carry: plain C data for which every bit
+/// pattern is a valid value, so it can be read from the kernel's bytes.
+trait ControlData: Copy {}
+impl ControlData for libc::c_int {}
+impl ControlData for libc::timespec {}
+
 fn zeroed_plain<T: ZeroedPlain>() -> T {
     // SAFETY: `ZeroedPlain` is implemented only for C structs of integers
     // and raw pointers, for which all-zero is a valid value (null pointers,
@@ -261,7 +267,9 @@ impl RecvBatch {
     pub fn datagrams(&self, i: usize) -> Option<(Datagrams<'_>, SocketAddr)> {
         let (bytes, from) = self.get(i)?;
         let segment = self
-            .control_value(i, libc::SOL_UDP, libc::UDP_GRO)
+            .gro
+            .then(|| self.control::<libc::c_int>(i, libc::SOL_UDP, libc::UDP_GRO))
+            .flatten()
             .and_then(|v| usize::try_from(v).ok())
             .filter(|&s| s > 0)
             .unwrap_or(bytes.len());
@@ -275,31 +283,31 @@ impl RecvBatch {
         ))
     }
 
-    /// The `c_int` carried by entry `i`'s control message `level`/`kind`.
-    fn control_value(
+    /// The value carried by entry `i`'s control message `level`/`kind`,
+    /// if the kernel attached one.
+    fn control<T: ControlData>(
         &self,
         i: usize,
         level: libc::c_int,
         kind: libc::c_int,
-    ) -> Option<libc::c_int> {
-        if i >= self.count || !self.gro {
+    ) -> Option<T> {
+        if i >= self.count {
             return None;
         }
         let hdr = self.hdrs.get(i)?;
-        // SAFETY: as in `arrival_unix_ns`: the kernel filled this header's
-        // control room (`controls[i]`, owned by `self`); the walk stays
-        // within its length and the value is read unaligned.
+        // SAFETY: the header's control pointer and length are those the
+        // kernel filled for this entry (into `controls[i]`, which lives as
+        // long as `self`); CMSG_FIRSTHDR/NXTHDR stay within that length, the
+        // message is checked to hold a whole `T`, which is read unaligned,
+        // and every bit pattern is a `T` (`ControlData`).
         unsafe {
             let mut cmsg = libc::CMSG_FIRSTHDR(&hdr.msg_hdr);
             while !cmsg.is_null() {
                 if (*cmsg).cmsg_level == level
                     && (*cmsg).cmsg_type == kind
-                    && (*cmsg).cmsg_len as usize
-                        >= libc::CMSG_LEN(size_of::<libc::c_int>() as u32) as usize
+                    && (*cmsg).cmsg_len as usize >= libc::CMSG_LEN(size_of::<T>() as u32) as usize
                 {
-                    return Some(std::ptr::read_unaligned(
-                        libc::CMSG_DATA(cmsg).cast::<libc::c_int>(),
-                    ));
+                    return Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<T>()));
                 }
                 cmsg = libc::CMSG_NXTHDR(&hdr.msg_hdr, cmsg);
             }
@@ -311,32 +319,10 @@ impl RecvBatch {
     /// socket (Unix ns, the kernel's stamp), if the socket asks for stamps
     /// ([`enable_arrival_times`]).
     pub fn arrival_unix_ns(&self, i: usize) -> Option<u64> {
-        if i >= self.count {
-            return None;
-        }
-        let hdr = self.hdrs.get(i)?;
-        // SAFETY: the header's control pointer and length are those the
-        // kernel filled for this datagram (into `controls[i]`, which lives
-        // as long as `self`); CMSG_FIRSTHDR/NXTHDR stay within that length,
-        // and the timestamp is read unaligned.
-        unsafe {
-            let mut cmsg = libc::CMSG_FIRSTHDR(&hdr.msg_hdr);
-            while !cmsg.is_null() {
-                if (*cmsg).cmsg_level == libc::SOL_SOCKET
-                    && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
-                    && (*cmsg).cmsg_len as usize
-                        >= libc::CMSG_LEN(size_of::<libc::timespec>() as u32) as usize
-                {
-                    let ts =
-                        std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
-                    let secs = u64::try_from(ts.tv_sec).ok()?;
-                    let nanos = u64::try_from(ts.tv_nsec).ok()?;
-                    return secs.checked_mul(1_000_000_000)?.checked_add(nanos);
-                }
-                cmsg = libc::CMSG_NXTHDR(&hdr.msg_hdr, cmsg);
-            }
-        }
-        None
+        let ts: libc::timespec = self.control(i, libc::SOL_SOCKET, libc::SCM_TIMESTAMPNS)?;
+        let secs = u64::try_from(ts.tv_sec).ok()?;
+        let nanos = u64::try_from(ts.tv_nsec).ok()?;
+        secs.checked_mul(1_000_000_000)?.checked_add(nanos)
     }
 }
 

@@ -838,23 +838,34 @@ mod tests {
         }
     }
 
-    /// Reads into the next free slot until it holds `want` entries.
-    fn read(staged: &mut Staged, socket: &std::net::UdpSocket, want: usize) -> usize {
-        let slot = staged.free_slot().expect("room");
+    /// A sender and a non-blocking receiver on loopback.
+    fn sockets() -> (std::net::UdpSocket, std::net::UdpSocket) {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_nonblocking(true).unwrap();
+        (a, b)
+    }
+
+    /// Reads into batch `slot` until it holds `want` entries.
+    fn read_into(staged: &mut Staged, slot: usize, socket: &std::net::UdpSocket, want: usize) {
         for _ in 0..200 {
             if staged.batches[slot].recv(socket).unwrap() == want {
-                return slot;
+                return;
             }
             std::thread::sleep(Duration::from_millis(5));
         }
         panic!("{want} datagrams did not arrive");
     }
 
+    /// Reads into the next free slot until it holds `want` entries.
+    fn read(staged: &mut Staged, socket: &std::net::UdpSocket, want: usize) {
+        let slot = staged.free_slot().expect("room");
+        read_into(staged, slot, socket, want);
+    }
+
     #[test]
     fn staged_entries_come_out_in_order_and_entries_shed_when_read_are_skipped() {
-        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        b.set_nonblocking(true).unwrap();
+        let (a, b) = sockets();
         let mut staged = Staged::new(&b, IoBackend::Mmsg);
         send(&a, &b, 4);
         read(&mut staged, &b, 4);
@@ -873,9 +884,7 @@ mod tests {
         // Past capacity every entry of a batch may be shed as it is read;
         // staged, such batches would fill the ring with nothing to serve
         // and the worker would stop reading its socket for good.
-        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        b.set_nonblocking(true).unwrap();
+        let (a, b) = sockets();
         let mut staged = Staged::new(&b, IoBackend::Mmsg);
         for _ in 0..(STAGED_BATCHES * 2) {
             send(&a, &b, 3);
@@ -889,9 +898,7 @@ mod tests {
 
     #[test]
     fn the_spare_batch_is_outside_the_ring_so_shedding_into_it_never_touches_staged_work() {
-        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        b.set_nonblocking(true).unwrap();
+        let (a, b) = sockets();
         let mut staged = Staged::new(&b, IoBackend::Mmsg);
         assert_eq!(staged.batches.len(), STAGED_BATCHES + 1);
         for _ in 0..STAGED_BATCHES {
@@ -904,12 +911,7 @@ mod tests {
         // Reading into the spare batch leaves every staged entry as it was.
         send(&a, &b, 2);
         let spare = staged.spare();
-        for _ in 0..200 {
-            if staged.batches[spare].recv(&b).unwrap() == 2 {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        read_into(&mut staged, spare, &b, 2);
         let mut served = 0;
         while let Some((_, _, shed)) = staged.next() {
             assert!(!shed);
