@@ -158,7 +158,7 @@ fn a_second_run_reuses_the_generated_networks_and_max_finds_a_clean_rate() {
     let json = last_json(&stdout);
     assert_eq!(json["search"], true);
     // Two doublings from 1,000/s: the best clean one is reported.
-    assert_eq!(json["offered_qps"], 2000.0, "{json}");
+    assert_eq!(json["offered_qps"], 2000.0, "{json}\n{stdout}\n{stderr}");
     assert!(stdout.contains("result: the highest rate carried with no loss"));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -277,7 +277,7 @@ fn one_request_per_datagram_is_answered_whole_by_each_io_backend() {
     // GRO they arrive coalesced at the appliance and the answers at the
     // harness; with mmsg one by one. Either way every request is answered
     // once and rightly, and the echo gets every datagram back.
-    for backend in ["gro", "mmsg"] {
+    for backend in ["gro", "mmsg", "uring"] {
         let dir = scratch(&format!("per-datagram-{backend}"));
         let out = load_in(
             &dir,

@@ -128,6 +128,12 @@ pub enum IoBackend {
     /// `mmsg` with UDP GRO on receive: a run of datagrams one source sent
     /// with GSO arrives as one entry and is cut back into its datagrams.
     Gro,
+    /// io_uring: a multishot `recvmsg` into a ring of kernel-picked
+    /// buffers (no system call per received batch), sends as linked
+    /// `sendmsg` requests with GSO, one submit per flush. Linux ≥ 5.19
+    /// with io_uring enabled (`kernel.io_uring_disabled` = 0); where the
+    /// kernel refuses, the worker falls back to `mmsg` and logs it.
+    Uring,
 }
 
 impl IoBackend {
@@ -136,12 +142,18 @@ impl IoBackend {
         matches!(self, IoBackend::Gro)
     }
 
+    /// Whether the client socket is served through io_uring.
+    pub fn wants_uring(self) -> bool {
+        matches!(self, IoBackend::Uring)
+    }
+
     /// Its name in the configuration file.
     pub fn name(self) -> &'static str {
         match self {
             IoBackend::Auto => "auto",
             IoBackend::Mmsg => "mmsg",
             IoBackend::Gro => "gro",
+            IoBackend::Uring => "uring",
         }
     }
 }
@@ -804,7 +816,11 @@ private_key = "pki/bg.key"
         assert_eq!(load(&mmsg).unwrap().io_backend, IoBackend::Mmsg);
         let gro = MINIMAL.replace("[cdr]", "[io]\nbackend = \"gro\"\n\n[cdr]");
         assert!(load(&gro).unwrap().io_backend.wants_gro());
+        let uring = MINIMAL.replace("[cdr]", "[io]\nbackend = \"uring\"\n\n[cdr]");
+        let uring = load(&uring).unwrap().io_backend;
+        assert!(uring.wants_uring() && !uring.wants_gro());
         assert!(!IoBackend::Auto.wants_gro(), "auto is mmsg today");
+        assert!(!IoBackend::Auto.wants_uring());
         let xdp = MINIMAL.replace("[cdr]", "[io]\nbackend = \"xdp\"\n\n[cdr]");
         let error = load(&xdp).unwrap_err();
         assert!(error.field.starts_with("line "), "{error}");

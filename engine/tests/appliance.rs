@@ -72,7 +72,13 @@ fn two_networks_answer_charge_reload_and_stop_cleanly() {
     let b_config = lab::write_config(&b, &a, &table(), 2, None, false).unwrap();
     let mut node_b = start(&b_config);
     let a_config = lab::write_config(&a, &b, &table(), 2, Some(node_b.border), true).unwrap();
-    let a_text = std::fs::read_to_string(&a_config).unwrap();
+    // A's devices are served through io_uring, B's with recvmmsg: both
+    // backends carry the whole story below.
+    let a_text = std::fs::read_to_string(&a_config)
+        .unwrap()
+        .replace("backend = \"auto\"", "backend = \"uring\"");
+    assert!(a_text.contains("backend = \"uring\""), "{a_text}");
+    std::fs::write(&a_config, &a_text).unwrap();
     let mut node_a = start(&a_config);
     // B learns A's address on a reload: both sides dial now.
     lab::write_config(&b, &a, &table(), 2, Some(node_a.border), false).unwrap();
@@ -243,6 +249,15 @@ fn two_networks_answer_charge_reload_and_stop_cleanly() {
     assert!(value("presence_answer_latency_seconds_count") >= 300 / 16);
     assert!(value("presence_bg_links_up") >= 1);
     assert_eq!(value("presence_drops_total{reason=\"bad_datagram\"}"), 0);
+    for worker in 0..2 {
+        assert_eq!(
+            value(&format!(
+                "presence_io_backend{{worker=\"{worker}\",backend=\"uring\"}}"
+            )),
+            1,
+            "CI and the project's machines run Linux ≥ 6.1 with io_uring on"
+        );
+    }
 
     // SIGTERM: both exit 0; B's charge records are on disk, all against A.
     assert_eq!(node_a.terminate(Duration::from_secs(10)), Some(0));

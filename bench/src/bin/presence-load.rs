@@ -126,7 +126,9 @@ struct Cli {
     per_datagram: usize,
     /// How the appliances' client sockets, the echo and the harness's own
     /// sockets receive (`[io] backend`): auto (mmsg today), mmsg (recvmmsg,
-    /// one datagram per entry) or gro (UDP GRO: a GSO run as one entry).
+    /// one datagram per entry), gro (UDP GRO: a GSO run as one entry) or
+    /// uring (io_uring at the appliances and the echo; the harness's own
+    /// sockets stay mmsg).
     #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
     io_backend: IoBackend,
     /// Source sockets (the kernel spreads them over the appliance's workers).
@@ -299,7 +301,9 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let ceiling = if cli.ceiling {
         // The echo stands in for the appliances: it runs where they will.
         let gro = cli.io_backend.wants_gro();
-        let echo = with_cpus(&cli.appliance_cpus, || EchoServer::start(workers, gro))?;
+        let echo = with_cpus(&cli.appliance_cpus, || {
+            EchoServer::start(workers, cli.io_backend)
+        })?;
         // The same grouping of requests by owner as the appliances get.
         let grouping = u16::try_from(workers).unwrap_or(1);
         let mut driver = Driver::new(

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
+use presence_engine::config::IoBackend;
 use presence_engine::runtime::udp::{RecvBatch, SendBatch};
+use presence_engine::runtime::uring::UringUdp;
 
 /// A running echo server.
 #[derive(Debug)]
@@ -38,9 +40,10 @@ fn reuse_port_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 }
 
 impl EchoServer {
-    /// Starts `threads` echo threads sharing one loopback port, with UDP
-    /// GRO on receive if `gro` (as the appliance's `[io] backend = "gro"`).
-    pub fn start(threads: usize, gro: bool) -> std::io::Result<EchoServer> {
+    /// Starts `threads` echo threads sharing one loopback port, moving
+    /// datagrams as the appliance's `[io] backend` does (UDP GRO on
+    /// receive, or io_uring).
+    pub fn start(threads: usize, backend: IoBackend) -> std::io::Result<EchoServer> {
         let first = reuse_port_socket(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         let addr = first.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -54,7 +57,7 @@ impl EchoServer {
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("echo-{i}"))
-                    .spawn(move || echo(UdpSocket::from_std(socket), gro, &stop))?,
+                    .spawn(move || echo(UdpSocket::from_std(socket), backend, &stop))?,
             );
         }
         Ok(EchoServer {
@@ -79,44 +82,64 @@ impl Drop for EchoServer {
     }
 }
 
-fn echo(mut socket: UdpSocket, gro: bool, stop: &AtomicBool) {
+fn echo(mut socket: UdpSocket, backend: IoBackend, stop: &AtomicBool) {
     let Ok(mut poll) = Poll::new() else { return };
-    if poll
-        .registry()
-        .register(&mut socket, Token(0), Interest::READABLE)
-        .is_err()
-    {
+    // With io_uring the ring says when datagrams wait, not the socket.
+    let mut ring = if backend.wants_uring() {
+        UringUdp::new(&socket).ok()
+    } else {
+        None
+    };
+    let registered = match &ring {
+        Some(ring) => poll.registry().register(
+            &mut mio::unix::SourceFd(&ring.fd()),
+            Token(0),
+            Interest::READABLE,
+        ),
+        None => poll
+            .registry()
+            .register(&mut socket, Token(0), Interest::READABLE),
+    };
+    if registered.is_err() {
         return;
     }
     let mut events = Events::with_capacity(16);
     let mut recv = RecvBatch::new();
-    if gro {
+    if backend.wants_gro() {
         recv.enable_gro(&socket);
     }
     let mut send = SendBatch::new();
     send.enable_gso(&socket);
+    let flush = |send: &mut SendBatch, ring: &mut Option<UringUdp>| match ring {
+        Some(ring) => ring.flush(send),
+        None => send.flush(&socket),
+    };
     let mut more = true;
     while !stop.load(Ordering::Relaxed) {
         if !more {
             let _ = poll.poll(&mut events, Some(Duration::from_millis(10)));
         }
-        let n = recv.recv(&socket).unwrap_or(0);
+        let n = match ring.as_mut() {
+            Some(ring) => ring.recv_into(&mut recv),
+            None => recv.recv(&socket),
+        }
+        .unwrap_or(0);
         for i in 0..n {
             if let Some((datagrams, from)) = recv.datagrams(i) {
                 for bytes in datagrams {
                     if send.is_full() {
-                        let _ = send.flush(&socket);
+                        let _ = flush(&mut send, &mut ring);
                     }
                     let _ = send.push(from, bytes);
                 }
             }
         }
         while !send.is_empty() {
-            match send.flush(&socket) {
+            match flush(&mut send, &mut ring) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             }
         }
-        more = n == recv.capacity();
+        more = n == recv.capacity() || ring.as_mut().is_some_and(UringUdp::has_more);
     }
 }

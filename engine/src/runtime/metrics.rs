@@ -44,6 +44,9 @@ pub(crate) struct RuntimeCounts {
     pub(crate) staged: usize,
     /// The measured service time per device datagram, ns.
     pub(crate) service_ns: u64,
+    /// How the client socket moves datagrams now (`[io] backend`, or
+    /// `mmsg` where the kernel refused the one configured).
+    pub(crate) io_backend: &'static str,
 }
 
 /// What one worker last published (or all workers, summed).
@@ -70,6 +73,8 @@ pub struct WorkerReport {
     pub service_ns: u64,
     /// Subscribers held.
     pub subscribers: usize,
+    /// The IO backend the worker's client socket uses.
+    pub io_backend: &'static str,
     /// Request-to-answer latency, µs.
     pub latency: Option<hdrhistogram::Histogram<u64>>,
 }
@@ -150,6 +155,7 @@ impl Metrics {
         report.inbox = runtime.inbox;
         report.staged = runtime.staged;
         report.service_ns = runtime.service_ns;
+        report.io_backend = runtime.io_backend;
         report.subscribers = node.subscriber_count();
         match report.latency.as_mut() {
             Some(total) => node.take_latency(total),
@@ -359,6 +365,19 @@ impl Metrics {
         let per = |f: fn(&WorkerReport) -> usize| -> Vec<(usize, usize)> {
             reports.iter().enumerate().map(|(i, r)| (i, f(r))).collect()
         };
+        header(
+            &mut out,
+            "io_backend",
+            "gauge",
+            "The IO backend each worker's client socket uses (1): [io] backend, or mmsg where the kernel refused the one configured.",
+        );
+        for (worker, r) in reports.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "presence_io_backend{{worker=\"{worker}\",backend=\"{}\"}} 1",
+                r.io_backend
+            );
+        }
         header(
             &mut out,
             "worker_turns_total",

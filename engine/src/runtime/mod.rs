@@ -30,6 +30,7 @@ pub mod hugepages;
 pub mod metrics;
 pub mod steer;
 pub mod udp;
+pub mod uring;
 mod worker;
 
 use std::net::SocketAddr;

@@ -232,6 +232,74 @@ impl RecvBatch {
         Ok(self.count)
     }
 
+    /// Starts filling the batch from elsewhere ([`fill`](Self::fill)):
+    /// empties it.
+    pub(crate) fn begin_fill(&mut self) {
+        self.count = 0;
+    }
+
+    /// Appends a datagram received elsewhere (io_uring's multishot
+    /// receive): its source as a C `sockaddr` in `name`, its control
+    /// messages, its payload, and whether the kernel cut it (`truncated`:
+    /// then [`get`](Self::get) refuses it, as after `recvmmsg`). Returns
+    /// `false` when the batch is full. Without GRO only.
+    pub(crate) fn fill(
+        &mut self,
+        name: &[u8],
+        control: &[u8],
+        payload: &[u8],
+        truncated: bool,
+    ) -> bool {
+        let i = self.count;
+        let entry_bytes = self.entry_bytes;
+        let (Some(buf), Some(addr), Some(hdr), Some(room)) = (
+            self.bufs.get_mut(i * entry_bytes..(i + 1) * entry_bytes),
+            self.addrs.get_mut(i),
+            self.hdrs.get_mut(i),
+            self.controls.get_mut(i),
+        ) else {
+            return false;
+        };
+        let len = payload.len().min(entry_bytes);
+        if let (Some(dst), Some(src)) = (buf.get_mut(..len), payload.get(..len)) {
+            dst.copy_from_slice(src);
+        }
+        let name_len = name.len().min(size_of::<libc::sockaddr_storage>());
+        *addr = zeroed_plain();
+        // SAFETY: `addr` is a `sockaddr_storage` (128 bytes); at most that
+        // many bytes are copied into it from `name`, which holds them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                name.as_ptr(),
+                (addr as *mut libc::sockaddr_storage).cast::<u8>(),
+                name_len,
+            );
+        }
+        let room_bytes = size_of::<[u64; CONTROL_WORDS]>();
+        let control_len = control.len().min(room_bytes);
+        // SAFETY: `room` is `room_bytes` long; at most that many bytes are
+        // copied into it from `control`, which holds them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                control.as_ptr(),
+                room.as_mut_ptr().cast::<u8>(),
+                control_len,
+            );
+        }
+        hdr.msg_hdr.msg_name = (addr as *mut libc::sockaddr_storage).cast();
+        hdr.msg_hdr.msg_namelen = name_len as libc::socklen_t;
+        hdr.msg_hdr.msg_control = room.as_mut_ptr().cast();
+        hdr.msg_hdr.msg_controllen = control_len as _;
+        hdr.msg_hdr.msg_flags = if truncated || payload.len() > entry_bytes {
+            libc::MSG_TRUNC
+        } else {
+            0
+        };
+        hdr.msg_len = len as libc::c_uint;
+        self.count += 1;
+        true
+    }
+
     /// Entries the last [`recv`](Self::recv) took: datagrams, or with GRO
     /// runs of datagrams ([`datagrams`](Self::datagrams)).
     pub fn len(&self) -> usize {
@@ -495,8 +563,35 @@ impl SendBatch {
     /// Sends what is queued. Returns how many datagrams went; what the socket
     /// would not take stays queued (in order) for the next call.
     pub fn flush(&mut self, socket: &impl AsRawFd) -> io::Result<usize> {
-        if self.count == 0 {
+        let headers = self.prepare();
+        if headers == 0 {
             return Ok(0);
+        }
+        // SAFETY: `prepare` initialised the first `headers` headers; their
+        // name, iov and control pointers point into `addrs`, `iovecs`, `bufs`
+        // and `controls`, owned by `self` and untouched until the call
+        // returns; each header's iovecs are consecutive entries of `iovecs`.
+        let n = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                headers as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return self.refused(io::Error::last_os_error());
+        }
+        Ok(self.sent(usize::try_from(n).unwrap_or(0).min(headers)))
+    }
+
+    /// Builds the message headers for what is queued (a GSO run per
+    /// header where it can) and returns how many there are: headers
+    /// `0..n` are then ready for [`header`](Self::header), until the batch
+    /// changes.
+    pub(crate) fn prepare(&mut self) -> usize {
+        if self.count == 0 {
+            return 0;
         }
         for i in 0..self.count {
             let (Some(buf), Some(iov), Some(len)) = (
@@ -555,41 +650,101 @@ impl SendBatch {
             headers += 1;
             i += run;
         }
-        // SAFETY: the first `headers` headers are initialised; their name,
-        // iov and control pointers point into `addrs`, `iovecs`, `bufs` and
-        // `controls`, owned by `self` and untouched until the call returns;
-        // each header's iovecs are consecutive entries of `iovecs`.
-        let n = unsafe {
-            libc::sendmmsg(
-                socket.as_raw_fd(),
-                self.hdrs.as_mut_ptr(),
-                headers as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            let error = io::Error::last_os_error();
-            return match error.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                _ if self.gso && matches!(error.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
-                    // The device cannot segment after all (EIO), or a segment
-                    // does not fit the path's MTU (EINVAL, IPv6): send plainly.
-                    self.gso = false;
-                    Ok(0)
-                }
-                _ => {
-                    // A datagram the kernel refuses outright (an unreachable
-                    // destination): drop its message, keep the rest.
-                    let first = self.groups.first().copied().unwrap_or(1).max(1);
-                    self.drop_front(first);
-                    Err(error)
-                }
-            };
-        }
-        let headers_sent = usize::try_from(n).unwrap_or(0).min(headers);
-        let sent: usize = self.groups.iter().take(headers_sent).sum();
+        headers
+    }
+
+    /// Message header `k` of the last [`prepare`](Self::prepare), for a
+    /// system call made elsewhere (io_uring): valid while the batch is
+    /// neither moved nor changed.
+    pub(crate) fn header(&self, k: usize) -> Option<*const libc::msghdr> {
+        self.hdrs.get(k).map(|h| &h.msg_hdr as *const libc::msghdr)
+    }
+
+    /// The first `headers` prepared headers went: their datagrams leave
+    /// the queue. Returns how many datagrams that was.
+    pub(crate) fn sent(&mut self, headers: usize) -> usize {
+        let sent: usize = self.groups.iter().take(headers).sum();
         self.drop_front(sent);
-        Ok(sent)
+        sent
+    }
+
+    /// Settles a prepared flush whose headers the kernel answered one by
+    /// one (io_uring: `results[k]` is header `k`'s bytes sent or
+    /// `-errno`). Sent datagrams leave the queue; those the socket would
+    /// not take (`EAGAIN`), and a GSO run the device cannot segment (then
+    /// GSO goes off), stay queued in order; a datagram refused outright is
+    /// dropped. Returns the datagrams sent, or the first refusal's error
+    /// once everything is settled.
+    pub(crate) fn settle(&mut self, results: &[i32]) -> io::Result<usize> {
+        let mut keep = [false; BATCH];
+        let mut first_error = None;
+        let mut sent = 0usize;
+        let mut at = 0usize;
+        for (k, &result) in results.iter().enumerate() {
+            let group = self.groups.get(k).copied().unwrap_or(0);
+            let errno = result.checked_neg().unwrap_or(libc::EIO);
+            let retry = result < 0
+                && (matches!(errno, libc::EAGAIN | libc::EINTR)
+                    || (group > 1 && self.gso && matches!(errno, libc::EIO | libc::EINVAL)));
+            if result >= 0 {
+                sent += group;
+            } else if retry {
+                if matches!(errno, libc::EIO | libc::EINVAL) {
+                    self.gso = false;
+                }
+                for flag in keep.iter_mut().skip(at).take(group) {
+                    *flag = true;
+                }
+            } else if first_error.is_none() {
+                first_error = Some(io::Error::from_raw_os_error(errno));
+            }
+            at += group;
+        }
+        // Datagrams past the headers answered (none when all were) stay.
+        for flag in keep.iter_mut().skip(at).take(self.count.saturating_sub(at)) {
+            *flag = true;
+        }
+        let mut kept = 0usize;
+        for i in 0..self.count {
+            if !keep.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            if i != kept {
+                let len = self.lens.get(i).copied().unwrap_or(0);
+                self.bufs.copy_within(i..=i, kept);
+                self.addrs.swap(i, kept);
+                if let Some(l) = self.lens.get_mut(kept) {
+                    *l = len;
+                }
+            }
+            kept += 1;
+        }
+        self.count = kept;
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(sent),
+        }
+    }
+
+    /// The kernel refused the first prepared header with `error`: what
+    /// it means for the queue (see [`flush`](Self::flush)).
+    pub(crate) fn refused(&mut self, error: io::Error) -> io::Result<usize> {
+        match error.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
+            _ if self.gso && matches!(error.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                // The device cannot segment after all (EIO), or a segment
+                // does not fit the path's MTU (EINVAL, IPv6): send plainly.
+                self.gso = false;
+                Ok(0)
+            }
+            _ => {
+                // A datagram the kernel refuses outright (an unreachable
+                // destination): drop its message, keep the rest.
+                let first = self.groups.first().copied().unwrap_or(1).max(1);
+                self.drop_front(first);
+                Err(error)
+            }
+        }
     }
 
     fn drop_front(&mut self, n: usize) {
@@ -796,6 +951,36 @@ mod tests {
             entries < 32,
             "the GSO run arrived coalesced: {entries} entries for 32 datagrams"
         );
+    }
+
+    #[test]
+    fn settling_headers_one_by_one_keeps_what_the_socket_would_not_take_in_order() {
+        let (a, b, c) = (
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+        );
+        c.set_nonblocking(true).unwrap();
+        let mut send = SendBatch::new();
+        // Alternate destinations: one header per datagram.
+        for (i, to) in [&b, &c, &b, &c].iter().enumerate() {
+            assert!(send.push(to.local_addr().unwrap(), &[i as u8; 8]));
+        }
+        assert_eq!(send.prepare(), 4);
+        let refused = -libc::EPERM;
+        let result = send.settle(&[8, -libc::EAGAIN, refused, -libc::EAGAIN]);
+        assert_eq!(
+            result.unwrap_err().raw_os_error(),
+            Some(libc::EPERM),
+            "the refusal is told"
+        );
+        assert_eq!(send.len(), 2, "sent and refused ones gone, the rest kept");
+        assert_eq!(send.flush(&a).unwrap(), 2);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut recv = RecvBatch::new();
+        assert_eq!(recv.recv(&c).unwrap(), 2);
+        assert_eq!(recv.get(0).unwrap().0, &[1u8; 8], "in their order");
+        assert_eq!(recv.get(1).unwrap().0, &[3u8; 8]);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use presence_border::{BgCounters, BgTls, NetworkName, PeerIndex, SendError};
 use super::admission::{Admit, DeviceAdmission, WORK_SLICE_US};
 use super::metrics::{Metrics, RuntimeCounts};
 use super::udp::{RecvBatch, SendBatch, BATCH};
+use super::uring::UringUdp;
 use super::{io_error, shard_identity, Shared, SharedSubscribers, StartError};
 use crate::config::{ApplianceConfig, IoBackend};
 use crate::journal::{Durability, JournalEntry, JournalWriter};
@@ -141,6 +142,9 @@ pub(super) struct Worker {
     staged: Staged,
     admission: DeviceAdmission,
     send: SendBatch,
+    /// With `[io] backend = "uring"`: the client socket's io_uring, which
+    /// then does its receiving and sending.
+    uring: Option<UringUdp>,
     endpoint: BgEndpoint,
     node: Node,
     journal: JournalWriter,
@@ -218,12 +222,29 @@ impl Worker {
         )
         .map_err(io_error("border endpoint"))?;
         let staged = Staged::new(&udp, config.io_backend);
+        let uring = if config.io_backend.wants_uring() {
+            match UringUdp::new(&udp) {
+                Ok(ring) => Some(ring),
+                Err(e) => {
+                    if index == 0 {
+                        tracing::warn!(
+                            error = %e,
+                            "[io] backend = \"uring\": this kernel refuses io_uring; using mmsg"
+                        );
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut worker = Worker {
             index,
             udp: UdpSocket::from_std(udp),
             staged,
             admission: DeviceAdmission::new(shared.device_queue_ns),
             send: SendBatch::new(),
+            uring,
             endpoint,
             durability: journal_durability_start(&journal),
             journal,
@@ -239,11 +260,19 @@ impl Worker {
             turns: 0,
             shared,
         };
-        worker
-            .poll
-            .registry()
-            .register(&mut worker.udp, UDP, Interest::READABLE)
-            .map_err(io_error("registering the client socket"))?;
+        // With io_uring the ring, not the socket, says when datagrams wait.
+        match &worker.uring {
+            Some(ring) => worker.poll.registry().register(
+                &mut mio::unix::SourceFd(&ring.fd()),
+                UDP,
+                Interest::READABLE,
+            ),
+            None => worker
+                .poll
+                .registry()
+                .register(&mut worker.udp, UDP, Interest::READABLE),
+        }
+        .map_err(io_error("registering the client socket"))?;
         let gso = worker.send.enable_gso(&worker.udp);
         if index == 0 {
             tracing::info!(gso, "UDP segmentation offload");
@@ -263,6 +292,21 @@ impl Worker {
         if self.pin {
             pin_to_cpu(self.index);
         }
+        // The ring's receive runs in the task that armed it: this thread.
+        if let Some(Err(e)) = self.uring.as_mut().map(UringUdp::arm) {
+            tracing::warn!(
+                worker = self.index,
+                error = %e,
+                "the io_uring receive cannot start; using mmsg"
+            );
+            if let Some(ring) = self.uring.take() {
+                let registry = self.poll.registry();
+                let _ = registry.deregister(&mut mio::unix::SourceFd(&ring.fd()));
+                if let Err(e) = registry.register(&mut self.udp, UDP, Interest::READABLE) {
+                    tracing::error!(worker = self.index, error = %e, "registering the client socket");
+                }
+            }
+        }
         let mut events = Events::with_capacity(1024);
         let mut last_tick = 0;
         let mut last_report = 0;
@@ -275,8 +319,14 @@ impl Worker {
         loop {
             self.turns += 1;
             let now_ms = self.now_us() / 1000;
+            // Datagrams a flush took off the ring's queue make it no
+            // longer readable: they wait in the ring, which says so.
+            // (Not while draining: nothing more is read then.)
+            let ring_more =
+                draining_since.is_none() && self.uring.as_mut().is_some_and(UringUdp::has_more);
             let timeout = if self.shared.poll_mode
                 || self.udp_more
+                || ring_more
                 || self.endpoint.has_ready()
                 || !self
                     .shared
@@ -298,12 +348,15 @@ impl Worker {
                 let until_timer = next_us.map_or(TICK_MS, |at| (at / 1000).saturating_sub(now_ms));
                 Duration::from_millis(until_timer.clamp(1, TICK_MS))
             };
-            if self.poll.poll(&mut events, Some(timeout)).is_err() {
+            // With io_uring an interrupted wait is the ring's receive
+            // work waking this thread: its completions are posted now.
+            let interrupted = self.poll.poll(&mut events, Some(timeout)).is_err();
+            if interrupted && self.uring.is_none() {
                 continue;
             }
             let now_us = self.now_us();
             let now_ms = now_us / 1000;
-            let mut udp_ready = self.shared.poll_mode || self.udp_more;
+            let mut udp_ready = self.shared.poll_mode || self.udp_more || interrupted || ring_more;
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
@@ -429,11 +482,18 @@ impl Worker {
                     return;
                 }
             };
-            let n = match self.staged.batches[slot].recv(&self.udp) {
+            let batch = &mut self.staged.batches[slot];
+            let received = match self.uring.as_mut() {
+                Some(ring) => ring.recv_into(batch),
+                None => batch.recv(&self.udp),
+            };
+            let n = match received {
                 Ok(n) => n,
                 Err(_) => return,
             };
             if n == 0 {
+                // With io_uring, deferred receives may still be waiting.
+                self.udp_more = self.uring.as_mut().is_some_and(UringUdp::has_more);
                 return;
             }
             let now_us = self.shared.clock.now_us();
@@ -477,7 +537,9 @@ impl Worker {
             if shed != 0 {
                 self.write_out();
             }
-            if n < capacity {
+            // Fewer than a batch: the socket is dry, unless the ring still
+            // holds datagrams (its eventfd will not say so again).
+            if n < capacity && !self.uring.as_mut().is_some_and(UringUdp::has_more) {
                 return;
             }
         }
@@ -594,7 +656,7 @@ impl Worker {
             while let Some(out) = self.node.poll_transmit() {
                 match out.to {
                     Destination::Device(to) => {
-                        if self.send.is_full() && self.send.flush(&self.udp).is_err() {
+                        if self.send.is_full() && self.flush_send().is_err() {
                             self.udp_send_errors += 1;
                         }
                         if !self.send.push(to, &out.frame) {
@@ -637,7 +699,7 @@ impl Worker {
             }
         }
         while !self.send.is_empty() {
-            match self.send.flush(&self.udp) {
+            match self.flush_send() {
                 Ok(0) => break,
                 Ok(_) => {}
                 Err(_) => self.udp_send_errors += 1,
@@ -663,6 +725,14 @@ impl Worker {
         }
     }
 
+    /// Sends what the send batch holds, through io_uring or `sendmmsg`.
+    fn flush_send(&mut self) -> std::io::Result<usize> {
+        match self.uring.as_mut() {
+            Some(ring) => ring.flush(&mut self.send),
+            None => self.send.flush(&self.udp),
+        }
+    }
+
     fn report(&mut self) {
         let inbox = self
             .shared
@@ -676,6 +746,13 @@ impl Worker {
             turns: self.turns,
             staged: self.staged.waiting,
             service_ns: self.admission.ns_per_datagram(),
+            io_backend: if self.uring.is_some() {
+                "uring"
+            } else if self.staged.gro {
+                "gro"
+            } else {
+                "mmsg"
+            },
         };
         self.metrics.publish(self.index, &mut self.node, runtime);
     }
@@ -690,6 +767,8 @@ impl Worker {
 struct Staged {
     /// Batches in use: [`STAGED_BATCHES`], or with GRO [`STAGED_BATCHES_GRO`].
     limit: usize,
+    /// Whether the batches receive with UDP GRO.
+    gro: bool,
     batches: Box<[RecvBatch]>,
     shed: [u64; STAGED_BATCHES],
     /// The oldest staged batch.
@@ -730,6 +809,7 @@ impl Staged {
             .collect::<Box<[RecvBatch]>>();
         Staged {
             limit,
+            gro,
             batches,
             shed: [0; STAGED_BATCHES],
             head: 0,
