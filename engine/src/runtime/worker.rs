@@ -492,7 +492,8 @@ impl Worker {
                 Err(_) => return,
             };
             if n == 0 {
-                // With io_uring, deferred receives may still be waiting.
+                // With io_uring, receive work or datagrams a flush reaped
+                // may still be waiting.
                 self.udp_more = self.uring.as_mut().is_some_and(UringUdp::has_more);
                 return;
             }
@@ -538,7 +539,7 @@ impl Worker {
                 self.write_out();
             }
             // Fewer than a batch: the socket is dry, unless the ring still
-            // holds datagrams (its eventfd will not say so again).
+            // holds datagrams (its descriptor will not say so again).
             if n < capacity && !self.uring.as_mut().is_some_and(UringUdp::has_more) {
                 return;
             }
