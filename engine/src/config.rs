@@ -130,7 +130,7 @@ pub enum IoBackend {
     Gro,
     /// io_uring: a multishot `recvmsg` into a ring of kernel-picked
     /// buffers (no system call per received batch), sends as linked
-    /// `sendmsg` requests with GSO, one submit per flush. Linux ≥ 5.19
+    /// `sendmsg` requests with GSO, one submit per flush. Linux ≥ 6.0
     /// with io_uring enabled (`kernel.io_uring_disabled` = 0); where the
     /// kernel refuses, the worker falls back to `mmsg` and logs it.
     Uring,

@@ -255,7 +255,7 @@ fn two_networks_answer_charge_reload_and_stop_cleanly() {
                 "presence_io_backend{{worker=\"{worker}\",backend=\"uring\"}}"
             )),
             1,
-            "CI and the project's machines run Linux ≥ 6.1 with io_uring on"
+            "CI and the project's machines run Linux ≥ 6.0 with io_uring on"
         );
     }
 

@@ -190,8 +190,8 @@ impl UringUdp {
     /// A ring for `socket` (which must outlive it), its buffers given to
     /// the kernel; it may be built on one thread and served on another
     /// (the first [`arm`](Self::arm) decides). Fails where io_uring,
-    /// provided-buffer rings or deferred task work are not available
-    /// (Linux before 6.1, or io_uring disabled).
+    /// provided-buffer rings or multishot `recvmsg` are not available
+    /// (Linux before 6.0, or io_uring disabled).
     pub fn new(socket: &impl AsRawFd) -> io::Result<UringUdp> {
         let ring = IoUring::builder()
             .setup_cqsize(CQ_ENTRIES)
@@ -395,13 +395,22 @@ impl UringUdp {
     }
 
     /// Sends what `batch` holds, as [`SendBatch::flush`] does, with one
-    /// linked `sendmsg` per GSO run in one submit.
+    /// `sendmsg` request per GSO run in one submit; settled one by one
+    /// (a datagram the socket would not take stays queued, in order).
     pub fn flush(&mut self, batch: &mut SendBatch) -> io::Result<usize> {
         let headers = batch.prepare();
         if headers == 0 {
             return Ok(0);
         }
         self.enable()?;
+        // Room for every header (the queue is empty between calls, and a
+        // flush has at most BATCH < SQ_ENTRIES headers).
+        let queue = self.ring.submission();
+        let full = queue.len() + headers > queue.capacity();
+        drop(queue);
+        if full {
+            self.enter(0)?;
+        }
         self.sends_done = 0;
         self.flushes = self.flushes.wrapping_add(1) & 0x7fff_ffff;
         let tag = u64::from(self.flushes) << 32;
@@ -488,7 +497,7 @@ mod tests {
     #[test]
     fn datagrams_arrive_through_the_multishot_receive_in_order_with_their_source() {
         let (a, b) = (socket(), socket());
-        let mut ring = UringUdp::new(&b).expect("io_uring with buffer rings (Linux ≥ 5.19)");
+        let mut ring = UringUdp::new(&b).expect("io_uring with buffer rings (Linux ≥ 6.0)");
         for i in 0..200u8 {
             a.send_to(&[i; 64], b.local_addr().unwrap()).unwrap();
         }
