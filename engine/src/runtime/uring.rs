@@ -434,8 +434,11 @@ impl UringUdp {
             self.enter(1)?;
             self.reap();
         }
-        let results = self.send_results;
-        batch.settle(results.get(..headers).unwrap_or(&results))
+        batch.settle(
+            self.send_results
+                .get(..headers)
+                .unwrap_or(&self.send_results),
+        )
     }
 }
 
