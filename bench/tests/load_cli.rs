@@ -157,8 +157,13 @@ fn a_second_run_reuses_the_generated_networks_and_max_finds_a_clean_rate() {
     assert!(stderr.contains("reused"), "{stderr}");
     let json = last_json(&stdout);
     assert_eq!(json["search"], true);
-    // Two doublings from 1,000/s: the best clean one is reported.
-    assert_eq!(json["offered_qps"], 2000.0, "{json}\n{stdout}\n{stderr}");
+    // Two doublings from 1,000/s: the best clean one is reported (2,000/s
+    // unless the machine, busy with other tests, lost a request there).
+    assert!(
+        json["offered_qps"] == 2000.0 || json["offered_qps"] == 1000.0,
+        "{json}\n{stdout}\n{stderr}"
+    );
+    assert_eq!(json["no_loss"], true, "{json}\n{stdout}\n{stderr}");
     assert!(stdout.contains("result: the highest rate carried with no loss"));
     let _ = std::fs::remove_dir_all(&dir);
 }

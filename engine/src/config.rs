@@ -110,6 +110,20 @@ struct RawCdr {
 struct RawIo {
     #[serde(default)]
     backend: IoBackend,
+    xdp_interface: Option<String>,
+    xdp_mode: Option<XdpMode>,
+}
+
+/// Where the XDP program attaches (`[io] xdp_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver, before the kernel builds a socket buffer.
+    Native,
+    /// In the kernel's generic receive path: every interface, but on one
+    /// that carries software-segmented packets (veth, loopback) a run of
+    /// datagrams arrives as one frame.
+    Generic,
 }
 
 /// How a worker's client socket moves datagrams (`[io] backend`;
@@ -134,6 +148,13 @@ pub enum IoBackend {
     /// with io_uring enabled (`kernel.io_uring_disabled` = 0); where the
     /// kernel refuses, the worker falls back to `mmsg` and logs it.
     Uring,
+    /// AF_XDP: an XDP program hands IPv4 datagrams for the client port to
+    /// one AF_XDP socket per worker and receive queue, read from shared
+    /// memory; the client socket stays bound for the rest (IPv6, queues
+    /// without a socket). Needs root (`CAP_NET_ADMIN`, `CAP_BPF`); where
+    /// the program or a socket cannot be set up the worker logs why and
+    /// uses `mmsg`. Bypasses nftables (`docs/operations.md`).
+    Xdp,
 }
 
 impl IoBackend {
@@ -147,6 +168,11 @@ impl IoBackend {
         matches!(self, IoBackend::Uring)
     }
 
+    /// Whether device datagrams come through AF_XDP.
+    pub fn wants_xdp(self) -> bool {
+        matches!(self, IoBackend::Xdp)
+    }
+
     /// Its name in the configuration file.
     pub fn name(self) -> &'static str {
         match self {
@@ -154,6 +180,7 @@ impl IoBackend {
             IoBackend::Mmsg => "mmsg",
             IoBackend::Gro => "gro",
             IoBackend::Uring => "uring",
+            IoBackend::Xdp => "xdp",
         }
     }
 }
@@ -277,6 +304,12 @@ pub struct ApplianceConfig {
     pub huge_pages: bool,
     /// How the client socket moves datagrams (`[io] backend`).
     pub io_backend: IoBackend,
+    /// With `backend = "xdp"`: the interface (`[io] xdp_interface`;
+    /// `None`, the one holding the client address) and the attach mode
+    /// (`[io] xdp_mode`; `None`, native: generic only when named, see
+    /// `docs/operations.md`).
+    pub xdp_interface: Option<String>,
+    pub xdp_mode: Option<XdpMode>,
     /// Steer each device datagram and border connection to the worker
     /// owning it with reuseport BPF programs (`docs/architecture.md`,
     /// "Ownership and steering"); off, the kernel hashes and workers hand
@@ -512,6 +545,8 @@ impl ApplianceConfig {
             pin_workers: raw.network.pin_workers.unwrap_or(true),
             huge_pages: raw.network.huge_pages,
             io_backend: raw.io.backend,
+            xdp_interface: raw.io.xdp_interface,
+            xdp_mode: raw.io.xdp_mode,
             steering: raw.network.steering.unwrap_or(true),
             own_ranges,
             client_listen,
@@ -822,6 +857,17 @@ private_key = "pki/bg.key"
         assert!(!IoBackend::Auto.wants_gro(), "auto is mmsg today");
         assert!(!IoBackend::Auto.wants_uring());
         let xdp = MINIMAL.replace("[cdr]", "[io]\nbackend = \"xdp\"\n\n[cdr]");
+        let config = load(&xdp).unwrap();
+        assert!(config.io_backend.wants_xdp());
+        assert_eq!((config.xdp_interface, config.xdp_mode), (None, None));
+        let named = MINIMAL.replace(
+            "[cdr]",
+            "[io]\nbackend = \"xdp\"\nxdp_interface = \"eth1\"\nxdp_mode = \"generic\"\n\n[cdr]",
+        );
+        let config = load(&named).unwrap();
+        assert_eq!(config.xdp_interface.as_deref(), Some("eth1"));
+        assert_eq!(config.xdp_mode, Some(XdpMode::Generic));
+        let xdp = MINIMAL.replace("[cdr]", "[io]\nbackend = \"dpdk\"\n\n[cdr]");
         let error = load(&xdp).unwrap_err();
         assert!(error.field.starts_with("line "), "{error}");
         assert!(

@@ -102,3 +102,12 @@ fn frame_decode_seeds_are_accepted_frames() {
         assert!(accepted.is_ok(), "{}: {accepted:?}", file.display());
     }
 }
+
+#[test]
+fn xdp_frame_corpus_holds() {
+    let n = replay(
+        "xdp_frame",
+        presence_engine::runtime::xdp::frame::fuzz_parse,
+    );
+    eprintln!("xdp_frame: {n} inputs replayed");
+}

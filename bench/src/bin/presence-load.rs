@@ -104,6 +104,16 @@ struct Cli {
     /// echo with as many threads as the appliance has workers.
     #[arg(long)]
     ceiling: bool,
+    /// Send every datagram as a message of its own, without UDP GSO runs
+    /// (as separate devices reach the appliance, each datagram its own
+    /// packet all the way).
+    #[arg(long)]
+    no_gso: bool,
+    /// Measure only the ceiling, against an echo already running at ADDR
+    /// (`presence-echo`, say across a veth pair with `--io-backend xdp`),
+    /// then stop: no appliances.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["spawn", "target"])]
+    ceiling_at: Option<std::net::SocketAddr>,
     /// First rate the ceiling search tries.
     #[arg(long, default_value_t = 1_000_000.0)]
     ceiling_start: f64,
@@ -298,19 +308,30 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     out.flush()?;
 
     // The ceiling first, before the appliances start competing for CPU.
-    let ceiling = if cli.ceiling {
-        // The echo stands in for the appliances: it runs where they will.
+    let mut ceiling_cpu_us_per_query = None;
+    let mut ceiling_send_errors = 0u64;
+    let ceiling = if cli.ceiling || cli.ceiling_at.is_some() {
+        // The echo stands in for the appliances: it runs where they will
+        // (or where --ceiling-at says one runs).
         let gro = cli.io_backend.wants_gro();
-        let echo = with_cpus(&cli.appliance_cpus, || {
-            EchoServer::start(workers, cli.io_backend)
-        })?;
+        let echo = match cli.ceiling_at {
+            Some(_) => None,
+            None => Some(with_cpus(&cli.appliance_cpus, || {
+                EchoServer::start(workers, cli.io_backend)
+            })?),
+        };
+        let echo_addr = match (&echo, cli.ceiling_at) {
+            (Some(echo), _) => echo.addr(),
+            (None, Some(addr)) => addr,
+            (None, None) => return Err("no echo to measure".into()),
+        };
         // The same grouping of requests by owner as the appliances get.
         let grouping = u16::try_from(workers).unwrap_or(1);
         let mut driver = Driver::new(
             &population,
             Targets {
-                a: echo.addr(),
-                b: Some(echo.addr()),
+                a: echo_addr,
+                b: Some(echo_addr),
                 a_workers: grouping,
                 b_workers: grouping,
             },
@@ -319,14 +340,20 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         )?;
         driver.hold_frames(Duration::from_micros(cli.hold_us));
         driver.requests_per_datagram(cli.per_datagram);
+        if cli.no_gso {
+            driver.disable_gso();
+        }
         if gro {
             driver.enable_gro();
         }
-        writeln!(
-            out,
-            "\nceiling: echo on {} thread(s), same sockets and batching",
-            workers
-        )?;
+        match cli.ceiling_at {
+            Some(addr) => writeln!(out, "\nceiling: the echo at {addr}")?,
+            None => writeln!(
+                out,
+                "\nceiling: echo on {} thread(s), same sockets and batching",
+                workers
+            )?,
+        }
         writeln!(out, "{}", report::step_header())?;
         out.flush()?;
         let search = Search {
@@ -336,6 +363,8 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             resolution: 1.1,
             pause: Duration::from_millis(300),
         };
+        let me = std::process::id();
+        let cpu_before = process_cpu_us(me);
         let result = with_cpus(&cli.harness_cpus, || {
             find_max(
                 &mut driver,
@@ -346,6 +375,14 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 &mut progress,
             )
         })?;
+        let answered: u64 = result.steps.iter().map(|s| s.answered).sum();
+        ceiling_send_errors = result.steps.iter().map(|s| s.send_errors).sum();
+        if let (Some(before), Some(after)) = (cpu_before, process_cpu_us(me)) {
+            if answered > 0 {
+                ceiling_cpu_us_per_query =
+                    Some(after.saturating_sub(before) as f64 / answered as f64);
+            }
+        }
         let best = result
             .best
             .and_then(|i| result.steps.get(i))
@@ -358,6 +395,30 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     } else {
         None
     };
+    if let Some(addr) = cli.ceiling_at {
+        let cpu = ceiling_cpu_us_per_query.map_or(0.0, |c| (c * 100.0).round() / 100.0);
+        writeln!(
+            out,
+            "harness CPU per echoed request over the search: {cpu} µs"
+        )?;
+        if cli.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "ceiling_at": addr.to_string(),
+                    "ceiling_qps": ceiling.map(f64::round),
+                    "harness_cpu_us_per_query": cpu,
+                    "send_errors": ceiling_send_errors,
+                })
+            )?;
+        }
+        return Ok(if ceiling.is_some() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
 
     // The appliances.
     let settings = ApplianceSettings {
@@ -436,6 +497,9 @@ fn measure(
     )?;
     driver.hold_frames(Duration::from_micros(cli.hold_us));
     driver.requests_per_datagram(cli.per_datagram);
+    if cli.no_gso {
+        driver.disable_gso();
+    }
     if cli.io_backend.wants_gro() {
         driver.enable_gro();
     }

@@ -421,6 +421,14 @@ impl<'p> Driver<'p> {
         self.frames.set_per_frame(requests);
     }
 
+    /// Sends every datagram as a message of its own (no UDP GSO runs), as
+    /// devices that each send their own datagrams reach the appliance.
+    pub fn disable_gso(&mut self) {
+        for batch in &mut self.sends {
+            batch.disable_gso();
+        }
+    }
+
     /// Turns UDP GRO on for the answers' sockets; whether the kernel took
     /// it on all of them.
     pub fn enable_gro(&mut self) -> bool {

@@ -5,6 +5,8 @@
 //! `presence-gw demo`, the load harness and the integration tests; no
 //! production layer imports it.
 
+pub mod netns;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, UdpSocket};
@@ -620,9 +622,19 @@ pub struct DeviceAnswer {
 }
 
 impl DeviceClient {
-    /// A client of the appliance whose devices' address is `to`.
+    /// A client of the appliance whose devices' address is `to`, from
+    /// loopback when `to` is on loopback (else from the address the route
+    /// to `to` picks).
     pub fn new(to: SocketAddr) -> std::io::Result<DeviceClient> {
-        let socket = UdpSocket::bind("127.0.0.1:0")?;
+        let local: SocketAddr = match to {
+            SocketAddr::V4(v4) if v4.ip().is_loopback() => ([127, 0, 0, 1], 0).into(),
+            SocketAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+            SocketAddr::V6(v6) if v6.ip().is_loopback() => {
+                (std::net::Ipv6Addr::LOCALHOST, 0).into()
+            }
+            SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(local)?;
         socket.set_read_timeout(Some(Duration::from_millis(20)))?;
         Ok(DeviceClient {
             socket,

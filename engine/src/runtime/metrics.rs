@@ -47,6 +47,20 @@ pub(crate) struct RuntimeCounts {
     /// How the client socket moves datagrams now (`[io] backend`, or
     /// `mmsg` where the kernel refused the one configured).
     pub(crate) io_backend: &'static str,
+    /// With AF_XDP: frames received, answers sent as frames, and frames the
+    /// kernel dropped for want of room in the port's rings.
+    pub(crate) xdp: XdpCounts,
+}
+
+/// A worker's AF_XDP port, counted (all zero without one).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct XdpCounts {
+    /// Device datagrams read from the port.
+    pub received: u64,
+    /// Answers written to the port as frames.
+    pub sent: u64,
+    /// Frames the kernel dropped: the receive ring full or no fill frame.
+    pub dropped: u64,
 }
 
 /// What one worker last published (or all workers, summed).
@@ -75,6 +89,8 @@ pub struct WorkerReport {
     pub subscribers: usize,
     /// The IO backend the worker's client socket uses.
     pub io_backend: &'static str,
+    /// Its AF_XDP port, with `io_backend` "xdp".
+    pub xdp: XdpCounts,
     /// Request-to-answer latency, µs.
     pub latency: Option<hdrhistogram::Histogram<u64>>,
 }
@@ -91,6 +107,9 @@ impl WorkerReport {
         self.staged += other.staged;
         self.service_ns = self.service_ns.max(other.service_ns);
         self.subscribers += other.subscribers;
+        self.xdp.received += other.xdp.received;
+        self.xdp.sent += other.xdp.sent;
+        self.xdp.dropped += other.xdp.dropped;
         match (&mut self.latency, &other.latency) {
             (Some(mine), Some(theirs)) => {
                 let _ = mine.add(theirs);
@@ -156,6 +175,7 @@ impl Metrics {
         report.staged = runtime.staged;
         report.service_ns = runtime.service_ns;
         report.io_backend = runtime.io_backend;
+        report.xdp = runtime.xdp;
         report.subscribers = node.subscriber_count();
         match report.latency.as_mut() {
             Some(total) => node.take_latency(total),
@@ -377,6 +397,43 @@ impl Metrics {
                 "presence_io_backend{{worker=\"{worker}\",backend=\"{}\"}} 1",
                 r.io_backend
             );
+        }
+        if reports.iter().any(|r| r.io_backend == "xdp") {
+            header(
+                &mut out,
+                "xdp_frames_total",
+                "counter",
+                "Device datagrams each worker's AF_XDP port received, and answers it sent as frames.",
+            );
+            for (worker, r) in reports.iter().enumerate() {
+                if r.io_backend == "xdp" {
+                    let _ = writeln!(
+                        out,
+                        "presence_xdp_frames_total{{worker=\"{worker}\",direction=\"received\"}} {}",
+                        r.xdp.received
+                    );
+                    let _ = writeln!(
+                        out,
+                        "presence_xdp_frames_total{{worker=\"{worker}\",direction=\"sent\"}} {}",
+                        r.xdp.sent
+                    );
+                }
+            }
+            header(
+                &mut out,
+                "xdp_dropped_total",
+                "counter",
+                "Frames for the client port the kernel dropped at a worker's AF_XDP port: its receive ring full, or no free frame to fill (the worker fell behind).",
+            );
+            for (worker, r) in reports.iter().enumerate() {
+                if r.io_backend == "xdp" {
+                    let _ = writeln!(
+                        out,
+                        "presence_xdp_dropped_total{{worker=\"{worker}\"}} {}",
+                        r.xdp.dropped
+                    );
+                }
+            }
         }
         header(
             &mut out,

@@ -32,6 +32,7 @@ pub mod steer;
 pub mod udp;
 pub mod uring;
 mod worker;
+pub mod xdp;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -323,6 +324,11 @@ impl Appliance {
         } else {
             tracing::info!("steering off: the kernel hashes, workers hand messages over");
         }
+        let xdp_path = if config.io_backend.wants_xdp() {
+            attach_xdp(client_addr, &config)
+        } else {
+            None
+        };
 
         // One appliance per CDR directory: SO_REUSEPORT would otherwise let
         // a second instance share the ports silently.
@@ -455,6 +461,7 @@ impl Appliance {
                 metrics: metrics.clone(),
                 border_counters: border_counters.clone(),
                 commands: command_rx,
+                xdp: xdp_path.clone(),
             })?;
             built.push((worker, commands));
         }
@@ -566,6 +573,11 @@ impl Appliance {
             ("network.pin_workers", config.pin_workers != old.pin_workers),
             ("network.huge_pages", config.huge_pages != old.huge_pages),
             ("io.backend", config.io_backend != old.io_backend),
+            (
+                "io.xdp_interface",
+                config.xdp_interface != old.xdp_interface,
+            ),
+            ("io.xdp_mode", config.xdp_mode != old.xdp_mode),
             ("network.steering", config.steering != old.steering),
             ("listen.client", config.client_listen != old.client_listen),
             (
@@ -739,6 +751,34 @@ fn attach_steering(udp: &std::net::UdpSocket, tcp: &std::net::TcpListener, worke
     match steer::attach_reuseport_cbpf(tcp, &steer::source_port_steering_program(workers)) {
         Ok(()) => tracing::info!(workers, "border connections steered by source port"),
         Err(e) => tracing::warn!(error = %e, "border steering not available: hand-offs instead"),
+    }
+}
+
+/// Attaches the XDP program for `[io] backend = "xdp"`; where it cannot be,
+/// says why and leaves the workers on `mmsg`.
+fn attach_xdp(client: SocketAddr, config: &ApplianceConfig) -> Option<Arc<xdp::XdpPath>> {
+    use crate::config::XdpMode;
+    let settings = xdp::XdpSettings {
+        interface: config.xdp_interface.clone(),
+        mode: config.xdp_mode.map(|mode| match mode {
+            XdpMode::Native => xdp::program::AttachMode::Native,
+            XdpMode::Generic => xdp::program::AttachMode::Generic,
+        }),
+    };
+    match xdp::XdpPath::attach(client, &settings) {
+        Ok(path) => {
+            tracing::info!(
+                interface = path.interface(),
+                mode = path.mode().name(),
+                queues = path.queues(),
+                "XDP program attached: device datagrams through AF_XDP"
+            );
+            Some(path)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "[io] backend = \"xdp\": not available; using mmsg");
+            None
+        }
     }
 }
 

@@ -238,6 +238,18 @@ impl RecvBatch {
         self.count = 0;
     }
 
+    /// Appends a datagram from `from` received elsewhere (the AF_XDP
+    /// port), without control messages. Returns `false` when the batch is
+    /// full. Without GRO only.
+    pub(crate) fn fill_from(&mut self, from: SocketAddr, payload: &[u8]) -> bool {
+        let name = SockAddr::from(from);
+        // SAFETY: `SockAddr` holds `len()` initialised bytes of a C socket
+        // address at `as_ptr()`, alive while `name` is.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(name.as_ptr().cast::<u8>(), name.len() as usize) };
+        self.fill(bytes, &[], payload, false)
+    }
+
     /// Appends a datagram received elsewhere (io_uring's multishot
     /// receive): its source as a C `sockaddr` in `name`, its control
     /// messages, its payload, and whether the kernel cut it (`truncated`:
@@ -495,6 +507,12 @@ impl SendBatch {
         self.gso
     }
 
+    /// Turns GSO off: every datagram goes as a message of its own, as
+    /// from devices that each send their own.
+    pub fn disable_gso(&mut self) {
+        self.gso = false;
+    }
+
     /// Whether GSO is in use.
     pub fn gso(&self) -> bool {
         self.gso
@@ -747,7 +765,18 @@ impl SendBatch {
         }
     }
 
-    fn drop_front(&mut self, n: usize) {
+    /// Queued datagram `i` and where it goes.
+    pub(crate) fn queued(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+        if i >= self.count {
+            return None;
+        }
+        let len = *self.lens.get(i)?;
+        let bytes = self.bufs.get(i)?.get(..len)?;
+        Some((bytes, self.addrs.get(i)?.as_socket()?))
+    }
+
+    /// The first `n` queued datagrams leave the queue (sent elsewhere).
+    pub(crate) fn drop_front(&mut self, n: usize) {
         let n = n.min(self.count);
         if n == 0 {
             return;

@@ -18,6 +18,7 @@ use super::admission::{Admit, DeviceAdmission, WORK_SLICE_US};
 use super::metrics::{Metrics, RuntimeCounts};
 use super::udp::{RecvBatch, SendBatch, BATCH};
 use super::uring::UringUdp;
+use super::xdp::{XdpPath, XdpPort};
 use super::{io_error, shard_identity, Shared, SharedSubscribers, StartError};
 use crate::config::{ApplianceConfig, IoBackend};
 use crate::journal::{Durability, JournalEntry, JournalWriter};
@@ -26,8 +27,11 @@ use crate::roles::Hss;
 use crate::table::{NetworkId, NetworkNames, NumberingTable};
 
 pub(super) const WAKER: Token = Token(0);
+/// The client socket, or with io_uring its ring, or with AF_XDP the port.
 const UDP: Token = Token(1);
-const BORDER_TOKENS: usize = 2;
+/// With AF_XDP: the client socket, which takes what the port does not.
+const UDP_SOCKET: Token = Token(2);
+const BORDER_TOKENS: usize = 3;
 /// Hand-offs a worker takes from its inbox per turn.
 const INBOX_BUDGET: usize = 4096;
 /// Datagram batches a worker reads per turn before turning to other work.
@@ -83,6 +87,8 @@ pub(super) struct WorkerSetup<'a> {
     pub(super) metrics: Arc<Metrics>,
     pub(super) border_counters: Arc<BgCounters>,
     pub(super) commands: Receiver<Command>,
+    /// With `[io] backend = "xdp"`: the program attached for the appliance.
+    pub(super) xdp: Option<Arc<XdpPath>>,
 }
 
 /// The border endpoint's peers (of its current TLS generation) as
@@ -145,6 +151,12 @@ pub(super) struct Worker {
     /// With `[io] backend = "uring"`: the client socket's io_uring, which
     /// then does its receiving and sending.
     uring: Option<UringUdp>,
+    /// With `[io] backend = "xdp"`: this worker's AF_XDP socket (workers
+    /// past the interface's receive queues have none).
+    xdp: Option<XdpPort>,
+    /// With AF_XDP: the client socket said it has datagrams (its own
+    /// token), and no read since found it dry.
+    socket_ready: bool,
     endpoint: BgEndpoint,
     node: Node,
     journal: JournalWriter,
@@ -184,6 +196,7 @@ impl Worker {
             metrics,
             border_counters,
             commands,
+            xdp,
         } = setup;
         let clock = shared.clock;
         let waker = shared
@@ -238,6 +251,20 @@ impl Worker {
         } else {
             None
         };
+        let xdp = match (&xdp, u32::try_from(index)) {
+            (Some(path), Ok(queue)) if queue < path.queues() => match XdpPort::open(path, queue) {
+                Ok(port) => Some(port),
+                Err(e) => {
+                    tracing::warn!(
+                        worker = index,
+                        error = %e,
+                        "[io] backend = \"xdp\": no AF_XDP socket; this worker uses mmsg"
+                    );
+                    None
+                }
+            },
+            _ => None,
+        };
         let mut worker = Worker {
             index,
             udp: UdpSocket::from_std(udp),
@@ -245,6 +272,8 @@ impl Worker {
             admission: DeviceAdmission::new(shared.device_queue_ns),
             send: SendBatch::new(),
             uring,
+            xdp,
+            socket_ready: true,
             endpoint,
             durability: journal_durability_start(&journal),
             journal,
@@ -260,17 +289,34 @@ impl Worker {
             turns: 0,
             shared,
         };
-        // With io_uring the ring, not the socket, says when datagrams wait.
-        match &worker.uring {
-            Some(ring) => worker.poll.registry().register(
+        // With io_uring the ring, not the socket, says when datagrams wait;
+        // with AF_XDP the port and the socket both do.
+        match (&worker.uring, &worker.xdp) {
+            (Some(ring), _) => worker.poll.registry().register(
                 &mut mio::unix::SourceFd(&ring.fd()),
                 UDP,
                 Interest::READABLE,
             ),
-            None => worker
+            (None, Some(port)) => worker
                 .poll
                 .registry()
-                .register(&mut worker.udp, UDP, Interest::READABLE),
+                .register(
+                    &mut mio::unix::SourceFd(&port.fd()),
+                    UDP,
+                    Interest::READABLE,
+                )
+                .and_then(|()| {
+                    worker
+                        .poll
+                        .registry()
+                        .register(&mut worker.udp, UDP_SOCKET, Interest::READABLE)
+                }),
+            (None, None) => {
+                worker
+                    .poll
+                    .registry()
+                    .register(&mut worker.udp, UDP, Interest::READABLE)
+            }
         }
         .map_err(io_error("registering the client socket"))?;
         let gso = worker.send.enable_gso(&worker.udp);
@@ -322,8 +368,9 @@ impl Worker {
             // Datagrams a flush took off the ring's queue make it no
             // longer readable: they wait in the ring, which says so.
             // (Not while draining: nothing more is read then.)
-            let ring_more =
-                draining_since.is_none() && self.uring.as_mut().is_some_and(UringUdp::has_more);
+            let ring_more = draining_since.is_none()
+                && (self.uring.as_mut().is_some_and(UringUdp::has_more)
+                    || self.xdp.as_ref().is_some_and(XdpPort::has_more));
             let timeout = if self.shared.poll_mode
                 || self.udp_more
                 || ring_more
@@ -361,6 +408,10 @@ impl Worker {
                 match event.token() {
                     WAKER => {}
                     UDP => udp_ready = true,
+                    UDP_SOCKET => {
+                        self.socket_ready = true;
+                        udp_ready = true;
+                    }
                     token => {
                         let mut inbound = BorderInbound {
                             node: &mut self.node,
@@ -483,9 +534,22 @@ impl Worker {
                 }
             };
             let batch = &mut self.staged.batches[slot];
-            let received = match self.uring.as_mut() {
-                Some(ring) => ring.recv_into(batch),
-                None => batch.recv(&self.udp),
+            let capacity = batch.capacity();
+            let received = match (self.uring.as_mut(), self.xdp.as_mut()) {
+                (Some(ring), _) => ring.recv_into(batch),
+                // The port first; the socket when the port is dry and the
+                // socket said it has datagrams.
+                (None, Some(port)) => match port.recv_into(batch) {
+                    0 if self.socket_ready => {
+                        let read = batch.recv(&self.udp);
+                        if read.as_ref().map_or(true, |n| *n < capacity) {
+                            self.socket_ready = false;
+                        }
+                        read
+                    }
+                    n => Ok(n),
+                },
+                (None, None) => batch.recv(&self.udp),
             };
             let n = match received {
                 Ok(n) => n,
@@ -497,6 +561,11 @@ impl Worker {
                 self.udp_more = self.uring.as_mut().is_some_and(UringUdp::has_more);
                 return;
             }
+            // With AF_XDP a short read from the port may leave datagrams in
+            // the socket.
+            let source_more = self.uring.as_mut().is_some_and(UringUdp::has_more)
+                || self.xdp.as_ref().is_some_and(XdpPort::has_more)
+                || (self.xdp.is_some() && self.socket_ready);
             let now_us = self.shared.clock.now_us();
             let now_unix_ns = if self.shared.device_queue_ns > 0 {
                 unix_ns_now()
@@ -531,7 +600,6 @@ impl Worker {
                     }
                 }
             }
-            let capacity = self.staged.batches[slot].capacity();
             if !overflow {
                 self.staged.push(shed);
             }
@@ -540,7 +608,7 @@ impl Worker {
             }
             // Fewer than a batch: the socket is dry, unless the ring still
             // holds datagrams (its descriptor will not say so again).
-            if n < capacity && !self.uring.as_mut().is_some_and(UringUdp::has_more) {
+            if n < capacity && !source_more {
                 return;
             }
         }
@@ -706,6 +774,9 @@ impl Worker {
                 Err(_) => self.udp_send_errors += 1,
             }
         }
+        if let Some(Err(_)) = self.xdp.as_mut().map(XdpPort::poll_tx) {
+            self.udp_send_errors += 1;
+        }
         self.node.poll_journal(&mut self.journal);
         let time = self.shared.clock.journal_time();
         if self.journal.end_turn(time) == crate::journal::SyncState::Failed {
@@ -726,11 +797,13 @@ impl Worker {
         }
     }
 
-    /// Sends what the send batch holds, through io_uring or `sendmmsg`.
+    /// Sends what the send batch holds, through io_uring, the AF_XDP port
+    /// or `sendmmsg`.
     fn flush_send(&mut self) -> std::io::Result<usize> {
-        match self.uring.as_mut() {
-            Some(ring) => ring.flush(&mut self.send),
-            None => self.send.flush(&self.udp),
+        match (self.uring.as_mut(), self.xdp.as_mut()) {
+            (Some(ring), _) => ring.flush(&mut self.send),
+            (None, Some(port)) => port.flush(&mut self.send, &self.udp),
+            (None, None) => self.send.flush(&self.udp),
         }
     }
 
@@ -749,11 +822,14 @@ impl Worker {
             service_ns: self.admission.ns_per_datagram(),
             io_backend: if self.uring.is_some() {
                 "uring"
+            } else if self.xdp.is_some() {
+                "xdp"
             } else if self.staged.gro {
                 "gro"
             } else {
                 "mmsg"
             },
+            xdp: self.xdp.as_ref().map(XdpPort::counts).unwrap_or_default(),
         };
         self.metrics.publish(self.index, &mut self.node, runtime);
     }
