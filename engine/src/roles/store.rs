@@ -179,6 +179,32 @@ impl SubscriberStore {
         }
     }
 
+    /// Step 10 for a number not held here: the memory work of a held
+    /// subscriber's check, with nothing to find. A held subscriber's check
+    /// reads its buddy list, a run of the arena that is seldom in the cache;
+    /// without this a number not held would be answered a cache miss
+    /// sooner, and `NotAvailable`'s time would tell a prober which numbers
+    /// are subscribers (`engine/tests/enumeration.rs`). Reads a run of the
+    /// arena as long as the average list, at a place the number's keyed
+    /// hash picks, and compares `watcher` with it. Always `false`.
+    pub(crate) fn permits_none(&self, msisdn: Msisdn, watcher: Msisdn) -> bool {
+        let arena = self.buddies.len();
+        if arena == 0 {
+            return false;
+        }
+        let typical = (arena / self.entries.len().max(1)).clamp(1, SCAN_RUN_MAX);
+        let hash = usize::try_from(self.entries.hasher().hash_one(msisdn)).unwrap_or(0);
+        let at = hash % arena.saturating_sub(typical).max(1);
+        let run = self.buddies.get(at..at + typical).unwrap_or(&[]);
+        let withdrawn = if self.withdrawn.is_empty() {
+            &[][..]
+        } else {
+            self.withdrawn.get(&msisdn).map_or(&[][..], Vec::as_slice)
+        };
+        std::hint::black_box(contains_sorted(run, watcher) && !contains_sorted(withdrawn, watcher));
+        false
+    }
+
     /// The subscriber, if held.
     pub(crate) fn get(&self, msisdn: Msisdn) -> Option<SubscriberView<'_>> {
         let stored = *self.entries.get(&msisdn)?;
@@ -482,6 +508,21 @@ mod tests {
         let mut record = SubscriberRecord::new(m(1), b"x", buddies.iter().map(|b| m(*b)).collect());
         record.device_key = key_bytes.as_bytes().to_vec();
         record
+    }
+
+    #[test]
+    fn a_number_not_held_is_permitted_to_nobody_whoever_the_arena_names() {
+        let mut store = SubscriberStore::default();
+        assert!(!store.permits_none(m(500), m(3)), "an empty store");
+        // Every subscriber lists every watcher asked about below.
+        for n in 1..=50 {
+            store.insert(m(n), &record("k", &[3, 5, 7, 9])).unwrap();
+        }
+        for target in 100..400 {
+            for watcher in [3, 5, 7, 9, 11] {
+                assert!(!store.permits_none(m(target), m(watcher)));
+            }
+        }
     }
 
     #[test]

@@ -661,7 +661,12 @@ impl PresenceServer {
                     PresenceState::Detached => Outcome::Detached { confirmed_age_s },
                 }
             }
-            _ => Outcome::NotAvailable,
+            Some(_) => Outcome::NotAvailable,
+            // Not held: as long as a refused check takes (no timing tells).
+            None => {
+                self.store.permits_none(query.target, query.watcher);
+                Outcome::NotAvailable
+            }
         };
         let outcome = if foreign
             && self.charging == Charging::Unavailable

@@ -74,7 +74,7 @@ fn attach_hint(mode: AttachMode, source: &io::Error) -> &'static str {
             " (the interface already has an XDP program: another appliance or tool owns it)"
         }
         (AttachMode::Native, Some(libc::EOPNOTSUPP | libc::EINVAL)) => {
-            " (the driver has no native XDP; [io] xdp_mode = \"generic\" forces the generic hook, see docs/operations.md)"
+            " (the driver has no native XDP, as on loopback; [io] xdp_mode = \"generic\" forces the generic hook where no local sender uses UDP GSO: docs/operations.md)"
         }
         (_, Some(libc::EPERM)) => " (needs CAP_NET_ADMIN and CAP_BPF)",
         _ => "",
