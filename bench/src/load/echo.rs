@@ -137,6 +137,7 @@ impl EchoServer {
                 total.received += counts.received;
                 total.sent += counts.sent;
                 total.dropped += counts.dropped;
+                total.malformed += counts.malformed;
             }
         }
         total

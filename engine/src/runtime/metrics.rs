@@ -61,6 +61,9 @@ pub struct XdpCounts {
     pub sent: u64,
     /// Frames the kernel dropped: the receive ring full or no fill frame.
     pub dropped: u64,
+    /// Frames the program handed over that were no well-formed datagram
+    /// (lengths that disagree), dropped as the kernel drops them.
+    pub malformed: u64,
 }
 
 /// What one worker last published (or all workers, summed).
@@ -110,6 +113,7 @@ impl WorkerReport {
         self.xdp.received += other.xdp.received;
         self.xdp.sent += other.xdp.sent;
         self.xdp.dropped += other.xdp.dropped;
+        self.xdp.malformed += other.xdp.malformed;
         match (&mut self.latency, &other.latency) {
             (Some(mine), Some(theirs)) => {
                 let _ = mine.add(theirs);
@@ -423,15 +427,17 @@ impl Metrics {
                 &mut out,
                 "xdp_dropped_total",
                 "counter",
-                "Frames for the client port the kernel dropped at a worker's AF_XDP port: its receive ring full, or no free frame to fill (the worker fell behind).",
+                "Frames for the client port dropped at a worker's AF_XDP port: by the kernel, its receive ring full or no free frame to fill (reason ring: the worker fell behind); or by the worker, no well-formed datagram (reason malformed).",
             );
             for (worker, r) in reports.iter().enumerate() {
                 if r.io_backend == "xdp" {
-                    let _ = writeln!(
-                        out,
-                        "presence_xdp_dropped_total{{worker=\"{worker}\"}} {}",
-                        r.xdp.dropped
-                    );
+                    for (reason, count) in [("ring", r.xdp.dropped), ("malformed", r.xdp.malformed)]
+                    {
+                        let _ = writeln!(
+                            out,
+                            "presence_xdp_dropped_total{{worker=\"{worker}\",reason=\"{reason}\"}} {count}"
+                        );
+                    }
                 }
             }
         }

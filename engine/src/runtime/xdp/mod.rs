@@ -216,6 +216,7 @@ impl XdpPort {
             received: self.received_frames,
             sent: self.sent_frames,
             dropped,
+            malformed: self.malformed,
         }
     }
 
