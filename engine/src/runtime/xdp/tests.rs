@@ -245,3 +245,115 @@ fn a_missing_interface_or_address_is_a_typed_error() {
     .unwrap_err();
     assert!(named.to_string().contains("no-such-if0"), "{named}");
 }
+
+/// Sets IPv4 options on `socket`'s datagrams: four bytes, three no-ops and
+/// the end of the list, so each header is 24 bytes long.
+fn with_ip_options(socket: &UdpSocket) {
+    let options = [1u8, 1, 1, 0];
+    // SAFETY: setsockopt reads `options.len()` bytes from `options`.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            libc::IPPROTO_IP,
+            libc::IP_OPTIONS,
+            options.as_ptr().cast(),
+            options.len() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "IP_OPTIONS: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn what_the_program_leaves_to_the_kernel_still_reaches_the_client_port() {
+    let lab = lab();
+    let inner_v6: std::net::Ipv6Addr = format!("fd00:213::{:x}:2", lab.inner_ip.octets()[2])
+        .parse()
+        .unwrap();
+    let outer_v6: std::net::Ipv6Addr = format!("fd00:213::{:x}:1", lab.inner_ip.octets()[2])
+        .parse()
+        .unwrap();
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&[
+        "-n",
+        &lab.ns,
+        "addr",
+        "add",
+        &format!("{inner_v6}/64"),
+        "dev",
+        &lab.inner,
+        "nodad",
+    ]);
+    ip(&[
+        "addr",
+        "add",
+        &format!("{outer_v6}/64"),
+        "dev",
+        &lab.outer,
+        "nodad",
+    ]);
+    // The client port on every address, IPv4 and IPv6 (one dual-stack
+    // socket): the program then matches on the port alone.
+    let listen = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 7104));
+    let settings = XdpSettings {
+        interface: Some(lab.inner.clone()),
+        mode: None,
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let server = lab
+        .inside(move || {
+            let socket = UdpSocket::bind(listen).unwrap();
+            socket
+                .set_read_timeout(Some(Duration::from_millis(20)))
+                .unwrap();
+            let path = XdpPath::attach(listen, &settings).expect("attaches");
+            let mut port = XdpPort::open(&path, 0).expect("AF_XDP socket");
+            ready_tx.send(()).unwrap();
+            let mut batch = RecvBatch::new();
+            let (mut by_port, mut by_socket) = (Vec::new(), Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while by_port.len() + by_socket.len() < 3 && Instant::now() < deadline {
+                for i in 0..port.recv_into(&mut batch) {
+                    by_port.push(batch.get(i).unwrap().0.to_vec());
+                }
+                let mut buf = [0u8; 64];
+                if let Ok((len, _)) = socket.recv_from(&mut buf) {
+                    by_socket.push(buf[..len].to_vec());
+                }
+            }
+            (by_port, by_socket)
+        })
+        .unwrap();
+    ready_rx.recv().unwrap();
+    let to_v4 = SocketAddr::from((lab.inner_ip, 7104));
+    let to_v6 = SocketAddr::from((inner_v6, 7104));
+    let plain = UdpSocket::bind((lab.outer_ip, 0)).unwrap();
+    plain.send_to(b"plain", to_v4).unwrap();
+    let optioned = UdpSocket::bind((lab.outer_ip, 0)).unwrap();
+    with_ip_options(&optioned);
+    optioned.send_to(b"options", to_v4).unwrap();
+    let six = UdpSocket::bind((outer_v6, 0)).unwrap();
+    six.send_to(b"ipv6", to_v6).unwrap();
+    let (by_port, by_socket) = server.join().unwrap();
+    assert_eq!(
+        by_port,
+        vec![b"plain".to_vec()],
+        "plain IPv4 through AF_XDP"
+    );
+    let mut by_socket = by_socket;
+    by_socket.sort();
+    assert_eq!(
+        by_socket,
+        vec![b"ipv6".to_vec(), b"options".to_vec()],
+        "IP options and IPv6 through the kernel to the client socket"
+    );
+}
