@@ -4,8 +4,9 @@
 //! the interface (detached when the link's descriptor closes, so a stopped
 //! or killed appliance leaves nothing on the interface).
 //!
-//! The program is 26 eBPF instructions, written out here as the steering
-//! module writes its classic-BPF programs: it redirects a frame to the
+//! The program is 24 eBPF instructions (26 with the address check),
+//! written out here as the steering module writes its classic-BPF
+//! programs: it redirects a frame to the
 //! socket of the queue it arrived on if it is an unfragmented IPv4 UDP
 //! datagram without IP options to the client port (and address, when the
 //! port listens on one), and passes everything else to the kernel: ARP,
@@ -442,6 +443,8 @@ mod tests {
                     address,
                 },
             );
+            // As long as the docs say.
+            assert_eq!(program.len(), if address.is_some() { 26 } else { 24 });
             let pass_at = program.len() - 2;
             assert_eq!(program[pass_at], insn(MOV64_K, 0, 0, 0, XDP_PASS));
             assert_eq!(program.last(), Some(&insn(EXIT, 0, 0, 0, 0)));
