@@ -320,3 +320,116 @@ fn one_request_per_datagram_is_answered_whole_by_each_io_backend() {
         assert!(json["ceiling_qps"].as_f64().unwrap() > 0.0, "{json}");
     }
 }
+
+/// A `presence-echo` process, killed if a test ends without stopping it.
+struct Echo(Option<std::process::Child>);
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `presence-echo` on loopback: the line it prints once it listens, and
+/// its address.
+fn start_echo(args: &[&str]) -> (Echo, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut echo = Command::new(env!("CARGO_BIN_EXE_presence-echo"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(echo.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening addr=")
+        .unwrap_or_else(|| panic!("{line:?}"))
+        .parse()
+        .unwrap();
+    (Echo(Some(echo)), addr)
+}
+
+/// SIGINT, then the echo's closing JSON line.
+fn stop_echo(mut echo: Echo) -> serde_json::Value {
+    use std::io::Read;
+    let mut echo = echo.0.take().unwrap();
+    // SAFETY: kill(2) on our own child, not yet waited for.
+    unsafe { libc::kill(echo.id() as i32, libc::SIGINT) };
+    let status = echo.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let mut rest = String::new();
+    echo.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
+    last_json(&rest)
+}
+
+#[test]
+fn presence_echo_echoes_until_stopped_and_reports_what_it_did() {
+    let (echo, addr) = start_echo(&["--io-backend", "mmsg", "--no-gso"]);
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    for i in 0..3u8 {
+        client.send_to(&[i; 64], addr).unwrap();
+        let mut buf = [0u8; 128];
+        let (len, from) = client.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..len], from), (&[i; 64][..], addr), "echoed whole");
+    }
+    let json = stop_echo(echo);
+    assert_eq!(json["backend"], "mmsg");
+    assert_eq!(json["echoed"], 3, "{json}");
+    assert!(
+        json["cpu_us_per_datagram"].as_f64().unwrap() > 0.0,
+        "{json}"
+    );
+}
+
+#[test]
+fn ceiling_at_measures_an_echo_already_running_and_stops() {
+    let dir = scratch("ceiling-at");
+    let (echo, addr) = start_echo(&["--io-backend", "mmsg"]);
+    let addr = addr.to_string();
+    let out = load_in(
+        &dir,
+        &[
+            "--watchers",
+            "200",
+            "--targets",
+            "200",
+            "--ceiling-at",
+            &addr,
+            "--ceiling-start",
+            "1000",
+            "--ceiling-seconds",
+            "0.5",
+            "--steps",
+            "2",
+            "--per-datagram",
+            "1",
+            "--no-gso",
+            "--json",
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let json = last_json(&stdout);
+    assert_eq!(json["ceiling_at"], addr.as_str());
+    assert!(json["ceiling_qps"].as_f64().unwrap() >= 900.0, "{json}");
+    assert_eq!(json["send_errors"], 0, "{json}");
+    assert!(json.get("answered").is_none(), "no appliances: {json}");
+    assert!(stdout.contains("presence-load: ceiling only"), "{stdout}");
+    let echoed = stop_echo(echo)["echoed"].as_u64().unwrap();
+    assert!(echoed >= 1000, "the echo carried the search: {echoed}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

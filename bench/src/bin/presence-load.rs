@@ -246,7 +246,9 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let networks_dir = cli.networks.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("presence-load-{}x{}", cli.watchers, cli.targets))
     });
-    let mode = if cli.target.is_some() {
+    let mode = if cli.ceiling_at.is_some() {
+        "ceiling only"
+    } else if cli.target.is_some() {
         "target"
     } else if cli.spawn.is_some() {
         "processes"
