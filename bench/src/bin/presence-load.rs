@@ -136,9 +136,12 @@ struct Cli {
     per_datagram: usize,
     /// How the appliances' client sockets, the echo and the harness's own
     /// sockets receive (`[io] backend`): auto (mmsg today), mmsg (recvmmsg,
-    /// one datagram per entry), gro (UDP GRO: a GSO run as one entry) or
+    /// one datagram per entry), gro (UDP GRO: a GSO run as one entry),
     /// uring (io_uring at the appliances and the echo; the harness's own
-    /// sockets stay mmsg).
+    /// sockets stay mmsg) or xdp (AF_XDP at the appliances and the echo;
+    /// it needs an interface with native XDP, which loopback is not, so
+    /// measure it with `presence-echo` and --ceiling-at across a veth pair:
+    /// bench/scripts/veth-echo.sh).
     #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
     io_backend: IoBackend,
     /// Source sockets (the kernel spreads them over the appliance's workers).
