@@ -6,7 +6,8 @@
 #   bench/scripts/veth-echo.sh BACKEND [--no-gso] [presence-load args…]
 #
 # BACKEND: mmsg, gro, uring or xdp. --no-gso makes both sides send every
-# datagram as a packet of its own, as separate devices do. Prints the
+# datagram as a packet of its own, as separate devices do. ECHO_ARGS adds
+# arguments to presence-echo (ECHO_ARGS="--xdp-mode generic"). Prints the
 # harness's JSON line, then the echo's (datagrams echoed, its CPU per
 # datagram, AF_XDP counts). Build first:
 #   cargo build --release -p presence-bench --bin presence-load --bin presence-echo
@@ -17,7 +18,7 @@ source bench/scripts/veth-lab.sh
 prefix=10.77.0
 backend=${1:?backend}
 shift
-echo_args=()
+read -r -a echo_args <<<"${ECHO_ARGS:-}"
 load_args=()
 if [ "${1:-}" = "--no-gso" ]; then
     echo_args+=(--no-gso)
