@@ -586,6 +586,10 @@ impl Appliance {
             ),
             ("cdr.directory", config.cdr_directory != old.cdr_directory),
             ("cdr.retain_*", config.retention != old.retention),
+            (
+                "cdr.segment_*, cdr.group_commit_* or cdr.preallocate_segments",
+                config.journal != old.journal,
+            ),
             ("wa.deadline_ms", config.deadline_ms != old.deadline_ms),
             ("wa.query_cost", config.query_cost != old.query_cost),
             ("wa.pending_max", config.pending_max != old.pending_max),
