@@ -166,6 +166,8 @@ impl Node {
             *t = a.target;
         }
         let mut networks: [Option<NetworkId>; LOOKUP_BATCH_MAX] = [None; LOOKUP_BATCH_MAX];
+        // The pending slots load while the numbering table is searched.
+        self.wa.prefetch_answers(&answers[..n]);
         self.table_reader
             .current()
             .lookup_batch(&targets[..n], &mut networks[..n]);

@@ -166,6 +166,24 @@ impl DeviceRequests {
         self.ring[pos] = None;
     }
 
+    /// Starts loading the index slot where `key`'s probe begins (a staged
+    /// batch asks for every request's before handling the first).
+    pub(super) fn prefetch(&self, key: DeviceKey) {
+        crate::table::prefetch(&self.index[self.home(self.tag(key))]);
+    }
+
+    /// Starts loading the index slots that the next `n` inserts will clear:
+    /// each forgets the oldest request, found through its key's probe.
+    /// The ring itself is read in order, which the hardware prefetches.
+    pub(super) fn prefetch_evictions(&self, n: usize) {
+        for i in 0..n as u64 {
+            let pos = (self.next.wrapping_add(i) & self.ring_mask) as usize;
+            if let Some(entry) = &self.ring[pos] {
+                crate::table::prefetch(&self.index[self.home(self.tag(entry.key))]);
+            }
+        }
+    }
+
     /// The request's state and where it first came from, if this is a
     /// repeat: same id, same target, still remembered.
     pub(super) fn get(

@@ -317,6 +317,27 @@ impl WatcherApp {
         self.counters
     }
 
+    /// Stage one of a batch of device requests: starts loading, for every
+    /// request, the memory its handling will miss on (its slot in the
+    /// device-request index, and the index slots the ring's evictions will
+    /// clear), so the misses overlap instead of following one another.
+    /// Reads nothing the caller could observe.
+    pub fn prefetch_requests(&self, requests: &[ClientRequest<'_>]) {
+        for request in requests {
+            self.device_requests
+                .prefetch((request.watcher, request.txid));
+        }
+        self.device_requests.prefetch_evictions(requests.len());
+    }
+
+    /// Stage one of a batch of answers: starts loading each one's pending
+    /// slot.
+    pub fn prefetch_answers(&self, answers: &[Answer]) {
+        for answer in answers {
+            self.pending.prefetch(answer.txid);
+        }
+    }
+
     /// Whether `msisdn` is a subscriber here. Read ahead of a batch (see
     /// the runtime's warm-up pass), it brings the subscriber's entry into
     /// the cache while other lookups are in flight.

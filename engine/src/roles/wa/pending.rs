@@ -53,6 +53,12 @@ impl PendingTable {
         (txid & self.mask) as usize
     }
 
+    /// Starts loading `txid`'s slot into the cache (a staged batch asks
+    /// for each answer's slot before handling the first).
+    pub(super) fn prefetch(&self, txid: u64) {
+        crate::table::prefetch(&self.slots[self.slot(txid)]);
+    }
+
     pub(super) fn is_free(&self, txid: u64) -> bool {
         self.slots[self.slot(txid)].is_none()
     }
