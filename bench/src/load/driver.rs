@@ -636,6 +636,12 @@ impl<'p> Driver<'p> {
         let now_unix_ms = presence_engine::lab::unix_ms_now();
         while state.result.sent < upto {
             let seq = state.base + state.result.sent;
+            // Software-pipelined draws: the misses of the requests a few
+            // ahead overlap with this one's work.
+            for stage in 1..=3u8 {
+                let ahead = u64::from(4 - stage) * super::plan::PREFETCH_DISTANCE;
+                workload.prefetch(population, seq + ahead, stage);
+            }
             let (destination, message) =
                 workload.request(population, seq, state.result.sent, now_unix_ms);
             let owner = match (&message, destination) {

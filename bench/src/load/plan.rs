@@ -265,7 +265,50 @@ fn chance(r: u64, pct: f64) -> bool {
     (r % 1_000_000) as f64 / 10_000.0 < pct
 }
 
+/// How far ahead, in requests, each stage of [`Workload::prefetch`] runs:
+/// the target's entry first, its buddy run next, the watcher's entry last,
+/// each a miss on a million subscribers that depends on the one before.
+pub const PREFETCH_DISTANCE: u64 = 8;
+
 impl Workload {
+    /// Starts loading, into the cache, what drawing request `seq` will
+    /// read at `stage` (1: the target's entry; 2: its buddy run; 3: the
+    /// watcher's entry), so that a burst's misses overlap. The driver runs
+    /// stage `k` for the request `(4 - k) × PREFETCH_DISTANCE` ahead of the
+    /// one it draws. The requests drawn are the same with or without it.
+    pub fn prefetch(&self, population: &Population, seq: u64, stage: u8) {
+        let Workload::Mix(mix, seed) = *self else {
+            return;
+        };
+        let (a, b) = (&population.a, &population.b);
+        let r = [0u64, 1, 2, 3].map(|k| split_mix(seed ^ seq.wrapping_mul(4).wrapping_add(k)));
+        let roll = (r[0] % 1_000_000) as f64 / 10_000.0;
+        if roll < mix.publish_pct + mix.subscribe_pct {
+            // Publications and subscriptions touch one entry of B's.
+            if stage == 1 {
+                b.prefetch_entry(below(r[1], b.len()));
+            }
+            return;
+        }
+        let targets = if chance(r[1], mix.internal_pct) { a } else { b };
+        let j = below(r[2], targets.len());
+        match stage {
+            1 => targets.prefetch_entry(j),
+            2 => targets.prefetch_buddies(j),
+            _ => {
+                let buddies = targets.buddies(j);
+                let w = if !chance(r[3], mix.not_permitted_pct) && !buddies.is_empty() {
+                    buddies
+                        .get(below(r[3].rotate_left(32), buddies.len()))
+                        .map_or(0, |w| *w as usize)
+                } else {
+                    below(r[3].rotate_left(17), a.len())
+                };
+                a.prefetch_entry(w);
+            }
+        }
+    }
+
     /// Requests this workload has in all, if it is finite.
     pub fn finite_len(&self, population: &Population) -> Option<u64> {
         match self {
