@@ -63,9 +63,10 @@ pub struct JournalSettings {
     /// How many records one sync gathers under load.
     pub group_commit: GroupCommit,
     /// Whether the next segment is prepared ahead, filled with zeros, by
-    /// the journal's `journal-prep-<worker>` thread: a sync of records written over blocks that already
-    /// hold zeros writes data only, with no file-size or block-allocation
-    /// change for the file system's own journal to commit. Off by default:
+    /// the journal's `journal-prep-<worker>` thread: a sync of records
+    /// written over blocks that already hold zeros writes data only, with
+    /// no file-size or block-allocation change for the file system's own
+    /// journal to commit. Off by default:
     /// on this project's VM it saved 35% per sync on an idle disk but,
     /// under load, the zeros' writes made the records' syncs slower at p99
     /// (`BENCHMARKS.md`). Never on copy-on-write file systems (btrfs, ZFS),
