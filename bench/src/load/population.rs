@@ -94,8 +94,8 @@ impl NetworkPopulation {
     /// (the first stage of drawing a request ahead: [`super::plan::Workload::prefetch`]).
     pub fn prefetch_entry(&self, i: usize) {
         if let (Some(entry), Some(counter)) = (self.entries.get(i), self.counters.get(i)) {
-            prefetch(entry);
-            prefetch(counter);
+            presence_engine::table::prefetch(entry);
+            presence_engine::table::prefetch(counter);
         }
     }
 
@@ -103,7 +103,7 @@ impl NetworkPopulation {
     /// an earlier [`prefetch_entry`](Self::prefetch_entry) brought in).
     pub fn prefetch_buddies(&self, i: usize) {
         if let Some(first) = self.buddies(i).first() {
-            prefetch(first);
+            presence_engine::table::prefetch(first);
         }
     }
 
@@ -251,18 +251,4 @@ fn build(
         buddies,
         counters,
     })
-}
-
-/// A hint to load `value`'s cache line; nothing where the target has no
-/// prefetch instruction.
-fn prefetch<T>(value: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: a prefetch reads nothing architecturally and never
-        // faults; the pointer comes from a reference.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>((value as *const T).cast::<i8>()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = value;
 }

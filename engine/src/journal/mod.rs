@@ -27,12 +27,9 @@
 //!   would pass `segment_max_bytes`, or when the segment is older than
 //!   `segment_max_age`, without waiting for the disk on the worker: the
 //!   syncer syncs the old segments, the new one and the directory, in that
-//!   order, before any record of the new one counts as durable. With
-//!   preallocation the new segment is a spare made ahead full of zeros
-//!   ([`writer`]), so records overwrite allocated blocks and their syncs
-//!   write data only; a segment's unused trailing zeros are no damage.
-//!   Nothing is rewritten; closed segments are deleted only by retention,
-//!   when configured ([`retention`]).
+//!   order, before any record of the new one counts as durable. Nothing is
+//!   rewritten; closed segments are deleted only by retention, when
+//!   configured ([`retention`]).
 //! - **Recovery.** On start every segment is read and checked. A torn tail (a
 //!   record cut short, or whose checksum fails, with nothing valid after it)
 //!   is cut off and reported; damage followed by valid records is reported
@@ -84,7 +81,8 @@ mod scan;
 pub mod writer;
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use presence_codec::{Msisdn, Outcome, MSISDN_WIRE_LEN};
@@ -104,9 +102,6 @@ pub use writer::{
 pub const SEGMENT_MAGIC: &[u8; 8] = b"PGWCDRJ1";
 /// File name extension of segments.
 pub const SEGMENT_EXT: &str = "cdrj";
-/// File name extension of a spare segment being prepared
-/// ([`writer::spare_path`]).
-pub const SPARE_EXT: &str = "cdrj-spare";
 /// Longest network name a record carries.
 pub const ORIGIN_NAME_MAX: usize = 255;
 /// Longest record body accepted on reading (a length beyond it is damage).
@@ -231,17 +226,15 @@ pub(crate) fn create_segment(dir: &Path, header: &SegmentHeader) -> Result<File,
     let path = dir.join(header.file_name());
     // Charge records name watcher and target: personal data, readable by
     // the appliance's user and group only (SEGMENT_MODE, whatever the umask).
-    // Written at offsets (`write_all_at`), not appended, like a
-    // preallocated segment.
-    let file = std::fs::OpenOptions::new()
+    let mut file = std::fs::OpenOptions::new()
         .create_new(true)
-        .write(true)
+        .append(true)
         .mode(SEGMENT_MODE)
         .open(&path)
         .map_err(io_err(&path))?;
     let written = file
         .set_permissions(std::fs::Permissions::from_mode(SEGMENT_MODE))
-        .and_then(|()| file.write_all_at(&header.encode(), 0));
+        .and_then(|()| file.write_all(&header.encode()));
     if let Err(e) = written {
         // A header that did not fit (a full disk): leave no file behind,
         // so the next attempt can create it again.

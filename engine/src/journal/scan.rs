@@ -66,18 +66,7 @@ pub fn scan_segment(path: &Path, bytes: &[u8]) -> Result<SegmentScan, JournalErr
     let mut marks = Vec::new();
     let mut damage = Vec::new();
     let mut valid_len = at as u64;
-    // A preallocated segment ends in zeros that no record has reached yet
-    // (`writer`'s spare segments): they are unused space, not damage. Every
-    // record and mark begins with a non-zero length word, so a scan that
-    // reaches the trailing zeros at a record boundary has read everything
-    // written; a write torn after only zero bytes (the first bytes of a
-    // big-endian length) left nothing to tell apart from unused space, and
-    // is not reported.
-    let zeros_from = bytes
-        .iter()
-        .rposition(|&b| b != 0)
-        .map_or(at, |last| (last + 1).max(at));
-    while at < zeros_from {
+    while at < bytes.len() {
         if let Some((item, len)) = decode_item(&bytes[at..]) {
             match item {
                 Item::Entry(entry) => entries.push(entry),
@@ -88,7 +77,7 @@ pub fn scan_segment(path: &Path, bytes: &[u8]) -> Result<SegmentScan, JournalErr
             continue;
         }
         // Damage: find the next intact record or mark, if any.
-        let next = (at + 1..zeros_from).find(|&i| decode_item(&bytes[i..]).is_some());
+        let next = (at + 1..bytes.len()).find(|&i| decode_item(&bytes[i..]).is_some());
         match next {
             Some(i) => {
                 damage.push(Damage::Corrupt {
@@ -100,7 +89,7 @@ pub fn scan_segment(path: &Path, bytes: &[u8]) -> Result<SegmentScan, JournalErr
             None => {
                 damage.push(Damage::TornTail {
                     offset: at as u64,
-                    bytes: (zeros_from - at) as u64,
+                    bytes: (bytes.len() - at) as u64,
                 });
                 break;
             }
@@ -204,16 +193,6 @@ pub fn recover(dir: &Path, network: &str, since_unix_ms: u64) -> Result<Recovery
     // entries: memory does not grow with the journal's history.
     let mut headers = Vec::new();
     let mut recent = Vec::new();
-    // Spare segments a stopped writer left (a crash while preparing one):
-    // never a segment, made again by the next writer.
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let path = entry.map_err(io_err(dir))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        let spare = path.extension().and_then(|e| e.to_str()) == Some(super::SPARE_EXT);
-        if spare && name.starts_with(&format!("{network}-w")) {
-            std::fs::remove_file(&path).map_err(io_err(&path))?;
-        }
-    }
     for path in segment_paths(dir, Some(network))? {
         let bytes = std::fs::read(&path).map_err(io_err(&path))?;
         let scan = match scan_segment(&path, &bytes) {
@@ -226,12 +205,7 @@ pub fn recover(dir: &Path, network: &str, since_unix_ms: u64) -> Result<Recovery
                 // other unreadable file is moved aside and reported, never
                 // a reason not to start.
                 let full = 40 + network.len();
-                // A preallocated segment's header is written over zeros
-                // and made durable by the syncer before any record in it
-                // counts as durable: a header still all zeros after a
-                // crash means no sync of the file ever completed.
-                let header_never_written = bytes[..full.min(bytes.len())].iter().all(|&b| b == 0);
-                if bytes.len() < full || header_never_written {
+                if bytes.len() < full {
                     std::fs::remove_file(&path).map_err(io_err(&path))?;
                 } else {
                     let aside = path.with_extension("cdrj.damaged");
@@ -266,20 +240,16 @@ pub fn recover(dir: &Path, network: &str, since_unix_ms: u64) -> Result<Recovery
             Some((_, n)) => *n = (*n).max(next),
             None => recovery.next_seq.push((worker, next)),
         }
-        // A torn tail is cut; so is a preallocated segment's unused zero
-        // tail (quietly: it is no damage), so a segment read back once
-        // holds only what was written. A new segment is always opened after
-        // recovery, so no writer appends to this one again.
-        if scan.valid_len < bytes.len() as u64 {
-            let file = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(io_err(&path))?;
-            file.set_len(scan.valid_len).map_err(io_err(&path))?;
+        for d in &scan.damage {
+            if let Damage::TornTail { .. } = d {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(&path))?;
+                file.set_len(scan.valid_len).map_err(io_err(&path))?;
+            }
+            recovery.damage.push((path.clone(), d.clone()));
         }
-        recovery
-            .damage
-            .extend(scan.damage.iter().map(|d| (path.clone(), d.clone())));
         // What was read may still be only in the page cache (written, not
         // yet synced, when the process died): made durable before any of it
         // answers a retransmission.
@@ -474,21 +444,11 @@ mod tests {
             let scan = scan_segment(Path::new("s"), &whole[..cut]).unwrap();
             assert_eq!(scan.entries.len(), 1, "cut at {cut}");
             assert_eq!(scan.valid_len, one as u64);
-            if whole[one..cut].iter().all(|&b| b == 0) {
-                // Only the zero bytes of the next length word: nothing
-                // written, as far as anyone can tell (a preallocated
-                // segment's unused space reads the same).
-                assert_eq!(scan.damage, [], "cut at {cut}");
-                continue;
-            }
-            // The torn part up to its last non-zero byte: zeros after it
-            // are unused space like a preallocated segment's.
-            let torn_end = whole[..cut].iter().rposition(|&b| b != 0).unwrap() + 1;
             assert_eq!(
                 scan.damage,
                 vec![Damage::TornTail {
                     offset: one as u64,
-                    bytes: (torn_end - one) as u64
+                    bytes: (cut - one) as u64
                 }]
             );
         }
@@ -520,64 +480,6 @@ mod tests {
             err.to_string().contains("not a charge-record segment"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn a_preallocated_segments_unused_zeros_are_no_damage_and_recovery_cuts_them() {
-        let dir = test_dir("prealloc");
-        let written = segment(&[(1, ATTACHED), (2, ATTACHED)]);
-        let mut preallocated = written.clone();
-        preallocated.resize(written.len() + 4096, 0);
-        let scan = scan_segment(Path::new("s"), &preallocated).unwrap();
-        assert_eq!(scan.entries.len(), 2);
-        assert_eq!(scan.damage, []);
-        assert_eq!(scan.valid_len, written.len() as u64);
-        // A record torn mid-way in front of the zeros is a torn tail of
-        // its written bytes only.
-        let mut torn = segment(&[(1, ATTACHED), (2, ATTACHED), (3, ATTACHED)]);
-        let cut = torn.len() - 5;
-        torn[cut..].fill(0);
-        torn.resize(torn.len() + 4096, 0);
-        let scan = scan_segment(Path::new("s"), &torn).unwrap();
-        assert_eq!(scan.entries.len(), 2);
-        assert!(
-            matches!(scan.damage[..], [Damage::TornTail { offset, bytes }]
-                if offset == written.len() as u64 && offset + bytes <= cut as u64),
-            "{:?}",
-            scan.damage
-        );
-
-        let path = dir.join("t-mobile.de-w0-00000000000000000001.cdrj");
-        std::fs::write(&path, &preallocated).unwrap();
-        // Renamed from a spare, but its header never reached the disk: a
-        // crash before the syncer's first sync of it (no record in it was
-        // ever durable, so none was answered).
-        let headerless = dir.join("t-mobile.de-w0-00000000000000000003.cdrj");
-        std::fs::write(&headerless, vec![0u8; 4096]).unwrap();
-        // A spare being prepared when the process died.
-        let spare = crate::journal::writer::spare_path(&dir, "t-mobile.de", 0);
-        std::fs::write(&spare, vec![0u8; 4096]).unwrap();
-        let recovery = recover(&dir, "t-mobile.de", 0).unwrap();
-        assert_eq!((recovery.segments, recovery.records), (1, 2));
-        assert_eq!(recovery.next_seq(0), 3);
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().len(),
-            written.len() as u64
-        );
-        assert!(
-            !headerless.exists(),
-            "a segment whose header never reached the disk"
-        );
-        assert!(!spare.exists(), "a spare left behind");
-        assert!(
-            !dir.join("t-mobile.de-w0-00000000000000000003.cdrj.damaged")
-                .exists(),
-            "removed, not moved aside as damaged"
-        );
-        // Only the headerless file is reported: the zeros were no damage.
-        assert_eq!(recovery.damage.len(), 1, "{:?}", recovery.damage);
-        assert_eq!(recovery.damage[0].0, headerless);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! takes a [`JournalTime`].
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -62,16 +62,6 @@ pub struct JournalSettings {
     pub segments: SegmentLimits,
     /// How many records one sync gathers under load.
     pub group_commit: GroupCommit,
-    /// Whether the next segment is prepared ahead, filled with zeros, by
-    /// the journal's `journal-prep-<worker>` thread: a sync of records
-    /// written over blocks that already hold zeros writes data only, with
-    /// no file-size or block-allocation change for the file system's own
-    /// journal to commit. Off by default:
-    /// on this project's VM it saved 35% per sync on an idle disk but,
-    /// under load, the zeros' writes made the records' syncs slower at p99
-    /// (`BENCHMARKS.md`). Never on copy-on-write file systems (btrfs, ZFS),
-    /// where an overwrite allocates anyway.
-    pub preallocate: bool,
 }
 
 impl Default for GroupCommit {
@@ -211,201 +201,6 @@ impl Mailbox {
     }
 }
 
-/// The largest spare segment prepared: beyond it a segment grows by
-/// appending (a `segment_max_bytes` of a terabyte is allowed, and is not
-/// worth zeroing ahead).
-pub const SPARE_MAX_BYTES: u64 = 1 << 30;
-/// How long the preparer waits after failing to make a spare.
-const SPARE_RETRY: Duration = Duration::from_secs(10);
-/// Zeros are written in pieces this large, checking for a stop between.
-const ZERO_CHUNK: usize = 1 << 20;
-/// The pause between two pieces: a spare of 64 MiB takes at least 0.3 s,
-/// so its writes never come as one burst that the records' syncs queue
-/// behind.
-const ZERO_PACE: Duration = Duration::from_millis(5);
-
-/// Where worker `worker`'s spare segment is prepared. Its extension is not
-/// [`super::SEGMENT_EXT`], so no reader takes it for a segment; recovery
-/// removes spares left behind.
-pub fn spare_path(dir: &Path, network: &str, worker: u16) -> PathBuf {
-    dir.join(format!("{network}-w{worker}.{}", super::SPARE_EXT))
-}
-
-/// Prepares the next segment off the worker, and trims the zeros a
-/// segment rotated away did not use.
-///
-/// One thread per writer (`journal-prep-<worker>`). Once the current
-/// segment is half full the worker asks for a spare; the thread creates
-/// the spare file, writes it full of zeros, `fdatasync`s it, and leaves it
-/// for the worker, who at rotation writes the new header over its first
-/// bytes and renames it to the segment's name. Records then overwrite
-/// blocks the file system has already allocated and initialised, so their
-/// syncs write data only. Nothing here is on the answer path: if no spare
-/// is ready when a segment fills (or ages out before half full), the worker
-/// creates a plain growing one as before. A journal that never fills half a
-/// segment (a lab, a quiet network) never writes a spare.
-struct Preparer {
-    state: Mutex<PrepState>,
-    changed: Condvar,
-}
-
-#[derive(Default)]
-struct PrepState {
-    /// The worker wants a spare (its segment is half full).
-    wanted: bool,
-    /// A spare ready to become the next segment.
-    spare: Option<File>,
-    /// Segments rotated away, with the length their records end at.
-    trims: Vec<(Arc<File>, u64)>,
-    closed: bool,
-}
-
-impl Preparer {
-    fn lock(&self) -> std::sync::MutexGuard<'_, PrepState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn want_spare(&self) {
-        self.lock().wanted = true;
-        self.changed.notify_one();
-    }
-
-    /// Takes the spare, if one is ready.
-    fn take_spare(&self) -> Option<File> {
-        self.lock().spare.take()
-    }
-
-    fn trim(&self, file: Arc<File>, len: u64) {
-        self.lock().trims.push((file, len));
-        self.changed.notify_one();
-    }
-
-    fn close(&self) {
-        self.lock().closed = true;
-        self.changed.notify_one();
-    }
-
-    fn run(&self, path: &Path, len: u64, worker: u16) {
-        // Preparing ahead is worth only the CPU nobody else wants: the
-        // thread runs as SCHED_IDLE, so on a saturated machine the workers
-        // and syncers go first (and a spare not ready in time costs only a
-        // growing segment).
-        // SAFETY: sched_setscheduler(0, …) changes the calling thread's
-        // policy; the parameter is a plain struct that outlives the call.
-        let idle = unsafe {
-            let param = libc::sched_param { sched_priority: 0 };
-            libc::sched_setscheduler(0, libc::SCHED_IDLE, &param)
-        };
-        if idle != 0 {
-            tracing::debug!(worker, "journal-prep could not run as SCHED_IDLE");
-        }
-        let mut retry_at: Option<std::time::Instant> = None;
-        loop {
-            let (trims, make, closed) = {
-                let mut state = self.lock();
-                loop {
-                    let now = std::time::Instant::now();
-                    let make = state.wanted
-                        && state.spare.is_none()
-                        && retry_at.is_none_or(|at| now >= at);
-                    if state.closed || make || !state.trims.is_empty() {
-                        break (std::mem::take(&mut state.trims), make, state.closed);
-                    }
-                    state = match retry_at {
-                        Some(at) if state.wanted && state.spare.is_none() => {
-                            self.changed
-                                .wait_timeout(state, at.saturating_duration_since(now))
-                                .unwrap_or_else(|p| p.into_inner())
-                                .0
-                        }
-                        _ => self.changed.wait(state).unwrap_or_else(|p| p.into_inner()),
-                    };
-                }
-            };
-            for (file, len) in trims {
-                // The zeros past the last record go; the records stay
-                // where they are. Not synced: recovery cuts a zero tail
-                // that a crash left.
-                if let Err(e) = file.set_len(len) {
-                    tracing::warn!(worker, error = %e, "could not trim a closed charge-record segment");
-                }
-            }
-            if closed {
-                // A spare never used is not left behind.
-                self.lock().spare = None;
-                let _ = std::fs::remove_file(path);
-                return;
-            }
-            if !make {
-                continue;
-            }
-            match self.make_spare(path, len) {
-                Ok(Some(file)) => {
-                    retry_at = None;
-                    let mut state = self.lock();
-                    state.spare = Some(file);
-                    state.wanted = false;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    let _ = std::fs::remove_file(path);
-                    tracing::warn!(
-                        worker,
-                        spare = %path.display(),
-                        error = %e,
-                        "could not prepare the next charge-record segment; segments grow by \
-                         appending until it can"
-                    );
-                    retry_at = Some(std::time::Instant::now() + SPARE_RETRY);
-                }
-            }
-        }
-    }
-
-    /// Creates `path` holding `len` zeros, durable. `None` if closed meanwhile.
-    fn make_spare(&self, path: &Path, len: u64) -> std::io::Result<Option<File>> {
-        use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let mut file = std::fs::OpenOptions::new()
-            .create_new(true)
-            .read(true)
-            .write(true)
-            .mode(super::SEGMENT_MODE)
-            .open(path)?;
-        file.set_permissions(std::fs::Permissions::from_mode(super::SEGMENT_MODE))?;
-        let zeros = vec![0u8; ZERO_CHUNK];
-        let mut at = 0u64;
-        while at < len {
-            if self.lock().closed {
-                return Ok(None);
-            }
-            let n = (len - at).min(ZERO_CHUNK as u64) as usize;
-            file.write_all(&zeros[..n])?;
-            // Writeback starts piece by piece (without waiting for it), so
-            // the final sync has little left to write.
-            // SAFETY: the descriptor is open for the call; offsets are
-            // within what was just written.
-            unsafe {
-                use std::os::fd::AsRawFd;
-                libc::sync_file_range(
-                    file.as_raw_fd(),
-                    at as libc::off64_t,
-                    n as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                );
-            }
-            at += n as u64;
-            std::thread::sleep(ZERO_PACE);
-        }
-        file.sync_data()?;
-        Ok(Some(file))
-    }
-}
-
 /// One worker's journal.
 pub struct JournalWriter {
     dir: PathBuf,
@@ -439,10 +234,6 @@ pub struct JournalWriter {
     /// The current segment opened since the last sync request: its
     /// directory entry is not durable yet.
     new_segment: bool,
-    /// The spare-segment thread, when segments are preallocated.
-    preparer: Option<(Arc<Preparer>, JoinHandle<()>)>,
-    /// Whether the current segment has asked for a spare.
-    spare_asked: bool,
     /// When the journal failed (ms), while it is failed.
     failed_at: Option<u64>,
     /// The durable sequence number last seen, and since when (ms) it has
@@ -479,7 +270,6 @@ impl JournalWriter {
         let JournalSettings {
             segments: limits,
             group_commit: group,
-            preallocate,
         } = settings;
         let next_seq = next_seq.max(1);
         let durable = Arc::new(AtomicU64::new(next_seq - 1));
@@ -510,8 +300,6 @@ impl JournalWriter {
             syncer: None,
             retired: Vec::new(),
             new_segment: false,
-            preparer: None,
-            spare_asked: false,
             failed_at: None,
             progress: (next_seq - 1, time.ms()),
             records_written: 0,
@@ -528,23 +316,6 @@ impl JournalWriter {
                 source,
             })?;
         writer.syncer = Some(thread);
-        if preallocate {
-            let preparer = Arc::new(Preparer {
-                state: Mutex::default(),
-                changed: Condvar::new(),
-            });
-            let path = spare_path(dir, network, worker);
-            let len = limits.max_bytes.min(SPARE_MAX_BYTES);
-            let runs = preparer.clone();
-            let thread = std::thread::Builder::new()
-                .name(format!("journal-prep-{worker}"))
-                .spawn(move || runs.run(&path, len, worker))
-                .map_err(|source| JournalError::Io {
-                    path: dir.to_path_buf(),
-                    source,
-                })?;
-            writer.preparer = Some((preparer, thread));
-        }
         Ok(writer)
     }
 
@@ -566,38 +337,16 @@ impl JournalWriter {
     }
 
     /// Rotation, on the worker without waiting for the disk: the new
-    /// segment is the prepared spare (its header written over its first
-    /// zeros, then renamed) or, if none is ready, a new growing file. The
-    /// old segment's last records, the new header and the directory entry
-    /// are synced by the syncer, in that order, before any record of the
-    /// new segment counts as durable; the old segment's unused zeros are
-    /// trimmed by the preparer.
+    /// segment is created here; the old segment's last records, the new
+    /// header and the directory entry are synced by the syncer, in that
+    /// order, before any record of the new segment counts as durable.
     fn rotate(&mut self, time: JournalTime) -> Result<(), JournalError> {
         let header = self.next_header(time, 0);
-        let path = self.dir.join(header.file_name());
-        let spare = self.preparer.as_ref().and_then(|(p, _)| p.take_spare());
-        let file = match spare {
-            Some(file) => {
-                let spare = spare_path(&self.dir, &self.network, self.worker);
-                let placed = file
-                    .write_all_at(&header.encode(), 0)
-                    .and_then(|()| std::fs::rename(&spare, &path));
-                if let Err(source) = placed {
-                    let _ = std::fs::remove_file(&spare);
-                    return Err(JournalError::Io { path, source });
-                }
-                file
-            }
-            None => create_segment(&self.dir, &header)?,
-        };
+        let file = create_segment(&self.dir, &header)?;
         if let Some(old) = self.file.take() {
-            if let Some((preparer, _)) = &self.preparer {
-                preparer.trim(old.clone(), self.segment_bytes);
-            }
             self.retired.push(old);
         }
         self.new_segment = true;
-        self.spare_asked = false;
         self.segment_bytes = header.encode().len() as u64;
         self.segment_opened_ms = time.ms();
         self.file = Some(Arc::new(file));
@@ -627,7 +376,6 @@ impl JournalWriter {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        self.spare_asked = false;
         self.segment_bytes = header.encode().len() as u64;
         self.segment_opened_ms = time.ms();
         self.file = Some(Arc::new(file));
@@ -703,19 +451,11 @@ impl JournalWriter {
             self.fail(time, "no segment open");
             return SyncState::Failed;
         };
-        // At the segment's offset, not appended: a preallocated segment's
-        // length is its zeros' end, not its records'.
-        if let Err(e) = file.write_all_at(&self.buf, self.segment_bytes) {
+        if let Err(e) = (&*file).write_all(&self.buf) {
             self.fail(time, &format!("write: {e}"));
             return SyncState::Failed;
         }
         self.segment_bytes += self.buf.len() as u64;
-        if !self.spare_asked && self.segment_bytes >= self.limits.max_bytes / 2 {
-            if let Some((preparer, _)) = &self.preparer {
-                preparer.want_spare();
-            }
-            self.spare_asked = true;
-        }
         self.records_written += self.appended - self.written;
         self.written = self.appended;
         self.buf.clear();
@@ -829,14 +569,6 @@ impl JournalWriter {
             Some(Ok(())) => {
                 self.durable.store(self.written, Ordering::Release);
                 self.confirmed = self.written;
-                // A preallocated segment keeps only its records: the
-                // zeros after them go (if this fails, recovery cuts them).
-                if let Some(file) = &self.file {
-                    let zeros = file.metadata().is_ok_and(|m| m.len() > self.segment_bytes);
-                    if zeros {
-                        let _ = file.set_len(self.segment_bytes);
-                    }
-                }
                 true
             }
             _ => false,
@@ -877,10 +609,6 @@ impl Drop for JournalWriter {
     fn drop(&mut self) {
         self.mailbox.close();
         if let Some(thread) = self.syncer.take() {
-            let _ = thread.join();
-        }
-        if let Some((preparer, thread)) = self.preparer.take() {
-            preparer.close();
             let _ = thread.join();
         }
     }
@@ -961,7 +689,6 @@ mod tests {
         let settings = JournalSettings {
             segments,
             group_commit,
-            preallocate: true,
         };
         JournalWriter::open(dir, "t-mobile.de", worker, next_seq, settings, time, || {}).unwrap()
     }
@@ -1023,84 +750,6 @@ mod tests {
         }
         let recovery = recover(&dir, "t-mobile.de", 0).unwrap();
         assert_eq!(recovery.next_seq(0), 101);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    /// Waits until `done` holds.
-    fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !done() {
-            assert!(Instant::now() < deadline, "not in 10 s: {what}");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    #[test]
-    fn a_half_full_segment_gets_a_zeroed_spare_and_rotation_writes_into_it() {
-        let dir = test_dir("spare");
-        let limits = SegmentLimits {
-            max_bytes: 4096,
-            max_age: Duration::from_secs(3600),
-        };
-        let mut w = open(&dir, 2, 1, limits, EVERY_TURN, at(0));
-        let spare = spare_path(&dir, "t-mobile.de", 2);
-        let first = segment_paths(&dir, None).unwrap().remove(0);
-        let ready = |w: &JournalWriter| w.preparer.as_ref().unwrap().0.lock().spare.is_some();
-        // A quiet journal asks for no spare.
-        append(&mut w, 1);
-        assert_eq!(w.end_turn(at(1)), SyncState::Healthy);
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(!spare.exists() && !ready(&w), "a spare before half full");
-        // Half full: the spare is made, 4096 zeros, off the worker.
-        let mut turn = 2;
-        while w.segment_bytes < 2048 {
-            append(&mut w, turn);
-            assert_eq!(w.end_turn(at(turn)), SyncState::Healthy);
-            turn += 1;
-        }
-        eventually("a spare is ready", || ready(&w));
-        assert_eq!(std::fs::read(&spare).unwrap(), vec![0u8; 4096]);
-        // The segment fills and the next one is the spare, renamed.
-        let before = segment_paths(&dir, None).unwrap().len();
-        while segment_paths(&dir, None).unwrap().len() == before {
-            append(&mut w, turn);
-            assert_eq!(w.end_turn(at(turn)), SyncState::Healthy);
-            turn += 1;
-        }
-        let last = turn - 1;
-        assert!(!spare.exists(), "the spare became the segment");
-        let second = segment_paths(&dir, None).unwrap().pop().unwrap();
-        assert_eq!(
-            std::fs::metadata(&second).unwrap().len(),
-            4096,
-            "preallocated"
-        );
-        // Durable in order across the rotation; the old segment loses its
-        // unused zeros and keeps its records.
-        wait_durable(&mut w, last);
-        eventually("the closed segment is trimmed", || {
-            let bytes = std::fs::read(&first).unwrap();
-            let scan = scan_segment(&first, &bytes).unwrap();
-            scan.valid_len == bytes.len() as u64
-        });
-        let scan = scan_segment(&second, &std::fs::read(&second).unwrap()).unwrap();
-        assert_eq!(scan.damage, []);
-        assert_eq!(scan.entries.last().map(|e| e.seq), Some(last));
-        // A clean stop keeps only records, and leaves no spare.
-        assert!(w.close(at(turn)));
-        drop(w);
-        assert!(!spare.exists());
-        let mut seqs = Vec::new();
-        for p in segment_paths(&dir, None).unwrap() {
-            let bytes = std::fs::read(&p).unwrap();
-            let scan = scan_segment(&p, &bytes).unwrap();
-            assert_eq!(scan.valid_len, bytes.len() as u64, "{}", p.display());
-            seqs.extend(scan.entries.iter().map(|e| e.seq));
-        }
-        assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
-        let recovery = recover(&dir, "t-mobile.de", 0).unwrap();
-        assert_eq!(recovery.next_seq(2), last + 1);
-        assert!(recovery.damage.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

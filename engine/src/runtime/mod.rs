@@ -587,7 +587,7 @@ impl Appliance {
             ("cdr.directory", config.cdr_directory != old.cdr_directory),
             ("cdr.retain_*", config.retention != old.retention),
             (
-                "cdr.segment_*, cdr.group_commit_* or cdr.preallocate_segments",
+                "cdr.segment_* or cdr.group_commit_*",
                 config.journal != old.journal,
             ),
             ("wa.deadline_ms", config.deadline_ms != old.deadline_ms),

@@ -154,8 +154,9 @@ fn validate_name(name: &str) -> Result<(), NameError> {
 
 /// Hints the CPU to fetch the cache line holding `value`; a no-op where the
 /// target has no prefetch instruction. Never faults, whatever the address.
+/// (Public for the load harness, which stages its own draws the same way.)
 #[inline(always)]
-pub(crate) fn prefetch<T>(value: &T) {
+pub fn prefetch<T>(value: &T) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
