@@ -273,6 +273,13 @@ fn overload_offers_a_multiple_of_the_highest_clean_rate_and_reports_how_it_was_m
         let p99 = json["overload_shed_p99_us"].as_u64().unwrap();
         assert!(p50 >= 1 && p50 <= p99, "{json}");
     }
+    // Where the appliances' admission shed is reported; B sends A only
+    // answers, so A's border has no query to shed.
+    let shed_where = &json["overload_shed_where"];
+    for key in ["a_device", "b_border", "b_device"] {
+        assert!(shed_where[key].is_u64(), "{key}: {json}");
+    }
+    assert_eq!(shed_where["a_border"].as_u64(), Some(0), "{json}");
     // --overload needs --max, and a factor from 1 to 100.
     for bad in [
         &["--overload", "2"][..],

@@ -202,6 +202,15 @@ enum Ciphertext {
 pub trait Deliver {
     /// Takes one inbound frame from `peer`.
     fn deliver(&mut self, peer: PeerIndex, frame: &[u8]) -> bool;
+
+    /// Called before an established link from `peer` is read, with the
+    /// bytes waiting unread in its socket's receive queue (TLS records not
+    /// yet taken from the kernel): the queue the frames about to be
+    /// delivered waited in, for a consumer that admits by queue depth and
+    /// service time. Ignored unless implemented.
+    fn backlog(&mut self, peer: PeerIndex, socket_bytes: usize) {
+        let _ = (peer, socket_bytes);
+    }
 }
 
 impl<F: FnMut(PeerIndex, &[u8]) -> bool> Deliver for F {

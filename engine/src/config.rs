@@ -206,6 +206,7 @@ struct RawLimits {
     auth_failures_per_source_per_s: Option<u32>,
     auth_failures_per_source_burst: Option<u32>,
     device_queue_ms: Option<u32>,
+    border_queue_ms: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -247,6 +248,11 @@ pub const WATCHER_QUERIES_PER_S_DEFAULT: u32 = 10;
 /// short against any deadline.
 pub const DEVICE_QUEUE_MS_DEFAULT: u32 = 20;
 
+/// How much work a border link's socket may hold before the queries read
+/// from it are shed, unless `[limits]` says otherwise: the same bound as a
+/// device datagram's, since a peer's query is some device's request.
+pub const BORDER_QUEUE_MS_DEFAULT: u32 = 20;
+
 /// Each watcher's burst unless `[limits]` says otherwise.
 pub const WATCHER_BURST_DEFAULT: u32 = 20;
 /// Failed credential checks per second from one source network (IPv4 /24,
@@ -276,6 +282,12 @@ pub struct Limits {
     /// answered `Overloaded` unchecked, so the excess past capacity gets an
     /// answer instead of a timeout (`None`: never, `device_queue_ms = 0`).
     pub device_queue_ms: Option<u32>,
+    /// A peer's frames read from a border link whose socket held more than
+    /// this much work (its unread bytes at the measured service time per
+    /// byte) have their queries answered `Overloaded` unchecked, so a peer
+    /// past this network's capacity gets answers instead of timeouts
+    /// (`None`: never, `border_queue_ms = 0`).
+    pub border_queue_ms: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -656,6 +668,16 @@ impl RawLimits {
                 ));
             }
         };
+        let border_queue_ms = match self.border_queue_ms.unwrap_or(BORDER_QUEUE_MS_DEFAULT) {
+            0 => None,
+            ms @ 1..=10_000 => Some(ms),
+            _ => {
+                return Err(error(
+                    "limits.border_queue_ms",
+                    "must be 0 (never shed) to 10000".into(),
+                ));
+            }
+        };
         Ok(Limits {
             peer_default,
             peers,
@@ -663,6 +685,7 @@ impl RawLimits {
             auth,
             auth_failures_per_source,
             device_queue_ms,
+            border_queue_ms,
         })
     }
 }
@@ -874,6 +897,29 @@ private_key = "pki/bg.key"
             error.reason.contains("auto"),
             "says what is allowed: {error}"
         );
+    }
+
+    #[test]
+    fn the_queue_limits_default_to_20_ms_0_turns_one_off_and_past_10_s_is_refused() {
+        let limits = load(MINIMAL).unwrap().limits;
+        assert_eq!(
+            (limits.device_queue_ms, limits.border_queue_ms),
+            (Some(20), Some(20))
+        );
+        let set = MINIMAL.replace(
+            "[cdr]",
+            "[limits]\nborder_queue_ms = 5\ndevice_queue_ms = 0\n\n[cdr]",
+        );
+        let limits = load(&set).unwrap().limits;
+        assert_eq!(
+            (limits.device_queue_ms, limits.border_queue_ms),
+            (None, Some(5))
+        );
+        let off = MINIMAL.replace("[cdr]", "[limits]\nborder_queue_ms = 0\n\n[cdr]");
+        assert_eq!(load(&off).unwrap().limits.border_queue_ms, None);
+        let long = MINIMAL.replace("[cdr]", "[limits]\nborder_queue_ms = 10001\n\n[cdr]");
+        let error = load(&long).unwrap_err();
+        assert_eq!(error.field, "limits.border_queue_ms", "{error}");
     }
 
     #[test]

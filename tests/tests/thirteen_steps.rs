@@ -2,7 +2,8 @@
 //! two networks' [`Node`]s — the code the appliance runs — on the shared
 //! numbering table, asserting each step at the node's inputs and outputs.
 //! A (447700900123, network o2.gb) asks about B (4915112345678,
-//! t-mobile.de). Only bytes pass between the nodes, as on the wire.
+//! t-mobile.de). Only bytes pass between the nodes, as on the wire. And
+//! step 7 when B is past its capacity: the frame shed at B's border.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,7 +12,8 @@ use std::sync::Arc;
 
 use presence_codec::{
     ClientOperation, ClientRequest, DeviceAuth, DeviceKey, FrameReader, Message, Msisdn, OpenFrame,
-    Outcome, PresenceState, Publish, Reachability, FRAME_LEN_ABSOLUTE_MAX, FRAME_LEN_DEFAULT_MAX,
+    Outcome, PresenceState, Publish, Query, Reachability, FRAME_LEN_ABSOLUTE_MAX,
+    FRAME_LEN_DEFAULT_MAX,
 };
 use presence_engine::journal::{Durability, JournalSink};
 use presence_engine::node::{BorderDest, Destination, Node, NodeConfig, Outgoing, Provisioned};
@@ -125,24 +127,7 @@ fn a_query_walks_the_thirteen_steps_through_two_nodes() {
 
     // Step 1: A asks "is B attached?", naming B by MSISDN.
     let now = 5_000_000;
-    node_a.handle_datagram(
-        now,
-        a_device,
-        // A's device signs the request with its key (derived from the
-        // provisioned secret) and its clock as the counter (§5.11).
-        &frame(&Message::ClientRequest(
-            DeviceKey::derive(a, b"secret-a").sign_request(
-                ClientRequest {
-                    txid: 42,
-                    watcher: a,
-                    target: b,
-                    operation: ClientOperation::Query,
-                    auth: DeviceAuth::UNSIGNED,
-                },
-                5_000,
-            ),
-        )),
-    );
+    node_a.handle_datagram(now, a_device, &a_asks(a, b));
     // Step 2: the WA authenticated A and debited the credit.
     assert_eq!(node_a.credit(a), Some(9));
     // Step 3: B's number is not A's network's (the numbering table says;
@@ -247,4 +232,133 @@ fn a_query_walks_the_thirteen_steps_through_two_nodes() {
     );
     let again = drain(&mut node_b);
     assert_eq!(messages(&again[0].frame), messages(&step12));
+}
+
+/// A's request "is B attached?", transaction 42: A's device signs it with
+/// its key (derived from the provisioned secret) and its clock as the
+/// counter (§5.11).
+fn a_asks(a: Msisdn, b: Msisdn) -> Vec<u8> {
+    frame(&Message::ClientRequest(
+        DeviceKey::derive(a, b"secret-a").sign_request(
+            ClientRequest {
+                txid: 42,
+                watcher: a,
+                target: b,
+                operation: ClientOperation::Query,
+                auth: DeviceAuth::UNSIGNED,
+            },
+            5_000,
+        ),
+    ))
+}
+
+/// A's node asking B's about B, as in the first test, and the frame that
+/// carries the query (step 6).
+fn a_asks_about_b(
+    world: &Arc<NumberingTable>,
+    net_a: NetworkId,
+    net_b: NetworkId,
+) -> (Node, Node, Vec<u8>) {
+    let (a, b) = (m("447700900123"), m("4915112345678"));
+    let hss_a = Arc::new(Hss::new(&[(Prefix::parse("447700").unwrap(), PsId(0))]));
+    let hss_b = Arc::new(Hss::new(&[(Prefix::parse("49151").unwrap(), PsId(1))]));
+    // A and B list each other: either one's query would be a charged status.
+    let mut node_a = node(net_a, net_b, world, &hss_a);
+    node_a.provision(
+        0,
+        &HashMap::from([(a, provisioned(b"secret-a", vec![b]))]),
+        &hss_a,
+    );
+    let mut node_b = node(net_b, net_a, world, &hss_b);
+    node_b.provision(
+        0,
+        &HashMap::from([(b, provisioned(b"secret-b", vec![a]))]),
+        &hss_b,
+    );
+    node_a.handle_datagram(5_000_000, "10.0.0.1:4000".parse().unwrap(), &a_asks(a, b));
+    let out = drain(&mut node_a);
+    assert_eq!(out.len(), 1);
+    (node_a, node_b, out[0].frame.clone())
+}
+
+#[test]
+fn a_frame_shed_at_bs_border_has_its_queries_answered_overloaded_and_its_answers_served() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/msisdn-prefixes.csv");
+    let world = Arc::new(NumberingTable::load(&path, None).unwrap());
+    let names = world.snapshot().names().clone();
+    let (net_a, net_b) = (names.id("o2.gb").unwrap(), names.id("t-mobile.de").unwrap());
+    let (a, b) = (m("447700900123"), m("4915112345678"));
+    let (mut node_a, mut node_b, step6) = a_asks_about_b(&world, net_a, net_b);
+    let Message::Query(a_query) = messages(&step6)[0] else {
+        panic!("step 6 forwards a query")
+    };
+
+    // B's worker found the link's socket holding more than
+    // `border_queue_ms` of work: the frame is shed, not served.
+    node_b.shed_border_frame(5_001_000, net_a, &step6, 37);
+    let shed = drain(&mut node_b);
+    assert_eq!(shed.len(), 1, "answered at once, not held for the journal");
+    assert_eq!(
+        shed[0].to,
+        Destination::Border(BorderDest {
+            network: net_a,
+            worker: Some(0)
+        })
+    );
+    let Message::Answer(overloaded) = messages(&shed[0].frame)[0] else {
+        panic!("a shed query is answered")
+    };
+    assert_eq!(
+        (overloaded.txid, overloaded.reply_node, overloaded.target),
+        (a_query.txid, a_query.reply_node, b)
+    );
+    assert_eq!(
+        overloaded.outcome,
+        Outcome::Overloaded { retry_after_ms: 37 }
+    );
+    let mut journal = Journal::default();
+    node_b.poll_journal(&mut journal);
+    assert!(
+        journal.records.is_empty(),
+        "nothing decided, nothing charged"
+    );
+    assert_eq!(node_b.role_counters().ps.charged, 0);
+    assert_eq!(node_b.role_counters().igps.forwarded, 0, "unchecked");
+    assert_eq!(node_b.counters().border_queue_shed, 1);
+
+    // A frame from B to A, shed at A too, holds the answer to A's query
+    // (B's Overloaded) and a query of B's own: the query is shed, the
+    // answer served.
+    let b_query = Query {
+        txid: 7,
+        watcher: b,
+        target: a,
+        hop_limit: 6,
+        budget_ms: 1_500,
+        reply_node: 0,
+        route_version: 1,
+    };
+    let mut mixed = OpenFrame::new(Vec::new(), FRAME_LEN_DEFAULT_MAX);
+    mixed.push(&Message::Answer(overloaded)).unwrap();
+    mixed.push(&Message::Query(b_query)).unwrap();
+    node_a.shed_border_frame(5_002_000, net_b, &mixed.into_bytes(), 12);
+    let to_b: Vec<_> = drain(&mut node_a)
+        .into_iter()
+        .filter(|o| matches!(o.to, Destination::Border(d) if d.network == net_b))
+        .collect();
+    assert!(
+        to_b.iter()
+            .flat_map(|o| messages(&o.frame))
+            .any(|message| matches!(message,
+            Message::Answer(answer) if answer.txid == 7
+                && answer.outcome == Outcome::Overloaded { retry_after_ms: 12 })),
+        "B's query answered Overloaded"
+    );
+    // The answer was served: A's WA took B's Overloaded as not final and
+    // holds its query back for the retry-after, pending, not lost.
+    assert_eq!(node_a.counters().border_answers_in, 1);
+    assert_eq!(node_a.counters().border_queue_shed, 1);
+    assert_eq!(node_a.pending(), 1);
+    node_a.poll_journal(&mut journal);
+    assert!(journal.records.is_empty());
 }

@@ -97,7 +97,9 @@ struct Cli {
     steps: usize,
     /// After --max, offer FACTOR times the highest rate carried with no
     /// loss for --duration, and report how the overload was met: goodput,
-    /// requests shed (`Overloaded`) and requests left to time out.
+    /// requests shed (`Overloaded`) and requests left to time out; and,
+    /// with appliances the harness started, where their admission shed
+    /// (A's device port, B's border: `overload_shed_where`).
     #[arg(long, value_name = "FACTOR", requires = "max", value_parser = parse_factor)]
     overload: Option<f64>,
     /// Also measure the ceiling: the same sockets and batching against an
@@ -483,6 +485,21 @@ fn run(cli: &Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     outcome
 }
 
+/// Where the overload step's excess was refused: requests and queries
+/// each appliance's admission answered `Overloaded`, over the step.
+#[derive(Debug, Clone, Copy)]
+struct ShedWhere {
+    /// At A's device port (`presence_device_queue_shed_total`).
+    a_device: u64,
+    /// At B's border, A's queries (`presence_border_queue_shed_total`).
+    b_border: u64,
+    /// At B's device port (the harness sends B publications only in the
+    /// warm-up: 0 unless something else talks to B).
+    b_device: u64,
+    /// At A's border (B's queries: 0, B asks A nothing).
+    a_border: u64,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn measure(
     cli: &Cli,
@@ -668,6 +685,7 @@ fn measure(
         writeln!(out, "  percentiles  {}", path.display())?;
     }
     // Overload: FACTOR × the highest clean rate, and how it was met.
+    let mut shed_where: Option<ShedWhere> = None;
     let overload = match (cli.overload, result.best.and_then(|i| result.steps.get(i))) {
         (Some(factor), Some(best)) => {
             std::thread::sleep(Duration::from_secs(1));
@@ -680,6 +698,7 @@ fn measure(
                 cli.duration
             )?;
             out.flush()?;
+            let counts_before = topology.appliance_counts();
             let step = driver.run(
                 &StepSpec {
                     rate,
@@ -689,6 +708,17 @@ fn measure(
                 },
                 &mut progress,
             )?;
+            // Where the excess was refused: each appliance's admission
+            // (counters published every 100 ms: let the last one in).
+            std::thread::sleep(Duration::from_millis(250));
+            if let (Some([a0, b0]), Some([a1, b1])) = (counts_before, topology.appliance_counts()) {
+                shed_where = Some(ShedWhere {
+                    a_device: a1.device_shed.saturating_sub(a0.device_shed),
+                    b_device: b1.device_shed.saturating_sub(b0.device_shed),
+                    b_border: b1.border_shed.saturating_sub(b0.border_shed),
+                    a_border: a1.border_shed.saturating_sub(a0.border_shed),
+                });
+            }
             report::final_table(out, "overload result", &step, None)?;
             let goodput = step.good_in_window as f64 / step.seconds.max(1e-9);
             writeln!(
@@ -708,6 +738,16 @@ fn measure(
                     thousands(step.shed_latency.value_at_quantile(0.5)),
                     thousands(step.shed_latency.value_at_quantile(0.99)),
                     thousands(step.shed_latency.max())
+                )?;
+            }
+            if let Some(w) = &shed_where {
+                writeln!(
+                    out,
+                    "  shed where   A's device port {}  B's border {}  (B's device port {}, A's border {})   (presence_*_queue_shed_total over the step)",
+                    thousands(w.a_device),
+                    thousands(w.b_border),
+                    thousands(w.b_device),
+                    thousands(w.a_border)
                 )?;
             }
             Some((goodput, step))
@@ -775,6 +815,17 @@ fn measure(
                 extra.insert(
                     "overload_shed_p99_us".into(),
                     step.shed_latency.value_at_quantile(0.99).into(),
+                );
+            }
+            if let Some(w) = &shed_where {
+                extra.insert(
+                    "overload_shed_where".into(),
+                    serde_json::json!({
+                        "a_device": w.a_device,
+                        "b_border": w.b_border,
+                        "b_device": w.b_device,
+                        "a_border": w.a_border,
+                    }),
                 );
             }
         }

@@ -25,6 +25,12 @@ pub struct ApplianceCounts {
     pub cross_worker: u64,
     /// Event-loop turns of all workers.
     pub turns: u64,
+    /// Device requests answered `Overloaded` by the device port's
+    /// admission (`presence_device_queue_shed_total`).
+    pub device_shed: u64,
+    /// Peers' queries answered `Overloaded` by the border's receiving
+    /// admission (`presence_border_queue_shed_total`).
+    pub border_shed: u64,
 }
 
 /// Network A's name (the watchers').
@@ -220,15 +226,17 @@ impl Topology {
     }
 
     /// Each appliance's counters so far, A's and B's: messages handed
-    /// between its workers (`presence_cross_worker_total`) and event-loop
-    /// turns (`presence_worker_turns_total`); `None` for appliances the
-    /// harness did not start.
+    /// between its workers (`presence_cross_worker_total`), event-loop
+    /// turns (`presence_worker_turns_total`) and what its admission shed;
+    /// `None` for appliances the harness did not start.
     pub fn appliance_counts(&self) -> Option<[ApplianceCounts; 2]> {
         match self {
             Topology::Embedded(two) => {
                 Some([two.a.report(), two.b.report()].map(|r| ApplianceCounts {
                     cross_worker: r.cross_worker(),
                     turns: r.turns,
+                    device_shed: r.node.queue_shed,
+                    border_shed: r.node.border_queue_shed,
                 }))
             }
             Topology::Processes { a, b } => {
@@ -237,6 +245,8 @@ impl Topology {
                     Some(ApplianceCounts {
                         cross_worker: scrape_sum(metrics, "presence_cross_worker_total")?,
                         turns: scrape_sum(metrics, "presence_worker_turns_total")?,
+                        device_shed: scrape_sum(metrics, "presence_device_queue_shed_total")?,
+                        border_shed: scrape_sum(metrics, "presence_border_queue_shed_total")?,
                     })
                 };
                 Some([scrape(a.metrics)?, scrape(b.metrics)?])

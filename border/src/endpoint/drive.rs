@@ -70,6 +70,9 @@ impl BgEndpoint {
             return;
         };
         let was_draining = slot.link.is_draining();
+        if let (true, Some(peer)) = (slot.link.is_established(), slot.link.peer()) {
+            deliver.backlog(peer, socket_backlog(&slot.socket));
+        }
         let result = slot
             .link
             .receive(&mut slot.socket, now, &peers, &self.counters, deliver)
@@ -564,5 +567,20 @@ pub(super) fn log_end(
             stream_error = stream.map(|e| e.name()),
             "border link closed"
         ),
+    }
+}
+
+/// Bytes waiting unread in `socket`'s receive queue (`FIONREAD`, which for
+/// TCP is `SIOCINQ`); 0 if the kernel will not say.
+fn socket_backlog(socket: &mio::net::TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    let mut bytes: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one `c_int` through the pointer, which points
+    // at a live local of that type; the descriptor is the stream's own.
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut bytes) };
+    if rc == 0 {
+        usize::try_from(bytes).unwrap_or(0)
+    } else {
+        0
     }
 }

@@ -10,8 +10,8 @@ use presence_border::endpoint::{EndpointSettings, HandshakeRate};
 use presence_border::node::{BgNode, InboundFrame, NodeConfig};
 use presence_border::pki::NetworkMaterial;
 use presence_border::{
-    BgCounters, BgEndpoint, BgTls, Direction, EndpointSetup, LinkSettings, LinkView, NetworkName,
-    PeerIndex,
+    BgCounters, BgEndpoint, BgTls, Deliver, Direction, EndpointSetup, LinkSettings, LinkView,
+    NetworkName, PeerIndex,
 };
 use presence_codec::LinkHello;
 
@@ -176,6 +176,25 @@ impl Ep {
     }
 }
 
+/// One loop turn of an endpoint, as a worker's: events, leftover reads,
+/// writes, timers.
+fn turn<D: Deliver>(
+    endpoint: &mut BgEndpoint,
+    poll: &mut Poll,
+    events: &mut Events,
+    now: u64,
+    deliver: &mut D,
+) {
+    let _ = poll.poll(events, Some(Duration::ZERO));
+    let registry = poll.registry();
+    for event in events.iter() {
+        endpoint.handle_event(registry, event.token(), now, deliver);
+    }
+    endpoint.poll_ready(registry, now, deliver);
+    endpoint.flush(registry, now);
+    endpoint.tick(registry, now);
+}
+
 /// Border endpoints driven by hand on this thread, each on its own `mio`
 /// poll, as a runtime's worker loops would drive them: so that a test can
 /// give each its own shard identity and look at its links between turns.
@@ -271,22 +290,28 @@ impl Mesh {
     pub fn step(&mut self) {
         let now = self.now();
         for ep in self.eps.iter_mut().flatten() {
-            let _ = ep.poll.poll(&mut ep.events, Some(Duration::ZERO));
             let inbox = &mut ep.inbox;
             let mut deliver = |peer: PeerIndex, frame: &[u8]| {
                 inbox.push((peer, frame.to_vec()));
                 true
             };
-            let registry = ep.poll.registry();
-            for event in ep.events.iter() {
-                ep.endpoint
-                    .handle_event(registry, event.token(), now, &mut deliver);
-            }
-            ep.endpoint.poll_ready(registry, now, &mut deliver);
-            ep.endpoint.flush(registry, now);
-            ep.endpoint.tick(registry, now);
+            turn(
+                &mut ep.endpoint,
+                &mut ep.poll,
+                &mut ep.events,
+                now,
+                &mut deliver,
+            );
         }
         std::thread::sleep(Duration::from_millis(1));
+    }
+
+    /// One loop turn of endpoint `i` alone (the others wait), its frames
+    /// handed to `deliver` instead of its inbox.
+    pub fn step_with<D: Deliver>(&mut self, i: usize, deliver: &mut D) {
+        let now = self.now();
+        let ep = self.ep_mut(i);
+        turn(&mut ep.endpoint, &mut ep.poll, &mut ep.events, now, deliver);
     }
 
     /// Turns until `cond` holds (true) or `timeout` passes (false).

@@ -17,13 +17,33 @@ use smallvec::SmallVec;
 use super::{
     Alarm, BorderDest, CrossKind, CrossMessage, DropReason, Node, PeerEvent, SHED_RETRY_MS,
 };
-use crate::roles::{shed_refused_frame, Addr, IgpsLookup, PsId};
+use crate::roles::{shed_queued_query, shed_refused_frame, Addr, IgpsLookup, PsId};
 use crate::table::{NetworkId, LOOKUP_BATCH_MAX};
 
 impl Node {
     /// One frame from a peer network's border gateway; `origin` is the
     /// peer the border authenticated.
     pub fn handle_border_frame(&mut self, now_us: u64, origin: NetworkId, frame: &[u8]) {
+        self.border_frame(now_us, origin, frame, None);
+    }
+
+    /// A frame from `origin` that waited past the border's queue limit
+    /// (the worker's admission, `[limits] border_queue_ms`): each query in
+    /// it is answered `Overloaded`, retry after `retry_after_ms`, back to
+    /// the peer at once, unchecked and uncharged, wherever its target is
+    /// owned; each answer in it is handled as usual (it ends one of our
+    /// transactions, and dropping it would only cost a retransmission).
+    pub fn shed_border_frame(
+        &mut self,
+        now_us: u64,
+        origin: NetworkId,
+        frame: &[u8],
+        retry_after_ms: u32,
+    ) {
+        self.border_frame(now_us, origin, frame, Some(retry_after_ms));
+    }
+
+    fn border_frame(&mut self, now_us: u64, origin: NetworkId, frame: &[u8], shed: Option<u32>) {
         self.begin(now_us);
         let Ok(reader) = FrameReader::new(frame, FRAME_LEN_ABSOLUTE_MAX) else {
             self.counters.drop(DropReason::BadBorderFrame);
@@ -36,6 +56,12 @@ impl Node {
                 Ok(Message::Query(query)) => {
                     self.counters.border_queries_in += 1;
                     self.counters.peer(origin, PeerEvent::QueriesIn);
+                    if let Some(retry_after_ms) = shed {
+                        self.counters.border_queue_shed += 1;
+                        shed_queued_query(&query, origin, retry_after_ms, &mut self.out);
+                        self.drain_out(Addr::Igps, None);
+                        continue;
+                    }
                     let owner = self.owner(query.target);
                     if owner != self.config.worker {
                         self.cross(

@@ -234,6 +234,10 @@ pub struct NodeCounters {
     /// their datagram having waited too long in the socket
     /// ([`Node::shed_datagram`](super::Node::shed_datagram)).
     pub queue_shed: u64,
+    /// Peers' queries answered `Overloaded` unchecked, their frame having
+    /// waited past the border's queue limit
+    /// ([`Node::shed_border_frame`](super::Node::shed_border_frame)).
+    pub border_queue_shed: u64,
     /// Hand-offs to other workers, by [`CrossKind`].
     pub cross_worker: Counts<5>,
     /// Drops, by [`DropReason`].
@@ -297,6 +301,7 @@ impl NodeCounters {
         self.charged += other.charged;
         self.voided += other.voided;
         self.queue_shed += other.queue_shed;
+        self.border_queue_shed += other.border_queue_shed;
         self.cross_worker.add(&other.cross_worker);
         self.drops.add(&other.drops);
         self.alarms.add(&other.alarms);

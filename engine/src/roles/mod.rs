@@ -45,7 +45,7 @@ pub use ps::{
     ChargeRecord, Charging, DecisionRecord, DecisionWindowEntry, PresenceServer, PsCounters,
     RestartMarks, SubscriberRecord, BUDDIES_MAX, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX,
 };
-pub use shed::{shed_refused_frame, Shed};
+pub use shed::{shed_queued_query, shed_refused_frame, Shed};
 pub use store::SubscriberView;
 pub use wa::{RequestFate, Subscriber, WaConfig, WaCounters, WatcherApp, DEVICE_REPEAT_DEADLINES};
 

@@ -10,7 +10,7 @@
 //! deadline, which the presence server answers from its decision window
 //! without charging again.
 
-use presence_codec::{FrameReader, Message, Outcome, FRAME_LEN_ABSOLUTE_MAX};
+use presence_codec::{FrameReader, Message, Outcome, Query, FRAME_LEN_ABSOLUTE_MAX};
 
 use super::{answer_to, Addr, Outbox};
 use crate::table::NetworkId;
@@ -51,6 +51,21 @@ pub fn shed_refused_frame(
         }
     }
     shed
+}
+
+/// Answers `query`, which reached this network from peer `origin` and
+/// waited past the border's queue limit, `Overloaded` back through the
+/// border to the peer's WA instance that asked, with a retry-after; the
+/// IGPS, HSS and presence servers never see it, so nothing is charged.
+pub fn shed_queued_query(query: &Query, origin: NetworkId, retry_after_ms: u32, out: &mut Outbox) {
+    out.send(
+        Addr::BorderReply {
+            network: origin,
+            reply_node: query.reply_node,
+        },
+        origin,
+        answer_to(query, Outcome::Overloaded { retry_after_ms }),
+    );
 }
 
 #[cfg(test)]

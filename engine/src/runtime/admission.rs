@@ -124,6 +124,98 @@ fn shed_after(projected_ns: u64) -> Admit {
     }
 }
 
+/// Border work sampled in one turn below this many frame bytes is no
+/// sample of the service time (its fixed costs would dominate).
+const SAMPLE_BYTES_MIN: usize = 16 * 1024;
+
+/// Admission at the border's receiving side: shed by projected queueing
+/// delay, before the frames are read.
+///
+/// A peer's frames wait in the link's TCP receive queue, which the kernel
+/// sizes on its own (megabytes on a fast path), and TCP keeps no arrival
+/// time. So the wait is projected from depth and service time: before a
+/// link is read, the bytes in its socket's receive queue (`FIONREAD`,
+/// [`presence_border::Deliver::backlog`]) times the measured service time
+/// per frame byte (TLS and the node's work on border frames, a moving
+/// average) is how long the queue takes to drain, which in a steady
+/// backlog is how long the frames now at its head waited. Past
+/// `[limits] border_queue_ms`, each query in the frames read in that
+/// service is answered `Overloaded` back to the peer at once, unread by the
+/// IGPS, HSS or presence servers (nothing charged), with the projection as
+/// retry-after; answers in them are handled as usual (they end our own
+/// transactions). Shedding costs a fraction of serving, so the queue drains
+/// and admission resumes. The estimate counts border work only, not the
+/// device work of the same worker, as [`DeviceAdmission`]'s counts device
+/// work only.
+///
+/// Pure arithmetic, no clock of its own: the worker passes times in.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BorderAdmission {
+    /// Longest projected wait admitted, ns; 0 admits everything.
+    limit_ns: u64,
+    /// Service time per frame byte, ps (a frame byte takes tens of ns),
+    /// a moving average (1/8 per sample). Starts at 0: nothing is shed for
+    /// work not yet measured.
+    ps_per_byte: u64,
+}
+
+impl BorderAdmission {
+    /// Admission with a limit of `limit_ns` (0: off).
+    pub(crate) fn new(limit_ns: u64) -> BorderAdmission {
+        BorderAdmission {
+            limit_ns,
+            ps_per_byte: 0,
+        }
+    }
+
+    /// Decides for the frames about to be read from a link whose socket
+    /// holds `socket_bytes` unread: `None` to serve them, or `Some(ms)` to
+    /// answer their queries `Overloaded`, retry after `ms` (at least 1).
+    pub(crate) fn decide(&self, socket_bytes: usize) -> Option<u32> {
+        if self.limit_ns == 0 {
+            return None;
+        }
+        let projected_ns = self
+            .ps_per_byte
+            .saturating_mul(u64::try_from(socket_bytes).unwrap_or(u64::MAX))
+            / 1000;
+        if projected_ns <= self.limit_ns {
+            return None;
+        }
+        match shed_after(projected_ns) {
+            Admit::Shed { retry_after_ms } => Some(retry_after_ms),
+            Admit::Stage => None,
+        }
+    }
+
+    /// `bytes` of border frames were served (none shed) in `elapsed_ns`
+    /// (a sample once there are [`SAMPLE_BYTES_MIN`] of them).
+    pub(crate) fn served(&mut self, bytes: usize, elapsed_ns: u64) {
+        let Some(sample) = u64::try_from(bytes)
+            .ok()
+            .filter(|&b| b >= SAMPLE_BYTES_MIN as u64)
+            .map(|b| elapsed_ns.saturating_mul(1000) / b)
+        else {
+            return;
+        };
+        self.ps_per_byte = if self.ps_per_byte == 0 {
+            sample
+        } else {
+            // A turn the thread spent descheduled is no measure of the
+            // work: one sample moves the average by an eighth of at most
+            // twice itself, so a real slowdown still shows within a few
+            // turns but one stall does not start shedding.
+            let sample = sample.min(self.ps_per_byte.saturating_mul(2));
+            (self.ps_per_byte.saturating_mul(7)).saturating_add(sample) / 8
+        };
+    }
+
+    /// The measured service time per frame byte, ps.
+    pub(crate) fn ps_per_byte(&self) -> u64 {
+        self.ps_per_byte
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +281,56 @@ mod tests {
             a.ns_per_datagram() < 11_000,
             "a slice of a datagram or two is no sample: its fixed costs would dominate"
         );
+    }
+
+    #[test]
+    fn border_frames_are_served_until_the_socket_holds_more_than_the_limit_of_work() {
+        let mut a = BorderAdmission::new(20 * MS);
+        assert_eq!(
+            a.decide(64 << 20),
+            None,
+            "nothing is shed before the service time is measured"
+        );
+        // 50 ns per byte: 400,000 bytes are the whole 20 ms.
+        a.served(100_000, 5 * MS);
+        assert_eq!(a.ps_per_byte(), 50_000);
+        assert_eq!(a.decide(0), None);
+        assert_eq!(a.decide(400_000), None, "exactly the limit");
+        assert_eq!(a.decide(400_020), Some(20));
+        assert_eq!(a.decide(2_000_000), Some(100));
+    }
+
+    #[test]
+    fn border_admission_off_serves_everything_and_small_turns_are_no_sample() {
+        let mut off = BorderAdmission::new(0);
+        off.served(100_000, 5 * MS);
+        assert_eq!(off.decide(usize::MAX), None);
+        let mut a = BorderAdmission::new(20 * MS);
+        a.served(1_000, 5 * MS);
+        assert_eq!(a.ps_per_byte(), 0, "one small frame's fixed costs");
+        a.served(100_000, 5 * MS);
+        for _ in 0..64 {
+            a.served(100_000, MS);
+        }
+        assert!(
+            (10_000..11_000).contains(&a.ps_per_byte()),
+            "{}",
+            a.ps_per_byte()
+        );
+    }
+
+    #[test]
+    fn one_descheduled_turn_moves_the_border_service_time_by_an_eighth_at_most() {
+        let mut a = BorderAdmission::new(20 * MS);
+        a.served(100_000, 2 * MS);
+        assert_eq!(a.ps_per_byte(), 20_000);
+        // 100 ms off the CPU during a turn of 16 KiB: no real work costs that.
+        a.served(16 * 1024, 100 * MS);
+        assert_eq!(a.ps_per_byte(), 22_500, "(7 × 20,000 + 2 × 20,000) / 8");
+        // A real slowdown still shows within a few turns.
+        for _ in 0..24 {
+            a.served(100_000, 10 * MS);
+        }
+        assert!(a.ps_per_byte() > 90_000, "{}", a.ps_per_byte());
     }
 }

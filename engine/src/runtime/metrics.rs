@@ -44,6 +44,10 @@ pub(crate) struct RuntimeCounts {
     pub(crate) staged: usize,
     /// The measured service time per device datagram, ns.
     pub(crate) service_ns: u64,
+    /// The measured service time per border frame byte, ps.
+    pub(crate) border_service_ps: u64,
+    /// The deepest border socket backlog seen since the last report, bytes.
+    pub(crate) border_backlog: usize,
     /// How the client socket moves datagrams now (`[io] backend`, or
     /// `mmsg` where the kernel refused the one configured).
     pub(crate) io_backend: &'static str,
@@ -88,6 +92,12 @@ pub struct WorkerReport {
     /// Measured service time per device datagram, ns (in a sum, the
     /// highest of the workers').
     pub service_ns: u64,
+    /// Measured service time per border frame byte, ps (in a sum, the
+    /// highest of the workers').
+    pub border_service_ps: u64,
+    /// The deepest unread backlog of a border link's socket in the last
+    /// report interval, bytes (in a sum, the highest).
+    pub border_backlog: usize,
     /// Subscribers held.
     pub subscribers: usize,
     /// The IO backend the worker's client socket uses.
@@ -109,6 +119,8 @@ impl WorkerReport {
         self.inbox += other.inbox;
         self.staged += other.staged;
         self.service_ns = self.service_ns.max(other.service_ns);
+        self.border_service_ps = self.border_service_ps.max(other.border_service_ps);
+        self.border_backlog = self.border_backlog.max(other.border_backlog);
         self.subscribers += other.subscribers;
         self.xdp.received += other.xdp.received;
         self.xdp.sent += other.xdp.sent;
@@ -178,6 +190,8 @@ impl Metrics {
         report.inbox = runtime.inbox;
         report.staged = runtime.staged;
         report.service_ns = runtime.service_ns;
+        report.border_service_ps = runtime.border_service_ps;
+        report.border_backlog = runtime.border_backlog;
         report.io_backend = runtime.io_backend;
         report.xdp = runtime.xdp;
         report.subscribers = node.subscriber_count();
@@ -285,6 +299,12 @@ impl Metrics {
             "cdr_voided_total",
             "Answers refused because their charge record did not become durable.",
             node.voided,
+        );
+        counter(
+            &mut out,
+            "border_queue_shed_total",
+            "Peers' queries answered Overloaded unchecked: the border link's socket held more than [limits] border_queue_ms of work when their frame was read.",
+            node.border_queue_shed,
         );
         counter(
             &mut out,
@@ -471,6 +491,18 @@ impl Metrics {
             "device_service_ns",
             "A worker's measured service time per device datagram, ns: admission projects a datagram's wait with it.",
             &per(|r| usize::try_from(r.service_ns).unwrap_or(usize::MAX)),
+        );
+        gauge(
+            &mut out,
+            "border_backlog_bytes",
+            "The deepest unread backlog a worker saw in a border link's socket in the last 100 ms, bytes.",
+            &per(|r| r.border_backlog),
+        );
+        gauge(
+            &mut out,
+            "border_service_ps",
+            "A worker's measured service time per border frame byte, ps: with the backlog it projects a peer's frames' wait.",
+            &per(|r| usize::try_from(r.border_service_ps).unwrap_or(usize::MAX)),
         );
         gauge(
             &mut out,

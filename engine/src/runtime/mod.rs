@@ -106,6 +106,8 @@ pub(crate) struct Shared {
     pub(crate) deadline_ms: u16,
     /// Device datagrams queued longer than this (ns) are shed (0: never).
     pub(crate) device_queue_ns: u64,
+    /// `[limits] border_queue_ms`, ns (0: never shed).
+    pub(crate) border_queue_ns: u64,
     /// Each worker's pending WA transactions, published every turn while
     /// stopping (the drain ends when all are zero).
     pub(crate) stop_pending: Vec<AtomicUsize>,
@@ -294,6 +296,10 @@ impl Appliance {
             device_queue_ns: config
                 .limits
                 .device_queue_ms
+                .map_or(0, |ms| u64::from(ms) * 1_000_000),
+            border_queue_ns: config
+                .limits
+                .border_queue_ms
                 .map_or(0, |ms| u64::from(ms) * 1_000_000),
             stop_pending: (0..workers).map(|_| AtomicUsize::new(usize::MAX)).collect(),
             closed_workers: AtomicUsize::new(0),

@@ -14,7 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 use presence_border::endpoint::{BgEndpoint, EndpointSetup};
 use presence_border::{BgCounters, BgTls, NetworkName, PeerIndex, SendError};
 
-use super::admission::{Admit, DeviceAdmission, WORK_SLICE_US};
+use super::admission::{Admit, BorderAdmission, DeviceAdmission, WORK_SLICE_US};
 use super::metrics::{Metrics, RuntimeCounts};
 use super::udp::{RecvBatch, SendBatch, BATCH};
 use super::uring::UringUdp;
@@ -121,22 +121,67 @@ impl PeerMap {
     }
 }
 
-/// Hands each inbound border frame to the node with its origin network.
+/// Hands each inbound border frame to the node with its origin network,
+/// or, when the link's socket held more than the queue limit of work
+/// ([`BorderAdmission`]), sheds its queries.
 struct BorderInbound<'a> {
     node: &'a mut Node,
     origins: &'a [Option<NetworkId>],
     now_us: u64,
+    admission: &'a BorderAdmission,
+    /// For the link being read: answer its queries `Overloaded`, retry
+    /// after this many ms.
+    shedding: Option<u32>,
+    /// Frame bytes served (not shed) this turn.
+    served_bytes: usize,
+    /// Frames shed this turn.
+    shed_frames: usize,
+    /// The deepest socket backlog seen this turn, bytes.
+    backlog_max: usize,
+}
+
+impl<'a> BorderInbound<'a> {
+    fn new(
+        node: &'a mut Node,
+        origins: &'a [Option<NetworkId>],
+        now_us: u64,
+        admission: &'a BorderAdmission,
+    ) -> BorderInbound<'a> {
+        BorderInbound {
+            node,
+            origins,
+            now_us,
+            admission,
+            shedding: None,
+            served_bytes: 0,
+            shed_frames: 0,
+            backlog_max: 0,
+        }
+    }
 }
 
 impl presence_border::Deliver for BorderInbound<'_> {
     fn deliver(&mut self, peer: PeerIndex, frame: &[u8]) -> bool {
-        match self.origins.get(peer.get()).copied().flatten() {
-            Some(origin) => {
-                self.node.handle_border_frame(self.now_us, origin, frame);
-                true
+        let Some(origin) = self.origins.get(peer.get()).copied().flatten() else {
+            return false;
+        };
+        match self.shedding {
+            Some(retry_after_ms) => {
+                self.node
+                    .shed_border_frame(self.now_us, origin, frame, retry_after_ms);
+                self.shed_frames += 1;
             }
-            None => false,
+            None => {
+                self.node.handle_border_frame(self.now_us, origin, frame);
+                self.served_bytes = self.served_bytes.saturating_add(frame.len());
+            }
         }
+        true
+    }
+
+    fn backlog(&mut self, _peer: PeerIndex, socket_bytes: usize) {
+        self.backlog_max = self.backlog_max.max(socket_bytes);
+        self.shedding = self.admission.decide(socket_bytes);
     }
 }
 
@@ -147,6 +192,10 @@ pub(super) struct Worker {
     /// Device datagrams read and admitted, not yet served.
     staged: Staged,
     admission: DeviceAdmission,
+    /// Admission of peers' frames by their link's socket backlog.
+    border_admission: BorderAdmission,
+    /// The deepest border socket backlog seen since the last report, bytes.
+    border_backlog_max: usize,
     send: SendBatch,
     /// With `[io] backend = "uring"`: the client socket's io_uring, which
     /// then does its receiving and sending.
@@ -270,6 +319,8 @@ impl Worker {
             udp: UdpSocket::from_std(udp),
             staged,
             admission: DeviceAdmission::new(shared.device_queue_ns),
+            border_admission: BorderAdmission::new(shared.border_queue_ns),
+            border_backlog_max: 0,
             send: SendBatch::new(),
             uring,
             xdp,
@@ -404,6 +455,12 @@ impl Worker {
             let now_us = self.now_us();
             let now_ms = now_us / 1000;
             let mut udp_ready = self.shared.poll_mode || self.udp_more || interrupted || ring_more;
+            let mut inbound = BorderInbound::new(
+                &mut self.node,
+                &self.peer_map.origins,
+                now_us,
+                &self.border_admission,
+            );
             for event in events.iter() {
                 match event.token() {
                     WAKER => {}
@@ -413,11 +470,6 @@ impl Worker {
                         udp_ready = true;
                     }
                     token => {
-                        let mut inbound = BorderInbound {
-                            node: &mut self.node,
-                            origins: &self.peer_map.origins,
-                            now_us,
-                        };
                         self.endpoint.handle_event(
                             self.poll.registry(),
                             token,
@@ -427,13 +479,20 @@ impl Worker {
                     }
                 }
             }
-            let mut inbound = BorderInbound {
-                node: &mut self.node,
-                origins: &self.peer_map.origins,
-                now_us,
-            };
             self.endpoint
                 .poll_ready(self.poll.registry(), now_ms, &mut inbound);
+            let (served_bytes, shed_frames, backlog) = (
+                inbound.served_bytes,
+                inbound.shed_frames,
+                inbound.backlog_max,
+            );
+            self.border_backlog_max = self.border_backlog_max.max(backlog);
+            if shed_frames == 0 {
+                // A sample of the border's service time: TLS and the
+                // node's work on the frames this turn read.
+                let elapsed_ns = self.now_us().saturating_sub(now_us).saturating_mul(1000);
+                self.border_admission.served(served_bytes, elapsed_ns);
+            }
             if udp_ready && draining_since.is_none() {
                 self.read_datagrams();
             }
@@ -820,6 +879,8 @@ impl Worker {
             turns: self.turns,
             staged: self.staged.waiting,
             service_ns: self.admission.ns_per_datagram(),
+            border_service_ps: self.border_admission.ps_per_byte(),
+            border_backlog: std::mem::take(&mut self.border_backlog_max),
             io_backend: if self.uring.is_some() {
                 "uring"
             } else if self.xdp.is_some() {
