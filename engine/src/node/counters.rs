@@ -339,7 +339,7 @@ impl RoleCounters {
 
     /// Every counter as `(role, event, value)`, in a stable order: the
     /// labels of `presence_role_events_total`.
-    pub fn events(&self) -> [(&'static str, &'static str, u64); 37] {
+    pub fn events(&self) -> [(&'static str, &'static str, u64); 43] {
         let (wa, ogps, igps, ps) = (&self.wa, &self.ogps, &self.igps, &self.ps);
         [
             ("wa", "accepted", wa.accepted),
@@ -379,6 +379,12 @@ impl RoleCounters {
             ("ps", "window_full", ps.drops.overloaded),
             ("ps", "charging_refused", ps.charging_refused),
             ("ps", "restart_held", ps.restart_held),
+            ("ps", "watches_granted", ps.watches_granted),
+            ("ps", "watches_refreshed", ps.watches_refreshed),
+            ("ps", "watches_refused", ps.watches_refused),
+            ("ps", "unsubscribed", ps.unsubscribed),
+            ("ps", "watches_ended", ps.watches_ended),
+            ("ps", "notifications", ps.notifications),
         ]
     }
 }

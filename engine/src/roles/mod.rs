@@ -42,8 +42,9 @@ pub use igps::{reply_addr, Igps, IgpsCounters, IgpsLookup};
 pub use limit::{Bucket, Rate};
 pub use ogps::{Ogps, OgpsCounters};
 pub use ps::{
-    ChargeRecord, Charging, DecisionRecord, DecisionWindowEntry, PresenceServer, PsCounters,
-    RestartMarks, SubscriberRecord, BUDDIES_MAX, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX,
+    ChargeRecord, Charging, DecisionRecord, DecisionWindowEntry, EndReason, Granted, Notice,
+    NoticeKind, PresenceServer, PsCounters, RestartMarks, SubscriberRecord, WatchKey, WatchLimits,
+    WatchRefused, Watches, BUDDIES_MAX, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX,
 };
 pub use shed::{shed_queued_query, shed_refused_frame, Shed};
 pub use store::SubscriberView;

@@ -33,12 +33,16 @@ use smallvec::SmallVec;
 
 use presence_codec::{
     Ack, AckStatus, BuddyAction, BuddyUpdate, Consent, ConsentScope, ConsentUpdate, DeviceAuth,
-    DeviceKey, ErrorReason, Message, Msisdn, Outcome, PresenceState, Publish, Query,
+    DeviceKey, ErrorReason, Message, Msisdn, Notify, Outcome, PresenceState, Publish, Query,
     CREDENTIAL_LEN_MAX, DEVICE_KEY_LEN,
 };
 
+mod watch;
 mod window;
 
+pub use self::watch::{
+    EndReason, Granted, Notice, NoticeKind, WatchKey, WatchLimits, WatchRefused, Watches,
+};
 use self::window::{DecisionWindow, WindowLookup};
 pub use self::window::{DecisionWindowEntry, WINDOW_STREAMS_MAX, WINDOW_STREAMS_PER_ORIGIN_MAX};
 use super::auth::{AuthGuard, AuthPolicy, DeviceAuthPolicy, Failure, Timeliness};
@@ -51,6 +55,9 @@ use crate::table::NetworkId;
 pub const BUDDIES_MAX: usize = 1024;
 /// Retry-after given when the duplicate-suppression window is full.
 const WINDOW_FULL_RETRY_MS: u32 = 100;
+/// Retry-after given when a subscription limit of the origin or of the
+/// whole table is reached.
+const WATCHES_FULL_RETRY_MS: u32 = 10_000;
 
 /// Everything a presence server holds about one subscriber.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,6 +226,19 @@ pub struct PsCounters {
     /// at or below their stream's mark, not in the rebuilt window (see
     /// [`RestartMarks`]).
     pub restart_held: u64,
+    /// Subscriptions taken.
+    pub watches_granted: u64,
+    /// Subscriptions refreshed.
+    pub watches_refreshed: u64,
+    /// Subscriptions refused for a limit.
+    pub watches_refused: u64,
+    /// Subscriptions ended by an unsubscription.
+    pub unsubscribed: u64,
+    /// Subscriptions ended otherwise (expiry, permission, the target
+    /// gone), each with its last notification.
+    pub watches_ended: u64,
+    /// Notifications sent.
+    pub notifications: u64,
     /// Dropped.
     pub drops: DropCounters,
 }
@@ -241,6 +261,12 @@ impl PsCounters {
         self.out_of_window += other.out_of_window;
         self.charging_refused += other.charging_refused;
         self.restart_held += other.restart_held;
+        self.watches_granted += other.watches_granted;
+        self.watches_refreshed += other.watches_refreshed;
+        self.watches_refused += other.watches_refused;
+        self.unsubscribed += other.unsubscribed;
+        self.watches_ended += other.watches_ended;
+        self.notifications += other.notifications;
         self.drops.add(&other.drops);
     }
 }
@@ -333,6 +359,12 @@ pub struct PresenceServer {
     /// After a restart: the streams' marks of the last window (see
     /// [`RestartMarks`]); `None` once they have all passed.
     restart_marks: Option<std::sync::Arc<RestartMarks>>,
+    /// Who watches the subscribers held here (issue 17).
+    watches: Watches,
+    /// Notifications owed and not yet sent: ends decided where there was
+    /// no outbox (provisioning), sent by the next
+    /// [`poll_watches`](Self::poll_watches) or message handled.
+    notices: Vec<Notice>,
     counters: PsCounters,
 }
 
@@ -359,7 +391,108 @@ impl PresenceServer {
             auth: AuthPolicy::default(),
             device_auth: DeviceAuthPolicy::default(),
             restart_marks: None,
+            watches: Watches::new(WatchLimits::default()),
+            notices: Vec::new(),
             counters: PsCounters::default(),
+        }
+    }
+
+    /// Sets the subscription limits (kept subscriptions stay).
+    pub fn set_watch_limits(&mut self, limits: WatchLimits) {
+        let kept = std::mem::take(&mut self.watches);
+        self.watches = if kept.is_empty() {
+            Watches::new(limits)
+        } else {
+            kept.with_limits(limits)
+        };
+    }
+
+    /// Subscriptions kept here.
+    pub fn watches(&self) -> &Watches {
+        &self.watches
+    }
+
+    /// Sends the notifications owed: those decided where there was no
+    /// outbox, coalesced ones whose interval opened, and expiries.
+    pub fn poll_watches(&mut self, now: Millis, out: &mut Outbox) {
+        let mut notices = std::mem::take(&mut self.notices);
+        self.watches.poll(now, &mut |n| notices.push(n));
+        self.send_notices(now, &mut notices, out);
+        self.notices = notices;
+    }
+
+    /// When [`poll_watches`](Self::poll_watches) next has work, if ever.
+    pub fn next_watch_timeout(&self) -> Option<Millis> {
+        if self.notices.is_empty() {
+            self.watches.next_timeout()
+        } else {
+            Some(0)
+        }
+    }
+
+    /// Builds and sends each notice in `notices` (emptied): a status
+    /// notice says the target's status now (the latest, when changes were
+    /// coalesced); the last one says `NotAvailable`, whatever ended it, as
+    /// an unsubscription's answer does.
+    fn send_notices(&mut self, now: Millis, notices: &mut Vec<Notice>, out: &mut Outbox) {
+        for notice in notices.drain(..) {
+            let WatchKey {
+                origin,
+                reply_node,
+                watcher,
+                target,
+            } = notice.key;
+            let outcome = match notice.kind {
+                NoticeKind::Status => self.status_for(now, target, watcher),
+                NoticeKind::Ended(_) => Outcome::NotAvailable,
+            };
+            let notify = Notify {
+                txid: notice.txid,
+                reply_node,
+                watcher,
+                target,
+                seq: notice.seq,
+                remaining_s: notice.remaining_s,
+                outcome,
+            };
+            self.counters.notifications += 1;
+            self.counters.watches_ended += u64::from(notice.remaining_s == 0);
+            out.send(
+                reply_addr(self.network, origin, reply_node),
+                origin,
+                Message::Notify(notify),
+            );
+        }
+    }
+
+    /// What `watcher` may see of `target` now: its status, or
+    /// `NotAvailable` (unknown, or not permitted).
+    fn status_for(&self, now: Millis, target: Msisdn, watcher: Msisdn) -> Outcome {
+        match self.subscriber(target) {
+            Some(b) if b.permits(watcher) => {
+                let confirmed_age_s =
+                    (now.saturating_sub(b.confirmed_at()) / 1000).min(u64::from(u32::MAX)) as u32;
+                match b.state() {
+                    PresenceState::Attached(reach) => Outcome::Attached {
+                        reach,
+                        confirmed_age_s,
+                    },
+                    PresenceState::Detached => Outcome::Detached { confirmed_age_s },
+                }
+            }
+            _ => Outcome::NotAvailable,
+        }
+    }
+
+    /// Ends the subscriptions to `target` whose watcher it no longer
+    /// permits (or all, if it is gone), owing each its last notification.
+    fn recheck_watches(&mut self, target: Msisdn) {
+        let notices = &mut self.notices;
+        match self.store.get(target) {
+            Some(b) => self
+                .watches
+                .revoke(target, |w| b.permits(w), &mut |n| notices.push(n)),
+            None => self.watches.target_gone(target, &mut |n| notices.push(n)),
         }
     }
 
@@ -418,6 +551,9 @@ impl PresenceServer {
         to: PsId,
     ) -> Option<(SubscriberRecord, Vec<DecisionWindowEntry>)> {
         let record = self.store.remove(msisdn)?;
+        // Subscriptions do not move yet: they end, each with its last
+        // notification, and their WAs subscribe again at the new server.
+        self.recheck_watches(msisdn);
         self.moved.retain(|_, (_, until)| *until > now);
         self.moved.insert(msisdn, (to, now + self.window_ms));
         let entries = self.window.take_target(msisdn);
@@ -439,7 +575,7 @@ impl PresenceServer {
             .store
             .update(msisdn, &fresh.device_key, &fresh.buddies, consent_all)
         {
-            Ok(true) => {}
+            Ok(true) => self.recheck_watches(msisdn),
             Ok(false) => self.provision(msisdn, fresh),
             Err(_) => self.counters.refused += 1,
         }
@@ -447,7 +583,9 @@ impl PresenceServer {
 
     /// Removes a subscriber; returns whether it was here.
     pub fn deprovision(&mut self, msisdn: Msisdn) -> bool {
-        self.store.remove(msisdn).is_some()
+        let held = self.store.remove(msisdn).is_some();
+        self.recheck_watches(msisdn);
+        held
     }
 
     /// The subscribers held here.
@@ -544,24 +682,81 @@ impl PresenceServer {
     ) {
         match (from, message) {
             (Addr::Igps | Addr::Wa(_) | Addr::Ps(_), Message::Query(query)) => {
-                self.handle_query(now, origin, query, out)
+                self.handle_query(now, origin, query, None, out)
+            }
+            (Addr::Igps | Addr::Wa(_) | Addr::Ps(_), Message::Subscribe(subscribe)) => self
+                .handle_query(
+                    now,
+                    origin,
+                    &subscribe.query,
+                    Some(subscribe.expiry_s.get()),
+                    out,
+                ),
+            (Addr::Igps | Addr::Wa(_) | Addr::Ps(_), Message::Unsubscribe(query)) => {
+                self.handle_unsubscribe(origin, query, out)
             }
             (Addr::Device(device), Message::Publish(publish)) => {
                 self.handle_publish(now, device, publish, out)
             }
             (Addr::Provisioning, Message::BuddyUpdate(_) | Message::ConsentUpdate(_)) => {
-                let (txid, status) = match message {
-                    Message::BuddyUpdate(update) => (update.txid, self.apply_buddies(update)),
-                    Message::ConsentUpdate(update) => (update.txid, self.apply_consent(update)),
+                let (txid, owner, status) = match message {
+                    Message::BuddyUpdate(update) => {
+                        (update.txid, update.owner, self.apply_buddies(update))
+                    }
+                    Message::ConsentUpdate(update) => {
+                        (update.txid, update.owner, self.apply_consent(update))
+                    }
                     _ => return,
                 };
+                if status == AckStatus::Ok {
+                    self.recheck_watches(owner);
+                }
                 out.send(from, self.network, Message::Ack(Ack { txid, status }));
             }
             _ => self.counters.drops.unexpected += 1,
         }
+        if !self.notices.is_empty() {
+            self.poll_watches(now, out);
+        }
     }
 
-    fn handle_query(&mut self, now: Millis, origin: NetworkId, query: &Query, out: &mut Outbox) {
+    /// An unsubscription (§5.5): the subscription of this WA instance's
+    /// watcher to the target ends, silently; the answer is `NotAvailable`
+    /// whether there was one or not, so it tells nothing. Not a decision:
+    /// nothing is recorded or charged, and a repeat does the same again.
+    fn handle_unsubscribe(&mut self, origin: NetworkId, query: &Query, out: &mut Outbox) {
+        if (query.txid >> 48) as u16 != query.reply_node {
+            self.counters.drops.unexpected += 1;
+            return;
+        }
+        let key = WatchKey {
+            origin,
+            reply_node: query.reply_node,
+            watcher: query.watcher,
+            target: query.target,
+        };
+        self.counters.unsubscribed += u64::from(self.watches.cancel(&key));
+        out.send(
+            reply_addr(self.network, origin, query.reply_node),
+            origin,
+            answer_to(query, Outcome::NotAvailable),
+        );
+    }
+
+    /// A query (step 10), or with `subscribe` (its expiry, s) a
+    /// subscription (§5.4): decided as a query is, once per transaction;
+    /// one that shows the target's status also takes (or refreshes) the
+    /// subscription, or, past a subscription limit, is answered
+    /// `Error(Refused)` (the watcher's or the target's limit) or
+    /// `Overloaded` (the origin's or the table's) instead.
+    fn handle_query(
+        &mut self,
+        now: Millis,
+        origin: NetworkId,
+        query: &Query,
+        subscribe: Option<u32>,
+        out: &mut Outbox,
+    ) {
         // A WA numbers its transactions under its own instance (wire §5):
         // anything else is not a WA's query, and would open streams at will.
         if (query.txid >> 48) as u16 != query.reply_node {
@@ -649,24 +844,12 @@ impl PresenceServer {
             return;
         }
         // Step 10.
-        let outcome = match self.subscriber(query.target) {
-            Some(b) if b.permits(query.watcher) => {
-                let confirmed_age_s =
-                    (now.saturating_sub(b.confirmed_at()) / 1000).min(u64::from(u32::MAX)) as u32;
-                match b.state() {
-                    PresenceState::Attached(reach) => Outcome::Attached {
-                        reach,
-                        confirmed_age_s,
-                    },
-                    PresenceState::Detached => Outcome::Detached { confirmed_age_s },
-                }
-            }
-            Some(_) => Outcome::NotAvailable,
+        let outcome = if self.subscriber(query.target).is_some() {
+            self.status_for(now, query.target, query.watcher)
+        } else {
             // Not held: as long as a refused check takes (no timing tells).
-            None => {
-                self.store.permits_none(query.target, query.watcher);
-                Outcome::NotAvailable
-            }
+            self.store.permits_none(query.target, query.watcher);
+            Outcome::NotAvailable
         };
         let outcome = if foreign
             && self.charging == Charging::Unavailable
@@ -677,6 +860,40 @@ impl PresenceServer {
             Outcome::Error(ErrorReason::ChargingUnavailable)
         } else {
             outcome
+        };
+        let outcome = match subscribe {
+            Some(expiry_s) if outcome.shows_status() => {
+                let key = WatchKey {
+                    origin,
+                    reply_node: query.reply_node,
+                    watcher: query.watcher,
+                    target: query.target,
+                };
+                match self.watches.grant(now, key, query.txid, expiry_s) {
+                    Ok(Granted::New { .. }) => {
+                        self.counters.watches_granted += 1;
+                        outcome
+                    }
+                    Ok(Granted::Refreshed { .. }) => {
+                        self.counters.watches_refreshed += 1;
+                        outcome
+                    }
+                    Err(refused) => {
+                        self.counters.watches_refused += 1;
+                        match refused {
+                            WatchRefused::TargetFull | WatchRefused::WatcherFull => {
+                                Outcome::Error(ErrorReason::Refused)
+                            }
+                            WatchRefused::OriginFull | WatchRefused::TableFull => {
+                                Outcome::Overloaded {
+                                    retry_after_ms: WATCHES_FULL_RETRY_MS,
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            _ => outcome,
         };
         self.window.insert(
             now,
@@ -728,8 +945,14 @@ impl PresenceServer {
     ) {
         let status = match self.check_publisher(now, device, publish) {
             Publisher::Fresh => {
+                let was = self.store.get(publish.subscriber).map(|b| b.state());
                 self.store.set_state(publish.subscriber, publish.state, now);
                 self.counters.publications += 1;
+                if was != Some(publish.state) {
+                    let notices = &mut self.notices;
+                    self.watches
+                        .changed(now, publish.subscriber, &mut |n| notices.push(n));
+                }
                 AckStatus::Ok
             }
             Publisher::Repeat => {
@@ -1226,5 +1449,197 @@ mod tests {
             0,
             "no second charge"
         );
+    }
+
+    /// A's Subscribe to B as instance 0's transaction `counter`, for
+    /// `expiry_s`.
+    fn subscribe(counter: u64, watcher: &str, expiry_s: u32) -> Message<'static> {
+        let Message::Query(query) = query(0, counter, watcher) else {
+            unreachable!()
+        };
+        Message::Subscribe(presence_codec::Subscribe {
+            query,
+            expiry_s: std::num::NonZeroU32::new(expiry_s).unwrap(),
+        })
+    }
+
+    /// Everything `ps` sends for `message` at `now`, from the peer.
+    fn sends(ps: &mut PresenceServer, now: Millis, message: &Message<'_>) -> Outbox {
+        let mut out = Outbox::default();
+        ps.handle(now, Addr::Igps, PEER, message, &mut out);
+        out
+    }
+
+    fn notifies(out: &Outbox) -> Vec<(Addr, Notify)> {
+        out.transmits
+            .iter()
+            .filter_map(|t| match t.message {
+                Message::Notify(n) => Some((t.to, n)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// B's device publishes `state` at `now`, its clock as the counter.
+    fn publish_into(ps: &mut PresenceServer, now: Millis, state: PresenceState, out: &mut Outbox) {
+        let b = m("4915100000001");
+        let publish = DeviceKey::derive(b, b"b").sign_publish(
+            Publish {
+                txid: now,
+                subscriber: b,
+                state,
+                auth: DeviceAuth::UNSIGNED,
+            },
+            now,
+        );
+        ps.handle(now, Addr::Device(b), HOME, &Message::Publish(publish), out);
+        assert!(out.transmits.iter().any(|t| matches!(
+            t.message,
+            Message::Ack(a) if a.status == AckStatus::Ok
+        )));
+    }
+
+    fn attached() -> PresenceState {
+        PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS)
+    }
+
+    const A: &str = "447700900123";
+
+    #[test]
+    fn a_subscription_is_answered_with_the_status_charged_once_and_notified_of_changes() {
+        let mut ps = server(64);
+        let (answer, charged) = ask(&mut ps, 10, subscribe(1, A, 60));
+        assert!(matches!(answer, Some(Outcome::Detached { .. })));
+        assert_eq!(charged, 1, "a granted subscription is charged");
+        assert_eq!(ps.counters().watches_granted, 1);
+        // A retransmission is answered again: no second grant or charge.
+        assert_eq!(ask(&mut ps, 20, subscribe(1, A, 60)), (answer, 0));
+        assert_eq!(ps.watches().len(), 1);
+
+        // B publishes: A's WA instance 0, in the peer network, is told.
+        let mut out = Outbox::default();
+        publish_into(&mut ps, 1_000, attached(), &mut out);
+        let sent = notifies(&out);
+        assert_eq!(sent.len(), 1);
+        let (to, notify) = sent[0];
+        assert_eq!(
+            to,
+            Addr::BorderReply {
+                network: PEER,
+                reply_node: 0
+            }
+        );
+        assert_eq!(
+            (notify.txid, notify.watcher, notify.seq, notify.remaining_s),
+            (1, m(A), 1, 60)
+        );
+        assert!(matches!(notify.outcome, Outcome::Attached { .. }));
+        // The same status again is no change: no notification.
+        let mut out = Outbox::default();
+        publish_into(&mut ps, 3_000, attached(), &mut out);
+        assert!(notifies(&out).is_empty());
+    }
+
+    #[test]
+    fn a_refresh_is_a_new_transaction_charged_again_and_an_unsubscription_ends_it() {
+        let mut ps = server(64);
+        ask(&mut ps, 10, subscribe(1, A, 60));
+        let (answer, charged) = ask(&mut ps, 50_000, subscribe(2, A, 60));
+        assert!(matches!(answer, Some(Outcome::Detached { .. })));
+        assert_eq!(charged, 1);
+        assert_eq!(
+            (
+                ps.counters().watches_granted,
+                ps.counters().watches_refreshed
+            ),
+            (1, 1)
+        );
+        // Unsubscribed: NotAvailable, nothing charged, no news after.
+        let Message::Query(q) = query(0, 3, A) else {
+            unreachable!()
+        };
+        let out = sends(&mut ps, 60_000, &Message::Unsubscribe(q));
+        assert_eq!(out.records.len(), 0);
+        assert!(matches!(
+            out.transmits[0].message,
+            Message::Answer(a) if a.outcome == Outcome::NotAvailable
+        ));
+        assert!(ps.watches().is_empty());
+        let mut out = Outbox::default();
+        publish_into(&mut ps, 61_000, attached(), &mut out);
+        assert!(notifies(&out).is_empty());
+    }
+
+    #[test]
+    fn a_subscription_not_permitted_is_not_kept() {
+        let mut ps = server(64);
+        let (answer, charged) = ask(&mut ps, 10, subscribe(1, "447700900999", 60));
+        assert_eq!((answer, charged), (Some(Outcome::NotAvailable), 0));
+        assert!(ps.watches().is_empty());
+    }
+
+    #[test]
+    fn consent_withdrawn_or_a_buddy_removed_ends_the_subscription_with_a_last_notice() {
+        let mut ps = server(64);
+        ask(&mut ps, 10, subscribe(1, A, 60));
+        let b = m("4915100000001");
+        let withdraw = Message::ConsentUpdate(ConsentUpdate {
+            txid: 5,
+            owner: b,
+            scope: ConsentScope::Watcher(m(A)),
+            consent: Consent::Withdraw,
+        });
+        let mut out = Outbox::default();
+        ps.handle(2_000, Addr::Provisioning, HOME, &withdraw, &mut out);
+        let last = notifies(&out);
+        assert_eq!(last.len(), 1);
+        assert_eq!(
+            (last[0].1.remaining_s, last[0].1.outcome),
+            (0, Outcome::NotAvailable)
+        );
+        assert!(ps.watches().is_empty());
+        let mut out = Outbox::default();
+        publish_into(&mut ps, 3_000, attached(), &mut out);
+        assert!(notifies(&out).is_empty(), "no later news");
+
+        // Removing B ends every subscription to B the same way, sent by
+        // the next poll (provisioning has no outbox).
+        ask(&mut ps, 4_000, subscribe(2, A, 60));
+        assert_eq!(ps.watches().len(), 0, "consent is still withdrawn");
+        let grant = Message::ConsentUpdate(ConsentUpdate {
+            txid: 6,
+            owner: b,
+            scope: ConsentScope::Watcher(m(A)),
+            consent: Consent::Grant,
+        });
+        ps.handle(
+            4_500,
+            Addr::Provisioning,
+            HOME,
+            &grant,
+            &mut Outbox::default(),
+        );
+        ask(&mut ps, 5_000, subscribe(3, A, 60));
+        assert_eq!(ps.watches().len(), 1);
+        assert!(ps.deprovision(b));
+        assert_eq!(ps.next_watch_timeout(), Some(0));
+        let mut out = Outbox::default();
+        ps.poll_watches(6_000, &mut out);
+        assert_eq!(notifies(&out)[0].1.remaining_s, 0);
+        assert_eq!(ps.next_watch_timeout(), None);
+    }
+
+    #[test]
+    fn a_subscription_expires_with_a_last_notice_from_the_poll() {
+        let mut ps = server(64);
+        ask(&mut ps, 0, subscribe(1, A, 30));
+        assert_eq!(ps.next_watch_timeout(), Some(30_000));
+        let mut out = Outbox::default();
+        ps.poll_watches(29_999, &mut out);
+        assert!(out.transmits.is_empty());
+        ps.poll_watches(30_000, &mut out);
+        let last = notifies(&out);
+        assert_eq!((last[0].1.seq, last[0].1.remaining_s), (1, 0));
+        assert_eq!(ps.counters().watches_ended, 1);
     }
 }
