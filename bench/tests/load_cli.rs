@@ -126,10 +126,18 @@ fn embedded_mix_is_answered_as_each_class_should_be() {
         "internal permitted",
         "internal not permitted   not_available",
         "publish                  publish_ok",
-        "subscribe                refused",
+        "subscribe                ",
     ] {
         assert!(stdout.contains(row), "no {row:?} in\n{stdout}");
     }
+    // Subscriptions are granted (answered with the target's status, which
+    // `wrong` 0 above checks), and the publications among the targets
+    // reach their watchers as notifications.
+    assert!(
+        !stdout.contains("subscribe                refused"),
+        "{stdout}"
+    );
+    assert!(json["notifications"].as_u64().unwrap() > 0, "{json}");
     // Progress lines go to stderr, once a second.
     assert!(stderr.contains("offered 1,500/s"), "{stderr}");
     let hgrm = std::fs::read_to_string(&percentiles).unwrap();

@@ -10,71 +10,17 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+mod two_nodes;
+use two_nodes::*;
+
 use presence_codec::{
-    ClientOperation, ClientRequest, DeviceAuth, DeviceKey, FrameReader, Message, Msisdn, OpenFrame,
-    Outcome, PresenceState, Publish, Query, Reachability, FRAME_LEN_ABSOLUTE_MAX,
-    FRAME_LEN_DEFAULT_MAX,
+    ClientOperation, DeviceAuth, DeviceKey, Message, Msisdn, OpenFrame, Outcome, PresenceState,
+    Publish, Query, Reachability, FRAME_LEN_DEFAULT_MAX,
 };
-use presence_engine::journal::{Durability, JournalSink};
-use presence_engine::node::{BorderDest, Destination, Node, NodeConfig, Outgoing, Provisioned};
-use presence_engine::roles::{DecisionRecord, Hss, PsId};
+use presence_engine::journal::Durability;
+use presence_engine::node::{BorderDest, Destination, Node};
+use presence_engine::roles::{Hss, PsId};
 use presence_engine::table::{NetworkId, NumberingTable, Prefix};
-
-fn m(text: &str) -> Msisdn {
-    text.parse().unwrap()
-}
-
-/// A journal that keeps what it is given.
-#[derive(Default)]
-struct Journal {
-    records: Vec<(u64, DecisionRecord)>,
-    tickets: Vec<u64>,
-}
-
-impl JournalSink for Journal {
-    fn append(&mut self, seq: u64, _at_unix_ms: u64, _origin: &str, record: &DecisionRecord) {
-        self.records.push((seq, *record));
-    }
-    fn mark(&mut self, _mark: presence_engine::journal::MarkRef<'_>) {}
-    fn sync(&mut self, ticket: u64) {
-        self.tickets.push(ticket);
-    }
-}
-
-fn frame(message: &Message<'_>) -> Vec<u8> {
-    let mut frame = OpenFrame::new(Vec::new(), FRAME_LEN_DEFAULT_MAX);
-    frame.push(message).unwrap();
-    frame.into_bytes()
-}
-
-fn messages(frame: &[u8]) -> Vec<Message<'_>> {
-    FrameReader::new(frame, FRAME_LEN_ABSOLUTE_MAX)
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-}
-
-fn drain(node: &mut Node) -> Vec<Outgoing> {
-    std::iter::from_fn(|| node.poll_transmit()).collect()
-}
-
-fn provisioned(credential: &[u8], buddies: Vec<Msisdn>) -> Provisioned {
-    Provisioned {
-        credential: credential.to_vec(),
-        credit: 10,
-        consent: true,
-        buddies,
-    }
-}
-
-fn node(network: NetworkId, peer: NetworkId, world: &Arc<NumberingTable>, hss: &Arc<Hss>) -> Node {
-    let mut config = NodeConfig::new(network, 0, 1);
-    config.peers = vec![peer];
-    let mut node = Node::new(config, world, hss);
-    // The peer's border links said: one worker.
-    node.set_peer_workers(peer, 1);
-    node
-}
 
 #[test]
 fn a_query_walks_the_thirteen_steps_through_two_nodes() {
@@ -234,22 +180,9 @@ fn a_query_walks_the_thirteen_steps_through_two_nodes() {
     assert_eq!(messages(&again[0].frame), messages(&step12));
 }
 
-/// A's request "is B attached?", transaction 42: A's device signs it with
-/// its key (derived from the provisioned secret) and its clock as the
-/// counter (§5.11).
+/// A's request "is B attached?", transaction 42, signed at 5 s.
 fn a_asks(a: Msisdn, b: Msisdn) -> Vec<u8> {
-    frame(&Message::ClientRequest(
-        DeviceKey::derive(a, b"secret-a").sign_request(
-            ClientRequest {
-                txid: 42,
-                watcher: a,
-                target: b,
-                operation: ClientOperation::Query,
-                auth: DeviceAuth::UNSIGNED,
-            },
-            5_000,
-        ),
-    ))
+    request(a, b"secret-a", 42, b, ClientOperation::Query, 5_000)
 }
 
 /// A's node asking B's about B, as in the first test, and the frame that

@@ -96,6 +96,8 @@ pub struct StepResult {
     pub duplicates: u64,
     /// Answers to no request of this step (an earlier step's, or garbage).
     pub stray: u64,
+    /// Notifications of subscriptions (`--subscribe`) received.
+    pub notifications: u64,
     /// Answers by request class and outcome.
     pub outcomes: [[u64; OUTCOME_KINDS]; CLASSES.len()],
     /// Answers that are not what their class should get.
@@ -494,6 +496,7 @@ impl<'p> Driver<'p> {
                 lost: 0,
                 duplicates: 0,
                 stray: 0,
+                notifications: 0,
                 outcomes: [[0; OUTCOME_KINDS]; CLASSES.len()],
                 wrong: 0,
                 latency: Histogram::new_with_bounds(1, 120_000_000, 3)
@@ -816,6 +819,10 @@ impl StepState {
                 }
                 (Responder::Echo, Ok(Message::ClientRequest(r))) => (r.txid, OutcomeKind::Echo),
                 (Responder::Echo, Ok(Message::Publish(p))) => (p.txid, OutcomeKind::Echo),
+                (Responder::Appliance, Ok(Message::Notify(_))) => {
+                    self.result.notifications += 1;
+                    continue;
+                }
                 _ => {
                     self.result.stray += 1;
                     continue;

@@ -69,17 +69,17 @@ impl Class {
     }
 
     /// Whether `outcome` is what this class of request should get from an
-    /// appliance with every check on. Subscriptions are refused by the WA
-    /// (docs/architecture.md), so `refused` is right for them.
+    /// appliance with every check on. A subscription's watcher is on its
+    /// target's list, so it is answered with the target's status, as a
+    /// permitted query is.
     pub fn expects(self, outcome: OutcomeKind) -> bool {
         use OutcomeKind as O;
         match self {
-            Class::ExternalPermitted | Class::InternalPermitted => {
+            Class::ExternalPermitted | Class::InternalPermitted | Class::Subscribe => {
                 matches!(outcome, O::Attached | O::Detached)
             }
             Class::ExternalNotPermitted | Class::InternalNotPermitted => outcome == O::NotAvailable,
             Class::Publish => outcome == O::AckOk,
-            Class::Subscribe => outcome == O::Refused,
         }
     }
 }

@@ -113,6 +113,13 @@ pub fn final_table(
         thousands(r.not_sent),
         thousands(r.stuck_datagrams),
     )?;
+    if r.notifications > 0 {
+        writeln!(
+            out,
+            "  watching     notifications received {}",
+            thousands(r.notifications)
+        )?;
+    }
     writeln!(
         out,
         "  pace         {} unanswered when the send window closed (at most {} to be carried); sender at worst {} µs behind; longest gap with no answer while requests were out {:.1} ms",
@@ -174,6 +181,7 @@ pub fn json(
         "shed": r.overloaded(),
         "wrong": r.wrong,
         "duplicates": r.duplicates,
+        "notifications": r.notifications,
         "no_loss": r.clean(),
         "p50_us": q(0.5),
         "p90_us": q(0.9),

@@ -10,14 +10,14 @@
 //! query's target), then the roles.
 
 use presence_codec::{
-    Answer, FrameReader, Message, Msisdn, Outcome, Query, FRAME_LEN_ABSOLUTE_MAX,
+    Answer, FrameReader, Message, Msisdn, Notify, Outcome, Query, FRAME_LEN_ABSOLUTE_MAX,
 };
 use smallvec::SmallVec;
 
 use super::{
     Alarm, BorderDest, CrossKind, CrossMessage, DropReason, Node, PeerEvent, SHED_RETRY_MS,
 };
-use crate::roles::{shed_queued_query, shed_refused_frame, Addr, IgpsLookup, PsId};
+use crate::roles::{shed_queued_query, shed_refused_frame, Addr, Ask, IgpsLookup, PsId};
 use crate::table::{NetworkId, LOOKUP_BATCH_MAX};
 
 impl Node {
@@ -49,11 +49,13 @@ impl Node {
             self.counters.drop(DropReason::BadBorderFrame);
             return;
         };
-        let mut queries: SmallVec<[Query; LOOKUP_BATCH_MAX]> = SmallVec::new();
+        let mut queries: SmallVec<[(Query, Ask); LOOKUP_BATCH_MAX]> = SmallVec::new();
         let mut answers: SmallVec<[Answer; LOOKUP_BATCH_MAX]> = SmallVec::new();
         for message in reader {
+            let asked = message.as_ref().ok().and_then(Ask::of);
             match message {
-                Ok(Message::Query(query)) => {
+                Ok(_) if asked.is_some() => {
+                    let Some((query, ask)) = asked else { continue };
                     self.counters.border_queries_in += 1;
                     self.counters.peer(origin, PeerEvent::QueriesIn);
                     if let Some(retry_after_ms) = shed {
@@ -67,7 +69,7 @@ impl Node {
                         self.cross(
                             owner,
                             CrossKind::BorderQuery,
-                            CrossMessage::Query { origin, query },
+                            CrossMessage::Query { origin, query, ask },
                         );
                         continue;
                     }
@@ -75,7 +77,22 @@ impl Node {
                         self.border_queries(origin, &queries);
                         queries.clear();
                     }
-                    queries.push(query);
+                    queries.push((query, ask));
+                }
+                Ok(Message::Notify(notify)) => {
+                    // A notification belongs to the WA instance of its
+                    // subscription: its worker.
+                    if notify.reply_node == self.config.worker {
+                        self.notify_here(origin, notify);
+                    } else if notify.reply_node < self.config.workers {
+                        self.cross(
+                            notify.reply_node,
+                            CrossKind::BorderAnswer,
+                            CrossMessage::Notify { origin, notify },
+                        );
+                    } else {
+                        self.counters.drop(DropReason::BadBorderFrame);
+                    }
                 }
                 Ok(Message::Answer(answer)) => {
                     self.counters.border_answers_in += 1;
@@ -110,14 +127,14 @@ impl Node {
     }
 
     /// Queries of `origin` for targets this node owns, looked up together.
-    fn border_queries(&mut self, origin: NetworkId, queries: &[Query]) {
+    fn border_queries(&mut self, origin: NetworkId, queries: &[(Query, Ask)]) {
         if queries.is_empty() {
             return;
         }
         let n = queries.len().min(LOOKUP_BATCH_MAX);
         let mut watchers = [Msisdn::MIN; LOOKUP_BATCH_MAX];
         let mut targets = [Msisdn::MIN; LOOKUP_BATCH_MAX];
-        for ((w, t), q) in watchers.iter_mut().zip(targets.iter_mut()).zip(queries) {
+        for ((w, t), (q, _)) in watchers.iter_mut().zip(targets.iter_mut()).zip(queries) {
             *w = q.watcher;
             *t = q.target;
         }
@@ -130,13 +147,13 @@ impl Node {
             .current()
             .lookup_batch(&targets[..n], &mut servers[..n]);
         // Warm-up: the targets' records and buddy lists, misses overlapped.
-        for (query, server) in queries.iter().zip(servers) {
+        for ((query, _), server) in queries.iter().zip(servers) {
             if let Some(slice) = server.and_then(|id| self.ps.get(usize::from(id.0))?.as_ref()) {
                 std::hint::black_box(slice.first_buddy(query.target));
             }
         }
-        for ((query, network), server) in queries.iter().zip(watcher_networks).zip(servers) {
-            self.border_query(origin, query, network, server);
+        for (((query, ask), network), server) in queries.iter().zip(watcher_networks).zip(servers) {
+            self.border_query(origin, query, *ask, network, server);
         }
     }
 
@@ -147,6 +164,7 @@ impl Node {
         &mut self,
         origin: NetworkId,
         query: &Query,
+        ask: Ask,
         watcher_network: Option<NetworkId>,
         server: Option<PsId>,
     ) {
@@ -163,8 +181,14 @@ impl Node {
             server,
             decided,
         };
-        self.igps
-            .route(self.now_ms, true, origin, query, lookup, &mut self.out);
+        self.igps.route(
+            self.now_ms,
+            true,
+            origin,
+            (query, ask),
+            lookup,
+            &mut self.out,
+        );
         if traced {
             for t in &self.out.transmits {
                 if let Addr::Ps(id) = t.to {
@@ -200,6 +224,20 @@ impl Node {
         for (answer, network) in answers.iter().zip(networks) {
             self.border_answer(origin, *answer, network);
         }
+    }
+
+    /// A notification from `origin`'s presence server (a peer's, or this
+    /// network's) for this node's WA. Only B's network notifies about B:
+    /// one about a number of another network is refused as an answer
+    /// would be.
+    pub(super) fn notify_here(&mut self, origin: NetworkId, notify: Notify) {
+        if origin != self.config.network && self.table_reader.lookup(notify.target) != Some(origin)
+        {
+            self.counters.alarm(Alarm::AnswerFromWrongNetwork);
+            return;
+        }
+        self.wa.handle_notify(self.now_ms, &notify, &mut self.out);
+        self.drain_out(Addr::Wa(self.config.worker), None);
     }
 
     /// Step 12 arriving from `origin`, whose target the numbering table

@@ -339,7 +339,7 @@ impl RoleCounters {
 
     /// Every counter as `(role, event, value)`, in a stable order: the
     /// labels of `presence_role_events_total`.
-    pub fn events(&self) -> [(&'static str, &'static str, u64); 43] {
+    pub fn events(&self) -> [(&'static str, &'static str, u64); 46] {
         let (wa, ogps, igps, ps) = (&self.wa, &self.ogps, &self.igps, &self.ps);
         [
             ("wa", "accepted", wa.accepted),
@@ -356,6 +356,9 @@ impl RoleCounters {
             ("wa", "retransmissions", wa.retransmissions),
             ("wa", "final_answers", wa.final_answers),
             ("wa", "timeouts", wa.timeouts),
+            ("wa", "watches_granted", wa.watches_granted),
+            ("wa", "notifications", wa.notifications),
+            ("wa", "notifications_dropped", wa.notifications_dropped),
             ("ogps", "forwarded", ogps.forwarded),
             ("ogps", "looped_home", ogps.looped_home),
             ("ogps", "unknown_network", ogps.unknown_network),

@@ -10,12 +10,12 @@
 use std::net::SocketAddr;
 
 use presence_codec::{
-    Answer, FrameReader, FrameWriter, Message, Outcome, Query, BODY_LEN_MAX, ENVELOPE_LEN,
+    Answer, FrameReader, FrameWriter, Message, Notify, Outcome, Query, BODY_LEN_MAX, ENVELOPE_LEN,
     FRAME_HEADER_LEN, FRAME_VERSION,
 };
 
 use super::{BorderDest, DropReason, Node, Route, SHED_RETRY_MS};
-use crate::roles::{answer_to, Addr, IgpsLookup};
+use crate::roles::{answer_to, Addr, Ask, IgpsLookup};
 use crate::table::NetworkId;
 
 /// Largest device frame carried between workers: a frame of one message.
@@ -47,6 +47,8 @@ pub enum CrossMessage {
         origin: NetworkId,
         /// The query.
         query: Query,
+        /// What it asks (a query, a subscription, an unsubscription).
+        ask: Ask,
     },
     /// An answer for the receiver's WA: from a peer network (`origin`), or
     /// from this network's presence server.
@@ -55,6 +57,14 @@ pub enum CrossMessage {
         origin: NetworkId,
         /// The answer.
         answer: Answer,
+    },
+    /// A notification for the receiver's WA: from a peer network's
+    /// presence server (`origin`), or from this network's.
+    Notify {
+        /// The network whose presence server sent it.
+        origin: NetworkId,
+        /// The notification.
+        notify: Notify,
     },
 }
 
@@ -75,10 +85,16 @@ impl std::fmt::Debug for CrossMessage {
                 .field("from", from)
                 .field("len", len)
                 .finish_non_exhaustive(),
-            CrossMessage::Query { origin, query } => f
+            CrossMessage::Query { origin, query, ask } => f
                 .debug_struct("Query")
                 .field("origin", origin)
                 .field("query", query)
+                .field("ask", ask)
+                .finish(),
+            CrossMessage::Notify { origin, notify } => f
+                .debug_struct("Notify")
+                .field("origin", origin)
+                .field("notify", notify)
                 .finish(),
             CrossMessage::Answer { origin, answer } => f
                 .debug_struct("Answer")
@@ -126,15 +142,16 @@ impl Node {
                 len,
                 frame,
             } => self.cross_device(from, arrived_us, &frame, len),
-            CrossMessage::Query { origin, query } => {
+            CrossMessage::Query { origin, query, ask } => {
                 if origin == self.config.network {
-                    self.internal_query_here(query);
+                    self.internal_query_here(query, ask);
                 } else {
                     let watcher_network = self.table_reader.lookup(query.watcher);
                     let server = self.hss.lookup(query.target);
-                    self.border_query(origin, &query, watcher_network, server);
+                    self.border_query(origin, &query, ask, watcher_network, server);
                 }
             }
+            CrossMessage::Notify { origin, notify } => self.notify_here(origin, notify),
             CrossMessage::Answer { origin, answer } => {
                 if origin == self.config.network {
                     self.wa.handle_answer(self.now_ms, &answer, &mut self.out);
@@ -181,15 +198,21 @@ impl Node {
 
     /// A query of this network's own, at the IGPS of the node that owns
     /// its target (steps 7–9 inside one network).
-    pub(super) fn internal_query_here(&mut self, query: Query) {
+    pub(super) fn internal_query_here(&mut self, query: Query, ask: Ask) {
         let own = self.config.network;
         let lookup = IgpsLookup {
             watcher_network: Some(own),
             server: self.hss.lookup(query.target),
             decided: false,
         };
-        self.igps
-            .route(self.now_ms, false, own, &query, lookup, &mut self.out);
+        self.igps.route(
+            self.now_ms,
+            false,
+            own,
+            (&query, ask),
+            lookup,
+            &mut self.out,
+        );
         self.drain_out(Addr::Igps, None);
     }
 
@@ -197,7 +220,8 @@ impl Node {
     /// for it rather than let it vanish. A device's request is answered
     /// `Overloaded`; a peer's query is answered `Overloaded` back through
     /// the border; this network's query is answered `Overloaded` to its WA;
-    /// an answer cannot be answered, and is left to its WA's retransmission.
+    /// an answer cannot be answered, and is left to its WA's retransmission;
+    /// a notification is lost, and its WA finds the gap in its numbers.
     pub fn handle_cross_refused(&mut self, now_us: u64, to: u16, message: CrossMessage) {
         self.begin(now_us);
         self.counters.drop(DropReason::InboxFull);
@@ -223,7 +247,7 @@ impl Node {
                     self.device_frames.push(from, &answer);
                 }
             }
-            CrossMessage::Query { origin, query } => {
+            CrossMessage::Query { origin, query, .. } => {
                 let answer = answer_to(&query, shed);
                 if origin == self.config.network {
                     if let Message::Answer(a) = answer {
@@ -241,7 +265,7 @@ impl Node {
                     );
                 }
             }
-            CrossMessage::Answer { .. } => {}
+            CrossMessage::Answer { .. } | CrossMessage::Notify { .. } => {}
         }
     }
 }

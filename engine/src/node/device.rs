@@ -17,7 +17,7 @@ use presence_codec::{
 use smallvec::SmallVec;
 
 use super::{Alarm, CrossKind, CrossMessage, DropReason, Node, Route};
-use crate::roles::{answer_to, Addr, PsId, RequestFate, SourcePrefix};
+use crate::roles::{answer_to, Addr, Ask, PsId, RequestFate, SourcePrefix};
 use crate::table::{NetworkId, LOOKUP_BATCH_MAX};
 
 impl Node {
@@ -197,10 +197,12 @@ impl Node {
                 guard.failed(now_ms, source);
             }
         }
-        let query = self.out.transmits.iter().find_map(|t| match t.message {
-            Message::Query(q) => Some((t.to, q)),
-            _ => None,
-        });
+        // The query (or subscription, or unsubscription) the WA sent on.
+        let query = self
+            .out
+            .transmits
+            .iter()
+            .find_map(|t| Ask::of(&t.message).map(|(q, _)| (t.to, q)));
         if self.trace.traces(watcher) {
             self.trace_wa(watcher, request.target, query.map(|q| q.0));
         }

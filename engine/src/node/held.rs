@@ -27,7 +27,7 @@
 
 use std::collections::VecDeque;
 
-use presence_codec::{Answer, ErrorReason, Message, Outcome};
+use presence_codec::{Answer, ErrorReason, Message, Notify, Outcome};
 
 use super::{BorderDest, DropReason, Node};
 use crate::journal::{Durability, JournalSink, MarkRef};
@@ -43,7 +43,17 @@ const BACKLOG_LOW: usize = HELD_ANSWERS_MAX / 4;
 /// Retry-after told while answers wait for a slow disk.
 const BACKLOG_RETRY_MS: u32 = 50;
 
-/// An answer to another network waiting for its records.
+/// What waits: an answer, or a notification (which waits behind the
+/// answers before it, so a subscription's first notification never
+/// overtakes the answer that granted it).
+#[derive(Clone, Copy, Debug)]
+enum HeldMessage {
+    Answer(Answer),
+    Notify(Notify),
+}
+
+/// An answer (or notification) to another network waiting for its
+/// records.
 #[derive(Clone, Copy, Debug)]
 struct HeldAnswer {
     upto: u64,
@@ -52,7 +62,7 @@ struct HeldAnswer {
     /// repeat or an unknown subscriber's has none).
     record: Option<u64>,
     network: NetworkId,
-    answer: Answer,
+    message: HeldMessage,
 }
 
 /// One stream's mark in the making.
@@ -173,6 +183,16 @@ impl Node {
     /// Holds a presence server's (or the IGPS's) answer to `network` until
     /// the journal has made the records before it durable.
     pub(super) fn hold(&mut self, network: NetworkId, answer: Answer, record: Option<u64>) {
+        self.hold_message(network, HeldMessage::Answer(answer), record);
+    }
+
+    /// Holds a notification to `network` behind the answers held before
+    /// it.
+    pub(super) fn hold_notify(&mut self, network: NetworkId, notify: Notify) {
+        self.hold_message(network, HeldMessage::Notify(notify), None);
+    }
+
+    fn hold_message(&mut self, network: NetworkId, message: HeldMessage, record: Option<u64>) {
         let held = &mut self.held;
         if held.answers.len() >= HELD_ANSWERS_MAX {
             // The presence servers shed long before this; the WA's
@@ -185,7 +205,7 @@ impl Node {
             ticket: held.next_ticket,
             record,
             network,
-            answer,
+            message,
         });
         held.sync_wanted = true;
         if !held.healthy {
@@ -229,11 +249,24 @@ impl Node {
                 upto,
                 record,
                 network,
-                mut answer,
+                message,
                 ..
             }) = held.answers.pop_front()
             else {
                 break;
+            };
+            let mut answer = match message {
+                HeldMessage::Answer(answer) => answer,
+                HeldMessage::Notify(notify) => {
+                    self.border_frames.push(
+                        BorderDest {
+                            network,
+                            worker: Some(notify.reply_node),
+                        },
+                        &Message::Notify(notify),
+                    );
+                    continue;
+                }
             };
             if upto > durable && answer.outcome.shows_status() {
                 match record {

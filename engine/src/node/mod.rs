@@ -411,11 +411,35 @@ impl Node {
             self.drain_out(Addr::Wa(self.config.worker), None);
             self.run();
         }
+        // Subscriptions: coalesced notifications whose interval opened,
+        // expiries, and ends decided by provisioning.
+        for i in 0..self.ps.len() {
+            let now = self.now_ms;
+            let Some(slice) = self.ps.get_mut(i).and_then(Option::as_mut) else {
+                continue;
+            };
+            if slice.next_watch_timeout().is_some_and(|at| at <= now) {
+                let id = slice.id();
+                slice.poll_watches(now, &mut self.out);
+                self.drain_out(Addr::Ps(id), None);
+                self.run();
+            }
+        }
     }
 
     /// When [`Node::handle_timeout`] is next needed, in µs.
     pub fn poll_timeout(&self) -> Option<u64> {
-        self.wa.poll_timeout().map(|ms| ms.saturating_mul(1000))
+        let watches = self
+            .ps
+            .iter()
+            .flatten()
+            .filter_map(PresenceServer::next_watch_timeout)
+            .min();
+        match (self.wa.poll_timeout(), watches) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(|ms| ms.saturating_mul(1000))
     }
 
     /// The next frame to send. Frames stay open across inputs until the

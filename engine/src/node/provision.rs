@@ -286,7 +286,11 @@ impl Node {
             Message::Ack(ack) if t.to == Addr::Provisioning => Some(ack.status),
             _ => None,
         });
-        self.out.transmits.clear();
+        // The ack is returned; what else the change caused (the last
+        // notification of a subscription it ended) goes on its way.
+        self.out.transmits.retain(|t| t.to != Addr::Provisioning);
+        self.drain_out(Addr::Ps(id), None);
+        self.run();
         status
     }
 }

@@ -5,7 +5,7 @@ use presence_codec::{Answer, Message, Outcome};
 
 use super::LATENCY_SAMPLE_EVERY;
 use super::{BorderDest, CrossKind, CrossMessage, DropReason, Node, Route, Work, WORK_MAX};
-use crate::roles::{Addr, PsId, Transmit};
+use crate::roles::{Addr, Ask, PsId, Transmit};
 
 impl Node {
     /// Moves what a role just produced onto the work queue (`route`: the
@@ -88,6 +88,21 @@ impl Node {
         match transmit.to {
             Addr::Device(device) => self.deliver_to_device(device, &transmit.message),
             Addr::Wa(instance) => {
+                if let Message::Notify(notify) = transmit.message {
+                    if instance == self.config.worker {
+                        self.notify_here(transmit.origin, notify);
+                    } else {
+                        self.cross(
+                            instance,
+                            CrossKind::InternalAnswer,
+                            CrossMessage::Notify {
+                                origin: transmit.origin,
+                                notify,
+                            },
+                        );
+                    }
+                    return;
+                }
                 let Message::Answer(answer) = transmit.message else {
                     self.counters.drop(DropReason::BadMessage);
                     return;
@@ -107,7 +122,7 @@ impl Node {
                 }
             }
             Addr::Ogps => {
-                let Message::Query(query) = transmit.message else {
+                let Some((query, ask)) = Ask::of(&transmit.message) else {
                     self.counters.drop(DropReason::BadMessage);
                     return;
                 };
@@ -121,19 +136,20 @@ impl Node {
                     })
                 });
                 match route {
-                    Some(r) => self
-                        .ogps
-                        .route(now, &query, r.network, r.version, &mut self.out),
+                    Some(r) => {
+                        self.ogps
+                            .route(now, &query, ask, r.network, r.version, &mut self.out)
+                    }
                     None => self
                         .ogps
                         .handle(now, from, &transmit.message, &mut self.out),
                 }
                 for t in &self.out.transmits {
-                    match (t.to, &t.message) {
-                        (Addr::Border { network }, Message::Query(f)) => {
+                    match (t.to, Ask::of(&t.message)) {
+                        (Addr::Border { network }, Some((f, _))) => {
                             self.wa.pin_route(f.txid, network);
                         }
-                        (Addr::Igps, Message::Query(f)) => {
+                        (Addr::Igps, Some((f, _))) => {
                             self.wa.pin_route(f.txid, self.config.network);
                         }
                         _ => {}
@@ -152,15 +168,15 @@ impl Node {
                 self.drain_out(Addr::Ogps, None);
             }
             Addr::Igps => {
-                let Message::Query(query) = transmit.message else {
+                let Some((query, ask)) = Ask::of(&transmit.message) else {
                     self.counters.drop(DropReason::BadMessage);
                     return;
                 };
-                self.internal_query(query);
+                self.internal_query(query, ask);
             }
             Addr::Ps(id) => self.deliver_to_presence_server(id, from, transmit),
             Addr::Border { network } => {
-                let Message::Query(query) = &transmit.message else {
+                let Some((query, _)) = Ask::of(&transmit.message) else {
                     self.counters.drop(DropReason::BadMessage);
                     return;
                 };
@@ -179,6 +195,12 @@ impl Node {
                 network,
                 reply_node,
             } => {
+                if let Message::Notify(notify) = transmit.message {
+                    // Behind the answers held before it: the answer that
+                    // granted its subscription leaves first.
+                    self.hold_notify(network, notify);
+                    return;
+                }
                 let Message::Answer(answer) = transmit.message else {
                     self.counters.drop(DropReason::BadMessage);
                     return;
@@ -213,7 +235,7 @@ impl Node {
 
     /// A query of this network's own WA (or OGPS, for a number the WA took
     /// for foreign) at the IGPS: on the node that owns its target.
-    fn internal_query(&mut self, query: presence_codec::Query) {
+    fn internal_query(&mut self, query: presence_codec::Query, ask: Ask) {
         let owner = self.owner(query.target);
         if owner != self.config.worker {
             self.cross(
@@ -222,16 +244,17 @@ impl Node {
                 CrossMessage::Query {
                     origin: self.config.network,
                     query,
+                    ask,
                 },
             );
             return;
         }
-        self.internal_query_here(query);
+        self.internal_query_here(query, ask);
     }
 
     fn deliver_to_presence_server(&mut self, id: PsId, from: Addr, transmit: Transmit) {
         let now = self.now_ms;
-        let Message::Query(query) = transmit.message else {
+        let Some((query, _)) = Ask::of(&transmit.message) else {
             self.counters.drop(DropReason::BadMessage);
             return;
         };

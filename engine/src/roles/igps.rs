@@ -18,7 +18,7 @@ use presence_codec::{ErrorReason, Message, Outcome, Query};
 
 use super::hss::{HssReader, PsId};
 use super::limit::{Bucket, Rate};
-use super::{answer_to, one_hop_on, Addr, DropCounters, Hss, Millis, Outbox};
+use super::{answer_to, one_hop_on, Addr, Ask, DropCounters, Hss, Millis, Outbox};
 use crate::table::{NetworkId, NumberingTable, TableReader};
 use ahash::AHashMap;
 
@@ -135,7 +135,7 @@ impl Igps {
         message: &Message<'_>,
         out: &mut Outbox,
     ) {
-        let Message::Query(query) = message else {
+        let Some((query, ask)) = Ask::of(message) else {
             self.counters.drops.unexpected += 1;
             return;
         };
@@ -152,17 +152,17 @@ impl Igps {
             server: self.hss.lookup(query.target),
             decided: false,
         };
-        self.route(now, from_border, origin, query, lookup, out);
+        self.route(now, from_border, origin, (&query, ask), lookup, out);
     }
 
-    /// Steps 7–9 for `query`, with what the node looked up for it (for a
-    /// whole frame at once).
+    /// Steps 7–9 for `query` asking `ask`, with what the node looked up for
+    /// it (for a whole frame at once).
     pub fn route(
         &mut self,
         now: Millis,
         from_border: bool,
         origin: NetworkId,
-        query: &Query,
+        (query, ask): (&Query, Ask),
         lookup: IgpsLookup,
         out: &mut Outbox,
     ) {
@@ -220,6 +220,6 @@ impl Igps {
         };
         // Step 9.
         self.counters.forwarded += 1;
-        out.send(Addr::Ps(ps), origin, Message::Query(one_hop_on(query)));
+        out.send(Addr::Ps(ps), origin, ask.message(one_hop_on(query)));
     }
 }

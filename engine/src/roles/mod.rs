@@ -146,6 +146,46 @@ pub(crate) fn answer_to(query: &Query, outcome: Outcome) -> Message<'static> {
     })
 }
 
+/// What a query-shaped message asks: a query (§5.1), a subscription
+/// (§5.4, with its expiry) or an unsubscription (§5.5). All three carry
+/// the query's fields and travel its path (WA, OGPS, border, IGPS,
+/// presence server) the same way; only the presence server tells them
+/// apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ask {
+    /// "Is B attached?" once.
+    Query,
+    /// Watch B for this many seconds.
+    Subscribe(std::num::NonZeroU32),
+    /// Stop watching B.
+    Unsubscribe,
+}
+
+impl Ask {
+    /// The query fields of a query-shaped `message`, and what it asks.
+    pub fn of(message: &Message<'_>) -> Option<(Query, Ask)> {
+        match message {
+            Message::Query(query) => Some((*query, Ask::Query)),
+            Message::Subscribe(subscribe) => {
+                Some((subscribe.query, Ask::Subscribe(subscribe.expiry_s)))
+            }
+            Message::Unsubscribe(query) => Some((*query, Ask::Unsubscribe)),
+            _ => None,
+        }
+    }
+
+    /// The message asking this with `query`'s fields.
+    pub fn message(self, query: Query) -> Message<'static> {
+        match self {
+            Ask::Query => Message::Query(query),
+            Ask::Subscribe(expiry_s) => {
+                Message::Subscribe(presence_codec::Subscribe { query, expiry_s })
+            }
+            Ask::Unsubscribe => Message::Unsubscribe(query),
+        }
+    }
+}
+
 /// `query` one forwarding hop further on. Callers answer a query that
 /// arrives with hop limit 0 instead of forwarding it.
 pub(crate) fn one_hop_on(query: &Query) -> Query {

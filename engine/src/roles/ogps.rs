@@ -21,7 +21,7 @@ use ahash::{AHashMap, AHashSet};
 
 use presence_codec::{ErrorReason, Message, Outcome, Query};
 
-use super::{answer_to, one_hop_on, Addr, DropCounters, Millis, Outbox};
+use super::{answer_to, one_hop_on, Addr, Ask, DropCounters, Millis, Outbox};
 use crate::table::{NetworkId, NumberingTable, TableReader};
 
 /// Counters of the OGPS's decisions.
@@ -109,14 +109,14 @@ impl Ogps {
 
     /// Handles a query from a WA of this network, looking B up itself.
     pub fn handle(&mut self, now: Millis, from: Addr, message: &Message<'_>, out: &mut Outbox) {
-        let (Addr::Wa(_), Message::Query(query)) = (from, message) else {
+        let (Addr::Wa(_), Some((query, ask))) = (from, Ask::of(message)) else {
             self.counters.drops.unexpected += 1;
             return;
         };
         let version = self.table.current();
         let route_version = version.version() as u32;
         let network = version.lookup(query.target);
-        self.route(now, query, network, route_version, out);
+        self.route(now, &query, ask, network, route_version, out);
     }
 
     /// Steps 5–6 for a query whose target the numbering table (version
@@ -125,6 +125,7 @@ impl Ogps {
         &mut self,
         now: Millis,
         query: &Query,
+        ask: Ask,
         network: Option<NetworkId>,
         route_version: u32,
         out: &mut Outbox,
@@ -148,7 +149,7 @@ impl Ogps {
         };
         if network == own {
             self.counters.looped_home += 1;
-            out.send(Addr::Igps, own, Message::Query(forwarded));
+            out.send(Addr::Igps, own, ask.message(forwarded));
             return;
         }
         if !self.peers.contains(&network) {
@@ -165,6 +166,6 @@ impl Ogps {
         }
         // Step 6.
         self.counters.forwarded += 1;
-        out.send(Addr::Border { network }, own, Message::Query(forwarded));
+        out.send(Addr::Border { network }, own, ask.message(forwarded));
     }
 }

@@ -10,8 +10,8 @@ use presence_codec::{
 
 use super::{SimNetwork, SimRng};
 use crate::roles::{
-    Addr, Hss, HssReader, Igps, IgpsLookup, Millis, Ogps, Outbox, PresenceServer, PsId, Subscriber,
-    SubscriberRecord, Transmit, WaConfig, WatcherApp,
+    Addr, Ask, Hss, HssReader, Igps, IgpsLookup, Millis, Ogps, Outbox, PresenceServer, PsId,
+    Subscriber, SubscriberRecord, Transmit, WaConfig, WatcherApp,
 };
 use crate::table::{NetworkId, NumberingTable, TableReader};
 
@@ -284,7 +284,7 @@ impl Pipeline {
                 continue;
             };
             self.ogps
-                .route(now, &query, network, version, &mut self.out);
+                .route(now, &query, Ask::Query, network, version, &mut self.out);
             if let Some(Transmit {
                 message: Message::Query(query),
                 ..
@@ -324,8 +324,14 @@ impl Pipeline {
                 server,
                 decided: false,
             };
-            self.igps
-                .route(now, true, self.net_a, query, lookup, &mut self.out);
+            self.igps.route(
+                now,
+                true,
+                self.net_a,
+                (query, Ask::Query),
+                lookup,
+                &mut self.out,
+            );
             let Some(t) = self.out.transmits.pop() else {
                 continue;
             };

@@ -23,8 +23,16 @@
 //! answer's retry-after. Timers: [`WatcherApp::poll_timeout`] says when to
 //! call [`WatcherApp::handle_timeout`]; an early call is harmless.
 //!
-//! Subscriptions (`ClientOperation::Subscribe`/`Unsubscribe`) are refused with
-//! `Error(Refused)`: watching with an expiry is not built in the roles yet.
+//! Watching (issue 17): a device's Subscribe and Unsubscribe are
+//! transactions as a query is (a Subscribe debited as a query is, an
+//! Unsubscribe free), sent along the query's path as §5.4 and §5.5
+//! messages. A Subscribe answered with B's status leaves a subscription
+//! here, one per watcher and target, bounded by `pending_max`: the
+//! device's latest request id and the last notification number passed
+//! on. Each Notify from B's presence server goes to A's device under
+//! that request id, once, in order (a number not above the last one is
+//! dropped); the last one (`remaining_s` 0), an Unsubscribe answered, or
+//! an expiry passed ends it. A refresh is the device subscribing again.
 
 mod device;
 mod pending;
@@ -37,7 +45,7 @@ use std::net::SocketAddr;
 
 use presence_codec::{
     Answer, ClientOperation, ClientRequest, DeviceAuth, DeviceKey, ErrorReason, Message, Msisdn,
-    Outcome, Query, CREDENTIAL_LEN_MAX,
+    Notify, Outcome, Query, CREDENTIAL_LEN_MAX,
 };
 
 use self::device::{DeviceRequest, DeviceRequests};
@@ -47,7 +55,7 @@ use super::auth::{
 };
 use super::limit::{Bucket, Rate};
 use super::timer::{Timer, TimerWheel};
-use super::{Addr, DropCounters, Millis, Outbox};
+use super::{Addr, Ask, DropCounters, Millis, Outbox};
 use crate::table::NetworkId;
 
 /// What the WA knows of one of its subscribers (from provisioning).
@@ -158,6 +166,12 @@ const TXIDS_PER_SECOND_BITS: u32 = 22;
 /// the same request again within them gets its one answer, never a second
 /// query (docs/reliability.md).
 pub const DEVICE_REPEAT_DEADLINES: u64 = 4;
+/// Whether an outcome leaves the question open (a timeout, an overload, an
+/// error on the way): a watch held stays as it was.
+fn outcome_retryable(outcome: Outcome) -> bool {
+    matches!(outcome, Outcome::Overloaded { .. } | Outcome::Error(_))
+}
+
 /// Retry-after told to A when the pending table is full.
 const PENDING_FULL_RETRY_MS: u32 = 100;
 
@@ -202,6 +216,13 @@ pub struct WaCounters {
     pub final_answers: u64,
     /// Of those, timeouts.
     pub timeouts: u64,
+    /// Subscriptions held (granted or refreshed by B's presence server).
+    pub watches_granted: u64,
+    /// Notifications passed on to devices.
+    pub notifications: u64,
+    /// Notifications dropped: a number already passed on (a duplicate or
+    /// old news), or no subscription here to take it.
+    pub notifications_dropped: u64,
     /// Refused or dropped for other reasons.
     pub drops: DropCounters,
 }
@@ -225,6 +246,9 @@ impl WaCounters {
         self.retransmissions += other.retransmissions;
         self.final_answers += other.final_answers;
         self.timeouts += other.timeouts;
+        self.watches_granted += other.watches_granted;
+        self.notifications += other.notifications;
+        self.notifications_dropped += other.notifications_dropped;
         self.drops.add(&other.drops);
     }
 }
@@ -255,7 +279,22 @@ pub struct WatcherApp {
     /// Scratch for due timers (capacity kept).
     due: Vec<Timer>,
     next_txid: u64,
+    /// Live subscriptions, by watcher and target.
+    watches: AHashMap<(Msisdn, Msisdn), WaWatch>,
     counters: WaCounters,
+}
+
+/// A subscription of one of this WA's watchers, as the WA keeps it to pass
+/// its notifications on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct WaWatch {
+    /// The device's request id of its latest Subscribe: notifications go
+    /// to the device under it.
+    client_txid: u64,
+    /// The last notification number passed on (0: none yet).
+    last_seq: u32,
+    /// When it ends unless refreshed.
+    expires_at: Millis,
 }
 
 impl WatcherApp {
@@ -280,6 +319,7 @@ impl WatcherApp {
             due: Vec::with_capacity(1024),
             next_txid: u64::from(config.instance) << 48
                 | (config.boot_time_s << TXIDS_PER_SECOND_BITS) & COUNTER_MASK,
+            watches: AHashMap::new(),
             config,
             counters: WaCounters::default(),
         }
@@ -552,11 +592,6 @@ impl WatcherApp {
                 }
             };
         }
-        if request.operation != ClientOperation::Query {
-            self.counters.drops.unexpected += 1;
-            refuse(self, Outcome::Error(ErrorReason::Refused), out);
-            return RequestFate::Refused;
-        }
         // A new counter on a request id already taken: the device asking
         // again under a fresh counter; never a second query either.
         match self.device_requests.get(now, key, request.target) {
@@ -582,7 +617,11 @@ impl WatcherApp {
                 return RequestFate::Refused;
             }
         }
-        if !self.pending.is_free(self.next_txid) {
+        // A full pending table, or a new subscription with no room to
+        // keep it.
+        let no_watch_room = matches!(request.operation, ClientOperation::Subscribe { .. })
+            && !self.watch_room(now, request.watcher, request.target);
+        if !self.pending.is_free(self.next_txid) || no_watch_room {
             self.counters.drops.overloaded += 1;
             refuse(
                 self,
@@ -593,7 +632,11 @@ impl WatcherApp {
             );
             return RequestFate::Refused;
         }
-        let cost = self.config.query_cost;
+        // Stopping a watch costs nothing.
+        let cost = match request.operation {
+            ClientOperation::Unsubscribe => 0,
+            _ => self.config.query_cost,
+        };
         if !self.subscribers.contains_key(&request.watcher) {
             return RequestFate::Refused;
         }
@@ -638,6 +681,7 @@ impl WatcherApp {
             route: None,
             cost,
             device_slot,
+            operation: request.operation,
         };
         self.counters.accepted += 1;
         self.counters.internal += u64::from(internal);
@@ -658,19 +702,104 @@ impl WatcherApp {
         } else {
             Addr::Ogps
         };
+        let query = Query {
+            txid,
+            watcher: pending.watcher,
+            target: pending.target,
+            hop_limit: self.config.hop_limit,
+            budget_ms,
+            reply_node: self.config.instance,
+            route_version: 0,
+        };
+        let ask = match pending.operation {
+            ClientOperation::Query => Ask::Query,
+            ClientOperation::Subscribe { expiry_s } => Ask::Subscribe(expiry_s),
+            ClientOperation::Unsubscribe => Ask::Unsubscribe,
+        };
+        out.send(to, self.config.network, ask.message(query));
+    }
+
+    /// Whether a Subscribe of `watcher` to `target` has room: it refreshes
+    /// one held, or the table (bounded by `pending_max`) has room once the
+    /// expired are cleared out.
+    fn watch_room(&mut self, now: Millis, watcher: Msisdn, target: Msisdn) -> bool {
+        let cap = self.pending.slots.len();
+        if self.watches.len() < cap || self.watches.contains_key(&(watcher, target)) {
+            return true;
+        }
+        self.watches.retain(|_, w| w.expires_at > now);
+        self.watches.len() < cap
+    }
+
+    /// Subscriptions held.
+    pub fn watches_len(&self) -> usize {
+        self.watches.len()
+    }
+
+    /// A notification from B's presence server for one of this WA's
+    /// subscriptions: passed on to A's device under the device's request
+    /// id, unless it is not newer than the last one passed on, or there is
+    /// no such subscription (ended, expired, never granted here).
+    pub fn handle_notify(&mut self, now: Millis, notify: &Notify, out: &mut Outbox) {
+        let key = (notify.watcher, notify.target);
+        let Some(watch) = self.watches.get_mut(&key) else {
+            self.counters.notifications_dropped += 1;
+            return;
+        };
+        if watch.expires_at <= now && notify.remaining_s > 0 {
+            // Expired here without its last notification: ended all the
+            // same (a late notification is no news of a live watch).
+            self.watches.remove(&key);
+            self.counters.notifications_dropped += 1;
+            return;
+        }
+        if notify.seq <= watch.last_seq {
+            self.counters.notifications_dropped += 1;
+            return;
+        }
+        watch.last_seq = notify.seq;
+        watch.expires_at = now.saturating_add(u64::from(notify.remaining_s) * 1000);
+        let client_txid = watch.client_txid;
+        if notify.remaining_s == 0 {
+            self.watches.remove(&key);
+        }
+        self.counters.notifications += 1;
         out.send(
-            to,
+            Addr::Device(notify.watcher),
             self.config.network,
-            Message::Query(Query {
-                txid,
-                watcher: pending.watcher,
-                target: pending.target,
-                hop_limit: self.config.hop_limit,
-                budget_ms,
+            Message::Notify(Notify {
+                txid: client_txid,
                 reply_node: self.config.instance,
-                route_version: 0,
+                ..*notify
             }),
         );
+    }
+
+    /// What a final answer to a Subscribe or Unsubscribe does to the
+    /// subscriptions held.
+    fn settle_watch(&mut self, now: Millis, pending: &Pending, outcome: Outcome) {
+        let key = (pending.watcher, pending.target);
+        match pending.operation {
+            ClientOperation::Subscribe { expiry_s } if outcome.shows_status() => {
+                let expires_at = now.saturating_add(u64::from(expiry_s.get()) * 1000);
+                self.counters.watches_granted += 1;
+                let watch = self.watches.entry(key).or_insert(WaWatch {
+                    client_txid: pending.client_txid,
+                    last_seq: 0,
+                    expires_at,
+                });
+                watch.client_txid = pending.client_txid;
+                watch.expires_at = expires_at;
+            }
+            // Refused, not permitted (any more), or stopped: no watch.
+            ClientOperation::Subscribe { .. } if !outcome_retryable(outcome) => {
+                self.watches.remove(&key);
+            }
+            ClientOperation::Unsubscribe if !outcome_retryable(outcome) => {
+                self.watches.remove(&key);
+            }
+            _ => {}
+        }
     }
 
     /// Step 12 arriving: an answer from the network, for a pending
@@ -690,7 +819,7 @@ impl WatcherApp {
             if pending.deadline <= now {
                 // No time is left to ask again: A gets the timeout now, not
                 // a millisecond late from a timer armed in the past.
-                self.finish(answer.txid, Outcome::Error(ErrorReason::Timeout), out);
+                self.finish(now, answer.txid, Outcome::Error(ErrorReason::Timeout), out);
                 return;
             }
             // Honour the retry-after: ask again then, not before; if that is
@@ -703,14 +832,17 @@ impl WatcherApp {
             self.push_timer(at, answer.txid, generation);
             return;
         }
-        self.finish(answer.txid, answer.outcome, out);
+        self.finish(now, answer.txid, answer.outcome, out);
     }
 
     /// Step 13: the one final answer to A.
-    fn finish(&mut self, txid: u64, outcome: Outcome, out: &mut Outbox) {
+    fn finish(&mut self, now: Millis, txid: u64, outcome: Outcome, out: &mut Outbox) {
         let Some(pending) = self.pending.remove(txid) else {
             return;
         };
+        if pending.operation != ClientOperation::Query {
+            self.settle_watch(now, &pending, outcome);
+        }
         if matches!(outcome, Outcome::Error(_) | Outcome::Overloaded { .. }) {
             if let Some(subscriber) = self.subscribers.get_mut(&pending.watcher) {
                 subscriber.credit = subscriber.credit.saturating_add(pending.cost);
@@ -769,7 +901,7 @@ impl WatcherApp {
                 continue;
             }
             if now >= pending.deadline {
-                self.finish(txid, Outcome::Error(ErrorReason::Timeout), out);
+                self.finish(now, txid, Outcome::Error(ErrorReason::Timeout), out);
                 continue;
             }
             if now >= pending.next_send {
@@ -1286,5 +1418,78 @@ mod tests {
         // The numbering table placed B in this network (1).
         wa.handle_request(0, m(A), DEVICE, &request, Some(NetworkId(1)), &mut out);
         assert_eq!(out.transmits[0].to, Addr::Igps);
+    }
+
+    #[test]
+    fn a_granted_subscription_passes_each_notify_on_once_in_order_until_the_last() {
+        let mut wa = wa(10);
+        let mut out = Outbox::default();
+        let counter = LAST_COUNTER.with(|last| {
+            last.set(1_000.max(last.get() + 1));
+            last.get()
+        });
+        let request = DeviceKey::derive(m(A), b"pw").sign_request(
+            ClientRequest {
+                txid: 55,
+                watcher: m(A),
+                target: m(B),
+                operation: ClientOperation::Subscribe {
+                    expiry_s: std::num::NonZeroU32::new(60).unwrap(),
+                },
+                auth: DeviceAuth::UNSIGNED,
+            },
+            counter,
+        );
+        wa.handle_request(1_000, m(A), DEVICE, &request, Some(NetworkId(7)), &mut out);
+        let Some(Message::Subscribe(sub)) = out.transmits.first().map(|t| t.message) else {
+            panic!("a subscription goes out as one: {:?}", out.transmits)
+        };
+        assert_eq!(sub.expiry_s.get(), 60);
+        assert_eq!(wa.credit(m(A)), Some(9), "debited as a query is");
+        let answer = Answer {
+            txid: sub.query.txid,
+            reply_node: sub.query.reply_node,
+            target: m(B),
+            outcome: Outcome::Detached { confirmed_age_s: 0 },
+        };
+        out.clear();
+        wa.handle_answer(1_100, &answer, &mut out);
+        assert_eq!(wa.watches_len(), 1);
+        let notify = |seq, remaining_s| Notify {
+            txid: sub.query.txid,
+            reply_node: sub.query.reply_node,
+            watcher: m(A),
+            target: m(B),
+            seq,
+            remaining_s,
+            outcome: Outcome::NotAvailable,
+        };
+        let passed = |wa: &mut WatcherApp, n: Notify| {
+            let mut out = Outbox::default();
+            wa.handle_notify(2_000, &n, &mut out);
+            out.transmits
+                .iter()
+                .filter_map(|t| match t.message {
+                    Message::Notify(n) if t.to == Addr::Device(m(A)) => Some(n),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let first = passed(&mut wa, notify(1, 50));
+        assert_eq!(
+            (first[0].txid, first[0].seq),
+            (55, 1),
+            "the device's own id"
+        );
+        assert!(passed(&mut wa, notify(1, 50)).is_empty(), "a duplicate");
+        assert_eq!(passed(&mut wa, notify(3, 48)).len(), 1);
+        assert!(passed(&mut wa, notify(2, 49)).is_empty(), "old news");
+        assert_eq!(passed(&mut wa, notify(4, 0)).len(), 1, "the last one");
+        assert_eq!(wa.watches_len(), 0);
+        assert!(
+            passed(&mut wa, notify(5, 40)).is_empty(),
+            "nothing after it"
+        );
+        assert_eq!(wa.counters().notifications_dropped, 3);
     }
 }

@@ -24,6 +24,8 @@ pub(super) struct Pending {
     /// decides a transaction, so it is charged once).
     pub(super) route: Option<NetworkId>,
     pub(super) cost: u64,
+    /// What the device asked: a query, or to watch or stop watching.
+    pub(super) operation: presence_codec::ClientOperation,
     /// Where the device request sits in the WA's memory of them.
     pub(super) device_slot: DeviceSlot,
 }
