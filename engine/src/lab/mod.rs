@@ -574,11 +574,24 @@ impl Devices {
         txid: u64,
         target: Msisdn,
     ) -> ClientRequest<'static> {
+        self.request(watcher, secret, txid, target, ClientOperation::Query)
+    }
+
+    /// A request of `operation` from `watcher`'s device about `target`,
+    /// signed now.
+    pub fn request(
+        &mut self,
+        watcher: Msisdn,
+        secret: &[u8],
+        txid: u64,
+        target: Msisdn,
+        operation: ClientOperation,
+    ) -> ClientRequest<'static> {
         let request = ClientRequest {
             txid,
             watcher,
             target,
-            operation: ClientOperation::Query,
+            operation,
             auth: DeviceAuth::UNSIGNED,
         };
         self.signer(watcher, secret).request(request, unix_ms_now())
@@ -608,6 +621,17 @@ pub fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// What a device received: a final answer, or a notification of one of
+/// its subscriptions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceMessage {
+    /// A final answer.
+    Answer(DeviceAnswer),
+    /// A notification (§5.6), under the device's request id of its latest
+    /// Subscribe.
+    Notify(presence_codec::Notify),
 }
 
 /// A final answer a device received.
@@ -705,8 +729,74 @@ impl DeviceClient {
         Ok(())
     }
 
-    /// Answers received within `wait` (stops early once `want` arrived).
+    /// Sends one request of `operation` from `watcher`'s device (its
+    /// secret `credential`) about `target`; returns its request id.
+    pub fn ask(
+        &mut self,
+        watcher: Msisdn,
+        credential: &str,
+        target: Msisdn,
+        operation: ClientOperation,
+    ) -> std::io::Result<u64> {
+        let txid = self.next_txid;
+        self.next_txid += 1;
+        let request = self
+            .devices
+            .request(watcher, credential.as_bytes(), txid, target, operation);
+        let mut frame = OpenFrame::new(Vec::new(), FRAME_LEN_DEFAULT_MAX);
+        frame
+            .push(&Message::ClientRequest(request))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.socket.send_to(&frame.into_bytes(), self.to)?;
+        Ok(txid)
+    }
+
+    /// Publishes `state` as `subscriber`'s device (its secret
+    /// `credential`).
+    pub fn publish(
+        &mut self,
+        subscriber: Msisdn,
+        credential: &str,
+        state: PresenceState,
+    ) -> std::io::Result<()> {
+        let txid = self.next_txid;
+        self.next_txid += 1;
+        let publish = self
+            .devices
+            .publish(subscriber, credential.as_bytes(), txid, state);
+        let mut frame = Vec::with_capacity(FRAME_LEN_DEFAULT_MAX);
+        let mut writer = FrameWriter::with_version(&mut frame, FRAME_LEN_DEFAULT_MAX, 2)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        writer
+            .push(&Message::Publish(publish))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        self.socket.send_to(&frame, self.to)?;
+        Ok(())
+    }
+
+    /// Answers and notifications received within `wait` (stops early once
+    /// `want` arrived).
+    pub fn receive(&mut self, want: usize, wait: Duration) -> Vec<DeviceMessage> {
+        self.receive_kept(want, wait, Some)
+    }
+
+    /// Answers received within `wait` (stops early once `want` arrived);
+    /// notifications are passed over.
     pub fn answers(&mut self, want: usize, wait: Duration) -> Vec<DeviceAnswer> {
+        self.receive_kept(want, wait, |m| match m {
+            DeviceMessage::Answer(a) => Some(a),
+            DeviceMessage::Notify(_) => None,
+        })
+    }
+
+    /// What `keep` keeps of the answers and notifications received within
+    /// `wait` (stops early once it kept `want`).
+    fn receive_kept<T>(
+        &mut self,
+        want: usize,
+        wait: Duration,
+        keep: impl Fn(DeviceMessage) -> Option<T>,
+    ) -> Vec<T> {
         let deadline = Instant::now() + wait;
         let mut got = Vec::new();
         while got.len() < want && Instant::now() < deadline {
@@ -720,13 +810,16 @@ impl DeviceClient {
                 continue;
             };
             for message in reader.flatten() {
-                if let Message::Answer(a) = message {
-                    got.push(DeviceAnswer {
+                let received = match message {
+                    Message::Answer(a) => DeviceMessage::Answer(DeviceAnswer {
                         txid: a.txid,
                         target: a.target,
                         outcome: a.outcome,
-                    });
-                }
+                    }),
+                    Message::Notify(n) => DeviceMessage::Notify(n),
+                    _ => continue,
+                };
+                got.extend(keep(received));
             }
         }
         got
