@@ -14,7 +14,7 @@ use presence_border::BorderConfig;
 use presence_codec::{Msisdn, CREDENTIAL_LEN_MAX};
 use serde::Deserialize;
 
-use crate::roles::{PsId, BUDDIES_MAX, PS_PER_NETWORK_MAX};
+use crate::roles::{PsId, WatchLimits, BUDDIES_MAX, PS_PER_NETWORK_MAX};
 use crate::table::Prefix;
 
 /// Why a configuration or one of its files was refused: the file, the field
@@ -37,6 +37,8 @@ struct RawFile {
     wa: RawWa,
     #[serde(default)]
     presence: RawPresence,
+    #[serde(default)]
+    watching: RawWatching,
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
@@ -189,6 +191,70 @@ impl IoBackend {
 #[serde(deny_unknown_fields)]
 struct RawPresence {
     window_slots: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatching {
+    min_interval_ms: Option<u64>,
+    expiry_max_s: Option<u32>,
+    per_target: Option<u32>,
+    per_watcher: Option<u32>,
+    per_origin: Option<u32>,
+    max: Option<u32>,
+}
+
+impl RawWatching {
+    /// The subscription limits, each checked against its range.
+    fn limits(
+        &self,
+        error: &impl Fn(&str, String) -> ConfigError,
+    ) -> Result<WatchLimits, ConfigError> {
+        let d = WatchLimits::default();
+        let ranged = |value: Option<u32>, default: u32, max: u32, field: &str| {
+            let v = value.unwrap_or(default);
+            if (1..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(error(field, format!("must be 1 to {max}")))
+            }
+        };
+        let min_interval_ms = self.min_interval_ms.unwrap_or(d.min_interval_ms);
+        if min_interval_ms > 3_600_000 {
+            return Err(error(
+                "watching.min_interval_ms",
+                "must be 0 to 3600000 (an hour)".into(),
+            ));
+        }
+        Ok(WatchLimits {
+            min_interval_ms,
+            expiry_max_s: ranged(
+                self.expiry_max_s,
+                d.expiry_max_s,
+                86_400,
+                "watching.expiry_max_s",
+            )?,
+            per_target: ranged(
+                self.per_target,
+                d.per_target,
+                1 << 16,
+                "watching.per_target",
+            )?,
+            per_watcher: ranged(
+                self.per_watcher,
+                d.per_watcher,
+                1 << 20,
+                "watching.per_watcher",
+            )?,
+            per_origin: ranged(
+                self.per_origin,
+                d.per_origin,
+                1 << 24,
+                "watching.per_origin",
+            )?,
+            total: ranged(self.max, d.total, 1 << 24, "watching.max")?,
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -359,6 +425,9 @@ pub struct ApplianceConfig {
     pub pending_max: usize,
     /// Duplicate-window slots per WA instance at each presence-server slice.
     pub window_slots: usize,
+    /// Subscriptions each presence-server slice keeps, and how often it
+    /// notifies (`[watching]`).
+    pub watching: WatchLimits,
     /// Rate limits.
     pub limits: Limits,
     /// How devices authenticate.
@@ -464,6 +533,7 @@ impl ApplianceConfig {
                 "must be 1024 to 4194304".into(),
             ));
         }
+        let watching = raw.watching.limits(&error)?;
         let segment_max_bytes = raw.cdr.segment_max_bytes.unwrap_or(64 << 20);
         if !((64 << 10)..=(1 << 40)).contains(&segment_max_bytes) {
             return Err(error(
@@ -550,6 +620,7 @@ impl ApplianceConfig {
             limits,
             devices,
             window_slots,
+            watching,
             file: file.to_path_buf(),
             network: raw.network.name,
             workers,
@@ -920,6 +991,32 @@ private_key = "pki/bg.key"
         let long = MINIMAL.replace("[cdr]", "[limits]\nborder_queue_ms = 10001\n\n[cdr]");
         let error = load(&long).unwrap_err();
         assert_eq!(error.field, "limits.border_queue_ms", "{error}");
+    }
+
+    #[test]
+    fn watching_limits_default_and_are_checked_by_field() {
+        assert_eq!(load(MINIMAL).unwrap().watching, WatchLimits::default());
+        let set = MINIMAL.replace(
+            "[cdr]",
+            "[watching]\nmin_interval_ms = 0\nper_target = 8\nmax = 100\n\n[cdr]",
+        );
+        let watching = load(&set).unwrap().watching;
+        assert_eq!(
+            (
+                watching.min_interval_ms,
+                watching.per_target,
+                watching.total
+            ),
+            (0, 8, 100)
+        );
+        for (bad, field) in [
+            ("per_watcher = 0", "watching.per_watcher"),
+            ("expiry_max_s = 100000", "watching.expiry_max_s"),
+            ("min_interval_ms = 3600001", "watching.min_interval_ms"),
+        ] {
+            let text = MINIMAL.replace("[cdr]", &format!("[watching]\n{bad}\n\n[cdr]"));
+            assert_eq!(load(&text).unwrap_err().field, field, "{bad}");
+        }
     }
 
     #[test]

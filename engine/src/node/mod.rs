@@ -125,6 +125,9 @@ pub struct NodeConfig {
     pub window_slots: usize,
     /// Rate limits.
     pub limits: NodeLimits,
+    /// Subscriptions each presence-server slice keeps, and how often it
+    /// notifies.
+    pub watching: crate::roles::WatchLimits,
     /// Largest frame sent to a peer's border gateway.
     pub border_frame_max: usize,
     /// Wall-clock milliseconds at `now` = 0: charge records carry wall time,
@@ -170,6 +173,7 @@ impl NodeConfig {
             boot_time_s: 0,
             window_slots: 1 << 16,
             limits: NodeLimits::default(),
+            watching: crate::roles::WatchLimits::default(),
             border_frame_max: BORDER_FRAME_MAX,
             unix_ms_at_zero: 0,
             device_floor_unix_ms: 0,
@@ -590,6 +594,7 @@ impl Node {
             let mut ps =
                 PresenceServer::new(id, config.network, config.window_ms(), config.window_slots);
             ps.set_charging(charging);
+            ps.set_watch_limits(config.watching);
             ps.set_auth_policy(config.limits.auth);
             ps.set_device_auth(config.device_auth());
             if let Some(marks) = &config.restart_marks {

@@ -438,6 +438,7 @@ impl Appliance {
             node_config.pending_max = config.pending_per_worker();
             node_config.boot_time_s = wa_boot_s;
             node_config.window_slots = config.window_slots;
+            node_config.watching = config.watching;
             node_config.limits = limits.clone();
             node_config.border_frame_max =
                 crate::node::BORDER_FRAME_MAX.min(config.border.settings.link.max_frame_len);
@@ -605,6 +606,7 @@ impl Appliance {
             ),
             ("border.listen", config.border.listen != old.border.listen),
             ("limits", config.limits != old.limits),
+            ("watching", config.watching != old.watching),
             ("devices", config.devices != old.devices),
         ] {
             if changed {
