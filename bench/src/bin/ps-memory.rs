@@ -2,13 +2,19 @@
 //! buddies each (numbers drawn from the shipped numbering table's ranges)
 //! and reports the resident memory it takes, from `/proc/self/status`.
 //!
+//! With `--watches N`, it then keeps N subscriptions (watching) in one
+//! server's table and reports the memory each takes.
+//!
 //! `cargo run --release -p presence-bench --bin ps-memory -- --subscribers 10000000 --buddies 20`
 
 use std::time::Instant;
 
 use clap::Parser;
 use presence_bench::{random_msisdns, shared_rows, XorShift};
-use presence_engine::roles::{PresenceServer, PsId, SubscriberRecord};
+use presence_codec::Msisdn;
+use presence_engine::roles::{
+    PresenceServer, PsId, SubscriberRecord, WatchKey, WatchLimits, Watches,
+};
 use presence_engine::table::NetworkId;
 
 #[derive(Parser, Debug)]
@@ -23,6 +29,11 @@ struct Cli {
     /// Buddies on each subscriber's list.
     #[arg(long, default_value_t = 20)]
     buddies: usize,
+    /// Then also keep this many subscriptions (watching, issue 17) in one
+    /// server's table, spread over its subscribers, and report the memory
+    /// each takes.
+    #[arg(long, default_value_t = 0)]
+    watches: usize,
 }
 
 /// (VmRSS, VmHWM) in KiB.
@@ -95,5 +106,43 @@ fn main() {
         mib(after.saturating_sub(before)),
         mib(after),
         mib(peak)
+    );
+    if cli.watches > 0 {
+        watches_memory(&cli, &ps, &pool, &mut rng);
+    }
+}
+
+/// Keeps `cli.watches` subscriptions (watchers from `pool`, targets among
+/// `ps`'s subscribers) in one table, and reports what they take.
+fn watches_memory(cli: &Cli, ps: &PresenceServer, pool: &[Msisdn], rng: &mut XorShift) {
+    let targets: Vec<Msisdn> = ps.subscriber_numbers().collect();
+    let all = u32::try_from(cli.watches).unwrap_or(u32::MAX);
+    let mut watches = Watches::new(WatchLimits {
+        per_target: all,
+        per_watcher: all,
+        per_origin: all,
+        total: all,
+        ..WatchLimits::default()
+    });
+    let (before, _) = rss_kib();
+    let mut txid = 0u64;
+    while watches.len() < cli.watches && !targets.is_empty() {
+        txid += 1;
+        let key = WatchKey {
+            origin: NetworkId(2),
+            reply_node: (rng.next_u64() % 8) as u16,
+            watcher: pool[(rng.next_u64() % pool.len() as u64) as usize],
+            target: targets[(rng.next_u64() % targets.len() as u64) as usize],
+        };
+        if watches.grant(0, key, txid, 3_600).is_err() {
+            break;
+        }
+    }
+    let (after, _) = rss_kib();
+    let held = watches.len();
+    println!(
+        "  watching: {held} subscriptions in one server's table: {:.0} MiB ({:.0} bytes per subscription)",
+        (after.saturating_sub(before)) as f64 / 1024.0,
+        (after.saturating_sub(before) * 1024) as f64 / held.max(1) as f64
     );
 }

@@ -309,11 +309,13 @@ impl Watches {
     /// owed a notification, handed to `notify` at once where its interval
     /// is open, else when it opens ([`poll`](Self::poll)).
     pub fn changed(&mut self, now: Millis, target: Msisdn, notify: &mut impl FnMut(Notice)) {
-        let Some(slots) = self.by_target.get(&target).cloned() else {
+        // The list is lent out while its subscriptions are visited (nothing
+        // here adds or removes one) and put back: no copy, no allocation.
+        let Some(slots) = self.by_target.get_mut(&target).map(std::mem::take) else {
             return;
         };
         let interval = self.limits.min_interval_ms;
-        for slot in slots {
+        for &slot in &slots {
             let Some(watch) = self.slot_mut(slot) else {
                 continue;
             };
@@ -333,6 +335,9 @@ impl Watches {
                 watch.due = true;
                 self.due.insert((opens, slot));
             }
+        }
+        if let Some(list) = self.by_target.get_mut(&target) {
+            *list = slots;
         }
     }
 
