@@ -914,8 +914,11 @@ private_key = "pki/bg.key"
 "#;
 
     fn load(text: &str) -> Result<ApplianceConfig, ConfigError> {
-        let dir =
-            std::env::temp_dir().join(format!("config-test-{}-{}", std::process::id(), text.len()));
+        // A folder per call: tests run in parallel, and two loading texts
+        // of one length must not remove each other's file.
+        static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("config-test-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("gw.toml");
         std::fs::write(&file, text).unwrap();
