@@ -1,5 +1,6 @@
 //! The README's main command, `presence-gw demo`, runs from the repository
-//! root and tells its whole story: the thirteen steps, the load, a clean stop.
+//! root and tells its whole story: the thirteen steps, watching across the
+//! networks, the load, a clean stop.
 
 use std::path::Path;
 use std::process::Command;
@@ -28,6 +29,16 @@ fn the_demo_traces_thirteen_steps_runs_a_load_and_stops_cleanly() {
         );
     }
     assert!(text.contains("A's device got: Attached"), "{text}");
+    // Watching: one subscription granted with B's status, two
+    // notifications (B detached, then attached again), an unsubscription.
+    assert!(
+        text.contains("A's device got the subscription's answer (request"),
+        "{text}"
+    );
+    assert!(text.contains("got notification 1 of request"), "{text}");
+    assert!(text.contains("Detached"), "{text}");
+    assert!(text.contains("got notification 2 of request"), "{text}");
+    assert!(text.contains("A unsubscribed\n"), "{text}");
     let answered = text
         .lines()
         .find_map(|l| l.trim().strip_prefix("sent "))

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use presence_border::BgCounters;
-use presence_engine::lab::{self, DeviceClient};
+use presence_codec::{ClientOperation, PresenceState, Reachability};
+use presence_engine::lab::{self, DeviceClient, DeviceMessage};
 use presence_engine::runtime::{Appliance, StartOptions, TraceSink};
 
 const A: &str = "o2.gb";
@@ -45,6 +46,7 @@ pub(crate) fn run(
     let (a, b) = lab::write_two_networks(&root, table, A, B, subscribers, subscribers)?;
     let (watcher, watcher_secret) = a.subscribers[0].clone();
     let (target, _) = b.subscribers[0].clone();
+    // (A is on B's list: the lab lists A's first subscribers on B's first.)
 
     // Workers hand trace lines to this thread, which prints them as they
     // come (a worker never blocks on the terminal).
@@ -116,6 +118,8 @@ pub(crate) fn run(
         )?,
         None => writeln!(out, "  no answer within 3 s")?,
     }
+
+    watch(&mut a_device, &mut b_devices, &a, &b, out)?;
 
     // Unloaded round trips, one query at a time, and idle CPU.
     let mut single = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
@@ -218,4 +222,77 @@ fn process_cpu_us() -> i64 {
     };
     let us = |t: libc::timeval| t.tv_sec * 1_000_000 + t.tv_usec;
     us(usage.ru_utime) + us(usage.ru_stime)
+}
+
+/// Watching across the networks: A subscribes to B's status, B's device
+/// publishes two changes (more than the one-second interval apart, so
+/// neither is coalesced), A's device gets a notification of each; then A
+/// stops watching.
+fn watch(
+    a_device: &mut DeviceClient,
+    b_devices: &mut DeviceClient,
+    a: &lab::DemoNetwork,
+    b: &lab::DemoNetwork,
+    out: &mut impl Write,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (watcher, watcher_secret) = a.subscribers[0].clone();
+    let (target, target_secret) = b.subscribers[0].clone();
+    writeln!(out)?;
+    writeln!(
+        out,
+        "Watching: A subscribes to B's status for 60 s; B's device publishes two changes"
+    )?;
+    let expiry_s = std::num::NonZeroU32::new(60).ok_or("expiry")?;
+    let id = a_device.ask(
+        watcher,
+        &watcher_secret,
+        target,
+        ClientOperation::Subscribe { expiry_s },
+    )?;
+    for received in a_device.receive(1, Duration::from_secs(3)) {
+        if let DeviceMessage::Answer(answer) = received {
+            writeln!(
+                out,
+                "  A's device got the subscription's answer (request {id}): {:?} (B charged it to {A})",
+                answer.outcome
+            )?;
+        }
+    }
+    for state in [
+        PresenceState::Detached,
+        PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS),
+    ] {
+        std::thread::sleep(Duration::from_millis(1_100));
+        b_devices.publish(target, &target_secret, state)?;
+        let got = a_device.receive(1, Duration::from_secs(3));
+        match got.first() {
+            Some(DeviceMessage::Notify(n)) => writeln!(
+                out,
+                "  A's device got notification {} of request {}: {:?} ({} s left)",
+                n.seq, n.txid, n.outcome, n.remaining_s
+            )?,
+            _ => writeln!(out, "  no notification within 3 s")?,
+        }
+        out.flush()?;
+    }
+    let stop = a_device.ask(
+        watcher,
+        &watcher_secret,
+        target,
+        ClientOperation::Unsubscribe,
+    )?;
+    let stopped = a_device
+        .receive(1, Duration::from_secs(3))
+        .into_iter()
+        .any(|m| matches!(m, DeviceMessage::Answer(a) if a.txid == stop));
+    writeln!(
+        out,
+        "  A unsubscribed{}",
+        if stopped {
+            ""
+        } else {
+            " (no answer within 3 s)"
+        }
+    )?;
+    Ok(())
 }
