@@ -5,6 +5,7 @@
 //! `presence-gw demo`, the load harness and the integration tests; no
 //! production layer imports it.
 
+pub mod fanout;
 pub mod netns;
 
 use std::collections::HashMap;
