@@ -38,7 +38,7 @@ fn watching(c: &mut Criterion) {
         bench.iter(|| {
             now_ms += 1_000;
             // Targets start detached: the first round attaches them.
-            let state = if (now_ms / 1_000) % 2 == 0 {
+            let state = if (now_ms / 1_000).is_multiple_of(2) {
                 PresenceState::Attached(Reachability::PACKET_DATA_AND_SMS)
             } else {
                 PresenceState::Detached

@@ -2,17 +2,19 @@
 //! send queue full, or no link up): the BG never reads messages, so the
 //! sender, which built the frame, answers for it.
 //!
-//! Each query in the frame is answered `Overloaded` to the WA instance that
-//! asked (its `reply_node`), with a retry-after; the WA treats that as not
+//! Each query in the frame (or subscription, or unsubscription) is answered
+//! `Overloaded` to the WA instance that asked (its `reply_node`), with a
+//! retry-after; the WA treats that as not
 //! final and retries no sooner (`WatcherApp`). Anything else in the frame
 //! (an answer on its way back to another network) cannot be answered from
 //! here: it is counted, and the other network's WA retransmits on its
 //! deadline, which the presence server answers from its decision window
-//! without charging again.
+//! without charging again. A notification in it is lost the same way
+//! (counted); its subscription goes on.
 
-use presence_codec::{FrameReader, Message, Outcome, Query, FRAME_LEN_ABSOLUTE_MAX};
+use presence_codec::{FrameReader, Outcome, Query, FRAME_LEN_ABSOLUTE_MAX};
 
-use super::{answer_to, Addr, Outbox};
+use super::{answer_to, Addr, Ask, Outbox};
 use crate::table::NetworkId;
 
 /// What shedding one frame did.
@@ -38,8 +40,9 @@ pub fn shed_refused_frame(
         return shed;
     };
     for message in reader {
-        match message {
-            Ok(Message::Query(query)) => {
+        // A query, a subscription or an unsubscription alike.
+        match message.as_ref().ok().and_then(Ask::of) {
+            Some((query, _)) => {
                 out.send(
                     Addr::Wa(query.reply_node),
                     own,
@@ -47,7 +50,7 @@ pub fn shed_refused_frame(
                 );
                 shed.queries_answered = shed.queries_answered.saturating_add(1);
             }
-            Ok(_) | Err(_) => shed.dropped = shed.dropped.saturating_add(1),
+            None => shed.dropped = shed.dropped.saturating_add(1),
         }
     }
     shed
@@ -71,7 +74,7 @@ pub fn shed_queued_query(query: &Query, origin: NetworkId, retry_after_ms: u32, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use presence_codec::{encode_frame, Answer, Msisdn, Query, FRAME_LEN_DEFAULT_MAX};
+    use presence_codec::{encode_frame, Answer, Message, Msisdn, Query, FRAME_LEN_DEFAULT_MAX};
 
     fn m(s: &str) -> Msisdn {
         s.parse().unwrap()

@@ -81,7 +81,7 @@ impl Default for WatchLimits {
             per_target: 256,
             per_watcher: 1_024,
             per_origin: 1 << 20,
-            total: 1 << 21,
+            total: 1 << 20,
             min_interval_ms: 1_000,
             expiry_max_s: 3_600,
         }
