@@ -19,7 +19,7 @@ use presence_codec::{
     Outcome, PresenceState, Publish, Reachability,
 };
 use presence_engine::journal::Durability;
-use presence_engine::node::{Destination, Node};
+use presence_engine::node::{Destination, Node, Provisioned};
 use presence_engine::roles::{Hss, PsId};
 use presence_engine::table::{NetworkId, Prefix};
 
@@ -41,16 +41,21 @@ struct Pair {
 
 impl Pair {
     fn new() -> Pair {
+        Pair::with_credit(10)
+    }
+
+    /// A with `credit` query units.
+    fn with_credit(credit: u64) -> Pair {
         let (world, net_a, net_b) = world();
         let (a, b) = (m(A), m(B));
         let hss_a = Arc::new(Hss::new(&[(Prefix::parse("447700").unwrap(), PsId(0))]));
         let hss_b = Arc::new(Hss::new(&[(Prefix::parse("49151").unwrap(), PsId(1))]));
         let mut node_a = node(net_a, net_b, &world, &hss_a);
-        node_a.provision(
-            0,
-            &HashMap::from([(a, provisioned(b"secret-a", vec![]))]),
-            &hss_a,
-        );
+        let a_account = Provisioned {
+            credit,
+            ..provisioned(b"secret-a", vec![])
+        };
+        node_a.provision(0, &HashMap::from([(a, a_account)]), &hss_a);
         let mut node_b = node(net_b, net_a, &world, &hss_b);
         node_b.provision(
             0,
@@ -301,4 +306,30 @@ fn an_expired_subscription_ends_with_a_last_notify() {
     );
     pair.b_publishes(8_000, attached());
     assert!(notifies(&pair.a_received()).is_empty());
+}
+
+#[test]
+fn credit_running_out_ends_the_subscription_at_the_next_refresh() {
+    // One unit: the subscription is paid, its refresh is not.
+    let mut pair = Pair::with_credit(1);
+    pair.a_asks(5_000, 7, subscribe(10));
+    assert!(matches!(
+        answer_of(&pair.a_received(), 7),
+        Some(Outcome::Detached { .. })
+    ));
+    pair.a_asks(12_000, 8, subscribe(10));
+    assert_eq!(
+        answer_of(&pair.a_received(), 8),
+        Some(Outcome::Error(presence_codec::ErrorReason::CreditExhausted)),
+        "the refresh is refused and never sent"
+    );
+    assert_eq!(pair.b.role_counters().ps.watches_refreshed, 0);
+    // So the subscription runs out: its last notification, then nothing.
+    pair.b_timers(15_000);
+    let got = notifies(&pair.a_received());
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].txid, got[0].remaining_s), (7, 0));
+    pair.b_publishes(16_000, attached());
+    assert!(notifies(&pair.a_received()).is_empty());
+    assert_eq!(pair.charge_records(), 1);
 }

@@ -396,6 +396,9 @@ impl Watches {
             if at > now {
                 break;
             }
+            // Taken out first: the loop ends even if the entry were ever
+            // left without its subscription.
+            self.expiries.remove(&(at, slot));
             self.end(slot, EndReason::Expired, notify);
         }
     }
