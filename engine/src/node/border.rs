@@ -52,33 +52,33 @@ impl Node {
         let mut queries: SmallVec<[(Query, Ask); LOOKUP_BATCH_MAX]> = SmallVec::new();
         let mut answers: SmallVec<[Answer; LOOKUP_BATCH_MAX]> = SmallVec::new();
         for message in reader {
-            let asked = message.as_ref().ok().and_then(Ask::of);
-            match message {
-                Ok(_) if asked.is_some() => {
-                    let Some((query, ask)) = asked else { continue };
-                    self.counters.border_queries_in += 1;
-                    self.counters.peer(origin, PeerEvent::QueriesIn);
-                    if let Some(retry_after_ms) = shed {
-                        self.counters.border_queue_shed += 1;
-                        shed_queued_query(&query, origin, retry_after_ms, &mut self.out);
-                        self.drain_out(Addr::Igps, None);
-                        continue;
-                    }
-                    let owner = self.owner(query.target);
-                    if owner != self.config.worker {
-                        self.cross(
-                            owner,
-                            CrossKind::BorderQuery,
-                            CrossMessage::Query { origin, query, ask },
-                        );
-                        continue;
-                    }
-                    if queries.len() == LOOKUP_BATCH_MAX {
-                        self.border_queries(origin, &queries);
-                        queries.clear();
-                    }
-                    queries.push((query, ask));
+            // A query, a subscription or an unsubscription: one path.
+            if let Some((query, ask)) = message.as_ref().ok().and_then(Ask::of) {
+                self.counters.border_queries_in += 1;
+                self.counters.peer(origin, PeerEvent::QueriesIn);
+                if let Some(retry_after_ms) = shed {
+                    self.counters.border_queue_shed += 1;
+                    shed_queued_query(&query, origin, retry_after_ms, &mut self.out);
+                    self.drain_out(Addr::Igps, None);
+                    continue;
                 }
+                let owner = self.owner(query.target);
+                if owner != self.config.worker {
+                    self.cross(
+                        owner,
+                        CrossKind::BorderQuery,
+                        CrossMessage::Query { origin, query, ask },
+                    );
+                    continue;
+                }
+                if queries.len() == LOOKUP_BATCH_MAX {
+                    self.border_queries(origin, &queries);
+                    queries.clear();
+                }
+                queries.push((query, ask));
+                continue;
+            }
+            match message {
                 Ok(Message::Notify(notify)) => {
                     // A notification belongs to the WA instance of its
                     // subscription: its worker.

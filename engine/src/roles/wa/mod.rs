@@ -166,12 +166,6 @@ const TXIDS_PER_SECOND_BITS: u32 = 22;
 /// the same request again within them gets its one answer, never a second
 /// query (docs/reliability.md).
 pub const DEVICE_REPEAT_DEADLINES: u64 = 4;
-/// Whether an outcome leaves the question open (a timeout, an overload, an
-/// error on the way): a watch held stays as it was.
-fn outcome_retryable(outcome: Outcome) -> bool {
-    matches!(outcome, Outcome::Overloaded { .. } | Outcome::Error(_))
-}
-
 /// Retry-after told to A when the pending table is full.
 const PENDING_FULL_RETRY_MS: u32 = 100;
 
@@ -921,6 +915,12 @@ impl WatcherApp {
         }
         self.due = due;
     }
+}
+
+/// Whether an outcome leaves the question open (a timeout, an overload, an
+/// error on the way): a watch held stays as it was.
+fn outcome_retryable(outcome: Outcome) -> bool {
+    matches!(outcome, Outcome::Overloaded { .. } | Outcome::Error(_))
 }
 
 #[cfg(test)]
