@@ -287,6 +287,11 @@ pub struct Node {
     igps: Igps,
     /// This node's slice of each presence server, by id.
     ps: Vec<Option<PresenceServer>>,
+    /// The slices that have held a subscription, the only ones with watch
+    /// timers or owed notifications (a subscription is taken only when a
+    /// Subscribe reaches a slice, `deliver_to_presence_server`; none moves
+    /// in with an imported subscriber). At most one entry per slice.
+    watching: Vec<PsId>,
     /// Role output scratch, and the queue of messages between roles.
     out: Outbox,
     work: VecDeque<Work>,
@@ -357,6 +362,7 @@ impl Node {
             ogps_retired: OgpsCounters::default(),
             igps,
             ps: (0..PS_PER_NETWORK_MAX).map(|_| None).collect(),
+            watching: Vec::new(),
             out: Outbox::with_capacity(256, 256),
             work: VecDeque::with_capacity(256),
             now_us: 0,
@@ -406,7 +412,8 @@ impl Node {
         self.now_ms = self.now_us / 1000;
     }
 
-    /// The WA's deadlines and retransmissions due by `now_us`.
+    /// The WA's deadlines and retransmissions due by `now_us`, and the
+    /// presence servers' subscription timers.
     pub fn handle_timeout(&mut self, now_us: u64) {
         self.begin(now_us);
         self.forget_departed();
@@ -417,13 +424,15 @@ impl Node {
         }
         // Subscriptions: coalesced notifications whose interval opened,
         // expiries, and ends decided by provisioning.
-        for i in 0..self.ps.len() {
+        for i in 0..self.watching.len() {
             let now = self.now_ms;
-            let Some(slice) = self.ps.get_mut(i).and_then(Option::as_mut) else {
+            let Some(&id) = self.watching.get(i) else {
+                break;
+            };
+            let Some(slice) = self.ps.get_mut(usize::from(id.0)).and_then(Option::as_mut) else {
                 continue;
             };
             if slice.next_watch_timeout().is_some_and(|at| at <= now) {
-                let id = slice.id();
                 slice.poll_watches(now, &mut self.out);
                 self.drain_out(Addr::Ps(id), None);
                 self.run();
@@ -431,12 +440,14 @@ impl Node {
         }
     }
 
-    /// When [`Node::handle_timeout`] is next needed, in µs.
+    /// When [`Node::handle_timeout`] is next needed, in µs. Called every
+    /// loop turn: it looks only at the slices that have held a
+    /// subscription (a slice is about 1.2 KB, and there are 256 slots).
     pub fn poll_timeout(&self) -> Option<u64> {
         let watches = self
-            .ps
+            .watching
             .iter()
-            .flatten()
+            .filter_map(|id| self.ps.get(usize::from(id.0))?.as_ref())
             .filter_map(PresenceServer::next_watch_timeout)
             .min();
         match (self.wa.poll_timeout(), watches) {

@@ -277,6 +277,11 @@ impl Node {
             return;
         };
         slice.handle(now, from, transmit.origin, &transmit.message, &mut self.out);
+        // Subscriptions are taken only here: from now on the node's timers
+        // look at this slice's.
+        if slice.next_watch_timeout().is_some() && !self.watching.contains(&id) {
+            self.watching.push(id);
+        }
         if traced {
             for t in &self.out.transmits {
                 if let Message::Answer(a) = &t.message {
